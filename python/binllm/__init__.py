@@ -1,0 +1,16 @@
+"""binllm: run 1-bit and ternary (1.58-bit) LLMs fast on CPUs and in the browser.
+
+The compute lives in a Rust core (``binllm._core``); this package is the Python face of it.
+"""
+
+from importlib.metadata import PackageNotFoundError, version as _version
+
+from binllm._core import BackendError, BinllmError, ModelFormatError, UnsupportedError
+from binllm import kernels
+
+try:
+    __version__ = _version("binllm")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = ["BinllmError", "ModelFormatError", "UnsupportedError", "BackendError", "kernels", "__version__"]

@@ -1,0 +1,48 @@
+//! One error type for the whole core. Bindings map each variant to one exception class
+//! (Python) or one JS error name, by one exhaustive match: see rust/binllm-py/src/lib.rs.
+
+use std::fmt;
+
+#[derive(Debug)]
+pub enum Error {
+    /// A caller passed a value the operation cannot take (shape, dtype, range, sampling value).
+    InvalidArgument(String),
+    /// A model or tensor file is malformed: truncated, wrong magic, sizes that disagree.
+    Format(String),
+    /// Well-formed input that binllm does not support (an unknown quant type, an architecture).
+    Unsupported(String),
+    /// A requested compute backend is not usable on this CPU.
+    Backend(String),
+    /// Reading a file failed.
+    Io(std::io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidArgument(m) => write!(f, "{m}"),
+            Error::Format(m) => write!(f, "malformed model file: {m}"),
+            Error::Unsupported(m) => write!(f, "unsupported: {m}"),
+            Error::Backend(m) => write!(f, "{m}"),
+            Error::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e)
+    }
+}
+
+/// Shorthand used across the crate: `bail!(InvalidArgument, "x must be {}", y)`.
+#[macro_export]
+macro_rules! bail {
+    ($kind:ident, $($arg:tt)*) => {
+        return Err($crate::error::Error::$kind(format!($($arg)*)))
+    };
+}

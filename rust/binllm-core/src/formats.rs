@@ -1,0 +1,522 @@
+//! The one table of packed weight formats, and `PackedMatrix`, a weight matrix stored in one.
+//!
+//! Every format packs a row of K weight codes into blocks of 64 bytes. Rows are padded with
+//! zero codes up to a whole number of blocks (`padded_k`), so any K is accepted; activations
+//! are zero-padded to the same length, which keeps padded sums exact.
+//!
+//! Within a block, byte `j` (0..64) holds the weights `j + 64 * p` of that block for each
+//! "plane" `p`. A SIMD kernel therefore decodes one plane of 64 consecutive bytes and meets 64
+//! consecutive activations: the same layout serves 16-byte (NEON, SIMD128), 32-byte (AVX2) and
+//! 64-byte (AVX-512) registers without shuffles.
+//!
+//! | format | block (weights) | plane encoding of byte j                              | bits/weight |
+//! |--------|-----------------|-------------------------------------------------------|-------------|
+//! | `t2`   | 256             | bits 2p..2p+1 = code + 1 (0, 1, 2), p = 0..3         | 2.0         |
+//! | `t1.6` | 320             | 5 trits, byte = ceil(v * 256 / 243), v = sum (code_p + 1) * 3^(4 - p) | 1.6 |
+//! | `b1`   | 512             | bit p = 1 for +1, 0 for -1, p = 0..7                  | 1.0         |
+//!
+//! The t1.6 byte encoding is the one llama.cpp's TQ1_0 uses: trit p decodes as
+//! `((byte * 3^p) mod 256) * 3 >> 8`, which needs no division.
+//!
+//! Scales live beside the codes (`ScaleKind`): one per tensor (BitNet b1.58's official
+//! checkpoints), one per row, or OneBit's two vectors `diag(g) * sign(W) * diag(h)`.
+//! `PackedMatrix::bits_per_weight` counts every stored scale as 32 bits.
+
+use crate::error::{Error, Result};
+use crate::kernels;
+
+/// Bytes of every block in every format.
+pub const BLOCK_BYTES: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WeightFormat {
+    /// Ternary {-1, 0, +1}, 2 bits per weight.
+    Ternary2,
+    /// Ternary {-1, 0, +1}, 5 trits per byte (1.6 bits per weight).
+    Ternary1_6,
+    /// Binary {-1, +1}, 1 bit per weight.
+    Binary1,
+}
+
+/// One row of the format table.
+pub struct FormatSpec {
+    pub format: WeightFormat,
+    /// Short name used by the Python API and file metadata.
+    pub name: &'static str,
+    /// Weights per 64-byte block.
+    pub block_weights: usize,
+    /// Bits of the codes alone (scales not counted).
+    pub code_bits: f64,
+    /// Whether a code is allowed in this format.
+    pub valid_code: fn(i8) -> bool,
+    /// Packs `block_weights` codes into one block.
+    pub pack_block: fn(&[i8], &mut [u8]),
+    /// Unpacks one block into `block_weights` codes.
+    pub unpack_block: fn(&[u8], &mut [i8]),
+    /// Reference integer dot product of one block with `block_weights` int8 activations.
+    pub dot_block: fn(&[u8], &[i8]) -> i32,
+}
+
+/// THE table. Adding a format means adding a row here and its kernels.
+pub static FORMATS: [FormatSpec; 3] = [
+    FormatSpec {
+        format: WeightFormat::Ternary2,
+        name: "t2",
+        block_weights: 256,
+        code_bits: 2.0,
+        valid_code: |c| (-1..=1).contains(&c),
+        pack_block: pack_t2,
+        unpack_block: unpack_t2,
+        dot_block: dot_t2,
+    },
+    FormatSpec {
+        format: WeightFormat::Ternary1_6,
+        name: "t1.6",
+        block_weights: 320,
+        code_bits: 1.6,
+        valid_code: |c| (-1..=1).contains(&c),
+        pack_block: pack_t16,
+        unpack_block: unpack_t16,
+        dot_block: dot_t16,
+    },
+    FormatSpec {
+        format: WeightFormat::Binary1,
+        name: "b1",
+        block_weights: 512,
+        code_bits: 1.0,
+        valid_code: |c| c == -1 || c == 1,
+        pack_block: pack_b1,
+        unpack_block: unpack_b1,
+        dot_block: dot_b1,
+    },
+];
+
+impl WeightFormat {
+    pub fn spec(self) -> &'static FormatSpec {
+        match self {
+            WeightFormat::Ternary2 => &FORMATS[0],
+            WeightFormat::Ternary1_6 => &FORMATS[1],
+            WeightFormat::Binary1 => &FORMATS[2],
+        }
+    }
+    pub fn name(self) -> &'static str {
+        self.spec().name
+    }
+    pub fn from_name(name: &str) -> Option<Self> {
+        FORMATS.iter().find(|f| f.name == name).map(|f| f.format)
+    }
+    pub fn is_ternary(self) -> bool {
+        matches!(self, WeightFormat::Ternary2 | WeightFormat::Ternary1_6)
+    }
+    /// Row length rounded up to whole blocks.
+    pub fn padded_k(self, k: usize) -> usize {
+        let b = self.spec().block_weights;
+        k.div_ceil(b) * b
+    }
+    /// Packed bytes of one row of `k` weights.
+    pub fn row_bytes(self, k: usize) -> usize {
+        self.padded_k(k) / self.spec().block_weights * BLOCK_BYTES
+    }
+}
+
+const POW3: [u16; 5] = [1, 3, 9, 27, 81];
+
+fn pack_t2(codes: &[i8], out: &mut [u8]) {
+    for j in 0..64 {
+        let mut b = 0u8;
+        for p in 0..4 {
+            b |= ((codes[j + 64 * p] + 1) as u8) << (2 * p);
+        }
+        out[j] = b;
+    }
+}
+fn unpack_t2(block: &[u8], out: &mut [i8]) {
+    for j in 0..64 {
+        for p in 0..4 {
+            out[j + 64 * p] = ((block[j] >> (2 * p)) & 3) as i8 - 1;
+        }
+    }
+}
+fn dot_t2(block: &[u8], x: &[i8]) -> i32 {
+    let mut acc = 0i32;
+    for j in 0..64 {
+        for p in 0..4 {
+            let code = ((block[j] >> (2 * p)) & 3) as i32 - 1;
+            acc += code * x[j + 64 * p] as i32;
+        }
+    }
+    acc
+}
+
+fn t16_trit(byte: u8, p: usize) -> u8 {
+    let shifted = (byte as u16 * POW3[p]) as u8;
+    ((shifted as u16 * 3) >> 8) as u8
+}
+fn pack_t16(codes: &[i8], out: &mut [u8]) {
+    for j in 0..64 {
+        let mut v = 0u16;
+        for p in 0..5 {
+            v = v * 3 + (codes[j + 64 * p] + 1) as u16;
+        }
+        // ceil(v * 256 / 243): the smallest byte whose trits decode back to v's digits.
+        out[j] = ((v * 256 + 242) / 243) as u8;
+    }
+}
+fn unpack_t16(block: &[u8], out: &mut [i8]) {
+    for j in 0..64 {
+        for p in 0..5 {
+            out[j + 64 * p] = t16_trit(block[j], p) as i8 - 1;
+        }
+    }
+}
+fn dot_t16(block: &[u8], x: &[i8]) -> i32 {
+    let mut acc = 0i32;
+    for j in 0..64 {
+        for p in 0..5 {
+            let code = t16_trit(block[j], p) as i32 - 1;
+            acc += code * x[j + 64 * p] as i32;
+        }
+    }
+    acc
+}
+
+fn pack_b1(codes: &[i8], out: &mut [u8]) {
+    for j in 0..64 {
+        let mut b = 0u8;
+        for p in 0..8 {
+            b |= ((codes[j + 64 * p] > 0) as u8) << p;
+        }
+        out[j] = b;
+    }
+}
+fn unpack_b1(block: &[u8], out: &mut [i8]) {
+    for j in 0..64 {
+        for p in 0..8 {
+            out[j + 64 * p] = if (block[j] >> p) & 1 == 1 { 1 } else { -1 };
+        }
+    }
+}
+fn dot_b1(block: &[u8], x: &[i8]) -> i32 {
+    let mut acc = 0i32;
+    for j in 0..64 {
+        for p in 0..8 {
+            let xv = x[j + 64 * p] as i32;
+            acc += if (block[j] >> p) & 1 == 1 { xv } else { -xv };
+        }
+    }
+    acc
+}
+
+/// How float scales combine with the integer codes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ScaleKind {
+    /// `W = code * s`, one scale for the whole tensor (BitNet b1.58 checkpoints).
+    PerTensor(f32),
+    /// `W[n, :] = code[n, :] * s[n]`.
+    PerRow(Vec<f32>),
+    /// OneBit: `W = diag(row) * sign * diag(col)`.
+    OneBit { row: Vec<f32>, col: Vec<f32> },
+}
+
+/// A weight matrix of shape (n, k) in a packed format, with its scales.
+#[derive(Clone, Debug)]
+pub struct PackedMatrix {
+    format: WeightFormat,
+    n: usize,
+    k: usize,
+    scale: ScaleKind,
+    data: Vec<u8>,
+}
+
+/// Per-row activation quantization as BitNet b1.58 does it, into zero-padded rows.
+pub struct QuantizedActivations {
+    /// m rows of `padded_k` int8 values (padding is zero).
+    pub q: Vec<i8>,
+    /// `127 / max(|x|)` per row, max clamped to at least 1e-5.
+    pub scales: Vec<f32>,
+    /// Sum of each row of `q`, used by kernels that work on unsigned codes.
+    pub sums: Vec<i32>,
+    pub m: usize,
+    pub padded_k: usize,
+}
+
+/// BitNet b1.58 activation quantization of one row into `out` (same length as `x`).
+/// Returns the scale `127 / max(|x|)`. Round half to even, clamp to [-128, 127].
+pub fn quantize_row(x: &[f32], out: &mut [i8]) -> f32 {
+    let amax = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    let s = 127.0f32 / amax.max(1e-5);
+    for (o, v) in out.iter_mut().zip(x) {
+        *o = (v * s).round_ties_even().clamp(-128.0, 127.0) as i8;
+    }
+    s
+}
+
+/// Quantizes `m` rows of `k` floats, each padded with zeros to `padded_k`.
+pub fn quantize_activations(x: &[f32], m: usize, k: usize, padded_k: usize) -> QuantizedActivations {
+    debug_assert_eq!(x.len(), m * k);
+    let mut q = vec![0i8; m * padded_k];
+    let mut scales = Vec::with_capacity(m);
+    let mut sums = Vec::with_capacity(m);
+    for r in 0..m {
+        let row = &mut q[r * padded_k..r * padded_k + k];
+        scales.push(quantize_row(&x[r * k..(r + 1) * k], row));
+        sums.push(row.iter().map(|&v| v as i32).sum());
+    }
+    QuantizedActivations { q, scales, sums, m, padded_k }
+}
+
+impl PackedMatrix {
+    /// Packs `codes` (n * k values, row-major) into `format`.
+    pub fn pack(format: WeightFormat, codes: &[i8], n: usize, k: usize, scale: ScaleKind) -> Result<Self> {
+        if n == 0 || k == 0 {
+            crate::bail!(InvalidArgument, "weight matrix must have at least one row and one column, got shape ({n}, {k})");
+        }
+        let expected = n.checked_mul(k).ok_or_else(|| Error::InvalidArgument("shape overflows".into()))?;
+        if codes.len() != expected {
+            crate::bail!(InvalidArgument, "expected {expected} codes for shape ({n}, {k}), got {}", codes.len());
+        }
+        let spec = format.spec();
+        if let Some(pos) = codes.iter().position(|&c| !(spec.valid_code)(c)) {
+            let allowed = if format.is_ternary() { "-1, 0 or 1" } else { "-1 or 1" };
+            crate::bail!(
+                InvalidArgument,
+                "weight at row {}, column {} is {}; format {} takes only {allowed}",
+                pos / k,
+                pos % k,
+                codes[pos],
+                spec.name
+            );
+        }
+        Self::check_scale(format, n, k, &scale)?;
+        let bw = spec.block_weights;
+        let row_bytes = format.row_bytes(k);
+        let mut data = vec![0u8; n * row_bytes];
+        // Padding codes: 0 for ternary, +1 for binary (activations there are zero, so any code is exact).
+        let pad = if format.is_ternary() { 0 } else { 1 };
+        let mut block_codes = vec![pad; bw];
+        for r in 0..n {
+            let row = &codes[r * k..(r + 1) * k];
+            for (b, out) in data[r * row_bytes..(r + 1) * row_bytes].chunks_exact_mut(BLOCK_BYTES).enumerate() {
+                let start = b * bw;
+                let end = (start + bw).min(k);
+                block_codes[..end - start].copy_from_slice(&row[start..end]);
+                block_codes[end - start..].fill(pad);
+                (spec.pack_block)(&block_codes, out);
+            }
+        }
+        Ok(PackedMatrix { format, n, k, scale, data })
+    }
+
+    /// Wraps already packed bytes (e.g. from a binllm file). Sizes and scales are validated.
+    pub fn from_packed(format: WeightFormat, n: usize, k: usize, data: Vec<u8>, scale: ScaleKind) -> Result<Self> {
+        if n == 0 || k == 0 {
+            crate::bail!(InvalidArgument, "packed matrix must have a non-zero shape, got ({n}, {k})");
+        }
+        let need = n
+            .checked_mul(format.row_bytes(k))
+            .ok_or_else(|| Error::InvalidArgument("shape overflows".into()))?;
+        if data.len() != need {
+            crate::bail!(Format, "packed {} data for shape ({n}, {k}) must be {need} bytes, got {}", format.name(), data.len());
+        }
+        Self::check_scale(format, n, k, &scale)?;
+        Ok(PackedMatrix { format, n, k, scale, data })
+    }
+
+    fn check_scale(format: WeightFormat, n: usize, k: usize, scale: &ScaleKind) -> Result<()> {
+        let finite = |v: &[f32]| v.iter().all(|s| s.is_finite());
+        match scale {
+            ScaleKind::PerTensor(s) if !s.is_finite() => crate::bail!(InvalidArgument, "scale must be finite, got {s}"),
+            ScaleKind::PerRow(v) if v.len() != n => {
+                crate::bail!(InvalidArgument, "per-row scale must have {n} values (one per row), got {}", v.len())
+            }
+            ScaleKind::PerRow(v) if !finite(v) => crate::bail!(InvalidArgument, "per-row scales must be finite"),
+            ScaleKind::OneBit { .. } if format.is_ternary() => {
+                crate::bail!(InvalidArgument, "OneBit row and column scales apply to the binary format only")
+            }
+            ScaleKind::OneBit { row, col } if row.len() != n || col.len() != k => crate::bail!(
+                InvalidArgument,
+                "OneBit scales must have {n} row values and {k} column values, got {} and {}",
+                row.len(),
+                col.len()
+            ),
+            ScaleKind::OneBit { row, col } if !finite(row) || !finite(col) => {
+                crate::bail!(InvalidArgument, "OneBit scales must be finite")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn format(&self) -> WeightFormat {
+        self.format
+    }
+    pub fn shape(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+    pub fn padded_k(&self) -> usize {
+        self.format.padded_k(self.k)
+    }
+    pub fn row_bytes(&self) -> usize {
+        self.format.row_bytes(self.k)
+    }
+    pub fn scale(&self) -> &ScaleKind {
+        &self.scale
+    }
+    pub fn packed_data(&self) -> &[u8] {
+        &self.data
+    }
+    /// Bytes held: packed codes plus 4 bytes per stored scale.
+    pub fn nbytes(&self) -> usize {
+        self.data.len() + 4 * self.scale_count()
+    }
+    fn scale_count(&self) -> usize {
+        match &self.scale {
+            ScaleKind::PerTensor(_) => 1,
+            ScaleKind::PerRow(v) => v.len(),
+            ScaleKind::OneBit { row, col } => row.len() + col.len(),
+        }
+    }
+    /// True bits per weight of the logical (n, k) matrix: codes, row padding and every scale.
+    pub fn bits_per_weight(&self) -> f64 {
+        (self.nbytes() as f64 * 8.0) / (self.n as f64 * self.k as f64)
+    }
+
+    /// The int8 codes back, row-major (n * k).
+    pub fn unpack(&self) -> Vec<i8> {
+        let spec = self.format.spec();
+        let bw = spec.block_weights;
+        let (row_bytes, pk) = (self.row_bytes(), self.padded_k());
+        let mut row = vec![0i8; pk];
+        let mut out = Vec::with_capacity(self.n * self.k);
+        for r in 0..self.n {
+            for (b, block) in self.data[r * row_bytes..(r + 1) * row_bytes].chunks_exact(BLOCK_BYTES).enumerate() {
+                (spec.unpack_block)(block, &mut row[b * bw..(b + 1) * bw]);
+            }
+            out.extend_from_slice(&row[..self.k]);
+        }
+        out
+    }
+
+    /// Scale of row `n` (the row side of OneBit).
+    pub fn row_scale(&self, n: usize) -> f32 {
+        match &self.scale {
+            ScaleKind::PerTensor(s) => *s,
+            ScaleKind::PerRow(v) => v[n],
+            ScaleKind::OneBit { row, .. } => row[n],
+        }
+    }
+
+    /// Quantizes `m` rows of activations for this matrix (OneBit's column scale applied first).
+    pub fn quantize_input(&self, x: &[f32], m: usize) -> QuantizedActivations {
+        match &self.scale {
+            ScaleKind::OneBit { col, .. } => {
+                let scaled: Vec<f32> = x.chunks_exact(self.k).flat_map(|row| row.iter().zip(col).map(|(a, c)| a * c)).collect();
+                quantize_activations(&scaled, m, self.k, self.padded_k())
+            }
+            _ => quantize_activations(x, m, self.k, self.padded_k()),
+        }
+    }
+
+    /// Exact integer sums `sum_k code[n, k] * q[m, k]`, laid out `[n][m]`.
+    pub fn integer_sums(&self, backend: kernels::Backend, act: &QuantizedActivations) -> Result<Vec<i32>> {
+        if act.padded_k != self.padded_k() {
+            crate::bail!(InvalidArgument, "activations are padded to {} but the matrix needs {}", act.padded_k, self.padded_k());
+        }
+        let mut out = vec![0i32; self.n * act.m];
+        kernels::gemm_i32(backend, self.format, &self.data, self.n, self.row_bytes(), act, &mut out)?;
+        Ok(out)
+    }
+
+    /// `Y = X W^T` with BitNet b1.58 activation quantization, X of shape (m, k), Y (m, n).
+    pub fn matmul(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        let mut y = vec![0f32; m * self.n];
+        self.matmul_into(kernels::active_backend()?, x, m, &mut y)?;
+        Ok(y)
+    }
+
+    /// As `matmul`, on a chosen backend, into `y` (m * n).
+    pub fn matmul_into(&self, backend: kernels::Backend, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
+        if x.len() != m * self.k {
+            crate::bail!(InvalidArgument, "input has {} values; expected {m} rows of {} (the matrix has k = {})", x.len(), self.k, self.k);
+        }
+        if y.len() != m * self.n {
+            crate::bail!(InvalidArgument, "output must hold {} values, has {}", m * self.n, y.len());
+        }
+        let act = self.quantize_input(x, m);
+        let sums = self.integer_sums(backend, &act)?;
+        for r in 0..self.n {
+            let ws = self.row_scale(r);
+            for mi in 0..m {
+                y[mi * self.n + r] = sums[r * m + mi] as f32 * ws / act.scales[mi];
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn lcg(seed: &mut u64) -> u64 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed >> 33
+    }
+
+    pub(crate) fn random_codes(format: WeightFormat, len: usize, seed: &mut u64) -> Vec<i8> {
+        (0..len)
+            .map(|_| if format.is_ternary() { (lcg(seed) % 3) as i8 - 1 } else if lcg(seed) % 2 == 0 { -1 } else { 1 })
+            .collect()
+    }
+
+    #[test]
+    fn pack_unpack_round_trip_every_format_odd_shapes() {
+        let mut seed = 7;
+        for spec in &FORMATS {
+            for &(n, k) in &[(1, 1), (3, 17), (5, 255), (2, 256), (4, 321), (7, 1023), (1, 1537)] {
+                let codes = random_codes(spec.format, n * k, &mut seed);
+                let m = PackedMatrix::pack(spec.format, &codes, n, k, ScaleKind::PerTensor(0.5)).unwrap();
+                assert_eq!(m.unpack(), codes, "{} ({n}, {k})", spec.name);
+                assert_eq!(m.packed_data().len(), n * spec.format.row_bytes(k));
+            }
+        }
+    }
+
+    #[test]
+    fn every_t16_byte_value_decodes_to_its_digits() {
+        // All 243 trit patterns survive pack -> unpack.
+        for v in 0..243u16 {
+            let mut codes = vec![0i8; 320];
+            let mut rest = v;
+            for p in (0..5).rev() {
+                codes[64 * p] = (rest % 3) as i8 - 1;
+                rest /= 3;
+            }
+            let mut block = [0u8; 64];
+            pack_t16(&codes, &mut block);
+            let mut back = vec![0i8; 320];
+            unpack_t16(&block, &mut back);
+            assert_eq!(back, codes, "pattern {v}");
+        }
+    }
+
+    #[test]
+    fn rejects_codes_outside_the_format() {
+        let err = PackedMatrix::pack(WeightFormat::Ternary2, &[0, 2, 1], 1, 3, ScaleKind::PerTensor(1.0)).unwrap_err();
+        assert!(err.to_string().contains("column 1"), "{err}");
+        assert!(PackedMatrix::pack(WeightFormat::Binary1, &[1, 0], 1, 2, ScaleKind::PerTensor(1.0)).is_err());
+        assert!(PackedMatrix::pack(WeightFormat::Ternary2, &[1, 0], 1, 2, ScaleKind::PerRow(vec![1.0, 2.0])).is_err());
+    }
+
+    #[test]
+    fn bits_per_weight_counts_scales() {
+        let codes = vec![1i8; 4 * 256];
+        let m = PackedMatrix::pack(WeightFormat::Ternary2, &codes, 4, 256, ScaleKind::PerRow(vec![1.0; 4])).unwrap();
+        assert!((m.bits_per_weight() - (4.0 * 64.0 * 8.0 + 4.0 * 32.0) / 1024.0).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,182 @@
+//! Integer GEMV/GEMM kernels over the packed formats, one set per backend, and the run-time
+//! choice between them.
+//!
+//! Every kernel computes exact integer sums `out[r * m + i] = sum_k code[r, k] * x[i, k]` for a
+//! run of packed weight rows and `m` rows of int8 activations (zero-padded to whole blocks).
+//! Float scales are applied by the caller (`PackedMatrix::matmul_into`), so every backend can
+//! be checked bit-exact against `scalar`, which is the reference and is never deleted.
+//!
+//! The backend is chosen once from the CPU's features (best first); `BINLLM_BACKEND=name`
+//! forces one, and naming one the CPU lacks is an error, never a silent fallback.
+
+use crate::error::{Error, Result};
+use crate::formats::{QuantizedActivations, WeightFormat};
+use std::sync::OnceLock;
+
+pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
+#[cfg(target_arch = "wasm32")]
+pub mod wasm32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    Scalar,
+    Avx2,
+    /// AVX-512 BW without VNNI (maddubs + madd).
+    Avx512,
+    /// AVX-512 with VNNI (vpdpbusd).
+    Avx512Vnni,
+    Neon,
+    Simd128,
+}
+
+/// Every backend binllm knows, best last.
+pub const ALL_BACKENDS: [Backend; 6] =
+    [Backend::Scalar, Backend::Simd128, Backend::Neon, Backend::Avx2, Backend::Avx512, Backend::Avx512Vnni];
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Scalar => "scalar",
+            Backend::Avx2 => "avx2",
+            Backend::Avx512 => "avx512",
+            Backend::Avx512Vnni => "avx512vnni",
+            Backend::Neon => "neon",
+            Backend::Simd128 => "simd128",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Result<Self> {
+        ALL_BACKENDS.iter().copied().find(|b| b.name() == name.trim().to_ascii_lowercase()).ok_or_else(|| {
+            let known: Vec<_> = ALL_BACKENDS.iter().map(|b| b.name()).collect();
+            Error::Backend(format!("unknown backend '{name}'; known backends: {}", known.join(", ")))
+        })
+    }
+
+    /// Whether this CPU (and this build) can run the backend.
+    pub fn is_available(self) -> bool {
+        match self {
+            Backend::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512 => {
+                std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512Vnni => Backend::Avx512.is_available() && std::arch::is_x86_feature_detected!("avx512vnni"),
+            #[cfg(target_arch = "aarch64")]
+            Backend::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Backend::Simd128 => true,
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+}
+
+/// Backends usable here, best last.
+pub fn available_backends() -> Vec<Backend> {
+    ALL_BACKENDS.iter().copied().filter(|b| b.is_available()).collect()
+}
+
+/// The backend in use: `BINLLM_BACKEND` if set (an error if unusable here), else the best.
+pub fn active_backend() -> Result<Backend> {
+    static CHOICE: OnceLock<std::result::Result<Backend, String>> = OnceLock::new();
+    CHOICE
+        .get_or_init(|| match std::env::var("BINLLM_BACKEND") {
+            Ok(name) if !name.trim().is_empty() => {
+                let b = Backend::from_name(&name).map_err(|e| e.to_string())?;
+                if b.is_available() {
+                    Ok(b)
+                } else {
+                    let here: Vec<_> = available_backends().iter().map(|b| b.name()).collect();
+                    Err(format!(
+                        "BINLLM_BACKEND={name} asks for a backend this CPU or build cannot run; usable here: {}",
+                        here.join(", ")
+                    ))
+                }
+            }
+            _ => Ok(*available_backends().last().unwrap_or(&Backend::Scalar)),
+        })
+        .clone()
+        .map_err(Error::Backend)
+}
+
+/// Signature shared by every backend's kernel: `w` holds `n_rows` packed rows of `row_bytes`,
+/// `x` holds `m` rows of `kp` int8 activations with their sums in `x_sums`; writes
+/// `out[r * m + i]` for `r < n_rows`, `i < m`.
+///
+/// Unsafe: SIMD variants need their CPU features, and every variant trusts the lengths above,
+/// which `gemm_i32` checks before calling.
+pub type GemmKernel =
+    unsafe fn(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32]);
+
+fn kernel_for(backend: Backend, format: WeightFormat) -> GemmKernel {
+    match backend {
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx2 => x86::avx2::kernel(format),
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx512 => x86::avx512::kernel(format, false),
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx512Vnni => x86::avx512::kernel(format, true),
+        #[cfg(target_arch = "aarch64")]
+        Backend::Neon => aarch64::neon::kernel(format),
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        Backend::Simd128 => wasm32::simd128::kernel(format),
+        _ => scalar::kernel(format),
+    }
+}
+
+/// Rows handed to one task: enough work to amortize scheduling, a multiple of the SIMD tile.
+fn rows_per_task(n_rows: usize, m: usize) -> usize {
+    let threads = crate::threads::num_threads().max(1);
+    let target = n_rows.div_ceil(threads * 4);
+    let min_rows = (256 / m.max(1)).max(8);
+    target.max(min_rows).div_ceil(8) * 8
+}
+
+/// Runs `format`'s kernel on `backend` over all rows, split across the thread pool.
+pub fn gemm_i32(
+    backend: Backend,
+    format: WeightFormat,
+    w: &[u8],
+    n_rows: usize,
+    row_bytes: usize,
+    act: &QuantizedActivations,
+    out: &mut [i32],
+) -> Result<()> {
+    if !backend.is_available() {
+        crate::bail!(Backend, "backend {} is not usable on this CPU or build", backend.name());
+    }
+    let m = act.m;
+    let kp = act.padded_k;
+    if row_bytes != format.row_bytes(kp)
+        || w.len() != n_rows * row_bytes
+        || act.q.len() != m * kp
+        || act.sums.len() != m
+        || out.len() != n_rows * m
+    {
+        crate::bail!(InvalidArgument, "kernel operands disagree in size");
+    }
+    if n_rows == 0 || m == 0 {
+        return Ok(());
+    }
+    let kernel = kernel_for(backend, format);
+    let rows = rows_per_task(n_rows, m);
+    crate::threads::for_each_chunk(out, rows * m, |chunk, part| {
+        let first = chunk * rows;
+        let count = part.len() / m;
+        let wpart = &w[first * row_bytes..(first + count) * row_bytes];
+        // SAFETY: `backend.is_available()` was checked above, and every length the kernel
+        // trusts (`wpart`, `act.q`, `act.sums`, `part`) was checked to match its shape.
+        unsafe { kernel(wpart, count, row_bytes, &act.q, &act.sums, m, kp, part) }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,14 @@
+//! binllm-core: packed 1-bit and ternary weight formats, their SIMD kernels, model file
+//! loaders and the transformer forward pass. Pure Rust: the Python (PyO3) and WebAssembly
+//! layers are thin translations over this crate and hold no logic of their own.
+//!
+//! Data flows one way: file bytes -> `loader` -> `model` -> `kernels`.
+
+pub mod error;
+pub mod formats;
+pub mod kernels;
+pub mod loader;
+pub mod threads;
+
+pub use error::{Error, Result};
+pub use formats::{PackedMatrix, ScaleKind, WeightFormat};
