@@ -21,7 +21,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 py=.venv/bin/python
 $py -m pip install -q --upgrade pip
-$py -m pip install -q "maturin>=1.7,<2" "numpy>=1.23" "tokenizers>=0.20" "safetensors>=0.4"
+$py -m pip install -q "maturin>=1.7,<2" "numpy>=1.23" "tokenizers>=0.19" "jinja2>=3" "safetensors>=0.4"
 if [ "$want_test" = 1 ]; then
   $py -m pip install -q "pytest>=8" "pytest-benchmark>=4"
 fi

@@ -7,10 +7,11 @@ from importlib.metadata import PackageNotFoundError, version as _version
 
 from binllm._core import BackendError, BinllmError, ModelFormatError, UnsupportedError
 from binllm import kernels
+from binllm.model import Model
 
 try:
     __version__ = _version("binllm")
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["BinllmError", "ModelFormatError", "UnsupportedError", "BackendError", "kernels", "__version__"]
+__all__ = ["BinllmError", "ModelFormatError", "UnsupportedError", "BackendError", "kernels", "Model", "__version__"]

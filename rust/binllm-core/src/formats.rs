@@ -402,6 +402,23 @@ impl PackedMatrix {
         out
     }
 
+    /// Row `r` as float weights (codes times every scale), k values into `out`.
+    pub fn decode_row_f32(&self, r: usize, out: &mut Vec<f32>) {
+        let spec = self.format.spec();
+        let bw = spec.block_weights;
+        let row_bytes = self.row_bytes();
+        let mut codes = vec![0i8; self.padded_k()];
+        for (b, block) in self.data[r * row_bytes..(r + 1) * row_bytes].chunks_exact(BLOCK_BYTES).enumerate() {
+            (spec.unpack_block)(block, &mut codes[b * bw..(b + 1) * bw]);
+        }
+        let s = self.row_scale(r);
+        out.clear();
+        match &self.scale {
+            ScaleKind::OneBit { col, .. } => out.extend(codes[..self.k].iter().zip(col).map(|(&c, h)| c as f32 * s * h)),
+            _ => out.extend(codes[..self.k].iter().map(|&c| c as f32 * s)),
+        }
+    }
+
     /// Scale of row `n` (the row side of OneBit).
     pub fn row_scale(&self, n: usize) -> f32 {
         match &self.scale {

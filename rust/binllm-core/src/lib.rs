@@ -8,6 +8,7 @@ pub mod error;
 pub mod formats;
 pub mod kernels;
 pub mod loader;
+pub mod model;
 pub mod threads;
 
 pub use error::{Error, Result};

@@ -236,6 +236,219 @@ fn num_threads() -> usize {
     binllm_core::threads::num_threads()
 }
 
+
+// ---------------------------------------------------------------------------------------
+// Models: loading, the forward pass with a KV cache, sampling.
+
+use binllm_core::model::sampler::{Sampler, SamplingParams};
+use binllm_core::model::{KvCache, Model};
+use std::sync::Arc;
+
+/// A loaded model (weights only; generation state lives in a `Session`).
+#[pyclass(name = "Model", module = "binllm._core", frozen)]
+struct PyModel {
+    inner: Arc<Model>,
+}
+
+#[pymethods]
+impl PyModel {
+    /// Loads a Hugging Face folder or a .gguf file.
+    #[staticmethod]
+    #[pyo3(signature = (path, act_quant=true))]
+    fn load(py: Python<'_>, path: std::path::PathBuf, act_quant: bool) -> PyResult<Self> {
+        let mut model = py.detach(|| binllm_core::model::load::load_path(&path)).map_err(to_py)?;
+        model.act_quant = act_quant;
+        Ok(PyModel { inner: Arc::new(model) })
+    }
+
+    /// A model from the bytes of a GGUF file.
+    #[staticmethod]
+    #[pyo3(signature = (data, act_quant=true))]
+    fn from_gguf_bytes(py: Python<'_>, data: &[u8], act_quant: bool) -> PyResult<Self> {
+        let mut model = py
+            .detach(|| binllm_core::loader::GgufFile::parse(data).and_then(|f| Model::from_gguf(&f)))
+            .map_err(to_py)?;
+        model.act_quant = act_quant;
+        Ok(PyModel { inner: Arc::new(model) })
+    }
+
+    /// Hyper-parameters as a dict.
+    fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        let c = &self.inner.config;
+        let d = pyo3::types::PyDict::new(py);
+        d.set_item("architecture", &c.architecture)?;
+        d.set_item("hidden_size", c.hidden)?;
+        d.set_item("intermediate_size", c.intermediate)?;
+        d.set_item("num_hidden_layers", c.layers)?;
+        d.set_item("num_attention_heads", c.heads)?;
+        d.set_item("num_key_value_heads", c.kv_heads)?;
+        d.set_item("head_dim", c.head_dim)?;
+        d.set_item("vocab_size", c.vocab)?;
+        d.set_item("max_position_embeddings", c.max_positions)?;
+        d.set_item("rope_theta", c.rope_theta)?;
+        d.set_item("rope_style", format!("{:?}", c.rope_style).to_lowercase())?;
+        d.set_item("rms_norm_eps", c.rms_eps)?;
+        d.set_item("hidden_act", c.activation.name())?;
+        d.set_item("sub_norms", c.sub_norms)?;
+        d.set_item("tie_word_embeddings", c.tie_embeddings)?;
+        d.set_item("bitnet", c.linear == binllm_core::model::LinearKind::BitNet)?;
+        d.set_item("act_quant", self.inner.act_quant)?;
+        d.set_item("bos_token_id", c.bos_token)?;
+        d.set_item("eos_token_ids", c.eos_tokens.clone())?;
+        Ok(d)
+    }
+
+    /// Per-tensor-kind storage: list of (kind, storage, parameters, bytes).
+    fn tensor_summary(&self) -> Vec<(String, String, usize, usize)> {
+        let m = &self.inner;
+        let mut rows = vec![("embedding".to_string(), "f32".to_string(), m.embed.len(), m.embed.len() * 4)];
+        let mut add = |kind: &str, l: &binllm_core::model::Linear| {
+            let (n, k) = l.shape();
+            rows.push((kind.to_string(), l.storage().to_string(), n * k, l.nbytes()));
+        };
+        for layer in &m.layers {
+            for (kind, l) in [("attention", &layer.q), ("attention", &layer.k), ("attention", &layer.v), ("attention", &layer.o)] {
+                add(kind, l);
+            }
+            for (kind, l) in [("mlp", &layer.gate), ("mlp", &layer.up), ("mlp", &layer.down)] {
+                add(kind, l);
+            }
+        }
+        if let Some(h) = &m.lm_head {
+            add("output", h);
+        }
+        rows
+    }
+
+    /// Bytes of all weights held in memory.
+    #[getter]
+    fn nbytes(&self) -> usize {
+        self.inner.nbytes()
+    }
+
+    /// A generation session with room for `capacity` tokens (capped at the model's context).
+    fn session(&self, capacity: usize) -> PyResult<PySession> {
+        if capacity == 0 {
+            return Err(PyValueError::new_err("capacity must be at least 1"));
+        }
+        Ok(PySession { model: self.inner.clone(), cache: self.inner.new_cache(capacity) })
+    }
+}
+
+/// A KV cache bound to a model: feed tokens, get logits.
+#[pyclass(name = "Session", module = "binllm._core")]
+struct PySession {
+    model: Arc<Model>,
+    cache: KvCache,
+}
+
+#[pymethods]
+impl PySession {
+    /// Runs `tokens` after those already seen; logits of the last token (vocab,) or of all
+    /// (len, vocab).
+    #[pyo3(signature = (tokens, all_logits=false))]
+    fn forward<'py>(&mut self, py: Python<'py>, tokens: Vec<i64>, all_logits: bool) -> PyResult<Bound<'py, PyAny>> {
+        let vocab = self.model.config.vocab;
+        let ids = tokens
+            .iter()
+            .map(|&t| u32::try_from(t).ok().filter(|&u| (u as usize) < vocab))
+            .collect::<Option<Vec<u32>>>()
+            .ok_or_else(|| PyValueError::new_err(format!("token ids must be in [0, {vocab})")))?;
+        let m = ids.len();
+        let (model, cache) = (&self.model, &mut self.cache);
+        let logits = py.detach(|| model.forward(&ids, cache, all_logits)).map_err(to_py)?;
+        let arr = PyArray1::from_vec(py, logits);
+        if all_logits {
+            Ok(arr.reshape([m, vocab])?.into_any())
+        } else {
+            Ok(arr.into_any())
+        }
+    }
+
+    /// Tokens cached so far.
+    #[getter]
+    fn length(&self) -> usize {
+        self.cache.len()
+    }
+
+    #[getter]
+    fn capacity(&self) -> usize {
+        self.cache.capacity()
+    }
+
+    /// Bytes held by the KV cache.
+    #[getter]
+    fn cache_nbytes(&self) -> usize {
+        self.cache.nbytes()
+    }
+
+    /// Keeps only the first `n` cached tokens.
+    fn truncate(&mut self, n: usize) {
+        self.cache.truncate(n)
+    }
+}
+
+/// Seeded sampling: greedy when temperature is 0.
+#[pyclass(name = "Sampler", module = "binllm._core")]
+struct PySampler {
+    inner: Sampler,
+}
+
+#[pymethods]
+impl PySampler {
+    #[new]
+    #[pyo3(signature = (temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0, seed=0))]
+    fn new(temperature: f32, top_k: usize, top_p: f32, min_p: f32, repetition_penalty: f32, seed: u64) -> PyResult<Self> {
+        let params = SamplingParams { temperature, top_k, top_p, min_p, repetition_penalty, seed };
+        Ok(PySampler { inner: Sampler::new(params).map_err(to_py)? })
+    }
+
+    /// Picks the next token from float32 logits, given the tokens so far.
+    fn sample(&mut self, logits: &Bound<'_, PyAny>, history: Vec<u32>) -> PyResult<u32> {
+        let arr = float32_array(logits)?;
+        let mut v = arr.as_slice().map_err(|_| PyValueError::new_err("logits must be C-contiguous"))?.to_vec();
+        Ok(self.inner.sample(&mut v, &history))
+    }
+}
+
+fn gguf_value_to_py<'py>(py: Python<'py>, v: &binllm_core::loader::GgufValue) -> PyResult<Bound<'py, PyAny>> {
+    use binllm_core::loader::GgufValue as G;
+    Ok(match v {
+        G::U8(x) => x.into_pyobject(py)?.into_any(),
+        G::I8(x) => x.into_pyobject(py)?.into_any(),
+        G::U16(x) => x.into_pyobject(py)?.into_any(),
+        G::I16(x) => x.into_pyobject(py)?.into_any(),
+        G::U32(x) => x.into_pyobject(py)?.into_any(),
+        G::I32(x) => x.into_pyobject(py)?.into_any(),
+        G::U64(x) => x.into_pyobject(py)?.into_any(),
+        G::I64(x) => x.into_pyobject(py)?.into_any(),
+        G::F32(x) => x.into_pyobject(py)?.into_any(),
+        G::F64(x) => x.into_pyobject(py)?.into_any(),
+        G::Bool(x) => pyo3::types::PyBool::new(py, *x).to_owned().into_any(),
+        G::String(x) => x.into_pyobject(py)?.into_any(),
+        G::Array(items) => {
+            let list = pyo3::types::PyList::empty(py);
+            for it in items {
+                list.append(gguf_value_to_py(py, it)?)?;
+            }
+            list.into_any()
+        }
+    })
+}
+
+/// Metadata of a GGUF file as a dict, and its tensors as (name, type, shape).
+#[pyfunction]
+fn gguf_read_metadata<'py>(py: Python<'py>, path: std::path::PathBuf) -> PyResult<(Bound<'py, pyo3::types::PyDict>, Vec<(String, String, Vec<usize>)>)> {
+    let bytes = binllm_core::model::load::map_file(&path).map_err(to_py)?;
+    let file = binllm_core::loader::GgufFile::parse(&bytes).map_err(to_py)?;
+    let d = pyo3::types::PyDict::new(py);
+    for (k, v) in &file.metadata {
+        d.set_item(k, gguf_value_to_py(py, v)?)?;
+    }
+    let tensors = file.tensors.iter().map(|t| (t.name.clone(), t.dtype.name().to_string(), t.shape.clone())).collect();
+    Ok((d, tensors))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -251,5 +464,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(backend, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
+    m.add_class::<PyModel>()?;
+    m.add_class::<PySession>()?;
+    m.add_class::<PySampler>()?;
+    m.add_function(wrap_pyfunction!(gguf_read_metadata, m)?)?;
     Ok(())
 }

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::formats::{QuantizedActivations, WeightFormat};
 use std::sync::OnceLock;
 
+pub mod float;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;

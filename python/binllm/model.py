@@ -1,0 +1,267 @@
+"""``binllm.Model``: load a binarized (or float) LLM and generate text with it.
+
+The forward pass, KV cache and sampler live in the Rust core; this module adds what Python
+users expect around them: ``from_pretrained``, tokenization, chat templates, stop strings and
+streaming.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterator, Sequence, Union
+
+import numpy as np
+
+from binllm import _core, kernels
+from binllm import tokenizer as _tok
+from binllm._core import BinllmError
+
+Messages = Sequence[dict]
+Prompt = Union[str, Messages]
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _resolve(path_or_id: str | os.PathLike, revision: str | None) -> Path:
+    """A local folder or .gguf file, or a Hugging Face model id downloaded (when online)."""
+    path = Path(path_or_id).expanduser()
+    if path.exists():
+        return path
+    text = str(path_or_id)
+    if not _HUB_ID.match(text):
+        raise FileNotFoundError(f"no model at '{text}' (not a folder, a .gguf file, or a Hugging Face id like 'owner/name')")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise BinllmError(f"'{text}' is not a local path; to download it from the Hugging Face hub, pip install huggingface_hub") from e
+    patterns = ["*.json", "*.safetensors", "*.gguf", "tokenizer*"]
+    try:
+        return Path(snapshot_download(repo_id=text, revision=revision, allow_patterns=patterns))
+    except Exception as e:
+        raise BinllmError(f"could not download '{text}' from the Hugging Face hub: {e}") from e
+
+
+class Model:
+    """A model ready to generate. Build it with :meth:`from_pretrained`."""
+
+    def __init__(self, core: _core.Model, tokenizer, source: Path, tokenizer_config: dict, generation_config: dict, add_bos: bool):
+        self._core = core
+        self.tokenizer = tokenizer
+        self.source = source
+        self.config = core.config()
+        self.tokenizer_config = tokenizer_config
+        self.generation_config = generation_config
+        self._add_bos = add_bos
+        eos = set(self.config["eos_token_ids"])
+        for key in ("eos_token_id",):
+            v = generation_config.get(key)
+            eos.update(v if isinstance(v, list) else [v] if isinstance(v, int) else [])
+        name = tokenizer_config.get("eos_token")
+        if isinstance(name, dict):
+            name = name.get("content")
+        if isinstance(name, str) and tokenizer.token_to_id(name) is not None:
+            eos.add(tokenizer.token_to_id(name))
+        self.eos_token_ids = sorted(eos)
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | os.PathLike, threads: int | None = None, act_quant: bool = True, revision: str | None = None) -> "Model":
+        """Loads a Hugging Face folder (config.json + safetensors), a ``.gguf`` file, or a model
+        id from the Hugging Face hub (needs ``huggingface_hub`` and a network).
+
+        ``threads`` sets the kernels' worker threads (default: all cores). ``act_quant=False``
+        runs BitNet linears with float activations (a reference mode, not for speed).
+        """
+        if threads is not None:
+            kernels.set_num_threads(threads)
+        path = _resolve(path_or_id, revision)
+        if path.is_dir():
+            core = _core.Model.load(str(path), act_quant)
+            tok = _tok.from_folder(path)
+            tok_cfg = _tok.read_json(path / "tokenizer_config.json")
+            gen_cfg = _tok.read_json(path / "generation_config.json")
+            add_bos = False  # tokenizer.json's post-processor adds BOS where the model wants it
+        else:
+            if path.suffix.lower() != ".gguf":
+                raise BinllmError(f"{path}: binllm loads Hugging Face folders and .gguf files")
+            core = _core.Model.load(str(path), act_quant)
+            meta, _ = _core.gguf_read_metadata(str(path))
+            tok = _tok.from_gguf_metadata(meta)
+            tok_cfg = {}
+            if "tokenizer.chat_template" in meta:
+                tok_cfg["chat_template"] = meta["tokenizer.chat_template"]
+            eos = meta.get("tokenizer.ggml.eos_token_id")
+            gen_cfg = {"eos_token_id": eos} if eos is not None else {}
+            add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False))
+        return cls(core, tok, path, tok_cfg, gen_cfg, add_bos)
+
+    # ------------------------------------------------------------------ tokens and text
+
+    def encode(self, text: str) -> list[int]:
+        ids = self.tokenizer.encode(text).ids
+        bos = self.config.get("bos_token_id")
+        if self._add_bos and bos is not None and (not ids or ids[0] != bos):
+            ids = [bos] + ids
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def apply_chat_template(self, messages: Messages, add_generation_prompt: bool = True) -> str:
+        """Renders chat messages with the model's chat template (tokenizer_config.json or GGUF)."""
+        template = self.tokenizer_config.get("chat_template")
+        if not template:
+            raise BinllmError("this model has no chat template")
+        try:
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
+        except ImportError as e:  # pragma: no cover
+            raise BinllmError("chat templates need jinja2: pip install jinja2") from e
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+
+        def raise_exception(msg):
+            raise BinllmError(f"chat template: {msg}")
+
+        special = {}
+        for key in ("bos_token", "eos_token"):
+            v = self.tokenizer_config.get(key, "")
+            special[key] = v.get("content", "") if isinstance(v, dict) else (v or "")
+        return env.from_string(template).render(messages=list(messages), add_generation_prompt=add_generation_prompt, raise_exception=raise_exception, **special)
+
+    # ------------------------------------------------------------------ compute
+
+    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Float32 logits (len(token_ids), vocab) for the whole sequence."""
+        ids = [int(t) for t in token_ids]
+        if not ids:
+            raise ValueError("token_ids is empty")
+        session = self._core.session(len(ids))
+        if len(ids) > session.capacity:
+            raise ValueError(f"{len(ids)} tokens exceed the model's context of {session.capacity}")
+        return session.forward(ids, all_logits=True)
+
+    def generate(
+        self,
+        prompt: Prompt,
+        max_new_tokens: int = 128,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
+        seed: int = 0,
+        stop: str | Sequence[str] | None = None,
+        stream: bool = False,
+    ) -> Union[str, Iterator[str]]:
+        """Generates a continuation of ``prompt`` (a string, or chat messages rendered with the
+        model's chat template).
+
+        Greedy when ``temperature`` is 0 (the default, unless generation_config.json asks for
+        sampling). Stops at an end-of-sequence token, at any of the ``stop`` strings (not
+        included in the output), after ``max_new_tokens``, or when the context is full.
+        Returns the text, or with ``stream=True`` an iterator of text pieces.
+        """
+        ids, params, stops = self._prepare(prompt, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop)
+        pieces = self._pieces(ids, max_new_tokens, params, stops)
+        return pieces if stream else "".join(pieces)
+
+    def _prepare(self, prompt, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop):
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+        if isinstance(prompt, str):
+            text = prompt
+        elif isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) for m in prompt):
+            text = self.apply_chat_template(prompt)
+        else:
+            raise TypeError("prompt must be a string or a list of chat messages ({'role': ..., 'content': ...})")
+        if not text:
+            raise ValueError("prompt is empty")
+        ids = self.encode(text)
+        if not ids:
+            raise ValueError("prompt is empty after tokenization")
+        context = self.config["max_position_embeddings"]
+        if len(ids) >= context:
+            raise ValueError(f"prompt is {len(ids)} tokens; the model's context is {context} (leave room for at least one new token)")
+        gc = self.generation_config
+        sampling = bool(gc.get("do_sample", False))
+        if temperature is None:
+            temperature = float(gc.get("temperature", 1.0)) if sampling else 0.0
+        if top_k is None:
+            top_k = int(gc.get("top_k", 0)) if sampling else 0
+        if top_p is None:
+            top_p = float(gc.get("top_p", 1.0)) if sampling else 1.0
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise ValueError(f"top_k must be an int >= 0, got {top_k!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        params = dict(temperature=float(temperature), top_k=top_k, top_p=float(top_p), min_p=float(min_p), repetition_penalty=float(repetition_penalty), seed=seed)
+        _core.Sampler(**params)  # validates every value now, before any work
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if any(not isinstance(s, str) or not s for s in stops):
+            raise ValueError("stop must be a non-empty string or a list of them")
+        return ids, params, stops
+
+    def _pieces(self, ids: list[int], max_new_tokens: int, params: dict, stops: list[str]) -> Iterator[str]:
+        context = self.config["max_position_embeddings"]
+        session = self._core.session(min(context, len(ids) + max_new_tokens))
+        sampler = _core.Sampler(**params)
+        eos = set(self.eos_token_ids)
+        history = list(ids)
+        new: list[int] = []
+        emitted = 0
+        hold = max((len(s) for s in stops), default=1) - 1
+        logits = session.forward(ids)
+        while True:
+            token = sampler.sample(logits, history)
+            if token in eos:
+                break
+            new.append(token)
+            history.append(token)
+            text = self.decode(new)
+            cut = min((text.find(s) for s in stops if s in text), default=-1)
+            if cut >= 0:
+                if cut > emitted:
+                    yield text[emitted:cut]
+                return
+            # Hold back an unfinished UTF-8 character and anything that may start a stop string.
+            ready = len(text) - hold if stops else len(text)
+            if text.endswith("\ufffd"):
+                ready = min(ready, len(text) - 1)
+            if ready > emitted:
+                yield text[emitted:ready]
+                emitted = ready
+            if len(new) >= max_new_tokens or session.length >= session.capacity:
+                break
+            logits = session.forward([token])
+        text = self.decode(new)
+        if len(text) > emitted:
+            yield text[emitted:]
+
+    # ------------------------------------------------------------------ facts
+
+    def info(self) -> dict[str, Any]:
+        """Architecture, parameter count, bytes, and true bits per weight per tensor kind."""
+        groups: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+        for kind, storage, params, nbytes in self._core.tensor_summary():
+            g = groups[(kind, storage)]
+            g[0] += params
+            g[1] += nbytes
+        tensors = [
+            {"kind": k, "storage": s, "parameters": p, "bytes": b, "bits_per_weight": round(8 * b / p, 4)}
+            for (k, s), (p, b) in sorted(groups.items())
+        ]
+        return {
+            "source": str(self.source),
+            "architecture": self.config["architecture"],
+            "config": self.config,
+            "parameters": sum(t["parameters"] for t in tensors),
+            "bytes": self._core.nbytes,
+            "tensors": tensors,
+            "backend": kernels.backend(),
+            "threads": kernels.num_threads(),
+        }
+
+    def __repr__(self) -> str:
+        c = self.config
+        return f"Model({self.source.name!r}, {c['architecture']}, {c['num_hidden_layers']} layers, hidden {c['hidden_size']})"

@@ -1,0 +1,292 @@
+//! The transformer forward pass shared by Python and the browser build: BitNet b1.58
+//! (sub-norms, relu2 or SiLU, ternary linears with int8 activations) and Llama (SiLU, float
+//! or BitNet-style linears). One function, `Model::forward`, read top to bottom:
+//!
+//! ```text
+//! x = embed(tokens)                                   (m x hidden)
+//! for each layer:
+//!     h = rmsnorm(x) ; q, k, v = h Wq, h Wk, h Wv ; rope(q, k) ; cache k, v
+//!     a = attention(q, cache)          [ a = rmsnorm(a) if sub-norms ]
+//!     x = x + a Wo
+//!     h = rmsnorm(x) ; g = act(h Wgate) * (h Wup)   [ g = rmsnorm(g) if sub-norms ]
+//!     x = x + g Wdown
+//! logits = rmsnorm(x) Wout
+//! ```
+//! Prefill runs all prompt tokens through the GEMM kernels at once; decode runs one token
+//! through the GEMV kernels. Attention heads are split over the thread pool.
+
+pub mod config;
+pub mod linear;
+pub mod load;
+pub mod sampler;
+
+use crate::error::Result;
+use crate::kernels::{self, float, Backend};
+pub use config::{Activation, LinearKind, ModelConfig, RopeStyle};
+pub use linear::Linear;
+
+pub struct Layer {
+    pub attn_norm: Vec<f32>,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub attn_sub_norm: Option<Vec<f32>>,
+    pub ffn_norm: Vec<f32>,
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+    pub ffn_sub_norm: Option<Vec<f32>>,
+}
+
+pub struct Model {
+    pub config: ModelConfig,
+    /// Token embeddings, vocab x hidden.
+    pub embed: Vec<f32>,
+    pub layers: Vec<Layer>,
+    pub norm: Vec<f32>,
+    /// None when the output layer is tied to the embeddings.
+    pub lm_head: Option<Linear>,
+    /// Whether BitNet linears quantize activations to int8 (true for real inference; false is
+    /// a reference mode used to compare against float implementations).
+    pub act_quant: bool,
+}
+
+/// Keys and values of every layer for the tokens seen so far.
+pub struct KvCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    len: usize,
+    capacity: usize,
+}
+
+impl KvCache {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+    /// Forgets everything after the first `len` tokens (to reuse a shared prompt prefix).
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.len {
+            let row = self.k.first().map(|k| k.len() / self.len.max(1)).unwrap_or(0);
+            for (k, v) in self.k.iter_mut().zip(&mut self.v) {
+                k.truncate(len * row);
+                v.truncate(len * row);
+            }
+            self.len = len;
+        }
+    }
+    pub fn clear(&mut self) {
+        self.truncate(0);
+    }
+    /// Bytes held by cached keys and values.
+    pub fn nbytes(&self) -> usize {
+        self.k.iter().chain(&self.v).map(|x| x.len() * 4).sum()
+    }
+}
+
+fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let d = weight.len();
+    for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let ms = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for ((o, v), w) in o.iter_mut().zip(row).zip(weight) {
+            *o = v * inv * w;
+        }
+    }
+}
+
+fn rmsnorm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    let copy = x.to_vec();
+    rmsnorm(&copy, weight, eps, x);
+}
+
+impl Model {
+    pub fn new_cache(&self, capacity: usize) -> KvCache {
+        let capacity = capacity.min(self.config.max_positions).max(1);
+        KvCache { k: vec![Vec::new(); self.config.layers], v: vec![Vec::new(); self.config.layers], len: 0, capacity }
+    }
+
+    /// Bytes of all weights held (packed codes, scales, float tensors).
+    pub fn nbytes(&self) -> usize {
+        let lin = |l: &Linear| l.nbytes();
+        let norms = |v: &Option<Vec<f32>>| v.as_ref().map(|x| x.len() * 4).unwrap_or(0);
+        self.embed.len() * 4
+            + self.norm.len() * 4
+            + self.lm_head.as_ref().map(lin).unwrap_or(0)
+            + self
+                .layers
+                .iter()
+                .map(|l| {
+                    [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].iter().map(|x| lin(x)).sum::<usize>()
+                        + (l.attn_norm.len() + l.ffn_norm.len()) * 4
+                        + norms(&l.attn_sub_norm)
+                        + norms(&l.ffn_sub_norm)
+                })
+                .sum::<usize>()
+    }
+
+    /// Runs `tokens` after what `cache` holds. Returns logits: for every token
+    /// (`all_logits`, m x vocab) or for the last one (vocab).
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, all_logits: bool) -> Result<Vec<f32>> {
+        let cfg = &self.config;
+        let m = tokens.len();
+        if m == 0 {
+            crate::bail!(InvalidArgument, "no tokens to run");
+        }
+        if cache.len + m > cache.capacity {
+            crate::bail!(
+                InvalidArgument,
+                "{} tokens do not fit in the context: {} already cached, room for {}",
+                m,
+                cache.len,
+                cache.capacity
+            );
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= cfg.vocab) {
+            crate::bail!(InvalidArgument, "token id {bad} is outside the vocabulary (size {})", cfg.vocab);
+        }
+        let backend = kernels::active_backend()?;
+        let (d, hd) = (cfg.hidden, cfg.head_dim);
+        let (q_dim, kv_dim) = (cfg.heads * hd, cfg.kv_heads * hd);
+
+        let mut x = Vec::with_capacity(m * d);
+        for &t in tokens {
+            x.extend_from_slice(&self.embed[t as usize * d..(t as usize + 1) * d]);
+        }
+        let mut h = vec![0f32; m * d];
+        let (mut q, mut k, mut v) = (vec![0f32; m * q_dim], vec![0f32; m * kv_dim], vec![0f32; m * kv_dim]);
+        let mut attn = vec![0f32; m * q_dim];
+        let mut proj = vec![0f32; m * d];
+        let (mut gate, mut up) = (vec![0f32; m * cfg.intermediate], vec![0f32; m * cfg.intermediate]);
+        let pos0 = cache.len;
+
+        for (li, layer) in self.layers.iter().enumerate() {
+            rmsnorm(&x, &layer.attn_norm, cfg.rms_eps, &mut h);
+            self.linear(&layer.q, backend, &h, m, &mut q)?;
+            self.linear(&layer.k, backend, &h, m, &mut k)?;
+            self.linear(&layer.v, backend, &h, m, &mut v)?;
+            self.rope(&mut q, cfg.heads, pos0);
+            self.rope(&mut k, cfg.kv_heads, pos0);
+            cache.k[li].extend_from_slice(&k);
+            cache.v[li].extend_from_slice(&v);
+            self.attention(&q, &cache.k[li], &cache.v[li], pos0, m, &mut attn);
+            if let Some(w) = &layer.attn_sub_norm {
+                rmsnorm_in_place(&mut attn, w, cfg.rms_eps);
+            }
+            self.linear(&layer.o, backend, &attn, m, &mut proj)?;
+            x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
+
+            rmsnorm(&x, &layer.ffn_norm, cfg.rms_eps, &mut h);
+            self.linear(&layer.gate, backend, &h, m, &mut gate)?;
+            self.linear(&layer.up, backend, &h, m, &mut up)?;
+            match cfg.activation {
+                Activation::Silu => gate.iter_mut().zip(&up).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u),
+                Activation::Relu2 => gate.iter_mut().zip(&up).for_each(|(g, u)| {
+                    let r = g.max(0.0);
+                    *g = r * r * u
+                }),
+            }
+            if let Some(w) = &layer.ffn_sub_norm {
+                rmsnorm_in_place(&mut gate, w, cfg.rms_eps);
+            }
+            self.linear(&layer.down, backend, &gate, m, &mut proj)?;
+            x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
+        }
+        cache.len += m;
+
+        // Only the rows whose logits are wanted go through the (large) output layer.
+        let rows = if all_logits { m } else { 1 };
+        let last = &x[(m - rows) * d..];
+        let mut normed = vec![0f32; rows * d];
+        rmsnorm(last, &self.norm, cfg.rms_eps, &mut normed);
+        let mut logits = vec![0f32; rows * cfg.vocab];
+        match &self.lm_head {
+            Some(head) => head.forward(backend, &normed, rows, &mut logits, self.act_quant && head_is_bitnet(head))?,
+            None => float::gemm_f32(&self.embed, cfg.vocab, d, &normed, rows, &mut logits),
+        }
+        Ok(logits)
+    }
+
+    fn linear(&self, l: &Linear, backend: Backend, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
+        l.forward(backend, x, m, y, self.act_quant)
+    }
+
+    /// Rotates q or k (m rows of `heads` heads) for positions pos0, pos0 + 1, ...
+    fn rope(&self, x: &mut [f32], heads: usize, pos0: usize) {
+        let hd = self.config.head_dim;
+        let half = hd / 2;
+        let inv_freq: Vec<f32> =
+            (0..half).map(|i| 1.0 / self.config.rope_theta.powf((2 * i) as f32 / hd as f32)).collect();
+        for (t, row) in x.chunks_exact_mut(heads * hd).enumerate() {
+            let pos = (pos0 + t) as f32;
+            let (cos, sin): (Vec<f32>, Vec<f32>) = inv_freq.iter().map(|f| ((pos * f).cos(), (pos * f).sin())).unzip();
+            for head in row.chunks_exact_mut(hd) {
+                for i in 0..half {
+                    let (a, b) = match self.config.rope_style {
+                        RopeStyle::NeoX => (i, i + half),
+                        RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                    };
+                    let (x0, x1) = (head[a], head[b]);
+                    head[a] = x0 * cos[i] - x1 * sin[i];
+                    head[b] = x0 * sin[i] + x1 * cos[i];
+                }
+            }
+        }
+    }
+
+    /// Causal attention of m new queries (positions pos0..) over the cached keys and values.
+    fn attention(&self, q: &[f32], keys: &[f32], values: &[f32], pos0: usize, m: usize, out: &mut [f32]) {
+        let cfg = &self.config;
+        let hd = cfg.head_dim;
+        let (q_dim, kv_dim) = (cfg.heads * hd, cfg.kv_heads * hd);
+        let group = cfg.heads / cfg.kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        // Per head: m x hd outputs, computed in parallel, then laid back as m x q_dim.
+        let mut per_head = vec![0f32; cfg.heads * m * hd];
+        crate::threads::for_each_chunk(&mut per_head, m * hd, |h, o| {
+            let kv = h / group;
+            let mut scores = Vec::with_capacity(pos0 + m);
+            for i in 0..m {
+                let qi = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
+                let visible = pos0 + i + 1;
+                scores.clear();
+                let mut max = f32::NEG_INFINITY;
+                for j in 0..visible {
+                    let kj = &keys[j * kv_dim + kv * hd..j * kv_dim + (kv + 1) * hd];
+                    let s = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+                    max = max.max(s);
+                    scores.push(s);
+                }
+                let mut total = 0f32;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    total += *s;
+                }
+                let oi = &mut o[i * hd..(i + 1) * hd];
+                oi.fill(0.0);
+                for (j, s) in scores.iter().enumerate() {
+                    let p = s / total;
+                    let vj = &values[j * kv_dim + kv * hd..j * kv_dim + (kv + 1) * hd];
+                    oi.iter_mut().zip(vj).for_each(|(a, b)| *a += p * b);
+                }
+            }
+        });
+        for h in 0..cfg.heads {
+            for i in 0..m {
+                out[i * q_dim + h * hd..i * q_dim + (h + 1) * hd].copy_from_slice(&per_head[(h * m + i) * hd..(h * m + i + 1) * hd]);
+            }
+        }
+    }
+}
+
+/// The output layer quantizes activations only when it is itself packed (never the case for
+/// the checkpoints binllm reads today, whose output layers are float).
+fn head_is_bitnet(head: &Linear) -> bool {
+    matches!(head, Linear::Packed(_))
+}
