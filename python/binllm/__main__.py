@@ -1,0 +1,5 @@
+import sys
+
+from binllm.cli import main
+
+sys.exit(main())

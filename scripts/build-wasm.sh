@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Builds wasm/ (binllm-wasm) for wasm32-unknown-unknown with SIMD128 and copies the module to
+# wasm/pkg/binllm_wasm.wasm.
+#
+# rustup has no wasm32 std here, so this uses Debian's rustc-web/cargo-web with RUSTC_BOOTSTRAP=1
+# and -Zbuild-std over rust-web-src (scripts/wasm-toolchain.sh installs them). The build goes to
+# target/wasm so it never mixes with the rustup toolchain's builds.
+#
+# Usage: scripts/build-wasm.sh [--debug]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+profile=release
+case "${1:-}" in
+    "") ;;
+    --debug) profile=debug ;;
+    *) echo "usage: $0 [--debug]" >&2; exit 2 ;;
+esac
+
+for path in /usr/bin/rustc /usr/bin/cargo /usr/lib/rustlib/src/rust/library/std; do
+    if [[ ! -e $path ]]; then
+        echo "build-wasm: $path is missing; run scripts/wasm-toolchain.sh (as root) first" >&2
+        exit 1
+    fi
+done
+
+# rustc's default wasm linker is rust-lld; Debian ships it only with rust-web-llvm (all of
+# llvm-22), so link with lld's wasm-ld directly when rust-lld is absent.
+linker_flags=""
+if [[ ! -x /usr/bin/rust-lld ]]; then
+    wasm_ld=""
+    for candidate in wasm-ld-22 wasm-ld-19 wasm-ld; do
+        if command -v "$candidate" >/dev/null; then wasm_ld=$candidate; break; fi
+    done
+    if [[ -z $wasm_ld ]]; then
+        echo "build-wasm: no wasm linker (rust-lld or wasm-ld); run scripts/wasm-toolchain.sh first" >&2
+        exit 1
+    fi
+    linker_flags="-C linker=$wasm_ld -C linker-flavor=wasm-ld"
+fi
+
+export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1
+export CARGO_TARGET_DIR="$PWD/target/wasm"
+export RUSTFLAGS="-C target-feature=+simd128 $linker_flags"
+# The workspace's release profile unwinds; wasm32-unknown-unknown aborts.
+export CARGO_PROFILE_RELEASE_PANIC=abort CARGO_PROFILE_DEV_PANIC=abort
+unset CARGO_ENCODED_RUSTFLAGS
+
+release_flag=()
+[[ $profile == release ]] && release_flag=(--release)
+/usr/bin/cargo build --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort "${release_flag[@]}" \
+    --manifest-path wasm/Cargo.toml -p binllm-wasm --lib
+
+mkdir -p wasm/pkg
+cp "target/wasm/wasm32-unknown-unknown/$profile/binllm_wasm.wasm" wasm/pkg/binllm_wasm.wasm
+echo "build-wasm: wasm/pkg/binllm_wasm.wasm ($(stat -c %s wasm/pkg/binllm_wasm.wasm) bytes, $profile)"
