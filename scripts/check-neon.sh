@@ -2,8 +2,10 @@
 # Cross-checks binllm-core for aarch64 (the NEON kernels) from an x86-64 machine.
 #
 #   scripts/check-neon.sh          type-check binllm-core, tests included, for aarch64
-#   scripts/check-neon.sh --test   build its kernel tests for aarch64 and run them under
-#                                  qemu-aarch64: NEON against scalar, bit-exact
+#   scripts/check-neon.sh --test [FILTER]
+#                                  build binllm-core's unit tests for aarch64 and run them (those
+#                                  matching FILTER, e.g. `kernels`) under qemu-aarch64; the
+#                                  kernel tests hold NEON bit-exact against scalar
 #
 # rustup cannot fetch an aarch64 std here, so this uses Debian's rustc-web/cargo-web with
 # -Zbuild-std (scripts/wasm-toolchain.sh installs them, the cross linker and qemu-user).
@@ -12,10 +14,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 mode=check
+filter=()
 case "${1:-}" in
     "") ;;
-    --test) mode=test ;;
-    *) echo "usage: $0 [--test]" >&2; exit 2 ;;
+    --test) mode=test; filter=("${@:2}") ;;
+    *) echo "usage: $0 [--test [FILTER]]" >&2; exit 2 ;;
 esac
 
 need=(/usr/bin/rustc /usr/bin/cargo /usr/lib/rustlib/src/rust/library/std)
@@ -37,5 +40,5 @@ unset RUSTFLAGS CARGO_ENCODED_RUSTFLAGS
 if [[ $mode == check ]]; then
     /usr/bin/cargo check --target $target -Zbuild-std=std,panic_unwind -p binllm-core --all-targets
 else
-    /usr/bin/cargo test --target $target -Zbuild-std=std,panic_unwind -p binllm-core --lib -- kernels
+    /usr/bin/cargo test --target $target -Zbuild-std=std,panic_unwind -p binllm-core --lib -- "${filter[@]}"
 fi

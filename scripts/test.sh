@@ -2,6 +2,12 @@
 # The whole test suite, from a fresh machine: sets up .venv, runs the Rust tests, then pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# In CI every tier must run: a missing toolchain is a failure, not a skip.
+if [ "${CI:-}" = true ]; then
+  export BINLLM_REQUIRE_WASM=1
+fi
 bash scripts/setup.sh --test
 cargo test --workspace --release
+# NEON kernels: type-checked for aarch64 and run bit-exact against scalar under qemu.
+bash scripts/check-neon.sh --test kernels
 .venv/bin/python -m pytest tests "$@"

@@ -301,11 +301,12 @@ impl PyModel {
     /// Per-tensor-kind storage: list of (kind, storage, parameters, bytes).
     fn tensor_summary(&self) -> Vec<(String, String, usize, usize)> {
         let m = &self.inner;
-        let mut rows = vec![("embedding".to_string(), "f32".to_string(), m.embed.len(), m.embed.len() * 4)];
+        let mut rows = Vec::new();
         let mut add = |kind: &str, l: &binllm_core::model::Linear| {
             let (n, k) = l.shape();
             rows.push((kind.to_string(), l.storage().to_string(), n * k, l.nbytes()));
         };
+        add("embedding", &m.embed);
         for layer in &m.layers {
             for (kind, l) in [("attention", &layer.q), ("attention", &layer.k), ("attention", &layer.v), ("attention", &layer.o)] {
                 add(kind, l);
@@ -449,6 +450,82 @@ fn gguf_read_metadata<'py>(py: Python<'py>, path: std::path::PathBuf) -> PyResul
     Ok((d, tensors))
 }
 
+// ---------------------------------------------------------------------------------------
+// Export: a loaded model as a GGUF file.
+
+/// One typed metadata value: `tag` names the GGUF type ("str", "bool", "u32", "i32", "f32",
+/// ... or "[str]", "[i32]", ... for arrays), because llama.cpp checks each key's type.
+fn gguf_value_from_py(key: &str, tag: &str, v: &Bound<'_, PyAny>) -> PyResult<binllm_core::loader::GgufValue> {
+    use binllm_core::loader::GgufValue as G;
+    if let Some(inner) = tag.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+        let items: Vec<Bound<'_, PyAny>> = v.try_iter()?.collect::<PyResult<_>>()?;
+        return items.iter().map(|x| gguf_value_from_py(key, inner, x)).collect::<PyResult<Vec<_>>>().map(G::Array);
+    }
+    let bad = |e: PyErr| PyValueError::new_err(format!("metadata '{key}' ({tag}): {e}"));
+    Ok(match tag {
+        "str" => G::String(v.extract().map_err(bad)?),
+        "bool" => G::Bool(v.extract().map_err(bad)?),
+        "u8" => G::U8(v.extract().map_err(bad)?),
+        "i8" => G::I8(v.extract().map_err(bad)?),
+        "u16" => G::U16(v.extract().map_err(bad)?),
+        "i16" => G::I16(v.extract().map_err(bad)?),
+        "u32" => G::U32(v.extract().map_err(bad)?),
+        "i32" => G::I32(v.extract().map_err(bad)?),
+        "u64" => G::U64(v.extract().map_err(bad)?),
+        "i64" => G::I64(v.extract().map_err(bad)?),
+        "f32" => G::F32(v.extract().map_err(bad)?),
+        "f64" => G::F64(v.extract().map_err(bad)?),
+        other => return Err(PyValueError::new_err(format!("metadata '{key}': unknown GGUF type tag '{other}'"))),
+    })
+}
+
+/// Writes `model` as a GGUF file at `path`: linears as `type` (tq2_0, tq1_0, f16), embeddings
+/// as `embedding_type` (f16, q8_0). `metadata` is a list of (key, type tag, value) written after
+/// the model's own keys; `source_gguf` names a GGUF file whose `tokenizer.*` keys are copied
+/// first (with their exact types). Returns a report dict.
+#[pyfunction]
+#[pyo3(signature = (model, path, r#type="tq2_0", embedding_type="f16", name="", metadata=Vec::new(), source_gguf=None))]
+#[allow(clippy::too_many_arguments)]
+fn export_gguf<'py>(
+    py: Python<'py>,
+    model: &Bound<'py, PyModel>,
+    path: std::path::PathBuf,
+    r#type: &str,
+    embedding_type: &str,
+    name: &str,
+    metadata: Vec<(String, String, Bound<'py, PyAny>)>,
+    source_gguf: Option<std::path::PathBuf>,
+) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+    use binllm_core::model::export::{self, EmbeddingType, ExportOptions, ExportType};
+    let mut meta = Vec::new();
+    if let Some(src) = &source_gguf {
+        let bytes = binllm_core::model::load::map_file(src).map_err(to_py)?;
+        let file = binllm_core::loader::GgufFile::parse(&bytes).map_err(to_py)?;
+        meta.extend(export::tokenizer_metadata(&file));
+    }
+    for (key, tag, value) in &metadata {
+        meta.push((key.clone(), gguf_value_from_py(key, tag, value)?));
+    }
+    let opts = ExportOptions {
+        linear_type: ExportType::from_name(r#type).map_err(to_py)?,
+        embedding_type: EmbeddingType::from_name(embedding_type).map_err(to_py)?,
+        name: name.to_string(),
+        metadata: meta,
+    };
+    let inner = model.get().inner.clone();
+    let report = py.detach(|| export::write_gguf(&inner, &opts, &path)).map_err(to_py)?;
+    let d = pyo3::types::PyDict::new(py);
+    d.set_item("architecture", &report.architecture)?;
+    d.set_item("rope_style", report.rope_style)?;
+    d.set_item("permuted_qk", report.permuted_qk)?;
+    let tensors: Vec<(String, &str, Vec<usize>)> = report.tensors.iter().map(|(n, t, s)| (n.clone(), t.name(), s.clone())).collect();
+    d.set_item("tensors", tensors)?;
+    d.set_item("fallbacks", report.fallbacks)?;
+    d.set_item("warnings", report.warnings)?;
+    d.set_item("max_scale_rounding", report.max_scale_rounding)?;
+    Ok(d)
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -468,5 +545,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySession>()?;
     m.add_class::<PySampler>()?;
     m.add_function(wrap_pyfunction!(gguf_read_metadata, m)?)?;
+    m.add_function(wrap_pyfunction!(export_gguf, m)?)?;
     Ok(())
 }

@@ -1,10 +1,16 @@
-//! Float matrix products for the parts of a model that stay in floating point (embeddings,
-//! output layer, float models), and for ternary weights with float activations (the
-//! reference mode without activation quantization). Rows are split over the thread pool;
-//! the dot product is compiled twice, for AVX2+FMA and for the baseline, and chosen at run time.
+//! Float-activation matrix products for the parts of a model that are not packed 1-bit or
+//! ternary: f32, f16 and 8-bit-block (Q8) weights, and packed weights with float activations
+//! (the reference mode without activation quantization). Rows are split over the thread pool.
+//! Each dot product is compiled twice, for AVX2+FMA+F16C and for the baseline, and chosen once
+//! at run time.
+
+use half::f16;
+
+/// Weights per scale in Q8 rows.
+pub const Q8_BLOCK: usize = 32;
 
 #[inline(always)]
-fn dot_lanes(a: &[f32], b: &[f32], fma: bool) -> f32 {
+fn dot_f32_lanes(a: &[f32], b: &[f32], fma: bool) -> f32 {
     let mut acc = [0f32; 16];
     let chunks = a.len() / 16;
     for c in 0..chunks {
@@ -17,60 +23,178 @@ fn dot_lanes(a: &[f32], b: &[f32], fma: bool) -> f32 {
     for i in chunks * 16..a.len() {
         tail += a[i] * b[i];
     }
-    let mut s = 0f32;
-    for v in acc {
-        s += v;
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn dot_q8_lanes(q: &[i8], scales: &[f32], x: &[f32], fma: bool) -> f32 {
+    let mut total = 0f32;
+    for (b, (qb, xb)) in q.chunks(Q8_BLOCK).zip(x.chunks(Q8_BLOCK)).enumerate() {
+        let mut acc = [0f32; 16];
+        if qb.len() == Q8_BLOCK {
+            for half in 0..2 {
+                for j in 0..16 {
+                    let (w, v) = (qb[half * 16 + j] as f32, xb[half * 16 + j]);
+                    acc[j] = if fma { w.mul_add(v, acc[j]) } else { acc[j] + w * v };
+                }
+            }
+        } else {
+            for (j, (&w, &v)) in qb.iter().zip(xb).enumerate() {
+                acc[j % 16] += w as f32 * v;
+            }
+        }
+        total += acc.iter().sum::<f32>() * scales[b];
     }
-    s + tail
+    total
+}
+
+#[inline(always)]
+fn dot_f16_lanes(w: &[f16], x: &[f32], fma: bool) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = w.len() / 16;
+    for c in 0..chunks {
+        for j in 0..16 {
+            let (a, b) = (w[c * 16 + j].to_f32(), x[c * 16 + j]);
+            acc[j] = if fma { a.mul_add(b, acc[j]) } else { acc[j] + a * b };
+        }
+    }
+    let mut tail = 0f32;
+    for i in chunks * 16..w.len() {
+        tail += w[i].to_f32() * x[i];
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2_fma(a: &[f32], b: &[f32]) -> f32 {
-    dot_lanes(a, b, true)
+mod x86 {
+    use super::*;
+    use core::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+        _mm_cvtss_f32(s)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        while i + 16 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
+            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)), s1);
+            i += 16;
+        }
+        let mut total = hsum(_mm256_add_ps(s0, s1));
+        while i < n {
+            total += a[i] * b[i];
+            i += 1;
+        }
+        total
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q8(q: &[i8], scales: &[f32], x: &[f32]) -> f32 {
+        let n = q.len().min(x.len());
+        let full = n / Q8_BLOCK;
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..full {
+            let (qp, xp) = (q.as_ptr().add(b * Q8_BLOCK), x.as_ptr().add(b * Q8_BLOCK));
+            let mut block = _mm256_setzero_ps();
+            for j in 0..4 {
+                let q8 = _mm_loadl_epi64(qp.add(j * 8) as *const __m128i);
+                let qf = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8));
+                block = _mm256_fmadd_ps(qf, _mm256_loadu_ps(xp.add(j * 8)), block);
+            }
+            acc = _mm256_fmadd_ps(block, _mm256_set1_ps(scales[b]), acc);
+        }
+        let mut total = hsum(acc);
+        if full * Q8_BLOCK < n {
+            let tail: f32 = q[full * Q8_BLOCK..n].iter().zip(&x[full * Q8_BLOCK..n]).map(|(&w, &v)| w as f32 * v).sum();
+            total += tail * scales[full];
+        }
+        total
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
+        let n = w.len().min(x.len());
+        let (pw, px) = (w.as_ptr() as *const u16, x.as_ptr());
+        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        while i + 16 <= n {
+            let w0 = _mm256_cvtph_ps(_mm_loadu_si128(pw.add(i) as *const __m128i));
+            let w1 = _mm256_cvtph_ps(_mm_loadu_si128(pw.add(i + 8) as *const __m128i));
+            s0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(px.add(i)), s0);
+            s1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(px.add(i + 8)), s1);
+            i += 16;
+        }
+        let mut total = hsum(_mm256_add_ps(s0, s1));
+        while i < n {
+            total += w[i].to_f32() * x[i];
+            i += 1;
+        }
+        total
+    }
 }
 
-fn dot_baseline(a: &[f32], b: &[f32]) -> f32 {
-    dot_lanes(a, b, false)
+/// The dot products chosen for this CPU.
+#[derive(Clone, Copy)]
+pub struct Dots {
+    pub f32: fn(&[f32], &[f32]) -> f32,
+    pub q8: fn(&[i8], &[f32], &[f32]) -> f32,
+    pub f16: fn(&[f16], &[f32]) -> f32,
 }
 
-/// The float dot product for this CPU.
-pub fn dot_fn() -> fn(&[f32], &[f32]) -> f32 {
+pub fn dots() -> Dots {
     #[cfg(target_arch = "x86_64")]
     {
         use std::sync::OnceLock;
-        static HAS_FMA: OnceLock<bool> = OnceLock::new();
-        if *HAS_FMA.get_or_init(|| std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")) {
-            // SAFETY: the CPU was checked for AVX2 and FMA just above.
-            return |a, b| unsafe { dot_avx2_fma(a, b) };
+        static FAST: OnceLock<bool> = OnceLock::new();
+        let fast = *FAST.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
+        });
+        if fast {
+            // SAFETY: the CPU was checked for AVX2, FMA and F16C just above.
+            return Dots {
+                f32: |a, b| unsafe { x86::dot_f32(a, b) },
+                q8: |q, s, x| unsafe { x86::dot_q8(q, s, x) },
+                f16: |w, x| unsafe { x86::dot_f16(w, x) },
+            };
         }
     }
-    dot_baseline
+    Dots {
+        f32: |a, b| dot_f32_lanes(a, b, false),
+        q8: |q, s, x| dot_q8_lanes(q, s, x, false),
+        f16: |w, x| dot_f16_lanes(w, x, false),
+    }
 }
 
-/// `y[i * n + r] = row(r) . x[i]` for n weight rows and m activation rows of length k.
-/// `row(r, scratch)` returns row r: borrowed for f32 weights, decoded into `scratch` for
-/// packed ones. Rows are split over the thread pool.
-pub fn gemm_rows<'w, F>(n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32], row: F)
+/// `y[i * n + r] = row_dots(r, x, out)` driver: `row_dots(r, x, m, out, scratch)` writes the m
+/// products of weight row r with the m activation rows of `x` into `out`. Rows go to the pool.
+pub fn gemm_by_rows<F>(n: usize, x: &[f32], m: usize, y: &mut [f32], row_dots: F)
 where
-    F: for<'s> Fn(usize, &'s mut Vec<f32>) -> RowRef<'w, 's> + Sync,
+    F: Fn(usize, &[f32], usize, &mut [f32], &mut Vec<f32>) + Sync,
 {
-    let dot = dot_fn();
     let mut out = vec![0f32; n * m];
     let rows_per_task = (n / (crate::threads::num_threads() * 4)).max(16);
     crate::threads::for_each_chunk(&mut out, rows_per_task * m, |chunk, part| {
         let mut scratch = Vec::new();
         for (j, o) in part.chunks_mut(m).enumerate() {
-            let r = chunk * rows_per_task + j;
-            let w: &[f32] = match row(r, &mut scratch) {
-                RowRef::Borrowed(w) => w,
-                RowRef::Scratch(w) => w,
-            };
-            for (i, v) in o.iter_mut().enumerate() {
-                *v = dot(&w[..k], &x[i * k..(i + 1) * k]);
-            }
+            row_dots(chunk * rows_per_task + j, x, m, o, &mut scratch);
         }
     });
+    if m == 1 {
+        y.copy_from_slice(&out);
+        return;
+    }
     for r in 0..n {
         for i in 0..m {
             y[i * n + r] = out[r * m + i];
@@ -78,14 +202,50 @@ where
     }
 }
 
-/// A weight row handed to `gemm_rows`: borrowed from the weights or decoded into scratch.
-pub enum RowRef<'w, 's> {
-    Borrowed(&'w [f32]),
-    Scratch(&'s [f32]),
+/// `Y = X W^T` for f32 weights `w` (n x k), x (m x k), y (m x n).
+pub fn gemm_f32(w: &[f32], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32]) {
+    let d = dots();
+    gemm_by_rows(n, x, m, y, |r, x, m, o, _| {
+        let row = &w[r * k..(r + 1) * k];
+        for i in 0..m {
+            o[i] = (d.f32)(row, &x[i * k..(i + 1) * k]);
+        }
+    });
 }
 
-/// `Y = X W^T` for a float weight matrix `w` (n x k), x (m x k), y (m x n).
-pub fn gemm_f32(w: &[f32], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32]) {
-    debug_assert!(w.len() == n * k && x.len() == m * k && y.len() == m * n);
-    gemm_rows(n, k, x, m, y, |r, _| RowRef::Borrowed(&w[r * k..(r + 1) * k]));
+/// `Y = X W^T` for f16 weights.
+pub fn gemm_f16(w: &[f16], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32]) {
+    let d = dots();
+    gemm_by_rows(n, x, m, y, |r, x, m, o, _| {
+        let row = &w[r * k..(r + 1) * k];
+        for i in 0..m {
+            o[i] = (d.f16)(row, &x[i * k..(i + 1) * k]);
+        }
+    });
+}
+
+/// `Y = X W^T` for Q8 weights: int8 blocks of `Q8_BLOCK` along rows, one scale per block.
+pub fn gemm_q8(q: &[i8], scales: &[f32], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32]) {
+    let d = dots();
+    let blocks = k.div_ceil(Q8_BLOCK);
+    gemm_by_rows(n, x, m, y, |r, x, m, o, _| {
+        let (row, s) = (&q[r * k..(r + 1) * k], &scales[r * blocks..(r + 1) * blocks]);
+        for i in 0..m {
+            o[i] = (d.q8)(row, s, &x[i * k..(i + 1) * k]);
+        }
+    });
+}
+
+/// `Y = X W^T` where `decode(r, buf)` writes weight row r as f32 into `buf` (k values).
+pub fn gemm_decoded<F>(n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32], decode: F)
+where
+    F: Fn(usize, &mut Vec<f32>) + Sync,
+{
+    let d = dots();
+    gemm_by_rows(n, x, m, y, |r, x, m, o, scratch| {
+        decode(r, scratch);
+        for i in 0..m {
+            o[i] = (d.f32)(&scratch[..k], &x[i * k..(i + 1) * k]);
+        }
+    });
 }

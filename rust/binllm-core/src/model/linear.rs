@@ -1,23 +1,60 @@
-//! A linear layer of a model: packed 1-bit/ternary (the kernels) or float.
+//! A weight matrix of a model: packed 1-bit/ternary (the integer kernels) or float-valued
+//! storage (f32, f16, or 8-bit blocks) multiplied with float activations.
+//!
+//! Float-valued storage keeps a model's float parts close to the size they have in the file:
+//! f32 stays f32, f16/bf16 become f16 (bf16 values are exact in f16 unless below 6e-5 in
+//! magnitude, where f16 keeps 24 fractional bits), and block-quantized GGUF types (Q4_0, Q4_1,
+//! Q6_K, Q8_0, ...) become `Q8`: blocks of 32 int8 values with an f32 scale (9 bits per weight).
 
 use crate::error::Result;
 use crate::formats::PackedMatrix;
 use crate::kernels::{float, Backend};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
+pub use crate::kernels::float::Q8_BLOCK;
 
 pub enum Linear {
     /// Packed codes; activations int8-quantized per token unless the model runs without
     /// activation quantization (a reference mode).
     Packed(PackedMatrix),
-    /// Float weights, row-major (n x k).
+    /// f32 weights, row-major (n x k).
     Float { w: Vec<f32>, n: usize, k: usize },
+    /// f16 weights, row-major (n x k).
+    Half { w: Vec<f16>, n: usize, k: usize },
+    /// int8 weights in blocks of `Q8_BLOCK` along each row, one f32 scale per block.
+    Q8 { q: Vec<i8>, scales: Vec<f32>, n: usize, k: usize },
 }
 
 impl Linear {
+    /// Float-valued storage for `w` (n x k): f32, f16, or 8-bit blocks.
+    pub fn float(w: Vec<f32>, n: usize, k: usize, storage: FloatStorage) -> Linear {
+        match storage {
+            FloatStorage::F32 => Linear::Float { w, n, k },
+            FloatStorage::F16 => Linear::Half { w: w.iter().map(|&v| f16::from_f32(v)).collect(), n, k },
+            FloatStorage::Q8 => {
+                let blocks = k.div_ceil(Q8_BLOCK);
+                let mut q = Vec::with_capacity(n * k);
+                let mut scales = Vec::with_capacity(n * blocks);
+                for row in w.chunks_exact(k) {
+                    for block in row.chunks(Q8_BLOCK) {
+                        let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+                        let d = amax / 127.0;
+                        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+                        scales.push(d);
+                        q.extend(block.iter().map(|v| (v * inv).round().clamp(-127.0, 127.0) as i8));
+                    }
+                }
+                Linear::Q8 { q, scales, n, k }
+            }
+        }
+    }
+
     /// (out features, in features).
     pub fn shape(&self) -> (usize, usize) {
         match self {
             Linear::Packed(p) => p.shape(),
-            Linear::Float { n, k, .. } => (*n, *k),
+            Linear::Float { n, k, .. } | Linear::Half { n, k, .. } | Linear::Q8 { n, k, .. } => (*n, *k),
         }
     }
 
@@ -26,6 +63,8 @@ impl Linear {
         match self {
             Linear::Packed(p) => p.nbytes(),
             Linear::Float { w, .. } => w.len() * 4,
+            Linear::Half { w, .. } => w.len() * 2,
+            Linear::Q8 { q, scales, .. } => q.len() + scales.len() * 4,
         }
     }
 
@@ -34,25 +73,53 @@ impl Linear {
         match self {
             Linear::Packed(p) => p.format().name(),
             Linear::Float { .. } => "f32",
+            Linear::Half { .. } => "f16",
+            Linear::Q8 { .. } => "q8",
+        }
+    }
+
+    /// Row `r` as f32 values (the weights' effective values) into `out`.
+    pub fn row_f32(&self, r: usize, out: &mut Vec<f32>) {
+        match self {
+            Linear::Packed(p) => p.decode_row_f32(r, out),
+            Linear::Float { w, k, .. } => {
+                out.clear();
+                out.extend_from_slice(&w[r * k..(r + 1) * k]);
+            }
+            Linear::Half { w, k, .. } => {
+                out.resize(*k, 0.0);
+                w[r * k..(r + 1) * k].convert_to_f32_slice(out);
+            }
+            Linear::Q8 { q, scales, k, .. } => {
+                let blocks = k.div_ceil(Q8_BLOCK);
+                out.clear();
+                let row = &q[r * k..(r + 1) * k];
+                for (b, chunk) in row.chunks(Q8_BLOCK).enumerate() {
+                    let d = scales[r * blocks + b];
+                    out.extend(chunk.iter().map(|&v| v as f32 * d));
+                }
+            }
         }
     }
 
     /// `y (m x n) = x (m x k) W^T`.
     pub fn forward(&self, backend: Backend, x: &[f32], m: usize, y: &mut [f32], act_quant: bool) -> Result<()> {
+        let (n, k) = self.shape();
         match self {
-            Linear::Packed(p) if act_quant => p.matmul_into(backend, x, m, y),
-            Linear::Packed(p) => {
-                let (n, k) = p.shape();
-                float::gemm_rows(n, k, x, m, y, |r, scratch| {
-                    p.decode_row_f32(r, scratch);
-                    float::RowRef::Scratch(scratch)
-                });
-                Ok(())
-            }
-            Linear::Float { w, n, k } => {
-                float::gemm_f32(w, *n, *k, x, m, y);
-                Ok(())
-            }
+            Linear::Packed(p) if act_quant => return p.matmul_into(backend, x, m, y),
+            Linear::Packed(p) => float::gemm_decoded(n, k, x, m, y, |r, buf| p.decode_row_f32(r, buf)),
+            Linear::Float { w, .. } => float::gemm_f32(w, n, k, x, m, y),
+            Linear::Half { w, .. } => float::gemm_f16(w, n, k, x, m, y),
+            Linear::Q8 { q, scales, .. } => float::gemm_q8(q, scales, n, k, x, m, y),
         }
+        Ok(())
     }
+}
+
+/// How float-valued tensors are kept in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FloatStorage {
+    F32,
+    F16,
+    Q8,
 }

@@ -9,7 +9,7 @@
 //! Embeddings, norms and the output layer stay f32.
 
 use super::config::{LinearKind, ModelConfig};
-use super::{Layer, Linear, Model};
+use super::{FloatStorage, Layer, Linear, Model};
 use crate::error::{Error, Result};
 use crate::formats::{PackedMatrix, ScaleKind, WeightFormat};
 use crate::loader::{DType, GgufFile, SafetensorsFile, TensorView};
@@ -84,12 +84,22 @@ impl<'t, 'a> Tensors<'t, 'a> {
         if bitnet && t.dtype == DType::U8 && self.naming == Naming::HuggingFace {
             return self.hf_packed_linear(name, t, n, k);
         }
-        let w = self.matrix_f32(name, n, k)?;
         if bitnet {
+            let w = self.matrix_f32(name, n, k)?;
             let (codes, scale) = absmean_ternary(&w);
             return Ok(Linear::Packed(PackedMatrix::pack(WeightFormat::Ternary2, &codes, n, k, ScaleKind::PerTensor(scale))?));
         }
-        Ok(Linear::Float { w, n, k })
+        self.float_matrix(name, n, k)
+    }
+
+    /// A float-valued matrix kept about as compact as in the file (see `FloatStorage`).
+    fn float_matrix(&self, name: &str, n: usize, k: usize) -> Result<Linear> {
+        let storage = match self.get(name)?.dtype {
+            DType::F32 | DType::F64 => FloatStorage::F32,
+            DType::F16 | DType::BF16 => FloatStorage::F16,
+            _ => FloatStorage::Q8,
+        };
+        Ok(Linear::float(self.matrix_f32(name, n, k)?, n, k, storage))
     }
 
     /// microsoft/bitnet-b1.58-2B-4T layout: uint8 [n/4, k]; bits 2i..2i+1 of packed row r hold
@@ -126,12 +136,8 @@ impl<'t, 'a> Tensors<'t, 'a> {
             Naming::HuggingFace => ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"),
             Naming::Gguf => ("token_embd.weight", "output_norm.weight", "output.weight"),
         };
-        let embed = self.matrix_f32(embed_name, c.vocab, d)?;
-        let lm_head = if c.tie_embeddings {
-            None
-        } else {
-            Some(Linear::Float { w: self.matrix_f32(head_name, c.vocab, d)?, n: c.vocab, k: d })
-        };
+        let embed = self.float_matrix(embed_name, c.vocab, d)?;
+        let lm_head = if c.tie_embeddings { None } else { Some(self.float_matrix(head_name, c.vocab, d)?) };
         let hf = self.naming == Naming::HuggingFace;
         let part = |hf_name: &'static str, gguf_name: &'static str| if hf { hf_name } else { gguf_name };
         let mut layers = Vec::with_capacity(c.layers);

@@ -16,14 +16,15 @@
 //! through the GEMV kernels. Attention heads are split over the thread pool.
 
 pub mod config;
+pub mod export;
 pub mod linear;
 pub mod load;
 pub mod sampler;
 
 use crate::error::Result;
-use crate::kernels::{self, float, Backend};
+use crate::kernels::{self, Backend};
 pub use config::{Activation, LinearKind, ModelConfig, RopeStyle};
-pub use linear::Linear;
+pub use linear::{FloatStorage, Linear};
 
 pub struct Layer {
     pub attn_norm: Vec<f32>,
@@ -41,8 +42,8 @@ pub struct Layer {
 
 pub struct Model {
     pub config: ModelConfig,
-    /// Token embeddings, vocab x hidden.
-    pub embed: Vec<f32>,
+    /// Token embeddings, vocab x hidden (also the output layer when tied).
+    pub embed: Linear,
     pub layers: Vec<Layer>,
     pub norm: Vec<f32>,
     /// None when the output layer is tied to the embeddings.
@@ -116,7 +117,7 @@ impl Model {
     pub fn nbytes(&self) -> usize {
         let lin = |l: &Linear| l.nbytes();
         let norms = |v: &Option<Vec<f32>>| v.as_ref().map(|x| x.len() * 4).unwrap_or(0);
-        self.embed.len() * 4
+        self.embed.nbytes()
             + self.norm.len() * 4
             + self.lm_head.as_ref().map(lin).unwrap_or(0)
             + self
@@ -156,8 +157,10 @@ impl Model {
         let (q_dim, kv_dim) = (cfg.heads * hd, cfg.kv_heads * hd);
 
         let mut x = Vec::with_capacity(m * d);
+        let mut row = Vec::with_capacity(d);
         for &t in tokens {
-            x.extend_from_slice(&self.embed[t as usize * d..(t as usize + 1) * d]);
+            self.embed.row_f32(t as usize, &mut row);
+            x.extend_from_slice(&row);
         }
         let mut h = vec![0f32; m * d];
         let (mut q, mut k, mut v) = (vec![0f32; m * q_dim], vec![0f32; m * kv_dim], vec![0f32; m * kv_dim]);
@@ -206,10 +209,9 @@ impl Model {
         let mut normed = vec![0f32; rows * d];
         rmsnorm(last, &self.norm, cfg.rms_eps, &mut normed);
         let mut logits = vec![0f32; rows * cfg.vocab];
-        match &self.lm_head {
-            Some(head) => head.forward(backend, &normed, rows, &mut logits, self.act_quant && head_is_bitnet(head))?,
-            None => float::gemm_f32(&self.embed, cfg.vocab, d, &normed, rows, &mut logits),
-        }
+        // The output layer runs on float activations (it is never BitNet-quantized).
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        head.forward(backend, &normed, rows, &mut logits, false)?;
         Ok(logits)
     }
 
@@ -285,8 +287,3 @@ impl Model {
     }
 }
 
-/// The output layer quantizes activations only when it is itself packed (never the case for
-/// the checkpoints binllm reads today, whose output layers are float).
-fn head_is_bitnet(head: &Linear) -> bool {
-    matches!(head, Linear::Packed(_))
-}

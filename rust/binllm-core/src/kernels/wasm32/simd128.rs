@@ -1,0 +1,215 @@
+//! WebAssembly SIMD128 kernels. A 64-byte block is read as four 16-byte quarters; quarter q of
+//! plane p meets activations `64p + 16q ..` of the block (see `formats`).
+//!
+//! SIMD128 has no `u8 x i8` multiply-add, so each plane is decoded to small int8 values `d`
+//! and multiplied with `i16x8.extmul_{low,high}_i8x16`. The products of a whole block are summed
+//! in i16 lanes, then widened once per block with `i32x4.extadd_pairwise_i16x8`. The signed sum
+//! is recovered from `D = sum(d * x)` and the activation sum `S`:
+//!
+//! | format | d                                        | signed sum  |
+//! |--------|------------------------------------------|-------------|
+//! | t2     | code + 1 (2-bit field)                   | `D - S`     |
+//! | t1.6   | -(code + 1), from two byte compares      | `-D - S`    |
+//! | b1     | bit (1 for +1)                           | `2D - S`    |
+//!
+//! Tiles: GEMV 4 weight rows; GEMM 2 weight rows x 4 activation rows.
+
+#![allow(clippy::needless_range_loop)] // tiles index several arrays by row and column
+
+use crate::formats::WeightFormat;
+use crate::kernels::GemmKernel;
+use core::arch::wasm32::*;
+
+const T2: u8 = 0;
+const T16: u8 = 1;
+const B1: u8 = 2;
+
+const fn planes(f: u8) -> usize {
+    match f {
+        T2 => 4,
+        T16 => 5,
+        _ => 8,
+    }
+}
+
+pub fn kernel(format: WeightFormat) -> GemmKernel {
+    match format {
+        WeightFormat::Ternary2 => gemm_t2_i8_simd128,
+        WeightFormat::Ternary1_6 => gemm_t16_i8_simd128,
+        WeightFormat::Binary1 => gemm_b1_i8_simd128,
+    }
+}
+
+/// The decoder state of 16 packed bytes: the bytes themselves, or for t1.6 the bytes ^ 0x80.
+#[inline(always)]
+fn load_state<const F: u8>(bytes: v128) -> v128 {
+    match F {
+        T16 => v128_xor(bytes, u8x16_splat(0x80)),
+        _ => bytes,
+    }
+}
+
+/// Decodes the current plane of `state` (from `load_state`) into `d` (see the module
+/// table) and advances `state` to the next plane.
+#[inline(always)]
+fn decode_next<const F: u8>(state: &mut v128) -> v128 {
+    let y = *state;
+    match F {
+        T2 => {
+            *state = u8x16_shr(y, 2);
+            v128_and(y, u8x16_splat(3))
+        }
+        B1 => {
+            *state = u8x16_shr(y, 1);
+            v128_and(y, u8x16_splat(1))
+        }
+        _ => {
+            // With u = (byte * 3^p) mod 256, the trit is (u * 3) >> 8: 1 from u = 86 up, 2 from
+            // 171 up. `state` holds u ^ 0x80 (see `load_state`) so that signed byte compares
+            // (native on x86 engines, unlike unsigned ones) do the job: u >= 86 is state > -43,
+            // u >= 171 is state > 42. Since (u ^ 0x80) * 3 = (u * 3) ^ 0x80 mod 256, state advances by *3
+            // too. Each compare is -1 where true, so their sum is -trit.
+            *state = i8x16_add(i8x16_add(y, y), y);
+            i8x16_add(i8x16_gt(y, i8x16_splat(-43)), i8x16_gt(y, i8x16_splat(42)))
+        }
+    }
+}
+
+/// The signed sum from `D = sum(d * x)` and the activation sum.
+#[inline(always)]
+fn signed_sum<const F: u8>(d_sum: i32, x_sum: i32) -> i32 {
+    match F {
+        T2 => d_sum - x_sum,
+        T16 => -d_sum - x_sum,
+        _ => 2 * d_sum - x_sum,
+    }
+}
+
+#[inline(always)]
+fn hsum(v: v128) -> i32 {
+    let v = i32x4_add(v, i32x4_shuffle::<2, 3, 0, 1>(v, v));
+    let v = i32x4_add(v, i32x4_shuffle::<1, 0, 3, 2>(v, v));
+    i32x4_extract_lane::<0>(v)
+}
+
+/// `D` sums of R weight rows (from `w`, `row_bytes` apart) with C activation rows (from `x`,
+/// `kp` apart).
+///
+/// Safety: `w` must hold R rows of `row_bytes` and `x` C rows of `kp = row_bytes / 64 *
+/// 64 * planes(F)` bytes.
+#[inline(always)]
+unsafe fn tile<const R: usize, const C: usize, const F: u8>(w: *const u8, row_bytes: usize, x: *const i8, kp: usize) -> [[i32; C]; R] {
+    let block_weights = 64 * planes(F);
+    let mut acc = [[i32x4_splat(0); C]; R];
+    for b in 0..row_bytes / 64 {
+        // i16 sums over the block: each lane gets 4 quarters x planes x 2 products of at most
+        // 256 in magnitude, at most 4 * 5 * 2 * 256 = 10240 (t1.6).
+        let mut part = [[i16x8_splat(0); C]; R];
+        for q in 0..4 {
+            let mut state = [i8x16_splat(0); R];
+            for r in 0..R {
+                state[r] = load_state::<F>(v128_load(w.add(r * row_bytes + b * 64 + 16 * q) as *const v128));
+            }
+            for p in 0..planes(F) {
+                let mut d = [i8x16_splat(0); R];
+                for r in 0..R {
+                    d[r] = decode_next::<F>(&mut state[r]);
+                }
+                for c in 0..C {
+                    let xv = v128_load(x.add(c * kp + b * block_weights + 64 * p + 16 * q) as *const v128);
+                    for r in 0..R {
+                        let products = i16x8_add(i16x8_extmul_low_i8x16(d[r], xv), i16x8_extmul_high_i8x16(d[r], xv));
+                        part[r][c] = i16x8_add(part[r][c], products);
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            for c in 0..C {
+                acc[r][c] = i32x4_add(acc[r][c], i32x4_extadd_pairwise_i16x8(part[r][c]));
+            }
+        }
+    }
+    let mut sums = [[0i32; C]; R];
+    for r in 0..R {
+        for c in 0..C {
+            sums[r][c] = hsum(acc[r][c]);
+        }
+    }
+    sums
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_tile<const R: usize, const C: usize, const F: u8>(
+    w: &[u8], row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32], r0: usize, i0: usize,
+) {
+    let sums = tile::<R, C, F>(w.as_ptr().add(r0 * row_bytes), row_bytes, x.as_ptr().add(i0 * kp), kp);
+    for r in 0..R {
+        for c in 0..C {
+            out[(r0 + r) * m + i0 + c] = signed_sum::<F>(sums[r][c], x_sums[i0 + c]);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm<const F: u8>(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32]) {
+    let mut r = 0;
+    if m == 1 {
+        while r + 4 <= n_rows {
+            run_tile::<4, 1, F>(w, row_bytes, x, x_sums, m, kp, out, r, 0);
+            r += 4;
+        }
+        while r < n_rows {
+            run_tile::<1, 1, F>(w, row_bytes, x, x_sums, m, kp, out, r, 0);
+            r += 1;
+        }
+        return;
+    }
+    while r < n_rows {
+        let two_rows = r + 2 <= n_rows;
+        let mut i = 0;
+        while i + 4 <= m {
+            if two_rows {
+                run_tile::<2, 4, F>(w, row_bytes, x, x_sums, m, kp, out, r, i);
+            } else {
+                run_tile::<1, 4, F>(w, row_bytes, x, x_sums, m, kp, out, r, i);
+            }
+            i += 4;
+        }
+        while i < m {
+            if two_rows {
+                run_tile::<2, 1, F>(w, row_bytes, x, x_sums, m, kp, out, r, i);
+            } else {
+                run_tile::<1, 1, F>(w, row_bytes, x, x_sums, m, kp, out, r, i);
+            }
+            i += 1;
+        }
+        r += if two_rows { 2 } else { 1 };
+    }
+}
+
+/// SIMD128 kernel for `t2` (see module docs).
+///
+/// # Safety
+/// The lengths `GemmKernel` documents, which `gemm_i32` checks.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_t2_i8_simd128(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32]) {
+    gemm::<T2>(w, n_rows, row_bytes, x, x_sums, m, kp, out)
+}
+/// SIMD128 kernel for `t1.6` (see module docs).
+///
+/// # Safety
+/// The lengths `GemmKernel` documents, which `gemm_i32` checks.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_t16_i8_simd128(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32]) {
+    gemm::<T16>(w, n_rows, row_bytes, x, x_sums, m, kp, out)
+}
+/// SIMD128 kernel for `b1` (see module docs).
+///
+/// # Safety
+/// The lengths `GemmKernel` documents, which `gemm_i32` checks.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_b1_i8_simd128(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32]) {
+    gemm::<B1>(w, n_rows, row_bytes, x, x_sums, m, kp, out)
+}

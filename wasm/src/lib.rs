@@ -1,0 +1,207 @@
+//! binllm in WebAssembly. For now, plain C-ABI entry points (no wasm-bindgen) that let a JS test
+//! pack weights and run the integer kernels on a chosen backend. No model logic lives here: each
+//! entry point checks and translates its arguments and calls binllm-core.
+//!
+//! Conventions shared with `test/kernels.test.mjs`:
+//! - formats are indices into `binllm_core::formats::FORMATS` (0 t2, 1 t1.6, 2 b1);
+//! - backends are indices into `binllm_core::kernels::ALL_BACKENDS` (0 scalar, 1 simd128);
+//! - buffers live in this module's memory, from `binllm_alloc` and back to `binllm_free`;
+//! - fallible calls return 0, or -1 with the message at `binllm_last_error_ptr` (UTF-8,
+//!   `binllm_last_error_len` bytes).
+//!
+//! The crate also builds on the host (it is a workspace member), where the same functions are
+//! ordinary symbols of a shared library.
+
+use binllm_core::formats::{QuantizedActivations, FORMATS};
+use binllm_core::kernels::{Backend, ALL_BACKENDS};
+use binllm_core::{Error, PackedMatrix, Result, ScaleKind, WeightFormat};
+use std::alloc::Layout;
+use std::cell::RefCell;
+
+thread_local! {
+    static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Alignment of every buffer handed out: a v128 load never straddles it.
+const ALIGN: usize = 16;
+
+fn format_at(index: u32) -> Result<WeightFormat> {
+    FORMATS
+        .get(index as usize)
+        .map(|spec| spec.format)
+        .ok_or_else(|| Error::InvalidArgument(format!("format index {index} is out of range (0..{})", FORMATS.len())))
+}
+
+fn backend_at(index: u32) -> Result<Backend> {
+    ALL_BACKENDS
+        .get(index as usize)
+        .copied()
+        .ok_or_else(|| Error::InvalidArgument(format!("backend index {index} is out of range (0..{})", ALL_BACKENDS.len())))
+}
+
+/// 0 on success; -1 after storing the message for `binllm_last_error_*`.
+fn status(result: Result<()>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            LAST_ERROR.with(|last| *last.borrow_mut() = e.to_string());
+            -1
+        }
+    }
+}
+
+/// A slice over caller memory; a zero length never touches the pointer (it may be null).
+///
+/// Safety: unless `len` is 0, `ptr` must point to `len` initialized values that stay valid
+/// and unaliased by writes for `'a`.
+unsafe fn slice_at<'a, T>(ptr: *const T, len: usize) -> &'a [T] {
+    if len == 0 {
+        &[]
+    } else {
+        std::slice::from_raw_parts(ptr, len)
+    }
+}
+
+fn layout(len: usize) -> Option<Layout> {
+    Layout::from_size_align(len.max(1), ALIGN).ok()
+}
+
+/// Allocates `len` bytes aligned to 16; null if the memory cannot grow.
+#[no_mangle]
+pub extern "C" fn binllm_alloc(len: usize) -> *mut u8 {
+    match layout(len) {
+        // SAFETY: the layout has a non-zero size.
+        Some(l) => unsafe { std::alloc::alloc(l) },
+        None => std::ptr::null_mut(),
+    }
+}
+
+/// Frees a buffer from `binllm_alloc`.
+///
+/// # Safety
+/// `ptr` must come from `binllm_alloc(len)` with the same `len`, and not be freed twice.
+#[no_mangle]
+pub unsafe extern "C" fn binllm_free(ptr: *mut u8, len: usize) {
+    if let (false, Some(l)) = (ptr.is_null(), layout(len)) {
+        std::alloc::dealloc(ptr, l)
+    }
+}
+
+/// Pointer to the last error message (UTF-8, `binllm_last_error_len` bytes).
+#[no_mangle]
+pub extern "C" fn binllm_last_error_ptr() -> *const u8 {
+    LAST_ERROR.with(|last| last.borrow().as_ptr())
+}
+
+/// Length in bytes of the last error message.
+#[no_mangle]
+pub extern "C" fn binllm_last_error_len() -> usize {
+    LAST_ERROR.with(|last| last.borrow().len())
+}
+
+/// 1 if the backend at `backend` (index into `ALL_BACKENDS`) runs in this build, else 0.
+#[no_mangle]
+pub extern "C" fn binllm_backend_available(backend: u32) -> i32 {
+    backend_at(backend).map(|b| b.is_available() as i32).unwrap_or(0)
+}
+
+/// Packed bytes of one row of `k` weights in `format`; 0 for an unknown format.
+#[no_mangle]
+pub extern "C" fn binllm_row_bytes(format: u32, k: usize) -> usize {
+    format_at(format).map(|f| f.row_bytes(k)).unwrap_or(0)
+}
+
+/// Packs `n * k` codes (row-major int8) into `format`, writing `n * binllm_row_bytes(format, k)`
+/// bytes to `out` (`out_len` must be exactly that).
+///
+/// # Safety
+/// `codes` must hold `n * k` bytes and `out` `out_len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn binllm_pack(format: u32, codes: *const i8, n: usize, k: usize, out: *mut u8, out_len: usize) -> i32 {
+    status((|| {
+        let format = format_at(format)?;
+        let len = n.checked_mul(k).ok_or_else(|| Error::InvalidArgument("shape overflows".into()))?;
+        let packed = PackedMatrix::pack(format, slice_at(codes, len), n, k, ScaleKind::PerTensor(1.0))?;
+        let data = packed.packed_data();
+        if data.len() != out_len {
+            binllm_core::bail!(InvalidArgument, "output buffer holds {out_len} bytes; the packed matrix needs {}", data.len());
+        }
+        std::slice::from_raw_parts_mut(out, out_len).copy_from_slice(data);
+        Ok(())
+    })())
+}
+
+/// Exact integer sums `out[r * m + i] = sum_j code[r, j] * x[i, j]` of an (n, k) packed matrix
+/// with `m` rows of `k` int8 activations, on the backend at index `backend`.
+///
+/// # Safety
+/// `packed` must hold `packed_len` bytes, `x` `m * k` bytes and `out` `n * m` writable i32s.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn binllm_integer_sums(
+    backend: u32,
+    format: u32,
+    packed: *const u8,
+    packed_len: usize,
+    n: usize,
+    k: usize,
+    x: *const i8,
+    m: usize,
+    out: *mut i32,
+) -> i32 {
+    status((|| {
+        let backend = backend_at(backend)?;
+        let format = format_at(format)?;
+        let matrix = PackedMatrix::from_packed(format, n, k, slice_at(packed, packed_len).to_vec(), ScaleKind::PerTensor(1.0))?;
+        let x_len = m.checked_mul(k).ok_or_else(|| Error::InvalidArgument("shape overflows".into()))?;
+        let act = padded_activations(slice_at(x, x_len), m, k, matrix.padded_k());
+        let sums = matrix.integer_sums(backend, &act)?;
+        std::slice::from_raw_parts_mut(out, sums.len()).copy_from_slice(&sums);
+        Ok(())
+    })())
+}
+
+/// Already quantized activations, zero-padded to the matrix's row length (scales unused).
+fn padded_activations(x: &[i8], m: usize, k: usize, padded_k: usize) -> QuantizedActivations {
+    let mut q = vec![0i8; m * padded_k];
+    for (dst, src) in q.chunks_exact_mut(padded_k).zip(x.chunks_exact(k.max(1))) {
+        dst[..k].copy_from_slice(src);
+    }
+    let sums = x.chunks_exact(k.max(1)).map(|row| row.iter().map(|&v| v as i32).sum()).collect();
+    QuantizedActivations { q, scales: vec![1.0; m], sums, m, padded_k }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_then_sums_match_a_direct_sum_on_the_host() {
+        let (n, k, m) = (3, 17, 2);
+        let codes: Vec<i8> = (0..n * k).map(|i| (i % 3) as i8 - 1).collect();
+        let x: Vec<i8> = (0..m * k).map(|i| (i as i32 * 37 % 256 - 128) as i8).collect();
+        let row_bytes = binllm_row_bytes(0, k);
+        let mut packed = vec![0u8; n * row_bytes];
+        let mut out = vec![0i32; n * m];
+        unsafe {
+            assert_eq!(binllm_pack(0, codes.as_ptr(), n, k, packed.as_mut_ptr(), packed.len()), 0);
+            assert_eq!(binllm_integer_sums(0, 0, packed.as_ptr(), packed.len(), n, k, x.as_ptr(), m, out.as_mut_ptr()), 0);
+        }
+        for r in 0..n {
+            for i in 0..m {
+                let want: i32 = (0..k).map(|j| codes[r * k + j] as i32 * x[i * k + j] as i32).sum();
+                assert_eq!(out[r * m + i], want);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_arguments_are_errors_with_messages() {
+        let mut out = [0u8; 1];
+        let status = unsafe { binllm_pack(7, [0i8].as_ptr(), 1, 1, out.as_mut_ptr(), 1) };
+        assert_eq!(status, -1);
+        let message = unsafe { std::str::from_utf8(slice_at(binllm_last_error_ptr(), binllm_last_error_len())).unwrap() };
+        assert!(message.contains("format index 7"), "{message}");
+        assert_eq!(binllm_backend_available(99), 0);
+    }
+}

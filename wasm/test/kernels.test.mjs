@@ -1,0 +1,185 @@
+// The wasm kernels against each other and against a plain JS sum: Simd128 must equal Scalar
+// bit-exact, and both must equal sum(code * x) computed here from the codes, for every format
+// on seeded random shapes (odd K, N and M included). Build first: scripts/build-wasm.sh.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { readFile } from "node:fs/promises";
+
+const WASM = new URL("../pkg/binllm_wasm.wasm", import.meta.url);
+// Indices into binllm_core's FORMATS and ALL_BACKENDS (see wasm/src/lib.rs).
+const FORMATS = [
+  { index: 0, name: "t2", ternary: true },
+  { index: 1, name: "t1.6", ternary: true },
+  { index: 2, name: "b1", ternary: false },
+];
+const SCALAR = 0;
+const SIMD128 = 1;
+
+const { instance } = await WebAssembly.instantiate(await readFile(WASM), {});
+const wasm = instance.exports;
+
+// xorshift32: the same seed gives the same cases on every run.
+function rng(seed) {
+  let s = seed >>> 0 || 1;
+  return () => {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    return s;
+  };
+}
+
+function lastError() {
+  const bytes = new Uint8Array(wasm.memory.buffer, wasm.binllm_last_error_ptr(), wasm.binllm_last_error_len());
+  return new TextDecoder().decode(bytes);
+}
+
+// Copies `array` into a fresh wasm buffer; returns [pointer, byte length].
+function put(array) {
+  const bytes = new Uint8Array(array.buffer, array.byteOffset, array.byteLength);
+  const ptr = wasm.binllm_alloc(bytes.length);
+  assert.notEqual(ptr, 0, "binllm_alloc failed");
+  new Uint8Array(wasm.memory.buffer, ptr, bytes.length).set(bytes);
+  return [ptr, bytes.length];
+}
+
+function pack(format, codes, n, k) {
+  const len = n * wasm.binllm_row_bytes(format.index, k);
+  const [codesPtr, codesLen] = put(codes);
+  const outPtr = wasm.binllm_alloc(len);
+  try {
+    assert.equal(wasm.binllm_pack(format.index, codesPtr, n, k, outPtr, len), 0, lastError());
+    return new Uint8Array(wasm.memory.buffer, outPtr, len).slice();
+  } finally {
+    wasm.binllm_free(codesPtr, codesLen);
+    wasm.binllm_free(outPtr, len);
+  }
+}
+
+function integerSums(backend, format, packed, n, k, x, m) {
+  const [packedPtr, packedLen] = put(packed);
+  const [xPtr, xLen] = put(x);
+  const outLen = 4 * n * m;
+  const outPtr = wasm.binllm_alloc(outLen);
+  try {
+    const status = wasm.binllm_integer_sums(backend, format.index, packedPtr, packedLen, n, k, xPtr, m, outPtr);
+    assert.equal(status, 0, lastError());
+    return new Int32Array(wasm.memory.buffer, outPtr, n * m).slice();
+  } finally {
+    wasm.binllm_free(packedPtr, packedLen);
+    wasm.binllm_free(xPtr, xLen);
+    wasm.binllm_free(outPtr, outLen);
+  }
+}
+
+function randomCase(format, n, k, m, next) {
+  const codes = new Int8Array(n * k);
+  for (let i = 0; i < codes.length; i++) {
+    codes[i] = format.ternary ? (next() % 3) - 1 : next() % 2 ? 1 : -1;
+  }
+  // Activations span all of int8; some rows sit at the extremes -128 and 127.
+  const x = new Int8Array(m * k);
+  for (let i = 0; i < m; i++) {
+    const extreme = next() % 4 === 0;
+    for (let j = 0; j < k; j++) {
+      x[i * k + j] = extreme ? (next() % 2 ? 127 : -128) : (next() % 256) - 128;
+    }
+  }
+  return { codes, x };
+}
+
+// out[r * m + i] = sum_j code[r, j] * x[i, j], straight from the codes.
+function directSums(codes, x, n, k, m) {
+  const out = new Int32Array(n * m);
+  for (let r = 0; r < n; r++) {
+    for (let i = 0; i < m; i++) {
+      let s = 0;
+      for (let j = 0; j < k; j++) s += codes[r * k + j] * x[i * k + j];
+      out[r * m + i] = s;
+    }
+  }
+  return out;
+}
+
+function check(format, n, k, m, next) {
+  const { codes, x } = randomCase(format, n, k, m, next);
+  const packed = pack(format, codes, n, k);
+  const want = directSums(codes, x, n, k, m);
+  const scalar = integerSums(SCALAR, format, packed, n, k, x, m);
+  const simd = integerSums(SIMD128, format, packed, n, k, x, m);
+  const where = `${format.name} n=${n} k=${k} m=${m}`;
+  assert.deepEqual(scalar, want, `scalar vs JS sum, ${where}`);
+  assert.deepEqual(simd, scalar, `simd128 vs scalar, ${where}`);
+}
+
+test("the module was built with SIMD128", () => {
+  assert.equal(wasm.binllm_backend_available(SCALAR), 1);
+  assert.equal(wasm.binllm_backend_available(SIMD128), 1, "rebuild with scripts/build-wasm.sh (+simd128)");
+});
+
+for (const format of FORMATS) {
+  test(`simd128 == scalar == JS sum, ${format.name}, odd shapes`, () => {
+    const next = rng(0x5eed + format.index);
+    for (const k of [1, 17, 255, 321, 1023, 2560]) {
+      for (const n of [1, 3, 17]) {
+        for (const m of [1, 3, 17]) check(format, n, k, m, next);
+      }
+    }
+  });
+
+  test(`simd128 == scalar == JS sum, ${format.name}, random shapes`, () => {
+    const next = rng(0xb1b1 + format.index);
+    for (let t = 0; t < 25; t++) {
+      check(format, 1 + (next() % 40), 1 + (next() % 3000), 1 + (next() % 9), next);
+    }
+  });
+}
+
+test("extreme codes and activations (the i16 partial sums' worst case) stay exact", () => {
+  const n = 5, k = 1537, m = 3;
+  for (const format of FORMATS) {
+    for (const code of [-1, 1]) {
+      for (const value of [-128, 127]) {
+        const codes = new Int8Array(n * k).fill(code);
+        const x = new Int8Array(m * k).fill(value);
+        const packed = pack(format, codes, n, k);
+        const want = new Int32Array(n * m).fill(code * value * k);
+        assert.deepEqual(integerSums(SIMD128, format, packed, n, k, x, m), want, `${format.name} ${code} x ${value}`);
+        assert.deepEqual(integerSums(SCALAR, format, packed, n, k, x, m), want, `${format.name} ${code} x ${value}`);
+      }
+    }
+  }
+});
+
+test("a t1.6 block holding every trit pattern decodes exactly", () => {
+  // Byte j of a t1.6 block holds weights j + 64p; 243 patterns over 4 rows cover them all.
+  const format = FORMATS[1];
+  const n = 4, k = 320, m = 5;
+  const codes = new Int8Array(n * k);
+  for (let v = 0; v < n * 64; v++) {
+    const pattern = v % 243;
+    const [r, j] = [Math.floor(v / 64), v % 64];
+    for (let p = 0, rest = pattern; p < 5; p++, rest = Math.floor(rest / 3)) {
+      codes[r * k + j + 64 * (4 - p)] = (rest % 3) - 1;
+    }
+  }
+  const next = rng(243);
+  const x = new Int8Array(m * k).map(() => (next() % 256) - 128);
+  const packed = pack(format, codes, n, k);
+  assert.deepEqual(integerSums(SIMD128, format, packed, n, k, x, m), directSums(codes, x, n, k, m));
+});
+
+test("bad arguments are errors with a message, not traps", () => {
+  const ptr = wasm.binllm_alloc(4);
+  try {
+    assert.equal(wasm.binllm_pack(7, ptr, 1, 1, ptr, 4), -1);
+    assert.match(lastError(), /format index 7/);
+    // 1 x 17 t2 needs 64 packed bytes, not 4.
+    assert.equal(wasm.binllm_integer_sums(SCALAR, 0, ptr, 4, 1, 17, ptr, 0, ptr), -1);
+    assert.match(lastError(), /must be 64 bytes/);
+  } finally {
+    wasm.binllm_free(ptr, 4);
+  }
+});
