@@ -148,12 +148,18 @@ impl ModelConfig {
             .map(|x| x as usize)
             .unwrap_or(if heads > 0 { hidden / heads } else { 0 });
         let act_name = v.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
-        // BitNet-style linears are marked by the checkpoint's quantization_config (as in
-        // microsoft/bitnet-b1.58-2B-4T); a BitNetForCausalLM without one is a float model.
-        let linear = match v.get("quantization_config").and_then(|q| q.get("quant_method")).and_then(Value::as_str) {
-            Some("bitnet") => LinearKind::BitNet,
-            Some(other) => crate::bail!(Unsupported, "quantization_config.quant_method '{other}' (binllm reads 'bitnet' or none)"),
-            None => LinearKind::Float,
+        // BitNet-style linears, as the real checkpoints mark them: a quantization_config with
+        // quant_method "bitnet" (microsoft/bitnet-b1.58-2B-4T), the BitNet architecture itself
+        // (its "-bf16" checkpoints hold latent weights and no quantization_config), or 1bitLLM's
+        // "BitnetForCausalLM" with weight_bits 1 on a llama model_type.
+        let quant_method = v.get("quantization_config").and_then(|q| q.get("quant_method")).and_then(Value::as_str);
+        let weight_bits = v.get("weight_bits").and_then(Value::as_u64);
+        let linear = match (quant_method, weight_bits) {
+            (Some("bitnet"), _) | (None, Some(1)) => LinearKind::BitNet,
+            (Some(other), _) => crate::bail!(Unsupported, "quantization_config.quant_method '{other}' (binllm reads 'bitnet' or none)"),
+            (None, Some(bits)) => crate::bail!(Unsupported, "weight_bits = {bits} (binllm runs 1-bit/ternary BitNet weights or float)"),
+            (None, None) if architecture == "bitnet" || arch_name == "BitnetForCausalLM" => LinearKind::BitNet,
+            (None, None) => LinearKind::Float,
         };
         let eos_tokens = match v.get("eos_token_id") {
             Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
