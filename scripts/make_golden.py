@@ -213,6 +213,21 @@ def read_safetensors(path: Path) -> dict:
     return out
 
 
+def save_npz(path: Path, arrays: dict) -> None:
+    """np.savez-compatible archive with fixed zip timestamps (np.savez stamps the current time,
+    so its bytes change on every run); entries in sorted order, stored uncompressed."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name in sorted(arrays):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asarray(arrays[name]), allow_pickle=False)
+            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buf.getvalue())
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -977,6 +992,8 @@ def build_all(out: Path, skip_reference: bool = False) -> dict:
                     checks[f"{key}_std"] = float(np.std(res[key]))
                     checks[f"{key}_mean_row_range"] = float(np.mean(res[key].max(-1) - res[key].min(-1)))
             if LAYOUTS[layout]["weights"] != "float":
+                checks["layerwise_numpy_bitlinear_max_abs_diff_actq"] = layerwise_bitlinear_check(ref, folder, input_ids, True)
+                checks["layerwise_numpy_bitlinear_max_abs_diff_noactq"] = layerwise_bitlinear_check(ref, folder, input_ids, False)
                 # ternary really is ternary: distance from a float run of the same stored latent weights
                 checks["ternary_vs_float_latent_max_abs_diff"] = _float_latent_distance(layout, folder, input_ids, res)
                 checks["actq_vs_noactq_max_abs_diff"] = float(np.max(np.abs(res["logits_actq"] - res["logits_noactq"])))
@@ -1003,7 +1020,7 @@ def build_all(out: Path, skip_reference: bool = False) -> dict:
                 arrays.pop("greedy_margins_noactq", None)
             arrays = {k: (v.astype(np.float32) if v.dtype.kind == "f" else v.astype(np.int64))
                       for k, v in arrays.items()}
-            np.savez(folder / "reference.npz", **arrays)
+            save_npz(folder / "reference.npz", arrays)
             print(f"[{layout}] " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                for k, v in checks.items()), flush=True)
         manifest["layouts"][layout] = entry
@@ -1013,6 +1030,39 @@ def build_all(out: Path, skip_reference: bool = False) -> dict:
     manifest["total_bytes"] = sum(v["bytes"] for v in manifest["files"].values())
     write_json(out / "MANIFEST.json", manifest)
     return manifest
+
+
+def layerwise_bitlinear_check(ref: "ReferenceModel", folder: Path, input_ids: np.ndarray, actq: bool) -> float:
+    """Feed the exact inputs that every ternary linear of the transformers model sees (forward hooks)
+    to the numpy BitLinear built from the FILE (unpacked uint8 + weight_scale, or ternarized latent
+    weights) and return max |y_numpy - y_transformers| over all 14 linears. This is the sharp check
+    that transformers really runs ternary weights + int8 activations as in the recipe."""
+    torch = _torch()
+    tensors = {k: v for k, (_, v) in read_safetensors(Path(folder) / "model.safetensors").items()}
+    packed = LAYOUTS[ref.layout]["weights"] == "packed"
+    rec, hooks = [], []
+    for name, mod in ref.model.named_modules():
+        if is_decoder_linear(name + ".weight"):
+            hooks.append(mod.register_forward_hook(
+                lambda m, i, o, name=name: rec.append((name, i[0][0].detach().float().numpy().copy(),
+                                                       o[0].detach().float().numpy().copy()))))
+    ref.set_actq(actq)
+    try:
+        ref.logits(input_ids)
+    finally:
+        for h in hooks:
+            h.remove()
+        ref.set_actq(True)
+    assert len(rec) == 7 * CFG["num_hidden_layers"], len(rec)
+    worst = 0.0
+    for name, x, y in rec:
+        if packed:
+            t = unpack_ternary(tensors[name + ".weight"].astype(np.uint8))
+            s_w = np.float32(tensors[name + ".weight_scale"][0])
+        else:
+            t, s_w, _ = ternarize(tensors[name + ".weight"])
+        worst = max(worst, float(np.max(np.abs(_bitlinear(x, t, s_w, actq) - y))))
+    return worst
 
 
 def _round_up(x: float) -> float:
@@ -1090,8 +1140,11 @@ def describe_layout(layout: str) -> dict:
             reference_route=("the latent weights are ternarized (recipe.weight_quant) and written to a temporary packed folder "
                              "with float32 weight_scale = 1/mean|W| and quantization_config offline/bitlinear, which is then run "
                              "by transformers' own BitLinear exactly as bitnet_packed. Cross-check: transformers' online path "
-                             "(from_pretrained(..., quantization_config=BitNetQuantConfig(linear_class='autobitlinear', "
-                             "quantization_mode='online')), fake-quant) agrees to checks.hf_online_autobitlinear_max_abs_diff_logits_actq"),
+                             "(AutoBitLinear, fake-quant: weights (W*s).round().clamp(-1,1)/s and activations quantized+dequantized "
+                             "each call) on a temporary copy whose config.json carries quantization_config {quant_method bitnet, "
+                             "linear_class autobitlinear, quantization_mode online} agrees to "
+                             "checks.hf_online_autobitlinear_max_abs_diff_logits_actq. (Passing quantization_config= to "
+                             "from_pretrained instead is refused by transformers: bitnet 'requires the model to be pre-quantized'.)"),
             actq_on="as bitnet_packed", actq_off="as bitnet_packed",
             binllm_keys=("model_type 'bitnet' / architectures BitNetForCausalLM with floating-point decoder linear weights and "
                          "no weight_scale -> ternarize on load (BitNet models are always ternary; the config does not say so)"),
