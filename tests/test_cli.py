@@ -1,0 +1,77 @@
+"""The binllm command: each subcommand works, and every error is one clear line."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from helpers import make_random_hf_model
+
+
+def run(*args, input=None):
+    return subprocess.run([sys.executable, "-m", "binllm", *map(str, args)], capture_output=True, text=True, input=input, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_random_hf_model(tmp_path_factory.mktemp("cli") / "m", layout="bitnet_packed", seed=5)
+
+
+def test_generate_streams_text_equal_to_the_python_api(model_dir):
+    from binllm import Model
+
+    out = run("generate", model_dir, "the quick brown", "-n", "12")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.rstrip("\n") == Model.from_pretrained(model_dir).generate("the quick brown", max_new_tokens=12)
+    assert "loaded" in out.stderr
+
+
+def test_info_and_json(model_dir):
+    out = run("info", model_dir)
+    assert out.returncode == 0, out.stderr
+    assert "bitnet" in out.stdout and "t2" in out.stdout and "bits/weight" in out.stdout
+    info = json.loads(run("info", model_dir, "--json").stdout)
+    assert info["config"]["hidden_size"] == 320
+
+
+def test_bench_reports_tokens_per_second(model_dir):
+    out = run("bench", model_dir, "--prompt-tokens", "16", "--decode-tokens", "8", "--repeats", "1")
+    assert out.returncode == 0, out.stderr
+    assert "tok/s" in out.stdout
+
+
+def test_chat_reads_turns_until_eof(model_dir, tmp_path):
+    out = run("chat", model_dir, "-n", "4", input="hello\n")
+    # This random model's folder has no chat template: a clear error, not a traceback.
+    assert out.returncode == 1 and "chat template" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_demo_prints_the_kernel_speed():
+    out = run("demo", "--threads", "1")
+    assert out.returncode == 0, out.stderr
+    assert "speed-up" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["generate", "/no/such/model", "hi"], "no model"),
+        (["generate", "MODEL", "hi", "--temperature", "-1"], "temperature"),
+        (["generate", "MODEL", ""], "empty"),
+        (["generate", "MODEL", "hi", "--threads", "0"], "threads"),
+        (["info", "/etc/hostname"], "gguf"),
+    ],
+)
+def test_errors_are_one_clear_line(model_dir, args, words):
+    args = [str(model_dir) if a == "MODEL" else a for a in args]
+    out = run(*args)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("binllm: error:") and words in out.stderr
+
+
+def test_chat_with_smollm2(smollm2_path):
+    out = run("chat", smollm2_path, "-n", "20", input="What is the capital of France?\n")
+    assert out.returncode == 0, out.stderr
+    assert "Paris" in out.stdout
