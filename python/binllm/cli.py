@@ -145,6 +145,16 @@ def cmd_demo(ns) -> int:
     return 0
 
 
+def cmd_train(ns) -> int:
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise BinllmError("training needs torch: pip install 'binllm[train]'") from e
+    from binllm.train.cli import main as train_main
+
+    return train_main(ns.train_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="binllm", description="Run 1-bit and ternary LLMs fast on CPUs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -182,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=None)
     b.set_defaults(func=cmd_bench)
 
+    # `binllm train ...` hands all its arguments to binllm.train's own parser (see main).
+    sub.add_parser("train", help="train a ternary (BitNet b1.58) model on text files (needs binllm[train])", add_help=False)
+
     d = sub.add_parser("demo", help="kernel demo: ternary GEMV against numpy float32 on a BitNet-2B layer")
     d.add_argument("--threads", type=int, default=None)
     d.set_defaults(func=cmd_demo)
@@ -189,7 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "train":
+        ns = argparse.Namespace(func=cmd_train, train_args=argv[1:])
+    else:
+        ns = build_parser().parse_args(argv)
     try:
         return ns.func(ns)
     except KeyboardInterrupt:
