@@ -258,3 +258,27 @@ def test_smollm2_prefill_equals_decode(smollm2):
     session = smollm2._core.session(len(ids))
     last = [session.forward([t]) for t in ids][-1]
     np.testing.assert_allclose(last, full[-1], rtol=1e-4, atol=1e-4)
+
+
+def test_hub_ids_download_through_huggingface_hub(models, monkeypatch):
+    # No network here: stand in for the hub with a local snapshot, and check what is asked.
+    import types
+
+    asked = {}
+
+    def snapshot_download(repo_id, revision=None, allow_patterns=None):
+        asked.update(repo_id=repo_id, revision=revision, allow_patterns=allow_patterns)
+        return str(models["bitnet_packed"])
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(snapshot_download=snapshot_download))
+    m = Model.from_pretrained("microsoft/bitnet-b1.58-2B-4T", revision="main")
+    assert asked["repo_id"] == "microsoft/bitnet-b1.58-2B-4T" and asked["revision"] == "main"
+    assert "*.safetensors" in asked["allow_patterns"]
+    assert m.config["bitnet"]
+
+    def failing(**kw):
+        raise RuntimeError("network unreachable")
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(snapshot_download=failing))
+    with pytest.raises(binllm.BinllmError, match="could not download"):
+        Model.from_pretrained("owner/name")
