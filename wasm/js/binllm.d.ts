@@ -1,0 +1,89 @@
+// Types of the page-side API (js/binllm.js).
+
+export type ModelSource = string | URL | Blob | ArrayBuffer | ArrayBufferView | { files: File[] };
+
+export interface LoadProgress {
+  /** "download" | "cache" (read from the Cache API) | "read" (a File) | "parse" (unpacking). */
+  phase: "download" | "cache" | "read" | "parse";
+  loaded: number;
+  /** 0 when unknown (no Content-Length). */
+  total: number;
+}
+
+export interface LoadOptions {
+  onProgress?: (progress: LoadProgress) => void;
+  /** Keep downloads in the Cache API (default true). */
+  cache?: boolean;
+  wasmUrl?: string;
+  workerUrl?: string | URL;
+}
+
+export interface ModelInfo {
+  architecture: string;
+  hidden_size: number;
+  intermediate_size: number;
+  num_hidden_layers: number;
+  num_attention_heads: number;
+  num_key_value_heads: number;
+  head_dim: number;
+  vocab_size: number;
+  max_position_embeddings: number;
+  activation: string;
+  linear: string;
+  bos_token_id: number | null;
+  eos_token_ids: number[];
+  weight_bytes: number;
+  backend: string;
+  threads: number;
+  memory_bytes: number;
+}
+
+export interface GenerationStats {
+  tokens: number;
+  promptTokens: number;
+  promptMs: number;
+  decodeMs: number;
+  tokensPerSecond: number;
+  memoryBytes: number;
+}
+
+export interface GenerationResult extends GenerationStats {
+  text: string;
+  stopped: boolean;
+}
+
+export interface GenerateOptions {
+  maxNewTokens?: number;
+  /** 0 (default) is greedy. */
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  seed?: number;
+  onToken?: (piece: string, stats: GenerationStats) => void;
+}
+
+export interface BenchResult {
+  prompt_tokens: number;
+  decode_tokens: number;
+  prompt_tok_s: number;
+  decode_tok_s: number;
+  memory_bytes: number;
+}
+
+export declare class BinLLMError extends Error {
+  /** The kind: "Format", "Unsupported", "InvalidArgument", "TooLarge", "OutOfMemory", "Io", "WorkerError", ... */
+  name: string;
+}
+
+export declare class BinLLM {
+  static load(source: ModelSource, options?: LoadOptions): Promise<BinLLM>;
+  info(): ModelInfo;
+  generate(prompt: string, options?: GenerateOptions): Promise<GenerationResult>;
+  stop(): void;
+  tokenize(text: string, options?: { addSpecialTokens?: boolean }): Promise<number[]>;
+  detokenize(ids: Iterable<number>, options?: { skipSpecialTokens?: boolean }): Promise<string>;
+  bench(options?: { promptTokens?: number; decodeTokens?: number; repeats?: number }): Promise<BenchResult>;
+  dispose(): void;
+}
+
+export default BinLLM;

@@ -1,0 +1,130 @@
+// binllm in the browser: the page-side API. Every call is a message to a Web Worker
+// (js/worker.js) that owns the WebAssembly engine, so loading and generating never block the
+// page.
+//
+//   import { BinLLM } from "binllm-wasm";
+//   const model = await BinLLM.load("model.gguf", { onProgress: ({ phase, loaded, total }) => {} });
+//   const { text } = await model.generate("The capital of France is", { maxNewTokens: 32, onToken: (piece) => {} });
+//
+// A source is a URL (of a .gguf file, or of a Hugging Face folder when it ends in '/'), a
+// File/Blob or an ArrayBuffer of a GGUF file, or {files: File[]} (a picked folder). Downloads
+// are kept in the Cache API, so a reload does not fetch the model again.
+
+export class BinLLMError extends Error {
+  constructor(message, name = "BinLLMError") {
+    super(message);
+    this.name = name;
+  }
+}
+
+const DEFAULT_WASM = new URL("../pkg/binllm_wasm.wasm", import.meta.url).href;
+
+export class BinLLM {
+  /**
+   * Loads a model in a new worker. Options: onProgress({phase, loaded, total}) with phase
+   * "download" | "cache" | "read" | "parse"; cache (default true); wasmUrl; workerUrl.
+   */
+  static async load(source, { onProgress, cache = true, wasmUrl = DEFAULT_WASM, workerUrl } = {}) {
+    const worker = new Worker(workerUrl ?? new URL("./worker.js", import.meta.url), { type: "module" });
+    const model = new BinLLM(worker);
+    if (typeof source === "string") source = new URL(source, globalThis.location?.href).href;
+    else if (source instanceof URL) source = source.href;
+    try {
+      model._info = await model._request({ type: "load", source, options: { cache, wasmUrl } }, { onProgress });
+    } catch (e) {
+      worker.terminate();
+      throw e;
+    }
+    return model;
+  }
+
+  constructor(worker) {
+    this._worker = worker;
+    this._pending = new Map();
+    this._nextId = 1;
+    this._queue = Promise.resolve();
+    worker.onmessage = ({ data }) => this._receive(data);
+    // A worker that dies (a script error, a crash) fails every pending call instead of hanging.
+    worker.onerror = (event) => {
+      event.preventDefault?.();
+      this._failAll(new BinLLMError(`the binllm worker failed: ${event.message ?? "unknown error"}`, "WorkerError"));
+    };
+    worker.onmessageerror = () => this._failAll(new BinLLMError("the binllm worker sent an unreadable message", "WorkerError"));
+  }
+
+  _failAll(error) {
+    for (const { reject } of this._pending.values()) reject(error);
+    this._pending.clear();
+  }
+
+  _receive(data) {
+    const call = this._pending.get(data.id);
+    if (!call) return;
+    if (data.type === "progress") call.onProgress?.({ phase: data.phase, loaded: data.loaded, total: data.total });
+    else if (data.type === "token") call.onToken?.(data.piece, data);
+    else if (data.type === "result") {
+      this._pending.delete(data.id);
+      call.resolve(data.value);
+    } else if (data.type === "error") {
+      this._pending.delete(data.id);
+      call.reject(new BinLLMError(data.message, data.name));
+    }
+  }
+
+  /** Sends one request; requests run one after another. */
+  _request(message, callbacks = {}) {
+    const run = () =>
+      new Promise((resolve, reject) => {
+        if (!this._worker) return reject(new BinLLMError("this model was disposed", "InvalidArgument"));
+        const id = this._nextId++;
+        this._pending.set(id, { resolve, reject, ...callbacks });
+        this._worker.postMessage({ ...message, id });
+      });
+    const result = this._queue.then(run, run);
+    this._queue = result.catch(() => {});
+    return result;
+  }
+
+  /** Architecture, sizes, EOS ids, weight bytes, memory in use at load. */
+  info() {
+    return { ...this._info };
+  }
+
+  /**
+   * Generates a continuation of `prompt`. Greedy by default (temperature 0). onToken(piece,
+   * stats) receives text as it is decoded. Resolves to {text, stopped, tokens, promptTokens,
+   * promptMs, decodeMs, tokensPerSecond, memoryBytes}.
+   */
+  generate(prompt, { maxNewTokens = 128, temperature = 0, topK = 0, topP = 1, seed = 0, onToken } = {}) {
+    if (typeof prompt !== "string") return Promise.reject(new BinLLMError("prompt must be a string", "InvalidArgument"));
+    const options = { maxNewTokens, temperature, topK, topP, seed };
+    return this._request({ type: "generate", prompt, options }, { onToken });
+  }
+
+  /** Stops the generation in progress after its current token. */
+  stop() {
+    this._worker?.postMessage({ type: "stop" });
+  }
+
+  tokenize(text, { addSpecialTokens = true } = {}) {
+    return this._request({ type: "tokenize", text, addSpecial: addSpecialTokens });
+  }
+
+  detokenize(ids, { skipSpecialTokens = true } = {}) {
+    return this._request({ type: "decode", ids: Array.from(ids), skipSpecial: skipSpecialTokens });
+  }
+
+  /** Prompt and decode tokens/s on random token ids (one thread), best of `repeats`. */
+  bench({ promptTokens = 128, decodeTokens = 64, repeats = 3 } = {}) {
+    return this._request({ type: "bench", promptTokens, decodeTokens, repeats });
+  }
+
+  /** Ends the worker and frees the model's memory. */
+  dispose() {
+    this._worker?.terminate();
+    this._worker = null;
+    this._failAll(new BinLLMError("this model was disposed", "InvalidArgument"));
+  }
+}
+
+export default BinLLM;

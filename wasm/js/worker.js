@@ -1,0 +1,253 @@
+// The Web Worker that owns the wasm engine: it fetches (or reads) model files straight into wasm
+// memory, loads the model, and generates token by token, posting each piece of text back. The
+// page's thread only ever exchanges messages with it, so a long prompt never freezes the page.
+//
+// Messages in:  {type: "load", id, source, options}, {type: "generate", id, prompt, options},
+//               {type: "tokenize", id, text, addSpecial}, {type: "decode", id, ids},
+//               {type: "bench", id, promptTokens, decodeTokens, repeats}, {type: "stop"}
+// Messages out: {type: "progress", id, phase, loaded, total}, {type: "token", id, piece, ...stats},
+//               {type: "result", id, value}, {type: "error", id, name, message}
+import { Engine, BinLLMError, formatBytes, MAX_MODEL_FILE_BYTES } from "./engine.js";
+
+const CACHE_NAME = "binllm-models-v1";
+let engine = null;
+let handle = 0;
+let stopRequested = false;
+
+const post = (message) => self.postMessage(message);
+
+// Yields to the event loop (so a "stop" message can arrive) without setTimeout's 4 ms clamp.
+const channel = new MessageChannel();
+const yieldToEvents = () =>
+  new Promise((resolve) => {
+    channel.port1.onmessage = () => resolve();
+    channel.port2.postMessage(0);
+  });
+
+async function getEngine(wasmUrl) {
+  engine ??= await Engine.create(wasmUrl);
+  return engine;
+}
+
+/** A URL's response, from the Cache API when it has it (then nothing is downloaded). */
+async function openUrl(url, useCache, progress) {
+  let cache = null;
+  if (useCache && self.caches) {
+    try {
+      cache = await caches.open(CACHE_NAME);
+      const hit = await cache.match(url);
+      if (hit) return { response: hit, fromCache: true, store: Promise.resolve() };
+    } catch {
+      cache = null; // private windows and file:// pages have no usable cache
+    }
+  }
+  progress("download", 0, 0);
+  let response;
+  try {
+    response = await fetch(url);
+  } catch (e) {
+    throw new BinLLMError(`cannot download ${url}: ${e.message}`, "Io");
+  }
+  if (!response.ok) throw new BinLLMError(`cannot download ${url}: HTTP ${response.status} ${response.statusText}`, "Io");
+  let store = Promise.resolve();
+  if (cache) {
+    // A full disk or quota only costs the next reload a download.
+    store = cache.put(url, response.clone()).catch((e) => console.warn(`binllm: not cached (${e.message})`));
+  }
+  return { response, fromCache: false, store };
+}
+
+/** Streams `source` (URL string, Blob/File, ArrayBuffer or typed array) into a WasmBuffer. */
+async function readIntoWasm(source, name, useCache, progress) {
+  if (source instanceof ArrayBuffer || ArrayBuffer.isView(source)) {
+    const bytes = source instanceof ArrayBuffer ? new Uint8Array(source) : new Uint8Array(source.buffer, source.byteOffset, source.byteLength);
+    const buffer = engine.reserveModelFile(bytes.length, name);
+    buffer.write(bytes);
+    progress("read", bytes.length, bytes.length);
+    return buffer;
+  }
+  let stream, size, phase, store = Promise.resolve();
+  if (typeof Blob !== "undefined" && source instanceof Blob) {
+    [stream, size, phase] = [source.stream(), source.size, "read"];
+  } else if (typeof source === "string") {
+    const opened = await openUrl(source, useCache, progress);
+    const length = Number(opened.response.headers.get("content-length"));
+    [stream, size, phase, store] = [opened.response.body, length > 0 ? length : null, opened.fromCache ? "cache" : "download", opened.store];
+  } else {
+    throw new BinLLMError("a model source must be a URL, a File/Blob or an ArrayBuffer", "InvalidArgument");
+  }
+  const reader = stream.getReader();
+  let buffer = null;
+  const pending = []; // chunks of a response without a Content-Length
+  let loaded = 0;
+  try {
+    if (size !== null) buffer = engine.reserveModelFile(size, name);
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      loaded += value.length;
+      if (buffer) buffer.write(value);
+      else if (loaded > MAX_MODEL_FILE_BYTES) engine.reserveModelFile(loaded, name); // throws TooLarge now, not at the end
+      else pending.push(value);
+      progress(phase, loaded, size ?? 0);
+    }
+    if (!buffer) {
+      buffer = engine.reserveModelFile(loaded, name);
+      for (const chunk of pending) buffer.write(chunk);
+    }
+    await store;
+    return buffer;
+  } catch (e) {
+    buffer?.free();
+    reader.cancel().catch(() => {});
+    throw e;
+  }
+}
+
+const isGguf = (name) => /\.gguf$/i.test(name);
+
+/** Loads a GGUF (URL/File/bytes) or a Hugging Face folder ({files: File[]} or a URL ending in '/'). */
+async function load({ source, options = {} }, progress) {
+  await getEngine(options.wasmUrl);
+  if (handle) engine.freeModel(handle);
+  handle = 0;
+  const useCache = options.cache !== false;
+  if (typeof source === "string" && source.endsWith("/")) {
+    handle = await loadHfFolder((name) => new URL(name, source).href, useCache, progress);
+  } else if (source && Array.isArray(source.files)) {
+    const byName = new Map(source.files.map((f) => [f.webkitRelativePath?.split("/").pop() || f.name, f]));
+    const gguf = source.files.find((f) => isGguf(f.name));
+    if (gguf) handle = engine.loadGguf(await readIntoWasm(gguf, gguf.name, false, progress));
+    else handle = await loadHfFolder((name) => byName.get(name) ?? null, false, progress);
+  } else {
+    const name = typeof source === "string" ? source.split("/").pop() : source?.name ?? "the model file";
+    const buffer = await readIntoWasm(source, name, useCache, progress);
+    progress("parse", buffer.size, buffer.size);
+    await yieldToEvents();
+    handle = engine.loadGguf(buffer);
+  }
+  return { ...engine.info(handle), memory_bytes: engine.memoryBytes() };
+}
+
+/** A Hugging Face folder: `locate(name)` gives a URL, a File, or null when the file is absent. */
+async function loadHfFolder(locate, useCache, progress) {
+  const text = async (name, required) => {
+    const where = locate(name);
+    if (where === null) {
+      if (required) throw new BinLLMError(`the model folder has no ${name}`, "Io");
+      return "";
+    }
+    if (typeof where !== "string") return where.text();
+    const response = await fetch(where);
+    if (!response.ok) {
+      if (required || response.status !== 404) throw new BinLLMError(`cannot download ${where}: HTTP ${response.status}`, "Io");
+      return "";
+    }
+    return response.text();
+  };
+  const json = {};
+  for (const [name, required] of [["config.json", true], ["tokenizer.json", true], ["generation_config.json", false], ["tokenizer_config.json", false]]) {
+    json[name] = await text(name, required);
+  }
+  let files = ["model.safetensors"];
+  const index = await text("model.safetensors.index.json", false).catch(() => "");
+  if (index) {
+    const map = JSON.parse(index).weight_map ?? {};
+    files = [...new Set(Object.values(map))].sort();
+    if (files.some((f) => f.includes("/") || f.startsWith("."))) throw new BinLLMError("the safetensors index names a file outside the folder", "Format");
+  }
+  const weights = [];
+  try {
+    for (const f of files) {
+      const where = locate(f);
+      if (where === null) throw new BinLLMError(`the model folder has no ${f}`, "Io");
+      weights.push(await readIntoWasm(where, f, useCache, progress));
+    }
+  } catch (e) {
+    weights.forEach((w) => w.free());
+    throw e;
+  }
+  progress("parse", 1, 1);
+  await yieldToEvents();
+  return engine.loadHf(json, weights);
+}
+
+async function generate({ id, prompt, options = {} }) {
+  if (!handle) throw new BinLLMError("no model is loaded", "InvalidArgument");
+  stopRequested = false;
+  const started = performance.now();
+  const promptTokens = engine.generateStart(handle, prompt, options);
+  const promptMs = performance.now() - started;
+  let text = "";
+  let tokens = 0;
+  let decodeMs = 0;
+  let lastYield = performance.now();
+  for (;;) {
+    const t0 = performance.now();
+    const step = engine.generateStep(handle);
+    decodeMs += performance.now() - t0;
+    if (step.added) tokens += 1;
+    text += step.piece;
+    const stats = { tokens, promptTokens, promptMs, decodeMs, tokensPerSecond: tokens / (decodeMs / 1000 || Infinity), memoryBytes: engine.memoryBytes() };
+    if (step.piece || step.done) post({ type: "token", id, piece: step.piece, ...stats });
+    if (step.done) return { text, stopped: false, ...stats };
+    if (performance.now() - lastYield > 20) {
+      await yieldToEvents();
+      lastYield = performance.now();
+    }
+    if (stopRequested) {
+      // Flush what is held back (a half character decodes as U+FFFD, as in Python).
+      return { text, stopped: true, ...stats };
+    }
+  }
+}
+
+/** Prompt and decode tokens/s on random ids, best of `repeats` (as `binllm bench` measures). */
+function bench({ promptTokens = 128, decodeTokens = 64, repeats = 3, seed = 1 }) {
+  if (!handle) throw new BinLLMError("no model is loaded", "InvalidArgument");
+  const vocab = engine.info(handle).vocab_size;
+  let s = seed >>> 0 || 1;
+  const ids = Array.from({ length: promptTokens }, () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s % vocab;
+  });
+  let promptS = Infinity, decodeS = Infinity;
+  for (let r = 0; r < repeats; r++) {
+    engine.forwardReset(handle, promptTokens + decodeTokens);
+    let t = performance.now();
+    let token = engine.forwardArgmax(handle, ids);
+    promptS = Math.min(promptS, (performance.now() - t) / 1000);
+    t = performance.now();
+    for (let i = 0; i < decodeTokens; i++) token = engine.forwardArgmax(handle, [token]);
+    decodeS = Math.min(decodeS, (performance.now() - t) / 1000);
+  }
+  return { prompt_tokens: promptTokens, decode_tokens: decodeTokens, prompt_tok_s: promptTokens / promptS, decode_tok_s: decodeTokens / decodeS, memory_bytes: engine.memoryBytes() };
+}
+
+self.onmessage = async ({ data }) => {
+  if (data.type === "stop") {
+    stopRequested = true;
+    return;
+  }
+  const { id } = data;
+  const progress = (phase, loaded, total) => post({ type: "progress", id, phase, loaded, total });
+  try {
+    let value;
+    if (data.type === "load") value = await load(data, progress);
+    else if (data.type === "generate") value = await generate(data);
+    else if (data.type === "tokenize") value = engine.encode(handle, data.text, data.addSpecial !== false);
+    else if (data.type === "decode") value = engine.decode(handle, data.ids, data.skipSpecial !== false);
+    else if (data.type === "bench") value = bench(data);
+    else throw new BinLLMError(`unknown message type '${data.type}'`, "InvalidArgument");
+    post({ type: "result", id, value });
+  } catch (e) {
+    post({ type: "error", id, name: e.name ?? "Error", message: e.message ?? String(e) });
+    // A trap leaves the wasm instance unusable: start afresh on the next load.
+    if (e.name === "OutOfMemory") {
+      engine = null;
+      handle = 0;
+    }
+  }
+};
+
+post({ type: "ready", memoryLimit: formatBytes(2 ** 32) });

@@ -1,0 +1,425 @@
+//! Models, tokenizers and text generation behind plain C-ABI entry points, for `js/engine.js`.
+//!
+//! A loaded model is a handle (a positive i32). Calls that produce bytes (text, ids, JSON)
+//! leave them in one result buffer (`binllm_result_ptr` / `binllm_result_len`), valid until the
+//! next call. Generation is a loop the caller drives one token at a time
+//! (`binllm_generate_start`, then `binllm_generate_step` until it says done), so a worker can
+//! stream text and stop between tokens. The loop follows `binllm.Model._pieces` in Python:
+//! the same EOS set, context limit and rule for holding back a half-decoded UTF-8 character.
+
+use crate::{set_error, slice_at};
+use binllm_core::loader::{GgufFile, GgufValue, SafetensorsFile};
+use binllm_core::model::sampler::{Sampler, SamplingParams};
+use binllm_core::model::{KvCache, Linear, Model};
+use binllm_core::tokenizer::Tokenizer;
+use binllm_core::{Error, Result};
+use std::cell::RefCell;
+
+struct Generation {
+    cache: KvCache,
+    sampler: Sampler,
+    logits: Vec<f32>,
+    history: Vec<u32>,
+    new: Vec<u32>,
+    /// Bytes of the decoded new text already handed out.
+    emitted: usize,
+    max_new_tokens: usize,
+}
+
+struct Loaded {
+    model: Model,
+    tokenizer: Tokenizer,
+    eos: Vec<u32>,
+    generation: Option<Generation>,
+    /// A bare KV cache for timing forward passes (`binllm_forward_*`), as `binllm bench` does.
+    bench_cache: Option<KvCache>,
+}
+
+thread_local! {
+    static MODELS: RefCell<Vec<Option<Loaded>>> = const { RefCell::new(Vec::new()) };
+    static RESULT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+fn set_result(bytes: Vec<u8>) {
+    RESULT.with(|r| *r.borrow_mut() = bytes);
+}
+
+/// Runs `f` on the model behind `handle`.
+fn with_model<T>(handle: i32, f: impl FnOnce(&mut Loaded) -> Result<T>) -> Result<T> {
+    MODELS.with(|models| {
+        let mut models = models.borrow_mut();
+        let slot = usize::try_from(handle - 1).ok().and_then(|i| models.get_mut(i)).and_then(Option::as_mut);
+        match slot {
+            Some(loaded) => f(loaded),
+            None => Err(Error::InvalidArgument(format!("no model with handle {handle} (freed, or never loaded)"))),
+        }
+    })
+}
+
+fn store(loaded: Loaded) -> i32 {
+    MODELS.with(|models| {
+        let mut models = models.borrow_mut();
+        models.push(Some(loaded));
+        models.len() as i32
+    })
+}
+
+/// A handle (> 0), or -1 with the error stored.
+fn handle_or_error(result: Result<Loaded>) -> i32 {
+    match result {
+        Ok(loaded) => store(loaded),
+        Err(e) => {
+            set_error(&e);
+            -1
+        }
+    }
+}
+
+/// The value, or -1 with the error stored.
+fn count_or_error(result: Result<usize>) -> i32 {
+    match result {
+        Ok(n) => n.min(i32::MAX as usize) as i32,
+        Err(e) => {
+            set_error(&e);
+            -1
+        }
+    }
+}
+
+unsafe fn text_at<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a str> {
+    std::str::from_utf8(slice_at(ptr, len)).map_err(|e| Error::InvalidArgument(format!("{what} is not UTF-8: {e}")))
+}
+
+/// f16 matrices at most this large are widened to f32 on load (see `widen_half`).
+const WIDEN_HALF_MAX_BYTES: usize = 256 << 20;
+
+/// wasm32 has no f16 conversion instruction, so every f16 weight costs a software conversion
+/// on each use: for a tied f16 output layer that is most of a decode step. f32 gives the very
+/// same products (the conversion is exact, and the wasm f16 and f32 dot products sum in the
+/// same order), for twice the memory, so small enough matrices are widened.
+fn widen_half(linear: &mut Linear) {
+    if let Linear::Half { w, n, k } = linear {
+        if w.len() * 4 <= WIDEN_HALF_MAX_BYTES {
+            *linear = Linear::Float { w: w.iter().map(|v| v.to_f32()).collect(), n: *n, k: *k };
+        }
+    }
+}
+
+fn prepare(mut model: Model) -> Model {
+    widen_half(&mut model.embed);
+    if let Some(head) = model.lm_head.as_mut() {
+        widen_half(head);
+    }
+    model
+}
+
+fn eos_ids(model: &Model, extra: impl IntoIterator<Item = u32>) -> Vec<u32> {
+    let mut eos: Vec<u32> = model.config.eos_tokens.iter().copied().chain(extra).collect();
+    eos.sort_unstable();
+    eos.dedup();
+    eos
+}
+
+/// Loads a GGUF file (the whole file's bytes; the caller may free them afterwards). Returns a
+/// model handle, or -1.
+///
+/// # Safety
+/// `ptr` must point to `len` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn binllm_model_load_gguf(ptr: *const u8, len: usize) -> i32 {
+    handle_or_error((|| {
+        let file = GgufFile::parse(slice_at(ptr, len))?;
+        let tokenizer = Tokenizer::from_gguf(&file)?;
+        let model = prepare(Model::from_gguf(&file)?);
+        let eos_meta = file.get("tokenizer.ggml.eos_token_id").and_then(GgufValue::as_u64).map(|v| v as u32);
+        let eos = eos_ids(&model, eos_meta);
+        Ok(Loaded { model, tokenizer, eos, generation: None, bench_cache: None })
+    })())
+}
+
+/// Loads a Hugging Face folder's files: config.json, tokenizer.json, generation_config.json
+/// and tokenizer_config.json (either may be empty) and `n_files` safetensors files given as
+/// (pointer, length) pairs of u32 at `files`. Returns a model handle, or -1.
+///
+/// # Safety
+/// Every pointer must point to its length of readable bytes; `files` to `2 * n_files` u32s.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn binllm_model_load_hf(
+    config: *const u8,
+    config_len: usize,
+    tokenizer: *const u8,
+    tokenizer_len: usize,
+    generation_config: *const u8,
+    generation_config_len: usize,
+    tokenizer_config: *const u8,
+    tokenizer_config_len: usize,
+    files: *const u32,
+    n_files: usize,
+) -> i32 {
+    handle_or_error((|| {
+        let config = text_at(config, config_len, "config.json")?;
+        let tokenizer = Tokenizer::from_json(text_at(tokenizer, tokenizer_len, "tokenizer.json")?)?;
+        let pairs = slice_at(files, n_files.checked_mul(2).ok_or_else(|| Error::InvalidArgument("too many files".into()))?);
+        let files = pairs
+            .chunks_exact(2)
+            .map(|p| SafetensorsFile::parse(slice_at(p[0] as usize as *const u8, p[1] as usize)))
+            .collect::<Result<Vec<_>>>()?;
+        let model = prepare(Model::from_hf(config, &files)?);
+        let mut extra = Vec::new();
+        let generation = text_at(generation_config, generation_config_len, "generation_config.json")?;
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(generation) {
+            match v.get("eos_token_id") {
+                Some(serde_json::Value::Array(a)) => extra.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32)),
+                Some(x) => extra.extend(x.as_u64().map(|x| x as u32)),
+                None => {}
+            }
+        }
+        let tokenizer_config = text_at(tokenizer_config, tokenizer_config_len, "tokenizer_config.json")?;
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(tokenizer_config) {
+            let name = v.get("eos_token").and_then(|e| e.as_str().or_else(|| e.get("content").and_then(|c| c.as_str())));
+            extra.extend(name.and_then(|n| tokenizer.token_to_id(n)));
+        }
+        let eos = eos_ids(&model, extra);
+        Ok(Loaded { model, tokenizer, eos, generation: None, bench_cache: None })
+    })())
+}
+
+/// Frees a model and everything it holds.
+#[no_mangle]
+pub extern "C" fn binllm_model_free(handle: i32) {
+    MODELS.with(|models| {
+        let mut models = models.borrow_mut();
+        if let Some(slot) = usize::try_from(handle - 1).ok().and_then(|i| models.get_mut(i)) {
+            *slot = None;
+        }
+    });
+}
+
+/// Writes the model's description (JSON) to the result buffer; returns its length, or -1.
+#[no_mangle]
+pub extern "C" fn binllm_model_info(handle: i32) -> i32 {
+    count_or_error(with_model(handle, |m| {
+        let c = &m.model.config;
+        let backend = binllm_core::kernels::active_backend().map(|b| b.name()).unwrap_or("none");
+        let info = serde_json::json!({
+            "architecture": c.architecture,
+            "hidden_size": c.hidden,
+            "intermediate_size": c.intermediate,
+            "num_hidden_layers": c.layers,
+            "num_attention_heads": c.heads,
+            "num_key_value_heads": c.kv_heads,
+            "head_dim": c.head_dim,
+            "vocab_size": c.vocab,
+            "max_position_embeddings": c.max_positions,
+            "activation": c.activation.name(),
+            "linear": format!("{:?}", c.linear).to_lowercase(),
+            "bos_token_id": c.bos_token,
+            "eos_token_ids": m.eos,
+            "weight_bytes": m.model.nbytes(),
+            "backend": backend,
+            "threads": 1,
+        });
+        let bytes = info.to_string().into_bytes();
+        let n = bytes.len();
+        set_result(bytes);
+        Ok(n)
+    }))
+}
+
+/// Tokenizes UTF-8 text; ids go to the result buffer as little-endian u32s. Returns their
+/// count, or -1.
+///
+/// # Safety
+/// `text` must point to `len` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn binllm_encode(handle: i32, text: *const u8, len: usize, add_special: i32) -> i32 {
+    count_or_error(with_model(handle, |m| {
+        let ids = m.tokenizer.encode(text_at(text, len, "text")?, add_special != 0);
+        let n = ids.len();
+        set_result(ids.iter().flat_map(|i| i.to_le_bytes()).collect());
+        Ok(n)
+    }))
+}
+
+/// Decodes `n` ids (special tokens skipped when `skip_special`) into the result buffer;
+/// returns the text's byte length, or -1.
+///
+/// # Safety
+/// `ids` must point to `n` readable u32s.
+#[no_mangle]
+pub unsafe extern "C" fn binllm_decode(handle: i32, ids: *const u32, n: usize, skip_special: i32) -> i32 {
+    count_or_error(with_model(handle, |m| {
+        let text = m.tokenizer.decode(slice_at(ids, n), skip_special != 0).into_bytes();
+        let len = text.len();
+        set_result(text);
+        Ok(len)
+    }))
+}
+
+/// Starts generating after `prompt` (UTF-8): tokenizes it, runs it through the model and
+/// keeps the state for `binllm_generate_step`. Returns the prompt's token count, or -1.
+/// `temperature` 0 is greedy; `top_k` 0 and `top_p` 1 turn those filters off.
+///
+/// # Safety
+/// `prompt` must point to `len` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn binllm_generate_start(
+    handle: i32,
+    prompt: *const u8,
+    len: usize,
+    max_new_tokens: u32,
+    temperature: f32,
+    top_k: u32,
+    top_p: f32,
+    seed: u32,
+) -> i32 {
+    count_or_error(with_model(handle, |m| {
+        m.generation = None;
+        if max_new_tokens == 0 {
+            binllm_core::bail!(InvalidArgument, "maxNewTokens must be at least 1");
+        }
+        let text = text_at(prompt, len, "prompt")?;
+        if text.is_empty() {
+            binllm_core::bail!(InvalidArgument, "prompt is empty");
+        }
+        // What `binllm.Model.encode` gives: the tokenizer's ids with its special tokens.
+        let ids = m.tokenizer.encode(text, true);
+        if ids.is_empty() {
+            binllm_core::bail!(InvalidArgument, "prompt is empty after tokenization");
+        }
+        let context = m.model.config.max_positions;
+        if ids.len() >= context {
+            binllm_core::bail!(
+                InvalidArgument,
+                "prompt is {} tokens; the model's context is {context} (leave room for at least one new token)",
+                ids.len()
+            );
+        }
+        let params = SamplingParams { temperature, top_k: top_k as usize, top_p, seed: seed.into(), ..Default::default() };
+        let sampler = Sampler::new(params)?;
+        let mut cache = m.model.new_cache(context.min(ids.len() + max_new_tokens as usize));
+        let logits = m.model.forward(&ids, &mut cache, false)?;
+        let n = ids.len();
+        m.generation =
+            Some(Generation { cache, sampler, logits, history: ids, new: Vec::new(), emitted: 0, max_new_tokens: max_new_tokens as usize });
+        set_result(Vec::new());
+        Ok(n)
+    }))
+}
+
+/// One step of generation. Returns 1 when a token was added and more may follow, 2 when a
+/// token was added and generation is over (length or context), 0 when it is over without a
+/// new token (end of sequence, or nothing started), -1 on error. The text ready to show
+/// (possibly empty) is in the result buffer.
+#[no_mangle]
+pub extern "C" fn binllm_generate_step(handle: i32) -> i32 {
+    let status = with_model(handle, |m| {
+        let Some(g) = m.generation.as_mut() else {
+            set_result(Vec::new());
+            return Ok(0);
+        };
+        let token = g.sampler.sample(&mut g.logits, &g.history);
+        if m.eos.contains(&token) {
+            let text = m.tokenizer.decode(&g.new, true);
+            set_result(text.as_bytes()[g.emitted.min(text.len())..].to_vec());
+            m.generation = None;
+            return Ok(0);
+        }
+        g.new.push(token);
+        g.history.push(token);
+        let text = m.tokenizer.decode(&g.new, true);
+        let done = g.new.len() >= g.max_new_tokens || g.cache.len() >= g.cache.capacity();
+        // Hold back an unfinished UTF-8 character (decoded as U+FFFD) until it completes.
+        let ready = if done { text.len() } else { text.strip_suffix('\u{fffd}').unwrap_or(&text).len() };
+        let piece = if ready > g.emitted && text.is_char_boundary(g.emitted) { text.as_bytes()[g.emitted..ready].to_vec() } else { Vec::new() };
+        g.emitted = g.emitted.max(ready);
+        set_result(piece);
+        if done {
+            m.generation = None;
+            return Ok(2);
+        }
+        match m.model.forward(&[token], &mut g.cache, false) {
+            Ok(logits) => {
+                g.logits = logits;
+                Ok(1)
+            }
+            Err(e) => {
+                m.generation = None;
+                Err(e)
+            }
+        }
+    });
+    match status {
+        Ok(s) => s,
+        Err(e) => {
+            set_error(&e);
+            -1
+        }
+    }
+}
+
+/// Pointer to the result buffer.
+#[no_mangle]
+pub extern "C" fn binllm_result_ptr() -> *const u8 {
+    RESULT.with(|r| r.borrow().as_ptr())
+}
+
+/// Length in bytes of the result buffer.
+#[no_mangle]
+pub extern "C" fn binllm_result_len() -> usize {
+    RESULT.with(|r| r.borrow().len())
+}
+
+/// Starts a fresh KV cache of `capacity` tokens for `binllm_forward_argmax` (benchmarks).
+#[no_mangle]
+pub extern "C" fn binllm_forward_reset(handle: i32, capacity: u32) -> i32 {
+    count_or_error(with_model(handle, |m| {
+        m.bench_cache = Some(m.model.new_cache(capacity as usize));
+        Ok(0)
+    }))
+}
+
+/// Runs `n` ids after what the benchmark cache holds; returns the argmax of the last logits,
+/// or -1.
+///
+/// # Safety
+/// `ids` must point to `n` readable u32s.
+#[no_mangle]
+pub unsafe extern "C" fn binllm_forward_argmax(handle: i32, ids: *const u32, n: usize) -> i32 {
+    count_or_error(with_model(handle, |m| {
+        let cache = m.bench_cache.as_mut().ok_or_else(|| Error::InvalidArgument("call binllm_forward_reset first".into()))?;
+        let logits = m.model.forward(slice_at(ids, n), cache, false)?;
+        let best = logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
+        Ok(best.0)
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use binllm_core::model::FloatStorage;
+
+    #[test]
+    fn widening_f16_keeps_every_value_and_products() {
+        let w: Vec<f32> = (0..3 * 40).map(|i| (i as f32 - 60.0) * 0.37).collect();
+        let mut half = Linear::float(w.clone(), 3, 40, FloatStorage::F16);
+        let x: Vec<f32> = (0..40).map(|i| (i as f32 * 0.11).sin()).collect();
+        let backend = binllm_core::kernels::active_backend().unwrap();
+        let (mut before, mut after) = (vec![0f32; 3], vec![0f32; 3]);
+        half.forward(backend, &x, 1, &mut before, false).unwrap();
+        widen_half(&mut half);
+        assert!(matches!(half, Linear::Float { n: 3, k: 40, .. }));
+        half.forward(backend, &x, 1, &mut after, false).unwrap();
+        // On the host the f16 path may use F16C and another summation order: equal to rounding.
+        for (a, b) in before.iter().zip(&after) {
+            assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn unknown_handles_are_errors() {
+        assert_eq!(binllm_model_info(12345), -1);
+        assert_eq!(binllm_generate_step(0), -1);
+    }
+}

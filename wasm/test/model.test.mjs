@@ -1,0 +1,79 @@
+// The engine the worker runs (js/engine.js) against the Python package on the same model file:
+// token ids of many strings, decoded text, and greedy generations must all be equal.
+//
+// tests/test_browser.py writes the expectations with Python and sets BINLLM_WASM_EXPECT to
+// their JSON file: {model, tokenize: [{text, ids}], generate: [{prompt, max_new_tokens, text}]}.
+// `model` is a GGUF file or a Hugging Face folder (config.json, tokenizer.json, model.safetensors).
+// Without it these tests are skipped (`node --test wasm/test/` runs the kernel tests alone).
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { readFile, stat } from "node:fs/promises";
+import { join } from "node:path";
+import { Engine, BinLLMError } from "../js/engine.js";
+
+const expectPath = process.env.BINLLM_WASM_EXPECT;
+const skip = expectPath ? false : "BINLLM_WASM_EXPECT is not set (tests/test_browser.py sets it)";
+
+async function loaded() {
+  const expected = JSON.parse(await readFile(expectPath, "utf8"));
+  const engine = await Engine.create(await readFile(new URL("../pkg/binllm_wasm.wasm", import.meta.url)));
+  const inWasm = async (path) => {
+    const bytes = await readFile(path);
+    const buffer = engine.reserveModelFile(bytes.length);
+    buffer.write(bytes);
+    return buffer;
+  };
+  if (!(await stat(expected.model)).isDirectory()) {
+    return { expected, engine, handle: engine.loadGguf(await inWasm(expected.model)) };
+  }
+  const json = {};
+  for (const name of ["config.json", "tokenizer.json", "generation_config.json", "tokenizer_config.json"]) {
+    json[name] = await readFile(join(expected.model, name), "utf8").catch(() => "");
+  }
+  const handle = engine.loadHf(json, [await inWasm(join(expected.model, "model.safetensors"))]);
+  return { expected, engine, handle };
+}
+
+const state = skip ? null : await loaded();
+
+test("token ids equal Python's tokenizer", { skip }, () => {
+  const { expected, engine, handle } = state;
+  for (const { text, ids } of expected.tokenize) {
+    assert.deepEqual(engine.encode(handle, text), ids, `ids of ${JSON.stringify(text)}`);
+  }
+});
+
+test("decoding ids gives Python's text back", { skip }, () => {
+  const { expected, engine, handle } = state;
+  for (const { ids, decoded } of expected.tokenize) {
+    assert.equal(engine.decode(handle, ids), decoded);
+  }
+});
+
+test("greedy generation equals Python's", { skip }, () => {
+  const { expected, engine, handle } = state;
+  for (const { prompt, max_new_tokens, text } of expected.generate) {
+    engine.generateStart(handle, prompt, { maxNewTokens: max_new_tokens });
+    let out = "";
+    for (;;) {
+      const step = engine.generateStep(handle);
+      out += step.piece;
+      if (step.done) break;
+    }
+    assert.equal(out, text, `generation after ${JSON.stringify(prompt)}`);
+  }
+});
+
+test("bad files and arguments are errors with messages, not traps", { skip }, async () => {
+  const { engine } = state;
+  const garbage = engine.reserveModelFile(64);
+  garbage.write(new Uint8Array(64).fill(7));
+  assert.throws(() => engine.loadGguf(garbage), (e) => e instanceof BinLLMError && e.name === "Format" && /magic|GGUF/i.test(e.message));
+  const gguf = (await stat(state.expected.model)).isDirectory() ? null : await readFile(state.expected.model);
+  const half = engine.reserveModelFile(4096);
+  half.write(gguf ? gguf.subarray(0, 4096) : new Uint8Array(4096));
+  assert.throws(() => engine.loadGguf(half), (e) => e instanceof BinLLMError && e.message.length > 0);
+  assert.throws(() => engine.reserveModelFile(3 * 2 ** 30), (e) => e.name === "TooLarge" && /4 GiB/.test(e.message));
+  assert.throws(() => engine.generateStart(state.handle, "", {}), /prompt is empty/);
+  assert.throws(() => engine.generateStart(state.handle, "hi", { temperature: -1 }), /temperature/);
+});
