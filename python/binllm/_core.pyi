@@ -59,3 +59,12 @@ class Sampler:
     def sample(self, logits: npt.NDArray[np.float32], history: list[int]) -> int: ...
 
 def gguf_read_metadata(path: Union[str, PathLike[str]]) -> tuple[dict[str, Any], list[tuple[str, str, list[int]]]]: ...
+def export_gguf(
+    model: Model,
+    path: Union[str, PathLike[str]],
+    type: str = "tq2_0",
+    embedding_type: str = "f16",
+    name: str = "",
+    metadata: list[tuple[str, str, Any]] = ...,
+    source_gguf: Optional[Union[str, PathLike[str]]] = None,
+) -> dict[str, Any]: ...

@@ -236,6 +236,14 @@ fn num_threads() -> usize {
     binllm_core::threads::num_threads()
 }
 
+/// Sum of every byte of ``buf`` (uint8, 1-D), read by all worker threads: a streaming-read
+/// probe whose GB/s is the ceiling for kernels that stream as many bytes (benches/).
+#[pyfunction]
+fn sum_bytes(py: Python<'_>, buf: PyReadonlyArray1<'_, u8>) -> PyResult<u64> {
+    let bytes = buf.as_slice().map_err(|_| PyValueError::new_err("buf must be C-contiguous"))?;
+    Ok(py.detach(|| kernels::bandwidth::sum_bytes_parallel(bytes)))
+}
+
 
 // ---------------------------------------------------------------------------------------
 // Models: loading, the forward pass with a KV cache, sampling.
@@ -541,6 +549,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(backend, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(sum_bytes, m)?)?;
     m.add_class::<PyModel>()?;
     m.add_class::<PySession>()?;
     m.add_class::<PySampler>()?;

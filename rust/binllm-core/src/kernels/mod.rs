@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::formats::{QuantizedActivations, WeightFormat};
 use std::sync::OnceLock;
 
+pub mod bandwidth;
 pub mod float;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
@@ -132,12 +133,22 @@ fn kernel_for(backend: Backend, format: WeightFormat) -> GemmKernel {
     }
 }
 
-/// Rows handed to one task: enough work to amortize scheduling, a multiple of the SIMD tile.
-fn rows_per_task(n_rows: usize, m: usize) -> usize {
+/// Work (weight bytes x activation rows) below which a task is not worth handing to another
+/// thread: waking the pool and waiting for it costs about what a single thread spends on a
+/// GEMV over 0.5-1 MB (1536x1536 t2 is 0.6 MB and about 6 us on one Zen 5 core).
+const MIN_TASK_WORK: usize = 512 << 10;
+
+/// Rows handed to one task, a multiple of 8 (the SIMD tiles). Small products are one task,
+/// which `for_each_chunk` runs on the calling thread without waking the pool; larger ones
+/// get 1 to 4 tasks per thread, as many as keep each task above `MIN_TASK_WORK`.
+fn rows_per_task(n_rows: usize, row_bytes: usize, m: usize) -> usize {
     let threads = crate::threads::num_threads().max(1);
-    let target = n_rows.div_ceil(threads * 4);
-    let min_rows = (256 / m.max(1)).max(8);
-    target.max(min_rows).div_ceil(8) * 8
+    let work = n_rows.saturating_mul(row_bytes).saturating_mul(m);
+    if threads == 1 || work < 2 * MIN_TASK_WORK {
+        return n_rows;
+    }
+    let tasks = threads * (work / (threads * MIN_TASK_WORK)).clamp(1, 4);
+    n_rows.div_ceil(tasks).div_ceil(8) * 8
 }
 
 /// Runs `format`'s kernel on `backend` over all rows, split across the thread pool.
@@ -167,7 +178,7 @@ pub fn gemm_i32(
         return Ok(());
     }
     let kernel = kernel_for(backend, format);
-    let rows = rows_per_task(n_rows, m);
+    let rows = rows_per_task(n_rows, row_bytes, m);
     crate::threads::for_each_chunk(out, rows * m, |chunk, part| {
         let first = chunk * rows;
         let count = part.len() / m;

@@ -231,9 +231,13 @@ impl ModelConfig {
             Some(name) => Activation::from_name(name)?,
             None => activation,
         };
+        // llama.cpp's own RoPE choice per architecture: "normal" (interleaved pairs, Q/K rows
+        // permuted by its converter) for llama, NeoX for bitnet, whose converter does not permute.
         let rope_style = match file.get("binllm.rope_style").and_then(GgufValue::as_str) {
             Some("neox") => RopeStyle::NeoX,
-            Some("interleaved") | None => RopeStyle::Interleaved,
+            Some("interleaved") => RopeStyle::Interleaved,
+            None if architecture == "bitnet" => RopeStyle::NeoX,
+            None => RopeStyle::Interleaved,
             Some(other) => crate::bail!(Unsupported, "binllm.rope_style '{other}'"),
         };
         let has_output = file.tensor("output.weight").is_some();

@@ -305,8 +305,8 @@ impl Exporter<'_> {
         self.embedding("token_embd.weight", &rows_f32(&m.embed, None), c.vocab, c.hidden)?;
         self.vector("output_norm.weight", &m.norm)?;
         match &m.lm_head {
-            Some(Linear::Float { w, n, k }) => self.embedding("output.weight", w, *n, *k)?,
-            Some(head) => self.linear("output.weight", head, None)?,
+            Some(head @ Linear::Packed(_)) => self.linear("output.weight", head, None)?,
+            Some(head) => self.embedding("output.weight", &rows_f32(head, None), c.vocab, c.hidden)?,
             None => {}
         }
         for (i, layer) in m.layers.iter().enumerate() {

@@ -86,6 +86,14 @@ impl<'t, 'a> Tensors<'t, 'a> {
         }
         if bitnet {
             let w = self.matrix_f32(name, n, k)?;
+            // A GGUF float tensor of a BitNet model holds code * scale already (llama.cpp's
+            // converter and binllm's F16 fallback write it so): keep those codes and that scale.
+            // Re-quantizing with absmean would give scale * mean|code| instead.
+            if self.naming == Naming::Gguf {
+                if let Some((codes, scale)) = exact_ternary(&w) {
+                    return Ok(Linear::Packed(PackedMatrix::pack(WeightFormat::Ternary2, &codes, n, k, ScaleKind::PerTensor(scale))?));
+                }
+            }
             let (codes, scale) = absmean_ternary(&w);
             return Ok(Linear::Packed(PackedMatrix::pack(WeightFormat::Ternary2, &codes, n, k, ScaleKind::PerTensor(scale))?));
         }
@@ -175,6 +183,28 @@ pub fn absmean_ternary(w: &[f32]) -> (Vec<i8>, f32) {
     let inv = 1.0 / mean.max(1e-5);
     let codes = w.iter().map(|v| (v * inv).round_ties_even().clamp(-1.0, 1.0) as i8).collect();
     (codes, 1.0 / inv)
+}
+
+/// `Some((codes, s))` when every value of `w` is 0 or +-s for one s > 0 (an already ternary
+/// tensor stored as floats); None otherwise.
+pub fn exact_ternary(w: &[f32]) -> Option<(Vec<i8>, f32)> {
+    let s = w.iter().find(|v| **v != 0.0)?.abs();
+    if !(s.is_finite() && s > 0.0) {
+        return None;
+    }
+    let mut codes = Vec::with_capacity(w.len());
+    for &v in w {
+        codes.push(if v == 0.0 {
+            0
+        } else if v == s {
+            1
+        } else if v == -s {
+            -1
+        } else {
+            return None;
+        });
+    }
+    Some((codes, s))
 }
 
 impl Model {

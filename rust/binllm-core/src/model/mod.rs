@@ -54,9 +54,15 @@ pub struct Model {
 }
 
 /// Keys and values of every layer for the tokens seen so far.
+///
+/// Values are stored a position per row (`kv_dim` floats). Keys are stored in blocks of
+/// `KEY_LANES` positions, dimension-major inside a block (`k[block][dim][lane]`), so that
+/// attention scores `KEY_LANES` keys at once from contiguous floats (see `key_scores`). Lanes
+/// of the last block past `len` are unused.
 pub struct KvCache {
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
+    kv_dim: usize,
     len: usize,
     capacity: usize,
 }
@@ -74,10 +80,9 @@ impl KvCache {
     /// Forgets everything after the first `len` tokens (to reuse a shared prompt prefix).
     pub fn truncate(&mut self, len: usize) {
         if len < self.len {
-            let row = self.k.first().map(|k| k.len() / self.len.max(1)).unwrap_or(0);
             for (k, v) in self.k.iter_mut().zip(&mut self.v) {
-                k.truncate(len * row);
-                v.truncate(len * row);
+                k.truncate(len.div_ceil(KEY_LANES) * self.kv_dim * KEY_LANES);
+                v.truncate(len * self.kv_dim);
             }
             self.len = len;
         }
@@ -88,6 +93,23 @@ impl KvCache {
     /// Bytes held by cached keys and values.
     pub fn nbytes(&self) -> usize {
         self.k.iter().chain(&self.v).map(|x| x.len() * 4).sum()
+    }
+
+    /// Stores the keys and values (rows of `kv_dim`) of layer `layer` for the positions after
+    /// the `len` cached ones.
+    fn append(&mut self, layer: usize, keys: &[f32], values: &[f32]) {
+        let (kv_dim, k) = (self.kv_dim, &mut self.k[layer]);
+        for (t, row) in keys.chunks_exact(kv_dim).enumerate() {
+            let (block, lane) = ((self.len + t) / KEY_LANES, (self.len + t) % KEY_LANES);
+            let start = block * kv_dim * KEY_LANES;
+            if k.len() < start + kv_dim * KEY_LANES {
+                k.resize(start + kv_dim * KEY_LANES, 0.0);
+            }
+            for (c, &x) in row.iter().enumerate() {
+                k[start + c * KEY_LANES + lane] = x;
+            }
+        }
+        self.v[layer].extend_from_slice(values);
     }
 }
 
@@ -107,10 +129,29 @@ fn rmsnorm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
     rmsnorm(&copy, weight, eps, x);
 }
 
+/// Keys scored together by `key_scores` (positions per block of the key cache).
+const KEY_LANES: usize = 8;
+
+/// `sums[l] = q . key_l` for the `KEY_LANES` keys of one head in a block of the key cache
+/// (`keys[d * KEY_LANES + l]` is dimension d of key l). Each sum runs in order over q's length,
+/// exactly as `q.iter().zip(key).map(|(a, b)| a * b).sum()` would: the SIMD lanes run across
+/// keys, so no sum is reordered.
+#[inline]
+fn key_scores(q: &[f32], keys: &[f32], sums: &mut [f32; KEY_LANES]) {
+    let mut acc = [-0.0f32; KEY_LANES]; // f32's Sum starts from -0.0
+    for (&qd, kd) in q.iter().zip(keys.chunks_exact(KEY_LANES)) {
+        for l in 0..KEY_LANES {
+            acc[l] += qd * kd[l];
+        }
+    }
+    *sums = acc;
+}
+
 impl Model {
     pub fn new_cache(&self, capacity: usize) -> KvCache {
         let capacity = capacity.min(self.config.max_positions).max(1);
-        KvCache { k: vec![Vec::new(); self.config.layers], v: vec![Vec::new(); self.config.layers], len: 0, capacity }
+        let (layers, kv_dim) = (self.config.layers, self.config.kv_heads * self.config.head_dim);
+        KvCache { k: vec![Vec::new(); layers], v: vec![Vec::new(); layers], kv_dim, len: 0, capacity }
     }
 
     /// Bytes of all weights held (packed codes, scales, float tensors).
@@ -176,8 +217,7 @@ impl Model {
             self.linear(&layer.v, backend, &h, m, &mut v)?;
             self.rope(&mut q, cfg.heads, pos0);
             self.rope(&mut k, cfg.kv_heads, pos0);
-            cache.k[li].extend_from_slice(&k);
-            cache.v[li].extend_from_slice(&v);
+            cache.append(li, &k, &v);
             self.attention(&q, &cache.k[li], &cache.v[li], pos0, m, &mut attn);
             if let Some(w) = &layer.attn_sub_norm {
                 rmsnorm_in_place(&mut attn, w, cfg.rms_eps);
@@ -243,47 +283,104 @@ impl Model {
     }
 
     /// Causal attention of m new queries (positions pos0..) over the cached keys and values.
+    ///
+    /// Work is split into (query row, run of heads) tasks. Within a task the cache is walked
+    /// position by position with the heads inside, so keys and values are read row after row
+    /// (decode is bound by reading the cache). `keys` is in the cache's block layout. Every
+    /// head's arithmetic is that of the plain loop: each q.k is summed in order over the head
+    /// dimension (`key_scores` runs SIMD lanes across keys, not across dimensions), softmax and
+    /// the weighted sum of values go by position.
     fn attention(&self, q: &[f32], keys: &[f32], values: &[f32], pos0: usize, m: usize, out: &mut [f32]) {
         let cfg = &self.config;
-        let hd = cfg.head_dim;
-        let (q_dim, kv_dim) = (cfg.heads * hd, cfg.kv_heads * hd);
-        let group = cfg.heads / cfg.kv_heads;
+        let (hd, heads) = (cfg.head_dim, cfg.heads);
+        let (q_dim, kv_dim) = (heads * hd, cfg.kv_heads * hd);
+        let group = heads / cfg.kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
-        // Per head: m x hd outputs, computed in parallel, then laid back as m x q_dim.
-        let mut per_head = vec![0f32; cfg.heads * m * hd];
-        crate::threads::for_each_chunk(&mut per_head, m * hd, |h, o| {
-            let kv = h / group;
-            let mut scores = Vec::with_capacity(pos0 + m);
-            for i in 0..m {
-                let qi = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
-                let visible = pos0 + i + 1;
-                scores.clear();
-                let mut max = f32::NEG_INFINITY;
-                for j in 0..visible {
-                    let kj = &keys[j * kv_dim + kv * hd..j * kv_dim + (kv + 1) * hd];
-                    let s = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
-                    max = max.max(s);
-                    scores.push(s);
+        // Heads per task: a divisor of `heads`, small enough that one row gives every thread work.
+        let tasks_per_row = (crate::threads::num_threads() / m).clamp(1, heads);
+        let mut per_task = heads.div_ceil(tasks_per_row);
+        while heads % per_task != 0 {
+            per_task += 1;
+        }
+        crate::threads::for_each_chunk(out, per_task * hd, |task, o| {
+            let (i, h0) = (task * per_task / heads, task * per_task % heads);
+            let visible = pos0 + i + 1;
+            let qi = &q[i * q_dim..(i + 1) * q_dim];
+            let mut scores = vec![0f32; per_task * visible];
+            let mut max = vec![f32::NEG_INFINITY; per_task];
+            let mut sums = [0f32; KEY_LANES];
+            for (b, block) in keys.chunks_exact(kv_dim * KEY_LANES).take(visible.div_ceil(KEY_LANES)).enumerate() {
+                let j0 = b * KEY_LANES;
+                let lanes = KEY_LANES.min(visible - j0);
+                for (t, h) in (h0..h0 + per_task).enumerate() {
+                    let kv = h / group;
+                    key_scores(&qi[h * hd..(h + 1) * hd], &block[kv * hd * KEY_LANES..(kv + 1) * hd * KEY_LANES], &mut sums);
+                    for (l, &sum) in sums[..lanes].iter().enumerate() {
+                        let s = sum * scale;
+                        max[t] = max[t].max(s);
+                        scores[t * visible + j0 + l] = s;
+                    }
                 }
-                let mut total = 0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    total += *s;
+            }
+            let mut total = vec![0f32; per_task];
+            for (t, row) in scores.chunks_exact_mut(visible).enumerate() {
+                for s in row.iter_mut() {
+                    *s = (*s - max[t]).exp();
+                    total[t] += *s;
                 }
-                let oi = &mut o[i * hd..(i + 1) * hd];
-                oi.fill(0.0);
-                for (j, s) in scores.iter().enumerate() {
-                    let p = s / total;
-                    let vj = &values[j * kv_dim + kv * hd..j * kv_dim + (kv + 1) * hd];
-                    oi.iter_mut().zip(vj).for_each(|(a, b)| *a += p * b);
+            }
+            o.fill(0.0);
+            for j in 0..visible {
+                let vj = &values[j * kv_dim..(j + 1) * kv_dim];
+                for (t, h) in (h0..h0 + per_task).enumerate() {
+                    let p = scores[t * visible + j] / total[t];
+                    let kv = h / group;
+                    o[t * hd..(t + 1) * hd].iter_mut().zip(&vj[kv * hd..(kv + 1) * hd]).for_each(|(a, b)| *a += p * b);
                 }
             }
         });
-        for h in 0..cfg.heads {
-            for i in 0..m {
-                out[i * q_dim + h * hd..i * q_dim + (h + 1) * hd].copy_from_slice(&per_head[(h * m + i) * hd..(h * m + i + 1) * hd]);
-            }
-        }
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_scores_sum_each_key_like_the_plain_loop() {
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 4.0
+        };
+        for hd in [1, 6, 17, 64, 96] {
+            let q: Vec<f32> = (0..hd).map(|_| next()).collect();
+            let keys: Vec<Vec<f32>> = (0..KEY_LANES).map(|_| (0..hd).map(|_| next()).collect()).collect();
+            let block: Vec<f32> = (0..hd).flat_map(|d| keys.iter().map(move |k| k[d])).collect();
+            let mut sums = [0f32; KEY_LANES];
+            key_scores(&q, &block, &mut sums);
+            for (l, key) in keys.iter().enumerate() {
+                let plain: f32 = q.iter().zip(key).map(|(a, b)| a * b).sum();
+                assert_eq!(sums[l].to_bits(), plain.to_bits(), "hd {hd} key {l}");
+            }
+        }
+    }
+
+    #[test]
+    fn cache_blocks_survive_truncate_and_append() {
+        let mut cache = KvCache { k: vec![Vec::new()], v: vec![Vec::new()], kv_dim: 2, len: 0, capacity: 64 };
+        let rows = |from: usize, n: usize| (from..from + n).flat_map(|p| [p as f32, -(p as f32)]).collect::<Vec<_>>();
+        cache.append(0, &rows(0, 11), &rows(0, 11));
+        cache.len = 11;
+        cache.truncate(5);
+        cache.append(0, &rows(5, 4), &rows(5, 4));
+        cache.len = 9;
+        assert_eq!(cache.v[0], rows(0, 9));
+        for p in 0..9 {
+            let block = &cache.k[0][p / KEY_LANES * 2 * KEY_LANES..];
+            assert_eq!([block[p % KEY_LANES], block[KEY_LANES + p % KEY_LANES]], [p as f32, -(p as f32)]);
+        }
+        assert_eq!(cache.nbytes(), (2 * 2 * KEY_LANES + 9 * 2) * 4);
+    }
+}

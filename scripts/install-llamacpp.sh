@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs llama-cpp-python (llama.cpp's Python binding, built from source for this CPU) into
+# .venv: the OPTIONAL peer that tests/test_llamacpp.py and benches/bench_models.py compare
+# binllm against. Does nothing when it is already importable.
+#
+#   bash scripts/install-llamacpp.sh            # version below
+#   LLAMACPP_VERSION=0.3.36 bash scripts/install-llamacpp.sh
+#
+# The build compiles llama.cpp (about 25 minutes on 2 cores); the log goes to
+# target/llamacpp-build/build.log. GGML_NATIVE=ON tunes it for this CPU, which is what a fair
+# speed comparison wants (binllm picks its SIMD kernels at run time).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=.venv/bin/python
+VERSION="${LLAMACPP_VERSION:-0.3.36}"
+if [ ! -x "$PY" ]; then
+    echo "install-llamacpp: no .venv here; run scripts/setup.sh first" >&2
+    exit 1
+fi
+if "$PY" -c "import llama_cpp" 2>/dev/null; then
+    echo "install-llamacpp: llama_cpp $("$PY" -c 'import llama_cpp; print(llama_cpp.__version__)') is already installed"
+    exit 0
+fi
+for tool in cmake gcc g++; do
+    command -v "$tool" >/dev/null || { echo "install-llamacpp: needs $tool (apt-get install cmake build-essential)" >&2; exit 1; }
+done
+
+LOG=target/llamacpp-build/build.log
+mkdir -p "$(dirname "$LOG")"
+echo "install-llamacpp: building llama-cpp-python==$VERSION from source (log: $LOG)"
+CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
+CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
+    "$PY" -m pip install -v --no-cache-dir "llama-cpp-python==$VERSION" >"$LOG" 2>&1 || {
+    echo "install-llamacpp: build failed; last lines of $LOG:" >&2
+    tail -n 30 "$LOG" >&2
+    exit 1
+}
+"$PY" -c "import llama_cpp; print('install-llamacpp: llama_cpp', llama_cpp.__version__, 'installed')"
