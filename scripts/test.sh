@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # In CI every tier must run: a missing toolchain is a failure, not a skip.
 if [ "${CI:-}" = true ]; then
-  export BINLLM_REQUIRE_WASM=1
+  export BINLLM_REQUIRE_WASM=1 BINLLM_REQUIRE_LLAMACPP=1
 fi
 bash scripts/setup.sh --test
 cargo test --workspace --release
