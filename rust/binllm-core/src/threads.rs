@@ -9,15 +9,27 @@ mod pool {
     use crate::error::{Error, Result};
     use std::sync::{Arc, Mutex, OnceLock};
 
-    static POOL: OnceLock<Mutex<Arc<rayon::ThreadPool>>> = OnceLock::new();
+    /// `threads` workers in all: the calling thread and `threads - 1` pool threads (none for 1).
+    pub struct Workers {
+        pub threads: usize,
+        pub pool: Option<rayon::ThreadPool>,
+    }
 
-    fn build(n: usize) -> Result<Arc<rayon::ThreadPool>> {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .thread_name(|i| format!("binllm-worker-{i}"))
-            .build()
-            .map(Arc::new)
-            .map_err(|e| Error::InvalidArgument(format!("cannot start {n} threads: {e}")))
+    static WORKERS: OnceLock<Mutex<Arc<Workers>>> = OnceLock::new();
+
+    fn build(n: usize) -> Result<Arc<Workers>> {
+        let pool = if n > 1 {
+            Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n - 1)
+                    .thread_name(|i| format!("binllm-worker-{i}"))
+                    .build()
+                    .map_err(|e| Error::InvalidArgument(format!("cannot start {n} threads: {e}")))?,
+            )
+        } else {
+            None
+        };
+        Ok(Arc::new(Workers { threads: n, pool }))
     }
 
     fn default_threads() -> usize {
@@ -28,17 +40,17 @@ mod pool {
             .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
     }
 
-    pub fn current() -> Arc<rayon::ThreadPool> {
-        let cell = POOL.get_or_init(|| {
+    pub fn current() -> Arc<Workers> {
+        let cell = WORKERS.get_or_init(|| {
             let n = default_threads();
-            Mutex::new(build(n).or_else(|_| build(1)).expect("a one-thread pool can always start"))
+            Mutex::new(build(n).or_else(|_| build(1)).expect("one worker needs no pool"))
         });
         cell.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn set(n: usize) -> Result<()> {
         let new = build(n)?;
-        let cell = POOL.get_or_init(|| Mutex::new(new.clone()));
+        let cell = WORKERS.get_or_init(|| Mutex::new(new.clone()));
         *cell.lock().unwrap_or_else(|e| e.into_inner()) = new;
         Ok(())
     }
@@ -62,21 +74,40 @@ pub fn set_num_threads(n: usize) -> Result<()> {
 /// Worker threads the kernels use.
 pub fn num_threads() -> usize {
     #[cfg(feature = "threads")]
-    return pool::current().current_num_threads();
+    return pool::current().threads;
     #[cfg(not(feature = "threads"))]
     1
 }
 
-/// Calls `f(chunk_index, chunk)` for consecutive chunks of `items_per_chunk` items of `out`,
-/// spread over the pool. Chunks are disjoint, so `f` may write its chunk freely.
+/// Calls `f(chunk_index, chunk)` for consecutive chunks of `items_per_chunk` items of `out`.
+/// Chunks are disjoint, so `f` may write its chunk freely. The calling thread works too: it and
+/// the pool's threads take chunks from a shared counter until none are left, so a call with
+/// as many chunks as threads wakes the pool once and nobody idles while work remains.
 pub fn for_each_chunk<T: Send>(out: &mut [T], items_per_chunk: usize, f: impl Fn(usize, &mut [T]) + Sync) {
     let items_per_chunk = items_per_chunk.max(1);
     #[cfg(feature = "threads")]
     {
-        let pool = pool::current();
-        if pool.current_num_threads() > 1 && out.len() > items_per_chunk {
-            use rayon::prelude::*;
-            pool.install(|| out.par_chunks_mut(items_per_chunk).enumerate().for_each(|(i, c)| f(i, c)));
+        let workers = pool::current();
+        if let (Some(pool), true) = (&workers.pool, out.len() > items_per_chunk) {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            use std::sync::Mutex;
+            let parts: Vec<Mutex<Option<(usize, &mut [T])>>> =
+                out.chunks_mut(items_per_chunk).enumerate().map(|p| Mutex::new(Some(p))).collect();
+            let next = AtomicUsize::new(0);
+            let work = || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(slot) = parts.get(i) else { break };
+                if let Some((index, chunk)) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    f(index, chunk);
+                }
+            };
+            let helpers = (workers.threads - 1).min(parts.len() - 1);
+            pool.in_place_scope(|scope| {
+                for _ in 0..helpers {
+                    scope.spawn(|_| work());
+                }
+                work();
+            });
             return;
         }
     }
