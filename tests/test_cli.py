@@ -85,3 +85,18 @@ def test_generate_without_a_model_uses_the_embedded_default():
     assert out.returncode == 0, out.stderr
     assert "default_model" in out.stderr
     assert out.stdout.rstrip("\n") == Model.from_pretrained(DEFAULT_MODEL).generate("ROMEO:", max_new_tokens=16, seed=3)
+
+
+def test_convert_writes_gguf_and_reports(tmp_path):
+    # Row lengths that are whole 256-blocks, so every linear can be TQ2_0.
+    model_dir = make_random_hf_model(tmp_path / "src", layout="bitnet_packed", seed=6, hidden=256, heads=4, kv_heads=2, intermediate=512)
+    out = run("convert", model_dir, tmp_path / "m.gguf", "--type", "tq2_0")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["tensor_types"]["TQ2_0"] == 14
+    from binllm import Model
+
+    assert Model.from_pretrained(tmp_path / "m.gguf").generate("the", max_new_tokens=8) == Model.from_pretrained(model_dir).generate("the", max_new_tokens=8)
+    quiet = run("convert", model_dir, tmp_path / "q.gguf", "--quiet")
+    assert quiet.returncode == 0 and quiet.stdout == "" and "UserWarning" not in quiet.stderr
+    same = run("convert", model_dir, model_dir)
+    assert same.returncode == 1 and "binllm: error:" in same.stderr

@@ -121,7 +121,12 @@ def cmd_info(ns) -> int:
 def cmd_convert(ns) -> int:
     from binllm.convert import convert
 
-    summary = convert(ns.src, ns.dst, type=ns.type, progress=not ns.quiet)
+    def say(message: str) -> None:
+        # --quiet keeps warnings (what llama.cpp will do differently), drops the stages.
+        if not ns.quiet or message.startswith("warning:"):
+            print(f"[binllm] {message}", file=sys.stderr)
+
+    summary = convert(ns.src, ns.dst, type=ns.type, progress=say)
     if not ns.quiet:
         print(json.dumps(summary, indent=2, default=str))
     return 0
