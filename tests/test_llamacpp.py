@@ -178,3 +178,22 @@ def test_smollm2_perplexity_matches_llama_cpp(hamlet_tokens):
     ppl_ours, ppl_theirs = float(np.exp(np.concatenate(ours).mean())), float(np.exp(np.concatenate(theirs).mean()))
     print(f"\n[SmolLM2 Q4_1 perplexity, Hamlet, {WINDOWS} x {WINDOW} tokens] binllm {ppl_ours:.3f}  llama.cpp {ppl_theirs:.3f}  ratio {ppl_ours / ppl_theirs:.4f}")
     assert abs(ppl_ours / ppl_theirs - 1) < 0.01
+
+
+def test_llama_cpp_runs_the_embedded_default_model(tmp_path):
+    """The embedded model (SiLU gate, rows of whole 256-blocks) converts to TQ2_0 that llama.cpp
+    computes like binllm: same argmax everywhere and the same greedy text."""
+    from binllm.model import DEFAULT_MODEL
+
+    src = Model.from_pretrained(DEFAULT_MODEL)
+    summary = convert(DEFAULT_MODEL, tmp_path / "default.gguf", type="tq2_0")
+    assert summary["fallbacks"] == [] and summary["tensor_types"]["TQ2_0"] == 28
+    ids = src.encode("ROMEO: What light through yonder window breaks? It is the east, and Juliet is the sun.")
+    stats = compare("default model, TQ2_0", llama_cpp_logits(tmp_path / "default.gguf", ids), src.logits(ids))
+    assert stats["argmax"] == 1.0 and stats["max_rel"] < 2e-2
+    llm = llama_cpp.Llama(str(tmp_path / "default.gguf"), n_ctx=128, n_threads=THREADS, verbose=False)
+    try:
+        theirs = llm.create_completion("ROMEO:", max_tokens=16, temperature=0)["choices"][0]["text"]
+    finally:
+        llm.close()
+    assert theirs == src.generate("ROMEO:", max_new_tokens=16, temperature=0.0)

@@ -35,9 +35,9 @@ def tokens(tokenizer_file):
     return data.encode(Tokenizer.from_file(str(tokenizer_file)), [TEXT])
 
 
-def trained(tokenizer_file, steps=3, seed=0):
+def trained(tokenizer_file, steps=3, seed=0, config=TINY):
     batches = data.Batches(tokens(tokenizer_file), batch_size=4, context=32, seed=seed)
-    trainer = Trainer(TINY, TrainConfig(steps=steps, warmup_steps=1, eval_every=0, checkpoint_every=0, seed=seed), batches, torch.zeros(0, 33, dtype=torch.long), "/nonexistent")
+    trainer = Trainer(config, TrainConfig(steps=steps, warmup_steps=1, eval_every=0, checkpoint_every=0, seed=seed), batches, torch.zeros(0, 33, dtype=torch.long), "/nonexistent")
     trainer.train()
     return trainer.model
 
@@ -81,10 +81,14 @@ def test_a_few_steps_lower_the_loss(tokenizer_file):
     assert after < before - 0.5, (before, after)
 
 
-def test_exported_model_gives_the_training_graphs_logits_in_binllm(tokenizer_file, tmp_path):
-    model = trained(tokenizer_file, steps=20).eval()
+@pytest.mark.parametrize("activation", ["relu2", "silu"])
+def test_exported_model_gives_the_training_graphs_logits_in_binllm(tokenizer_file, tmp_path, activation):
+    from dataclasses import replace
+
+    model = trained(tokenizer_file, steps=20, config=replace(TINY, hidden_act=activation)).eval()
     folder = export_packed(model, tokenizer_file, tmp_path / "model", embedding_dtype=np.float32)
     loaded = binllm.Model.from_pretrained(folder)
+    assert loaded.config["hidden_act"] == activation
     ids = tokens(tokenizer_file)[:40]
     with torch.no_grad():
         expected = model(torch.from_numpy(ids.astype(np.int64))[None])[0].numpy()

@@ -48,7 +48,7 @@ DEFAULT_MODEL = Path(__file__).parent / "default_model"
 
 
 def default_model_path() -> Path:
-    """The model ``binllm generate`` uses when none is named: binllm's embedded 4.3M-parameter
+    """The model ``binllm generate`` uses when none is named: binllm's embedded 4.5M-parameter
     ternary model (``binllm/default_model``, see its MODEL_CARD.md), shipped in the package."""
     if not (DEFAULT_MODEL / "config.json").is_file():
         raise BinllmError(f"the embedded default model is missing from {DEFAULT_MODEL}; pass a model path")

@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--kv-heads", type=int, default=None, help="default: --heads (no GQA)")
     g.add_argument("--context", type=int, default=256)
     g.add_argument("--rope-theta", type=float, default=10000.0)
+    g.add_argument("--activation", choices=["relu2", "silu"], default="relu2",
+                   help="MLP gate: relu2 (BitNet b1.58 2B4T) or silu (what llama.cpp's bitnet architecture runs)")
     g.add_argument("--float", dest="float_model", action="store_true", help="train the float twin (plain Linear) instead; nothing is exported")
     g = p.add_argument_group("optimization")
     g.add_argument("--steps", type=int, default=1000)
@@ -132,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         vocab_size=vocab, hidden_size=args.hidden, intermediate_size=intermediate, num_hidden_layers=args.layers,
         num_attention_heads=args.heads, num_key_value_heads=args.kv_heads or args.heads,
         max_position_embeddings=args.context, rope_theta=args.rope_theta, ternary=not args.float_model,
+        hidden_act=args.activation,
     )
     train_config = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, min_learning_rate_ratio=args.min_lr_ratio,

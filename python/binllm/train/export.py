@@ -1,7 +1,7 @@
 """Writes a trained model as a Hugging Face folder in binllm's packed BitNet layout.
 
 The folder is what microsoft/bitnet-b1.58-2B-4T ships and `binllm.Model.from_pretrained` reads:
-config.json (BitNetForCausalLM, relu2, tied embeddings, quantization_config bitnet/offline),
+config.json (BitNetForCausalLM, relu2 or silu, tied embeddings, quantization_config bitnet/offline),
 model.safetensors, tokenizer.json, tokenizer_config.json, generation_config.json.
 
 Each BitLinear becomes uint8 [out/4, in] (bits 2i..2i+1 of packed row r hold output row
@@ -80,7 +80,7 @@ def export_packed(model: BitNetLM, tokenizer_json: str | Path, folder: str | Pat
         "max_position_embeddings": cfg.max_position_embeddings,
         "rope_theta": cfg.rope_theta,
         "rms_norm_eps": cfg.rms_norm_eps,
-        "hidden_act": "relu2",
+        "hidden_act": cfg.hidden_act,
         "tie_word_embeddings": True,
         "bos_token_id": bos,
         "eos_token_id": eos,

@@ -36,6 +36,8 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
     ternary: bool = True
+    # "relu2" (BitNet b1.58 2B4T) or "silu" (Llama; what llama.cpp's bitnet graph computes).
+    hidden_act: str = "relu2"
 
     @property
     def head_dim(self) -> int:
@@ -90,9 +92,13 @@ class MLP(nn.Module):
         self.up_proj = linear(cfg.hidden_size, cfg.intermediate_size)
         self.ffn_sub_norm = RMSNorm(cfg.intermediate_size, cfg.rms_norm_eps)
         self.down_proj = linear(cfg.intermediate_size, cfg.hidden_size)
+        if cfg.hidden_act not in ("relu2", "silu"):
+            raise ValueError(f"hidden_act must be 'relu2' or 'silu', got {cfg.hidden_act!r}")
+        self.hidden_act = cfg.hidden_act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = F.relu(self.gate_proj(x)).square() * self.up_proj(x)
+        gate = self.gate_proj(x)
+        g = (F.silu(gate) if self.hidden_act == "silu" else F.relu(gate).square()) * self.up_proj(x)
         return self.down_proj(self.ffn_sub_norm(g))
 
 
