@@ -13,6 +13,81 @@ use crate::error::{Error, Result};
 use crate::formats::{QuantizedActivations, WeightFormat};
 use std::sync::OnceLock;
 
+/// The tile walk and entry points shared by the 128-bit kernels (NEON, SIMD128): GEMV in
+/// tiles of 4 weight rows, GEMM in tiles of 2 weight rows x 4 activation rows, remainders one at
+/// a time. The invoking module provides `tile::<R, C, F>(w, row_bytes, x, kp) -> [[i32; C]; R]`
+/// (unsigned sums) and `signed_sum::<F>(unsigned, x_sum)`, plus the format constants.
+#[allow(unused_macros)]
+macro_rules! kernels_128 {
+    ($label:literal, $t2:ident, $t16:ident, $b1:ident) => {
+        #[inline(always)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn run_tile<const R: usize, const C: usize, const F: u8>(
+            w: &[u8], row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32], r0: usize, i0: usize,
+        ) {
+            let sums = tile::<R, C, F>(w.as_ptr().add(r0 * row_bytes), row_bytes, x.as_ptr().add(i0 * kp), kp);
+            for r in 0..R {
+                for c in 0..C {
+                    out[(r0 + r) * m + i0 + c] = signed_sum::<F>(sums[r][c], x_sums[i0 + c]);
+                }
+            }
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn gemm<const F: u8>(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32]) {
+            let mut r = 0;
+            if m == 1 {
+                while r + 4 <= n_rows {
+                    run_tile::<4, 1, F>(w, row_bytes, x, x_sums, m, kp, out, r, 0);
+                    r += 4;
+                }
+                while r < n_rows {
+                    run_tile::<1, 1, F>(w, row_bytes, x, x_sums, m, kp, out, r, 0);
+                    r += 1;
+                }
+                return;
+            }
+            while r < n_rows {
+                let two_rows = r + 2 <= n_rows;
+                let mut i = 0;
+                while i + 4 <= m {
+                    if two_rows {
+                        run_tile::<2, 4, F>(w, row_bytes, x, x_sums, m, kp, out, r, i);
+                    } else {
+                        run_tile::<1, 4, F>(w, row_bytes, x, x_sums, m, kp, out, r, i);
+                    }
+                    i += 4;
+                }
+                while i < m {
+                    if two_rows {
+                        run_tile::<2, 1, F>(w, row_bytes, x, x_sums, m, kp, out, r, i);
+                    } else {
+                        run_tile::<1, 1, F>(w, row_bytes, x, x_sums, m, kp, out, r, i);
+                    }
+                    i += 1;
+                }
+                r += if two_rows { 2 } else { 1 };
+            }
+        }
+
+        #[doc = concat!($label, " kernel for `t2` (see module docs).\n\n# Safety\nThe lengths `GemmKernel` documents, which `gemm_i32` checks.")]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe fn $t2(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32]) {
+            gemm::<T2>(w, n_rows, row_bytes, x, x_sums, m, kp, out)
+        }
+        #[doc = concat!($label, " kernel for `t1.6` (see module docs).\n\n# Safety\nThe lengths `GemmKernel` documents, which `gemm_i32` checks.")]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe fn $t16(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32]) {
+            gemm::<T16>(w, n_rows, row_bytes, x, x_sums, m, kp, out)
+        }
+        #[doc = concat!($label, " kernel for `b1` (see module docs).\n\n# Safety\nThe lengths `GemmKernel` documents, which `gemm_i32` checks.")]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe fn $b1(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32]) {
+            gemm::<B1>(w, n_rows, row_bytes, x, x_sums, m, kp, out)
+        }
+    };
+}
+
 pub mod bandwidth;
 pub mod float;
 pub mod scalar;
