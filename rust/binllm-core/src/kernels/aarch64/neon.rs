@@ -21,17 +21,7 @@ use crate::formats::WeightFormat;
 use crate::kernels::GemmKernel;
 use core::arch::aarch64::*;
 
-const T2: u8 = 0;
-const T16: u8 = 1;
-const B1: u8 = 2;
-
-const fn planes(f: u8) -> usize {
-    match f {
-        T2 => 4,
-        T16 => 5,
-        _ => 8,
-    }
-}
+use crate::kernels::{planes, B1, T16, T2};
 
 pub fn kernel(format: WeightFormat) -> GemmKernel {
     match format {

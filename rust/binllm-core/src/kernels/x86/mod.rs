@@ -7,21 +7,7 @@
 pub mod avx2;
 pub mod avx512;
 
-pub(crate) const T2: u8 = 0;
-pub(crate) const T16: u8 = 1;
-pub(crate) const B1: u8 = 2;
-
-pub(crate) const fn planes(f: u8) -> usize {
-    match f {
-        T2 => 4,
-        T16 => 5,
-        _ => 8,
-    }
-}
-
-pub(crate) const fn block_weights(f: u8) -> usize {
-    planes(f) * 64
-}
+pub(crate) use crate::kernels::{block_weights, planes, B1, T16, T2};
 
 /// Turns the unsigned sum into the signed one.
 #[inline(always)]
