@@ -1,6 +1,6 @@
 # Type stubs for the Rust extension module (rust/binllm-py/src/lib.rs).
 from os import PathLike
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -34,7 +34,12 @@ def set_num_threads(n: int) -> None: ...
 def num_threads() -> int: ...
 
 class Session:
-    def forward(self, tokens: list[int], all_logits: bool = False) -> npt.NDArray[np.float32]: ...
+    def forward(
+        self,
+        tokens: list[int],
+        all_logits: bool = False,
+        observe: Callable[[int, str, npt.NDArray[np.float32]], object] | None = None,
+    ) -> npt.NDArray[np.float32]: ...
     @property
     def length(self) -> int: ...
     @property

@@ -355,8 +355,16 @@ struct PySession {
 impl PySession {
     /// Runs `tokens` after those already seen; logits of the last token (vocab,) or of all
     /// (len, vocab).
-    #[pyo3(signature = (tokens, all_logits=false))]
-    fn forward<'py>(&mut self, py: Python<'py>, tokens: Vec<i64>, all_logits: bool) -> PyResult<Bound<'py, PyAny>> {
+    /// `observe(layer, site, x)`, when given, receives the input of every decoder linear layer
+    /// as a float32 array (len, width); see `Model::forward_observed` in the core.
+    #[pyo3(signature = (tokens, all_logits=false, observe=None))]
+    fn forward<'py>(
+        &mut self,
+        py: Python<'py>,
+        tokens: Vec<i64>,
+        all_logits: bool,
+        observe: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let vocab = self.model.config.vocab;
         let ids = tokens
             .iter()
@@ -365,7 +373,30 @@ impl PySession {
             .ok_or_else(|| PyValueError::new_err(format!("token ids must be in [0, {vocab})")))?;
         let m = ids.len();
         let (model, cache) = (&self.model, &mut self.cache);
-        let logits = py.detach(|| model.forward(&ids, cache, all_logits)).map_err(to_py)?;
+        let logits = match observe {
+            None => py.detach(|| model.forward(&ids, cache, all_logits)).map_err(to_py)?,
+            Some(f) => {
+                // The callback needs the GIL, so this path keeps it.
+                let mut failed: Option<PyErr> = None;
+                let mut call = |layer: usize, site: &'static str, x: &[f32]| {
+                    if failed.is_some() {
+                        return;
+                    }
+                    let width = x.len() / m;
+                    let r = PyArray1::from_slice(py, x)
+                        .reshape([m, width])
+                        .and_then(|a| f.call1((layer, site, a)).map(|_| ()));
+                    if let Err(e) = r {
+                        failed = Some(e);
+                    }
+                };
+                let out = model.forward_observed(&ids, cache, all_logits, Some(&mut call));
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+                out.map_err(to_py)?
+            }
+        };
         let arr = PyArray1::from_vec(py, logits);
         if all_logits {
             Ok(arr.reshape([m, vocab])?.into_any())

@@ -176,6 +176,25 @@ impl Model {
     /// Runs `tokens` after what `cache` holds. Returns logits: for every token
     /// (`all_logits`, m x vocab) or for the last one (vocab).
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, all_logits: bool) -> Result<Vec<f32>> {
+        self.forward_observed(tokens, cache, all_logits, None)
+    }
+
+    /// `forward`, also handing the input of every decoder linear layer to `observe` (for
+    /// calibration: post-training quantizers build each layer's Hessian X^T X from these).
+    /// Called as `observe(layer, site, x)` with `x` holding m rows of the layer's input width;
+    /// `site` is "attn_in" (q, k, v), "o_in" (o), "ffn_in" (gate, up) or "down_in" (down).
+    pub fn forward_observed(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        all_logits: bool,
+        mut observe: Option<&mut dyn FnMut(usize, &'static str, &[f32])>,
+    ) -> Result<Vec<f32>> {
+        let mut seen = |layer: usize, site: &'static str, x: &[f32]| {
+            if let Some(f) = observe.as_mut() {
+                f(layer, site, x)
+            }
+        };
         let cfg = &self.config;
         let m = tokens.len();
         if m == 0 {
@@ -212,6 +231,7 @@ impl Model {
 
         for (li, layer) in self.layers.iter().enumerate() {
             rmsnorm(&x, &layer.attn_norm, cfg.rms_eps, &mut h);
+            seen(li, "attn_in", &h);
             self.linear(&layer.q, backend, &h, m, &mut q)?;
             self.linear(&layer.k, backend, &h, m, &mut k)?;
             self.linear(&layer.v, backend, &h, m, &mut v)?;
@@ -222,10 +242,12 @@ impl Model {
             if let Some(w) = &layer.attn_sub_norm {
                 rmsnorm_in_place(&mut attn, w, cfg.rms_eps);
             }
+            seen(li, "o_in", &attn);
             self.linear(&layer.o, backend, &attn, m, &mut proj)?;
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
 
             rmsnorm(&x, &layer.ffn_norm, cfg.rms_eps, &mut h);
+            seen(li, "ffn_in", &h);
             self.linear(&layer.gate, backend, &h, m, &mut gate)?;
             self.linear(&layer.up, backend, &h, m, &mut up)?;
             match cfg.activation {
@@ -238,6 +260,7 @@ impl Model {
             if let Some(w) = &layer.ffn_sub_norm {
                 rmsnorm_in_place(&mut gate, w, cfg.rms_eps);
             }
+            seen(li, "down_in", &gate);
             self.linear(&layer.down, backend, &gate, m, &mut proj)?;
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
         }
