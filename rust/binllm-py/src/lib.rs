@@ -489,6 +489,32 @@ fn gguf_read_metadata<'py>(py: Python<'py>, path: std::path::PathBuf) -> PyResul
     Ok((d, tensors))
 }
 
+/// Tensors of a GGUF or safetensors file dequantized to float32 numpy arrays (numpy order),
+/// as {name: array}; `names` picks some (all when None). Ternary types give code * scale.
+#[pyfunction]
+#[pyo3(signature = (path, names=None))]
+fn read_tensors<'py>(py: Python<'py>, path: std::path::PathBuf, names: Option<Vec<String>>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+    use binllm_core::loader::{GgufFile, SafetensorsFile, TensorView};
+    let bytes = binllm_core::model::load::map_file(&path).map_err(to_py)?;
+    let views: Vec<TensorView<'_>> = if bytes.starts_with(b"GGUF") {
+        GgufFile::parse(&bytes).map_err(to_py)?.tensors
+    } else {
+        SafetensorsFile::parse(&bytes).map_err(to_py)?.tensors
+    };
+    let d = pyo3::types::PyDict::new(py);
+    let wanted = |n: &str| names.as_ref().is_none_or(|v| v.iter().any(|w| w == n));
+    if let Some(v) = &names {
+        if let Some(missing) = v.iter().find(|n| !views.iter().any(|t| &t.name == *n)) {
+            return Err(ModelFormatError::new_err(format!("{}: no tensor named '{missing}'", path.display())));
+        }
+    }
+    for t in views.iter().filter(|t| wanted(&t.name)) {
+        let data = py.detach(|| t.to_f32()).map_err(to_py)?;
+        d.set_item(&t.name, PyArray1::from_vec(py, data).reshape(t.shape.clone())?)?;
+    }
+    Ok(d)
+}
+
 // ---------------------------------------------------------------------------------------
 // Export: a loaded model as a GGUF file.
 
@@ -585,6 +611,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySession>()?;
     m.add_class::<PySampler>()?;
     m.add_function(wrap_pyfunction!(gguf_read_metadata, m)?)?;
+    m.add_function(wrap_pyfunction!(read_tensors, m)?)?;
     m.add_function(wrap_pyfunction!(export_gguf, m)?)?;
     Ok(())
 }
