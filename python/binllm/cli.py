@@ -1,4 +1,5 @@
-"""The ``binllm`` command: generate, chat, info, convert, bench, demo.
+"""The ``binllm`` command: generate, chat, info, convert, bench, demo, train, quantize, eval,
+compare.
 
 Every error is printed as one clear line (``binllm: error: ...``) with a non-zero exit code,
 never a traceback (set BINLLM_DEBUG=1 to see one).
@@ -11,6 +12,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 from binllm import BinllmError
 
@@ -132,6 +134,85 @@ def cmd_convert(ns) -> int:
     return 0
 
 
+def _say(quiet: bool):
+    from binllm.quantize.calib import stderr_progress
+
+    state = {"open": False}
+
+    def say(message: str) -> None:
+        if quiet:
+            return
+        stderr_progress(message)
+        state["open"] = True
+
+    def done() -> None:
+        if state["open"]:
+            print(file=sys.stderr)
+
+    return say, done
+
+
+def cmd_quantize(ns) -> int:
+    from binllm.quantize import quantize_model
+
+    say, done = _say(ns.quiet)
+    try:
+        report = quantize_model(
+            ns.src,
+            ns.dst,
+            method=ns.method,
+            group_size=ns.group_size,
+            calib=ns.calib,
+            calib_tokens=ns.calib_tokens,
+            ctx=ns.ctx,
+            keep=ns.keep or (),
+            gguf=ns.gguf,
+            progress=say,
+        )
+    finally:
+        done()
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_eval(ns) -> int:
+    from binllm.evaluate import evaluate
+    from binllm.quantize.calib import read_text
+
+    text = read_text(ns.text)
+    say, done = _say(ns.quiet or ns.json)
+    try:
+        r = evaluate(ns.model, text, ctx=ns.ctx, max_tokens=ns.max_tokens, bench=not ns.no_bench, threads=ns.threads, progress=say)
+    finally:
+        done()
+    if ns.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"model            {r['model']}")
+    print(f"perplexity       {r['perplexity']:.3f}  ({r['tokens']} tokens, {r['windows']} windows of {r['ctx']})")
+    print(f"bits/weight      {r['linear_bits_per_weight']:.3f} (decoder linears, as held: {'+'.join(r['storage'])}), {r['model_bits_per_weight']:.3f} (whole model)")
+    print(f"file             {r['file_bytes'] / 2**20:.1f} MiB")
+    if r["resident_bytes"] is not None:
+        print(f"resident memory  {r['resident_bytes'] / 2**20:.1f} MiB (weights {r['weight_bytes'] / 2**20:.1f} MiB)")
+    if "decode_tok_s" in r:
+        print(f"speed            prompt {r['prompt_tok_s']:.1f} tok/s, decode {r['decode_tok_s']:.1f} tok/s ({r['threads']} threads, {r['backend']})")
+    return 0
+
+
+def cmd_compare(ns) -> int:
+    from binllm.evaluate import compare
+
+    say, done = _say(ns.quiet)
+    labels = ns.labels.split(",") if ns.labels else None
+    try:
+        rows = compare(ns.models, ns.text, ns.out, ctx=ns.ctx, max_tokens=ns.max_tokens, labels=labels, threads=ns.threads, plot=not ns.no_plot, progress=say)
+    finally:
+        done()
+    print((Path(ns.out) / "report.md").read_text(encoding="utf-8"), end="")
+    print(f"[binllm] wrote {ns.out}/report.md, report.csv" + ("" if ns.no_plot else ", report.png") + f" ({len(rows)} models)", file=sys.stderr)
+    return 0
+
+
 def cmd_bench(ns) -> int:
     from binllm.bench import bench_model
 
@@ -197,6 +278,42 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=None)
     b.set_defaults(func=cmd_bench)
 
+    q = sub.add_parser("quantize", help="binarize a float model after training (PTQ): absmean, sign, onebit, billm, arb, gptq-ternary")
+    q.add_argument("src", help="float model: Hugging Face folder or .gguf")
+    q.add_argument("dst", help="output folder (must not exist)")
+    q.add_argument("--method", "-m", required=True, choices=["absmean", "sign", "onebit", "billm", "arb", "gptq-ternary"])
+    q.add_argument("--group-size", type=int, default=None, help="columns per scale group (ternary: a multiple of 256; -1 = per row; default per tensor/row as the method defines)")
+    q.add_argument("--calib", default=None, help="calibration text file (needed by billm and gptq-ternary; arb uses it when given)")
+    q.add_argument("--calib-tokens", type=int, default=16384, help="calibration tokens (default 16384)")
+    q.add_argument("--ctx", type=int, default=512, help="calibration window in tokens (default 512)")
+    q.add_argument("--keep", action="append", default=None, help="keep at 8 bits: embed, output, first, last, block numbers (comma-separated, repeatable)")
+    q.add_argument("--gguf", default=None, help="also write a GGUF TQ2_0 file (ternary methods) that llama.cpp runs")
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(func=cmd_quantize)
+
+    e = sub.add_parser("eval", help="perplexity, bits per weight, size, memory and tokens/s of a model")
+    e.add_argument("model")
+    e.add_argument("--text", required=True, help="text file (UTF-8) to measure perplexity on")
+    e.add_argument("--ctx", type=int, default=512, help="window length in tokens (default 512)")
+    e.add_argument("--max-tokens", type=int, default=None, help="use only the first N tokens of the text")
+    e.add_argument("--no-bench", action="store_true", help="skip the speed measurement")
+    e.add_argument("--threads", type=int, default=None)
+    e.add_argument("--json", action="store_true")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    r = sub.add_parser("compare", help="evaluate several models side by side: report.md, report.csv, report.png")
+    r.add_argument("models", nargs="+", help="models; the first is the baseline the perplexity ratios use")
+    r.add_argument("--text", required=True)
+    r.add_argument("--out", required=True, help="report folder")
+    r.add_argument("--labels", default=None, help="comma-separated names, one per model")
+    r.add_argument("--ctx", type=int, default=512)
+    r.add_argument("--max-tokens", type=int, default=None)
+    r.add_argument("--threads", type=int, default=None)
+    r.add_argument("--no-plot", action="store_true")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=cmd_compare)
+
     # `binllm train ...` hands all its arguments to binllm.train's own parser (see main).
     sub.add_parser("train", help="train a ternary (BitNet b1.58) model on text files (needs binllm[train])", add_help=False)
 
@@ -219,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
-    except (BinllmError, ValueError, TypeError, OSError, ImportError) as e:
+    except (BinllmError, ValueError, TypeError, OSError, ImportError, RuntimeError) as e:
         if os.environ.get("BINLLM_DEBUG"):
             raise
         print(f"binllm: error: {e}", file=sys.stderr)

@@ -18,6 +18,16 @@ and ``bits_per_weight`` counts that padding and every scale.
 sums with the codes, and returns ``sums * w_scale[n] / s[m]``. For OneBit matrices
 (``pack_binary(w, g, h)``), ``x`` is first multiplied by ``h`` column-wise, and ``g`` is the
 row scale.
+
+Per-group scales (``pack_ternary(w, scales, group_size=G)``, ``scales`` of shape
+(N, ceil(K / G)), G a multiple of the block: 256 for ``t2``) give
+``y[m, n] = sum_g scales[n, g] * sums[m, n, g] / s[m]`` with one exact integer sum per group
+(``integer_sums`` then returns (M, N, groups)). A row offset ``mu`` (``row_offset=``, N values,
+ARB-LLM's row mean) makes the weight ``mu[n] + scale * code`` and adds ``mu[n] * sum(x[m])``
+over the float ``x``.
+
+``PackedMatrix.data`` is the packed codes as uint8 (N, ``row_bytes``), the bytes a binllm
+quantized Hugging Face folder stores as ``<module>.weight`` (see ``rust/binllm-core/src/model/load.rs``).
 """
 
 from __future__ import annotations
@@ -55,13 +65,18 @@ def _int8_matrix(w: np.ndarray, allowed: str) -> np.ndarray:
     return w
 
 
-def _scale(scale: Scale, n: int, what: str):
+def _scale(scale: Scale, n: int, what: str, groups: int | None = None):
     if isinstance(scale, np.ndarray):
         if scale.dtype != np.float32:
             raise TypeError(f"{what} must be a float or a float32 array, got dtype {scale.dtype}")
-        if scale.shape != (n,):
+        if groups is not None:
+            if scale.shape != (n, groups):
+                raise ValueError(f"{what} must have shape ({n}, {groups}) (rows x groups), got {scale.shape}")
+        elif scale.shape != (n,):
             raise ValueError(f"{what} must have shape ({n},) (one value per row), got {scale.shape}")
         return np.ascontiguousarray(scale)
+    if groups is not None:
+        raise TypeError(f"with group_size, {what} must be a float32 array of shape ({n}, {groups})")
     if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.floating, np.integer)):
         raise TypeError(f"{what} must be a float or a float32 array of {n} values, got {type(scale).__name__}")
     return float(scale)
@@ -77,23 +92,57 @@ def _float_input(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def pack_ternary(w: np.ndarray, scale: Scale, bits: float = 2.0) -> PackedMatrix:
+def _row_offset(row_offset: np.ndarray | None, n: int) -> np.ndarray | None:
+    if row_offset is None:
+        return None
+    if not isinstance(row_offset, np.ndarray) or row_offset.dtype != np.float32:
+        raise TypeError("row_offset must be a float32 numpy array")
+    if row_offset.shape != (n,):
+        raise ValueError(f"row_offset must have shape ({n},) (one value per row), got {row_offset.shape}")
+    return np.ascontiguousarray(row_offset)
+
+
+def pack_ternary(
+    w: np.ndarray,
+    scale: Scale,
+    bits: float = 2.0,
+    *,
+    group_size: int | None = None,
+    row_offset: np.ndarray | None = None,
+) -> PackedMatrix:
     """Packs ternary codes ``w`` (int8 {-1, 0, 1}, shape (N, K)).
 
-    ``scale`` is one float for the tensor or a float32 array of N (per row); the weight is
-    ``w * scale``. ``bits`` chooses the layout: 2.0 (4 codes per byte) or 1.6 (5 per byte).
+    ``scale`` is one float for the tensor, a float32 array of N (per row), or with
+    ``group_size`` G a float32 array (N, ceil(K / G)): the weight is ``w * scale`` with the
+    scale of the weight's row (and group). G must be a multiple of the format's block (256 for
+    ``t2``, 320 for ``t1.6``); the padded tail of a row belongs to its last group.
+    ``row_offset`` (float32, N) adds ``row_offset[n]`` to every weight of row n.
+    ``bits`` chooses the layout: 2.0 (4 codes per byte) or 1.6 (5 per byte).
     """
     w = _int8_matrix(w, "-1, 0, 1")
     if bits not in (2.0, 1.6):
         raise ValueError(f"bits must be 2.0 or 1.6, got {bits}")
-    return _core.pack_ternary(w, _scale(scale, w.shape[0], "scale"), float(bits))
+    n, k = w.shape
+    groups = None
+    if group_size is not None:
+        if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)) or group_size <= 0:
+            raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+        groups = -(-k // int(group_size))
+        group_size = int(group_size)
+    return _core.pack_ternary(w, _scale(scale, n, "scale", groups), float(bits), group_size, _row_offset(row_offset, n))
 
 
-def pack_binary(w: np.ndarray, row_scale: Scale, col_scale: np.ndarray | None = None) -> PackedMatrix:
+def pack_binary(
+    w: np.ndarray,
+    row_scale: Scale,
+    col_scale: np.ndarray | None = None,
+    row_offset: np.ndarray | None = None,
+) -> PackedMatrix:
     """Packs binary codes ``w`` (int8 {-1, 1}, shape (N, K)).
 
     The weight is ``diag(row_scale) @ w`` or, with ``col_scale`` (float32, K values), OneBit's
-    ``diag(row_scale) @ w @ diag(col_scale)``.
+    ``diag(row_scale) @ w @ diag(col_scale)``; ``row_offset`` (float32, N) adds
+    ``row_offset[n]`` to every weight of row n (ARB-LLM's ``mu + alpha * beta * B``).
     """
     w = _int8_matrix(w, "-1, 1")
     rs = _scale(row_scale, w.shape[0], "row_scale")
@@ -103,7 +152,7 @@ def pack_binary(w: np.ndarray, row_scale: Scale, col_scale: np.ndarray | None = 
         if col_scale.shape != (w.shape[1],):
             raise ValueError(f"col_scale must have shape ({w.shape[1]},), got {col_scale.shape}")
         col_scale = np.ascontiguousarray(col_scale)
-    return _core.pack_binary(w, rs, col_scale)
+    return _core.pack_binary(w, rs, col_scale, _row_offset(row_offset, w.shape[0]))
 
 
 def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

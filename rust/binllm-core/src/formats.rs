@@ -19,8 +19,11 @@
 //! `((byte * 3^p) mod 256) * 3 >> 8`, which needs no division.
 //!
 //! Scales live beside the codes (`ScaleKind`): one per tensor (BitNet b1.58's official
-//! checkpoints), one per row, or OneBit's two vectors `diag(g) * sign(W) * diag(h)`.
-//! `PackedMatrix::bits_per_weight` counts every stored scale as 32 bits.
+//! checkpoints), one per row, one per group of whole blocks along a row (PTQ, llama.cpp's
+//! TQ2_0/TQ1_0 with differing block scales), or OneBit's two vectors `diag(g) * sign(W) * diag(h)`.
+//! A matrix may also carry a float offset per row (ARB-LLM's row mean): `W[n, k] = mu[n] +
+//! scale * code`, applied as `mu[n] * sum(x)` over the float activations.
+//! `PackedMatrix::bits_per_weight` counts every stored scale and offset as 32 bits.
 
 use crate::error::{Error, Result};
 use crate::kernels;
@@ -216,6 +219,9 @@ pub enum ScaleKind {
     PerRow(Vec<f32>),
     /// OneBit: `W = diag(row) * sign * diag(col)`.
     OneBit { row: Vec<f32>, col: Vec<f32> },
+    /// `W[n, c] = code[n, c] * scales[n * groups + c / group]`, groups = ceil(k / group), `group`
+    /// a multiple of the format's block. The padded tail of a row belongs to its last group.
+    PerGroup { group: usize, scales: Vec<f32> },
 }
 
 /// A weight matrix of shape (n, k) in a packed format, with its scales.
@@ -225,6 +231,8 @@ pub struct PackedMatrix {
     n: usize,
     k: usize,
     scale: ScaleKind,
+    /// Optional `mu[n]` added to every weight of row n (see module docs).
+    row_offset: Option<Vec<f32>>,
     data: Vec<u8>,
 }
 
@@ -318,7 +326,7 @@ impl PackedMatrix {
                 (spec.pack_block)(&block_codes, out);
             }
         }
-        Ok(PackedMatrix { format, n, k, scale, data })
+        Ok(PackedMatrix { format, n, k, scale, row_offset: None, data })
     }
 
     /// Wraps already packed bytes (e.g. from a binllm file). Sizes and scales are validated.
@@ -333,7 +341,7 @@ impl PackedMatrix {
             crate::bail!(Format, "packed {} data for shape ({n}, {k}) must be {need} bytes, got {}", format.name(), data.len());
         }
         Self::check_scale(format, n, k, &scale)?;
-        Ok(PackedMatrix { format, n, k, scale, data })
+        Ok(PackedMatrix { format, n, k, scale, row_offset: None, data })
     }
 
     fn check_scale(format: WeightFormat, n: usize, k: usize, scale: &ScaleKind) -> Result<()> {
@@ -356,7 +364,55 @@ impl PackedMatrix {
             ScaleKind::OneBit { row, col } if !finite(row) || !finite(col) => {
                 crate::bail!(InvalidArgument, "OneBit scales must be finite")
             }
+            ScaleKind::PerGroup { group, scales } => {
+                let bw = format.spec().block_weights;
+                if *group == 0 || group % bw != 0 {
+                    crate::bail!(
+                        InvalidArgument,
+                        "group size {group} is not a positive multiple of format {}'s block of {bw} weights",
+                        format.name()
+                    );
+                }
+                let want = n.checked_mul(k.div_ceil(*group)).ok_or_else(|| Error::InvalidArgument("shape overflows".into()))?;
+                if scales.len() != want {
+                    crate::bail!(
+                        InvalidArgument,
+                        "per-group scales for shape ({n}, {k}) and group {group} must have {want} values ({n} rows x {} groups), got {}",
+                        k.div_ceil(*group),
+                        scales.len()
+                    );
+                }
+                if !finite(scales) {
+                    crate::bail!(InvalidArgument, "per-group scales must be finite");
+                }
+                Ok(())
+            }
             _ => Ok(()),
+        }
+    }
+
+    /// Adds `mu[n]` to every weight of row n (`offsets` has one finite value per row).
+    pub fn with_row_offset(mut self, offsets: Vec<f32>) -> Result<Self> {
+        if offsets.len() != self.n {
+            crate::bail!(InvalidArgument, "row offsets must have {} values (one per row), got {}", self.n, offsets.len());
+        }
+        if !offsets.iter().all(|v| v.is_finite()) {
+            crate::bail!(InvalidArgument, "row offsets must be finite");
+        }
+        self.row_offset = Some(offsets);
+        Ok(self)
+    }
+
+    /// The per-row offsets, if any.
+    pub fn row_offset(&self) -> Option<&[f32]> {
+        self.row_offset.as_deref()
+    }
+
+    /// Weights per scale group and groups per row: (padded_k, 1) unless `PerGroup`.
+    pub fn groups(&self) -> (usize, usize) {
+        match &self.scale {
+            ScaleKind::PerGroup { group, .. } => (*group, self.k.div_ceil(*group)),
+            _ => (self.padded_k(), 1),
         }
     }
 
@@ -384,14 +440,14 @@ impl PackedMatrix {
     pub fn packed_data(&self) -> &[u8] {
         &self.data
     }
-    /// Bytes held: packed codes plus 4 bytes per stored scale.
+    /// Bytes held: packed codes plus 4 bytes per stored scale and row offset.
     pub fn nbytes(&self) -> usize {
-        self.data.len() + 4 * self.scale_count()
+        self.data.len() + 4 * (self.scale_count() + self.row_offset.as_ref().map_or(0, |v| v.len()))
     }
     fn scale_count(&self) -> usize {
         match &self.scale {
             ScaleKind::PerTensor(_) => 1,
-            ScaleKind::PerRow(v) => v.len(),
+            ScaleKind::PerRow(v) | ScaleKind::PerGroup { scales: v, .. } => v.len(),
             ScaleKind::OneBit { row, col } => row.len() + col.len(),
         }
     }
@@ -425,20 +481,31 @@ impl PackedMatrix {
         for (b, block) in self.data[r * row_bytes..(r + 1) * row_bytes].chunks_exact(BLOCK_BYTES).enumerate() {
             (spec.unpack_block)(block, &mut codes[b * bw..(b + 1) * bw]);
         }
-        let s = self.row_scale(r);
         out.clear();
         match &self.scale {
-            ScaleKind::OneBit { col, .. } => out.extend(codes[..self.k].iter().zip(col).map(|(&c, h)| c as f32 * s * h)),
-            _ => out.extend(codes[..self.k].iter().map(|&c| c as f32 * s)),
+            ScaleKind::OneBit { row, col } => out.extend(codes[..self.k].iter().zip(col).map(|(&c, h)| c as f32 * row[r] * h)),
+            ScaleKind::PerGroup { group, scales } => {
+                let row_scales = &scales[r * self.groups().1..];
+                out.extend(codes[..self.k].iter().enumerate().map(|(c, &code)| code as f32 * row_scales[c / group]))
+            }
+            _ => {
+                let s = self.scale_at(r, 0);
+                out.extend(codes[..self.k].iter().map(|&c| c as f32 * s))
+            }
+        }
+        if let Some(mu) = &self.row_offset {
+            out.iter_mut().for_each(|v| *v += mu[r]);
         }
     }
 
-    /// Scale of row `n` (the row side of OneBit).
-    pub fn row_scale(&self, n: usize) -> f32 {
+    /// The scale of weight (row, col), row side only for OneBit (whose column side
+    /// `quantize_input` applies to the activations).
+    pub fn scale_at(&self, row: usize, col: usize) -> f32 {
         match &self.scale {
             ScaleKind::PerTensor(s) => *s,
-            ScaleKind::PerRow(v) => v[n],
-            ScaleKind::OneBit { row, .. } => row[n],
+            ScaleKind::PerRow(v) => v[row],
+            ScaleKind::OneBit { row: v, .. } => v[row],
+            ScaleKind::PerGroup { group, scales } => scales[row * self.k.div_ceil(*group) + col / group],
         }
     }
 
@@ -453,14 +520,27 @@ impl PackedMatrix {
         }
     }
 
-    /// Exact integer sums `sum_k code[n, k] * q[m, k]`, laid out `[n][m]`.
+    /// Exact integer sums `sum_k code[n, k] * q[m, k]`, laid out `[n][m]`; with `PerGroup`
+    /// scales one sum per group, laid out `[n][group][m]` (k restricted to the group).
     pub fn integer_sums(&self, backend: kernels::Backend, act: &QuantizedActivations) -> Result<Vec<i32>> {
+        let mut out = Vec::new();
+        self.integer_sums_into(backend, act, &mut out)?;
+        Ok(out)
+    }
+
+    /// As `integer_sums`, into `out` (resized; reusing it spares zeroing a fresh buffer, which
+    /// costs as much as a small grouped GEMV).
+    pub fn integer_sums_into(&self, backend: kernels::Backend, act: &QuantizedActivations, out: &mut Vec<i32>) -> Result<()> {
         if act.padded_k != self.padded_k() {
             crate::bail!(InvalidArgument, "activations are padded to {} but the matrix needs {}", act.padded_k, self.padded_k());
         }
-        let mut out = vec![0i32; self.n * act.m];
-        kernels::gemm_i32(backend, self.format, &self.data, self.n, self.row_bytes(), act, &mut out)?;
-        Ok(out)
+        let (group, groups) = self.groups();
+        out.resize(self.n * groups * act.m, 0);
+        if groups == 1 {
+            kernels::gemm_i32(backend, self.format, &self.data, self.n, self.row_bytes(), act, out)
+        } else {
+            kernels::gemm_i32_grouped(backend, self.format, &self.data, self.n, self.row_bytes(), group, act, out)
+        }
     }
 
     /// `Y = X W^T` with BitNet b1.58 activation quantization, X of shape (m, k), Y (m, n).
@@ -479,14 +559,50 @@ impl PackedMatrix {
             crate::bail!(InvalidArgument, "output must hold {} values, has {}", m * self.n, y.len());
         }
         let act = self.quantize_input(x, m);
-        let sums = self.integer_sums(backend, &act)?;
-        for r in 0..self.n {
-            let ws = self.row_scale(r);
-            for mi in 0..m {
-                y[mi * self.n + r] = sums[r * m + mi] as f32 * ws / act.scales[mi];
+        thread_local! {
+            static SUMS: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        SUMS.with_borrow_mut(|sums| -> Result<()> {
+            self.integer_sums_into(backend, &act, sums)?;
+            self.scale_sums(sums, &act, x, m, y);
+            Ok(())
+        })
+    }
+
+    /// `y` from the integer sums: scales, activation scales and row offsets.
+    fn scale_sums(&self, sums: &[i32], act: &QuantizedActivations, x: &[f32], m: usize, y: &mut [f32]) {
+        if let ScaleKind::PerGroup { scales, .. } = &self.scale {
+            let groups = self.groups().1;
+            let mut totals = vec![0f32; m];
+            for r in 0..self.n {
+                totals.fill(0.0);
+                // Group by group over contiguous sums ([n][group][m]), each total summed in group order.
+                for (g, s) in scales[r * groups..(r + 1) * groups].iter().enumerate() {
+                    let group_sums = &sums[(r * groups + g) * m..(r * groups + g + 1) * m];
+                    for (t, &v) in totals.iter_mut().zip(group_sums) {
+                        *t += s * v as f32;
+                    }
+                }
+                for (mi, t) in totals.iter().enumerate() {
+                    y[mi * self.n + r] = t / act.scales[mi];
+                }
+            }
+        } else {
+            for r in 0..self.n {
+                let ws = self.scale_at(r, 0);
+                for mi in 0..m {
+                    y[mi * self.n + r] = sums[r * m + mi] as f32 * ws / act.scales[mi];
+                }
             }
         }
-        Ok(())
+        if let Some(mu) = &self.row_offset {
+            for (mi, xr) in x.chunks_exact(self.k).enumerate() {
+                let total: f32 = xr.iter().sum();
+                for (yv, o) in y[mi * self.n..(mi + 1) * self.n].iter_mut().zip(mu) {
+                    *yv += o * total;
+                }
+            }
+        }
     }
 }
 
@@ -558,6 +674,52 @@ mod tests {
                 assert_eq!(a, b, "{v}");
             }
         }
+    }
+
+    #[test]
+    fn per_group_scales_are_validated() {
+        let codes = vec![1i8; 3 * 700];
+        let grouped = |group, scales: Vec<f32>| PackedMatrix::pack(WeightFormat::Ternary2, &codes, 3, 700, ScaleKind::PerGroup { group, scales });
+        assert!(grouped(256, vec![1.0; 9]).is_ok());
+        assert!(grouped(512, vec![1.0; 6]).is_ok());
+        for (group, count, needle) in [(0, 9, "positive multiple"), (128, 18, "positive multiple"), (320, 9, "positive multiple"), (256, 8, "9 values"), (768, 9, "3 values")] {
+            let err = grouped(group, vec![1.0; count]).unwrap_err().to_string();
+            assert!(err.contains(needle), "group {group}: {err}");
+        }
+        assert!(grouped(256, [vec![1.0; 8], vec![f32::NAN]].concat()).unwrap_err().to_string().contains("finite"));
+        // Other formats group whole blocks of their own size.
+        assert!(PackedMatrix::pack(WeightFormat::Binary1, &vec![1; 700], 1, 700, ScaleKind::PerGroup { group: 512, scales: vec![1.0; 2] }).is_ok());
+        assert!(PackedMatrix::pack(WeightFormat::Binary1, &vec![1; 700], 1, 700, ScaleKind::PerGroup { group: 256, scales: vec![1.0; 3] }).is_err());
+    }
+
+    #[test]
+    fn groups_and_row_offsets_decode_and_count() {
+        let (n, k) = (2, 600);
+        let mut seed = 5;
+        let codes = random_codes(WeightFormat::Ternary2, n * k, &mut seed);
+        let scales = vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let m = PackedMatrix::pack(WeightFormat::Ternary2, &codes, n, k, ScaleKind::PerGroup { group: 256, scales: scales.clone() })
+            .unwrap()
+            .with_row_offset(vec![0.5, -0.5])
+            .unwrap();
+        let mut row = Vec::new();
+        for r in 0..n {
+            m.decode_row_f32(r, &mut row);
+            for c in 0..k {
+                assert_eq!(row[c], codes[r * k + c] as f32 * scales[r * 3 + c / 256] + [0.5, -0.5][r], "({r}, {c})");
+            }
+        }
+        assert_eq!(m.unpack(), codes);
+        assert_eq!(m.nbytes(), n * 192 + 4 * (6 + 2));
+        assert!((m.bits_per_weight() - (8.0 * (n * 192 + 4 * 8) as f64) / (n * k) as f64).abs() < 1e-12);
+        assert!(m.clone().with_row_offset(vec![1.0]).is_err());
+        assert!(m.clone().with_row_offset(vec![1.0, f32::INFINITY]).is_err());
+        // The offset term uses the raw activations: mu * sum(x) on top of the scaled sums.
+        let x: Vec<f32> = (0..k).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
+        let plain = PackedMatrix::pack(WeightFormat::Ternary2, &codes, n, k, ScaleKind::PerGroup { group: 256, scales }).unwrap();
+        let (with, without) = (m.matmul(&x, 1).unwrap(), plain.matmul(&x, 1).unwrap());
+        let total: f32 = x.iter().sum();
+        assert_eq!(with, vec![without[0] + 0.5 * total, without[1] - 0.5 * total]);
     }
 
     #[test]

@@ -71,6 +71,30 @@ impl PyPackedMatrix {
     fn padded_k(&self) -> usize {
         self.inner.padded_k()
     }
+    /// Packed bytes of one row (whole 64-byte blocks).
+    #[getter]
+    fn row_bytes(&self) -> usize {
+        self.inner.row_bytes()
+    }
+    /// Weights per scale group, or None unless the matrix has per-group scales.
+    #[getter]
+    fn group_size(&self) -> Option<usize> {
+        match self.inner.scale() {
+            ScaleKind::PerGroup { group, .. } => Some(*group),
+            _ => None,
+        }
+    }
+    /// The per-row offsets (float32, N), or None.
+    #[getter]
+    fn row_offset<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyArray1<f32>>> {
+        self.inner.row_offset().map(|v| PyArray1::from_slice(py, v))
+    }
+    /// The packed codes as uint8 (N, row_bytes): what a binllm PTQ folder stores as `P.weight`.
+    #[getter]
+    fn data<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<u8>>> {
+        let (n, row_bytes) = (self.inner.rows(), self.inner.row_bytes());
+        PyArray1::from_slice(py, self.inner.packed_data()).reshape([n, row_bytes])
+    }
     /// The int8 codes, shape (N, K).
     fn unpack<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<i8>>> {
         let (n, k) = self.inner.shape();
@@ -96,9 +120,10 @@ impl PyPackedMatrix {
         }
     }
 
-    /// Exact integer sums (M, N) of codes with the int8-quantized x, on a chosen backend.
+    /// Exact integer sums (M, N) of codes with the int8-quantized x, on a chosen backend;
+    /// (M, N, groups) with per-group scales.
     #[pyo3(signature = (x, backend=None))]
-    fn integer_sums<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>, backend: Option<&str>) -> PyResult<Bound<'py, PyArray2<i32>>> {
+    fn integer_sums<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>, backend: Option<&str>) -> PyResult<Bound<'py, PyAny>> {
         let backend = parse_backend(backend)?;
         let x = float32_array(x)?;
         let (m, _) = self.input_rows(&x)?;
@@ -110,14 +135,22 @@ impl PyPackedMatrix {
                 self.inner.integer_sums(backend, &act)
             })
             .map_err(to_py)?;
-        // Core lays sums out [n][m]; Python sees (m, n).
-        let mut t = vec![0i32; m * n];
+        // Core lays sums out [n][groups][m]; Python sees (m, n) or (m, n, groups).
+        let groups = sums.len() / (n * m);
+        let mut t = vec![0i32; m * n * groups];
         for r in 0..n {
-            for i in 0..m {
-                t[i * n + r] = sums[r * m + i];
+            for g in 0..groups {
+                for i in 0..m {
+                    t[(i * n + r) * groups + g] = sums[(r * groups + g) * m + i];
+                }
             }
         }
-        PyArray1::from_vec(py, t).reshape([m, n])
+        let arr = PyArray1::from_vec(py, t);
+        if matches!(self.inner.scale(), ScaleKind::PerGroup { .. }) {
+            Ok(arr.reshape([m, n, groups])?.into_any())
+        } else {
+            Ok(arr.reshape([m, n])?.into_any())
+        }
     }
 
     fn __repr__(&self) -> String {
@@ -149,40 +182,64 @@ fn float32_array<'py>(x: &Bound<'py, PyAny>) -> PyResult<PyReadonlyArrayDyn<'py,
     })
 }
 
-fn scale_from(n: usize, scale: &Bound<'_, PyAny>) -> PyResult<ScaleKind> {
-    if let Ok(s) = scale.extract::<f32>() {
+/// A float, a float32 array of n (per row), or with `group_size` a float32 array (n, groups).
+fn scale_from(n: usize, scale: &Bound<'_, PyAny>, group_size: Option<usize>) -> PyResult<ScaleKind> {
+    if let (Ok(s), None) = (scale.extract::<f32>(), group_size) {
         return Ok(ScaleKind::PerTensor(s));
     }
-    let arr: PyReadonlyArray1<f32> = scale.extract().map_err(|_| {
-        PyValueError::new_err(format!("scale must be a float or a float32 array of {n} values (one per row)"))
+    let arr: PyReadonlyArrayDyn<f32> = scale.extract().map_err(|_| {
+        PyValueError::new_err(format!("scale must be a float or a float32 array of {n} values (one per row), or (N, groups) with group_size"))
     })?;
-    Ok(ScaleKind::PerRow(arr.as_slice()?.to_vec()))
+    let values = arr.as_slice().map_err(|_| PyValueError::new_err("scale must be C-contiguous"))?.to_vec();
+    match (arr.shape(), group_size) {
+        ([_], None) => Ok(ScaleKind::PerRow(values)),
+        ([_, _], Some(group)) => Ok(ScaleKind::PerGroup { group, scales: values }),
+        (shape, Some(_)) => Err(PyValueError::new_err(format!("with group_size, scale must have shape (N, groups), got {shape:?}"))),
+        (shape, None) => Err(PyValueError::new_err(format!("a scale of shape {shape:?} needs group_size (or pass shape ({n},))"))),
+    }
+}
+
+/// Adds the optional row offsets.
+fn with_offset(m: PackedMatrix, row_offset: Option<PyReadonlyArray1<'_, f32>>) -> PyResult<PackedMatrix> {
+    match row_offset {
+        Some(o) => m.with_row_offset(o.as_slice()?.to_vec()).map_err(to_py),
+        None => Ok(m),
+    }
 }
 
 #[pyfunction]
-fn pack_ternary(py: Python<'_>, w: PyReadonlyArrayDyn<'_, i8>, scale: &Bound<'_, PyAny>, bits: f64) -> PyResult<PyPackedMatrix> {
+#[pyo3(signature = (w, scale, bits, group_size=None, row_offset=None))]
+fn pack_ternary(
+    py: Python<'_>,
+    w: PyReadonlyArrayDyn<'_, i8>,
+    scale: &Bound<'_, PyAny>,
+    bits: f64,
+    group_size: Option<usize>,
+    row_offset: Option<PyReadonlyArray1<'_, f32>>,
+) -> PyResult<PyPackedMatrix> {
     let format = match bits {
         b if b == 2.0 => WeightFormat::Ternary2,
         b if b == 1.6 => WeightFormat::Ternary1_6,
         b => return Err(PyValueError::new_err(format!("bits must be 2.0 or 1.6, got {b}"))),
     };
     let (n, k) = matrix_shape(&w)?;
-    let scale = scale_from(n, scale)?;
+    let scale = scale_from(n, scale, group_size)?;
     let codes = w.as_slice().map_err(|_| PyValueError::new_err("w must be C-contiguous"))?;
     let inner = py.detach(|| PackedMatrix::pack(format, codes, n, k, scale)).map_err(to_py)?;
-    Ok(PyPackedMatrix { inner })
+    Ok(PyPackedMatrix { inner: with_offset(inner, row_offset)? })
 }
 
 #[pyfunction]
-#[pyo3(signature = (w, row_scale, col_scale=None))]
+#[pyo3(signature = (w, row_scale, col_scale=None, row_offset=None))]
 fn pack_binary(
     py: Python<'_>,
     w: PyReadonlyArrayDyn<'_, i8>,
     row_scale: &Bound<'_, PyAny>,
     col_scale: Option<PyReadonlyArray1<'_, f32>>,
+    row_offset: Option<PyReadonlyArray1<'_, f32>>,
 ) -> PyResult<PyPackedMatrix> {
     let (n, k) = matrix_shape(&w)?;
-    let scale = match (scale_from(n, row_scale)?, col_scale) {
+    let scale = match (scale_from(n, row_scale, None)?, col_scale) {
         (s, None) => s,
         (ScaleKind::PerRow(row), Some(col)) => ScaleKind::OneBit { row, col: col.as_slice()?.to_vec() },
         (ScaleKind::PerTensor(s), Some(col)) => ScaleKind::OneBit { row: vec![s; n], col: col.as_slice()?.to_vec() },
@@ -190,7 +247,7 @@ fn pack_binary(
     };
     let codes = w.as_slice().map_err(|_| PyValueError::new_err("w must be C-contiguous"))?;
     let inner = py.detach(|| PackedMatrix::pack(WeightFormat::Binary1, codes, n, k, scale)).map_err(to_py)?;
-    Ok(PyPackedMatrix { inner })
+    Ok(PyPackedMatrix { inner: with_offset(inner, row_offset)? })
 }
 
 fn matrix_shape(w: &PyReadonlyArrayDyn<'_, i8>) -> PyResult<(usize, usize)> {

@@ -6,6 +6,11 @@
 //! Float scales are applied by the caller (`PackedMatrix::matmul_into`), so every backend can
 //! be checked bit-exact against `scalar`, which is the reference and is never deleted.
 //!
+//! Matrices with per-group scales need one sum per group of whole blocks (`gemm_i32_grouped`):
+//! x86 GEMV walks each row tile group by group with the per-tensor GEMV loop (`GroupedGemvKernel`);
+//! everything else copies a task's rows of one group together and runs the plain kernel on them,
+//! so every backend's grouped sums come from its tested kernel.
+//!
 //! The backend is chosen once from the CPU's features (best first); `BINLLM_BACKEND=name`
 //! forces one, and naming one the CPU lacks is an error, never a silent fallback.
 
@@ -211,6 +216,27 @@ pub fn active_backend() -> Result<Backend> {
 pub type GemmKernel =
     unsafe fn(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32]);
 
+/// GEMV over scale groups: `w` holds `n_rows` rows of `row_bytes`, each cut into groups of
+/// `group_bytes` (the last may be shorter); `x` is one row of int8 activations padded to the
+/// row's length and `group_sums[g]` its sum over group g; writes `out[r * groups + g]`.
+///
+/// Unsafe for the same reasons as `GemmKernel`; `gemm_i32_grouped` checks the lengths.
+pub type GroupedGemvKernel =
+    unsafe fn(w: &[u8], n_rows: usize, row_bytes: usize, group_bytes: usize, x: &[i8], group_sums: &[i32], out: &mut [i32]);
+
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn grouped_gemv_for(backend: Backend, format: WeightFormat) -> Option<GroupedGemvKernel> {
+    match backend {
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx2 => x86::avx2::grouped_gemv(format),
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx512 => x86::avx512::grouped_gemv(format, false),
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx512Vnni => x86::avx512::grouped_gemv(format, true),
+        _ => None,
+    }
+}
+
 fn kernel_for(backend: Backend, format: WeightFormat) -> GemmKernel {
     match backend {
         #[cfg(target_arch = "x86_64")]
@@ -280,6 +306,95 @@ pub fn gemm_i32(
         // SAFETY: `backend.is_available()` was checked above, and every length the kernel
         // trusts (`wpart`, `act.q`, `act.sums`, `part`) was checked to match its shape.
         unsafe { kernel(wpart, count, row_bytes, &act.q, &act.sums, m, kp, part) }
+    });
+    Ok(())
+}
+
+
+/// As `gemm_i32`, one sum per group of `group` weights (a multiple of the format's block; the
+/// last group of a row may be shorter): `out[(r * groups + i_group) * m + i]`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_i32_grouped(
+    backend: Backend,
+    format: WeightFormat,
+    w: &[u8],
+    n_rows: usize,
+    row_bytes: usize,
+    group: usize,
+    act: &QuantizedActivations,
+    out: &mut [i32],
+) -> Result<()> {
+    if !backend.is_available() {
+        crate::bail!(Backend, "backend {} is not usable on this CPU or build", backend.name());
+    }
+    let bw = format.spec().block_weights;
+    if group == 0 || group % bw != 0 {
+        crate::bail!(InvalidArgument, "group size {group} is not a positive multiple of {bw}");
+    }
+    let (m, kp) = (act.m, act.padded_k);
+    let groups = kp.div_ceil(group);
+    if row_bytes != format.row_bytes(kp)
+        || w.len() != n_rows * row_bytes
+        || act.q.len() != m * kp
+        || act.sums.len() != m
+        || out.len() != n_rows * groups * m
+    {
+        crate::bail!(InvalidArgument, "kernel operands disagree in size");
+    }
+    if n_rows == 0 || m == 0 {
+        return Ok(());
+    }
+    let group_bytes = group / bw * crate::formats::BLOCK_BYTES;
+    let span = |g: usize| (g * group, ((g + 1) * group).min(kp));
+    // group_sums[i * groups + g]: activation row i summed over group g.
+    let group_sums: Vec<i32> = (0..m)
+        .flat_map(|i| (0..groups).map(move |g| (i, g)))
+        .map(|(i, g)| {
+            let (s, e) = span(g);
+            act.q[i * kp + s..i * kp + e].iter().map(|&v| v as i32).sum()
+        })
+        .collect();
+    if m == 1 {
+        if let Some(kernel) = grouped_gemv_for(backend, format) {
+            let rows = rows_per_task(n_rows, row_bytes, 1);
+            crate::threads::for_each_chunk(out, rows * groups, |chunk, part| {
+                let first = chunk * rows;
+                let count = part.len() / groups;
+                let wpart = &w[first * row_bytes..(first + count) * row_bytes];
+                // SAFETY: the backend is available and every length was checked above.
+                unsafe { kernel(wpart, count, row_bytes, group_bytes, &act.q, &group_sums, part) }
+            });
+            return Ok(());
+        }
+    }
+    // Each group's activations contiguous ([m][group length]) with their sums.
+    let x_groups: Vec<(Vec<i8>, Vec<i32>)> = (0..groups)
+        .map(|g| {
+            let (s, e) = span(g);
+            let x = (0..m).flat_map(|i| act.q[i * kp + s..i * kp + e].iter().copied()).collect();
+            (x, (0..m).map(|i| group_sums[i * groups + g]).collect())
+        })
+        .collect();
+    let kernel = kernel_for(backend, format);
+    let rows = rows_per_task(n_rows, row_bytes, m);
+    crate::threads::for_each_chunk(out, rows * groups * m, |chunk, part| {
+        let first = chunk * rows;
+        let count = part.len() / (groups * m);
+        let mut w_group = vec![0u8; count * group_bytes];
+        let mut sums = vec![0i32; count * m];
+        for (g, (x, x_sums)) in x_groups.iter().enumerate() {
+            let (start, bytes) = (g * group_bytes, group_bytes.min(row_bytes - g * group_bytes));
+            for r in 0..count {
+                let src = (first + r) * row_bytes + start;
+                w_group[r * bytes..(r + 1) * bytes].copy_from_slice(&w[src..src + bytes]);
+            }
+            // SAFETY: the backend is available; `w_group` holds `count` rows of `bytes`, which
+            // is `format.row_bytes` of the group's length, and `x` / `x_sums` / `sums` match.
+            unsafe { kernel(&w_group[..count * bytes], count, bytes, x, x_sums, m, span(g).1 - span(g).0, &mut sums) }
+            for r in 0..count {
+                part[(r * groups + g) * m..(r * groups + g + 1) * m].copy_from_slice(&sums[r * m..(r + 1) * m]);
+            }
+        }
     });
     Ok(())
 }

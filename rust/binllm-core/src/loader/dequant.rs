@@ -491,19 +491,32 @@ fn f16_scale(s: f32, what: &str) -> Result<f16> {
     Ok(h)
 }
 
-fn check_row_scales(row_scales: &[f32], rows: usize, what: &str) -> Result<Vec<f16>> {
-    if row_scales.len() != rows {
+/// One fp16 scale per 256-block: `scales` holds one per row (repeated over the row's blocks)
+/// or one per block.
+fn check_block_scales(scales: &[f32], rows: usize, cols: usize, what: &str) -> Result<Vec<f16>> {
+    let per_row = cols / 256;
+    let per_block = if scales.len() == rows {
+        false
+    } else if scales.len() == rows * per_row {
+        true
+    } else {
         crate::bail!(
             InvalidArgument,
-            "{what}: {} row scales for {rows} rows",
-            row_scales.len()
+            "{what}: {} scales for {rows} rows of {per_row} blocks (give one per row or one per block)",
+            scales.len()
         );
+    };
+    let stored = scales.iter().map(|&s| f16_scale(s, what)).collect::<Result<Vec<_>>>()?;
+    if per_block {
+        Ok(stored)
+    } else {
+        Ok(stored.iter().flat_map(|&s| std::iter::repeat_n(s, per_row)).collect())
     }
-    row_scales.iter().map(|&s| f16_scale(s, what)).collect()
 }
 
 /// Pack ternary codes (row-major, values -1/0/1) as GGUF TQ2_0: per 256 weights, 64 bytes of
-/// 2-bit fields and the row's scale as fp16 (66 bytes, 2.0625 bits per weight).
+/// 2-bit fields and the block's scale as fp16 (66 bytes, 2.0625 bits per weight). `row_scales`
+/// holds one scale per row or one per 256-block.
 pub fn quantize_tq2_0(
     codes: &[i8],
     rows: usize,
@@ -511,9 +524,8 @@ pub fn quantize_tq2_0(
     row_scales: &[f32],
 ) -> Result<Vec<u8>> {
     check_codes(codes, rows, cols, 256, "quantize_tq2_0")?;
-    let scales = check_row_scales(row_scales, rows, "quantize_tq2_0")?;
+    let scales = check_block_scales(row_scales, rows, cols, "quantize_tq2_0")?;
     let mut out = Vec::with_capacity(codes.len() / 256 * 66);
-    let per_row = cols / 256;
     for (i, block) in codes.chunks_exact(256).enumerate() {
         for chunk in block.chunks_exact(128) {
             for m in 0..32 {
@@ -524,14 +536,15 @@ pub fn quantize_tq2_0(
                 out.push(byte);
             }
         }
-        let d = scales.get(i / per_row.max(1)).copied().unwrap_or(f16::ZERO);
+        let d = scales.get(i).copied().unwrap_or(f16::ZERO);
         out.extend_from_slice(&d.to_le_bytes());
     }
     Ok(out)
 }
 
 /// Pack ternary codes as GGUF TQ1_0: per 256 weights, 48 bytes of 5 trits, 4 bytes of 4 trits
-/// and the row's scale as fp16 (54 bytes, 1.6875 bits per weight). Layout: see `tq1_0_trits`.
+/// and the block's scale as fp16 (54 bytes, 1.6875 bits per weight; scales as for TQ2_0).
+/// Layout: see `tq1_0_trits`.
 pub fn quantize_tq1_0(
     codes: &[i8],
     rows: usize,
@@ -539,7 +552,7 @@ pub fn quantize_tq1_0(
     row_scales: &[f32],
 ) -> Result<Vec<u8>> {
     check_codes(codes, rows, cols, 256, "quantize_tq1_0")?;
-    let scales = check_row_scales(row_scales, rows, "quantize_tq1_0")?;
+    let scales = check_block_scales(row_scales, rows, cols, "quantize_tq1_0")?;
     // Base-3 number of the trits (most significant first), stored as ceil(v * 256 / 243) so
     // that the decoder's multiply-by-3^n-and-take-the-top trick reads each trit back.
     let pack = |trits: &mut dyn Iterator<Item = i8>, pad: u16| -> u8 {
@@ -547,7 +560,6 @@ pub fn quantize_tq1_0(
         (v * 256).div_ceil(243) as u8
     };
     let mut out = Vec::with_capacity(codes.len() / 256 * 54);
-    let per_row = cols / 256;
     for (i, block) in codes.chunks_exact(256).enumerate() {
         for m in 0..32 {
             out.push(pack(&mut (0..5).map(|n| block[m + 32 * n]), 1));
@@ -559,7 +571,7 @@ pub fn quantize_tq1_0(
             // Four trits, shifted up one place so the first is the most significant of five.
             out.push(pack(&mut (0..4).map(|n| block[240 + j + 4 * n]), 3));
         }
-        let d = scales.get(i / per_row.max(1)).copied().unwrap_or(f16::ZERO);
+        let d = scales.get(i).copied().unwrap_or(f16::ZERO);
         out.extend_from_slice(&d.to_le_bytes());
     }
     Ok(out)

@@ -156,7 +156,11 @@ impl ModelConfig {
         let weight_bits = v.get("weight_bits").and_then(Value::as_u64);
         let linear = match (quant_method, weight_bits) {
             (Some("bitnet"), _) | (None, Some(1)) => LinearKind::BitNet,
-            (Some(other), _) => crate::bail!(Unsupported, "quantization_config.quant_method '{other}' (binllm reads 'bitnet' or none)"),
+            // binllm's own PTQ folders: listed modules are read by `load` as stored; the rest
+            // load as the architecture's linears do without a quantization_config.
+            (Some("binllm"), _) if architecture == "bitnet" || arch_name == "BitnetForCausalLM" => LinearKind::BitNet,
+            (Some("binllm"), _) => LinearKind::Float,
+            (Some(other), _) => crate::bail!(Unsupported, "quantization_config.quant_method '{other}' (binllm reads 'bitnet', 'binllm' or none)"),
             (None, Some(bits)) => crate::bail!(Unsupported, "weight_bits = {bits} (binllm runs 1-bit/ternary BitNet weights or float)"),
             (None, None) if architecture == "bitnet" || arch_name == "BitnetForCausalLM" => LinearKind::BitNet,
             (None, None) => LinearKind::Float,
@@ -241,7 +245,12 @@ impl ModelConfig {
             Some(other) => crate::bail!(Unsupported, "binllm.rope_style '{other}'"),
         };
         let has_output = file.tensor("output.weight").is_some();
-        let linear = if file.tensor("blk.0.attn_q.weight").map(|t| t.dtype.is_ternary()).unwrap_or(false) || architecture == "bitnet" {
+        // binllm writes "binllm.linear_kind" = "float" for float models with some packed
+        // (PTQ) linears: their F16 linears must stay float.
+        let float_linears = file.get("binllm.linear_kind").and_then(GgufValue::as_str) == Some("float");
+        let linear = if float_linears {
+            LinearKind::Float
+        } else if file.tensor("blk.0.attn_q.weight").map(|t| t.dtype.is_ternary()).unwrap_or(false) || architecture == "bitnet" {
             LinearKind::BitNet
         } else {
             LinearKind::Float

@@ -8,14 +8,16 @@
 //!   way its converter does (`LlamaModel.permute`); "bitnet" pairs (i, i + head_dim / 2) and its
 //!   converter does not permute. When the model's pairing differs from the target's, the Q and
 //!   K rows are permuted (or un-permuted) here, and `binllm.rope_style` records the pairing.
-//! - Ternary linears keep their exact codes; the per-tensor (or per-row) scale is repeated in
-//!   every 256-weight block as fp16. A row length that is not a multiple of 256 falls back to
-//!   F16 (`code * scale`), as llama.cpp's converter does, and the report says so.
+//! - Ternary linears keep their exact codes; each 256-weight block carries its scale as fp16:
+//!   the per-tensor or per-row scale repeated, or its group's scale (`PerGroup`, groups of
+//!   whole 256-blocks). A row length that is not a multiple of 256, groups that split a block,
+//!   or row offsets fall back to F16 (the decoded weights), and the report says so.
 //! - Float linears become F16; norms stay F32; embeddings and a separate output layer are F16.
 //! - Nothing here knows about tokenizers: the caller passes `tokenizer.*` metadata.
 
 use super::config::{Activation, LinearKind, RopeStyle};
 use super::{Linear, Model};
+use crate::formats::ScaleKind;
 use crate::error::{Error, Result};
 use crate::loader::{f32_to_f16_bytes, quantize_q8_0, quantize_tq1_0, quantize_tq2_0, DType, GgufFile, GgufValue, GgufWriter};
 
@@ -179,8 +181,14 @@ impl Exporter<'_> {
             ExportType::F16 => None,
         };
         if let (Some(dtype), Linear::Packed(p)) = (want, l) {
-            if p.format().is_ternary() && k % 256 == 0 {
-                let scales: Vec<f32> = (0..n).map(|r| p.row_scale(r)).collect();
+            let group_fits = match p.scale() {
+                ScaleKind::PerGroup { group, .. } => group % 256 == 0,
+                _ => true,
+            };
+            if p.format().is_ternary() && k % 256 == 0 && group_fits && p.row_offset().is_none() {
+                // One fp16 scale per 256-block: its group's (or the row's) scale.
+                let per_row = k / 256;
+                let scales: Vec<f32> = (0..n).flat_map(|r| (0..per_row).map(move |b| p.scale_at(r, b * 256))).collect();
                 for &s in &scales {
                     let stored = half::f16::from_f32(s).to_f32();
                     if s != 0.0 {
@@ -188,7 +196,7 @@ impl Exporter<'_> {
                     }
                 }
                 let codes = reorder_rows(&p.unpack(), k, order);
-                let scales = reorder_rows(&scales, 1, order);
+                let scales = reorder_rows(&scales, per_row, order);
                 let data = if dtype == DType::TQ2_0 {
                     quantize_tq2_0(&codes, n, k, &scales)
                 } else {
@@ -197,7 +205,11 @@ impl Exporter<'_> {
                 .map_err(|e| Error::InvalidArgument(format!("tensor '{name}': {e}")))?;
                 return self.tensor(name, dtype, &[n, k], data);
             }
-            let why = if p.format().is_ternary() {
+            let why = if p.row_offset().is_some() {
+                "row offsets have no GGUF type".to_string()
+            } else if !group_fits {
+                "scale groups are not whole 256-weight blocks".to_string()
+            } else if p.format().is_ternary() {
                 format!("row length {k} is not a multiple of 256")
             } else {
                 format!("format {} has no GGUF type", p.format().name())
@@ -236,6 +248,10 @@ impl Exporter<'_> {
             ("binllm.rope_style".to_string(), S(if rope == RopeStyle::NeoX { "neox" } else { "interleaved" }.to_string())),
             ("binllm.activation".to_string(), S(c.activation.name().to_string())),
         ];
+        if c.linear == LinearKind::Float {
+            // Read back by `ModelConfig::from_gguf`: F16 linears stay float even beside TQ ones.
+            meta.push(("binllm.linear_kind".to_string(), S("float".to_string())));
+        }
         if let Some(b) = c.bos_token {
             meta.push(("tokenizer.ggml.bos_token_id".to_string(), U32(b)));
         }
@@ -278,7 +294,10 @@ impl Exporter<'_> {
     fn run(mut self) -> Result<(GgufWriter, ExportReport)> {
         let m = self.model;
         let c = &m.config;
-        if self.opts.linear_type != ExportType::F16 && c.linear != LinearKind::BitNet {
+        // A float model may still hold packed linears (binllm PTQ folders): those are written
+        // as they are, the float ones as F16.
+        let any_packed = m.layers.iter().any(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].iter().any(|x| matches!(x, Linear::Packed(_))));
+        if self.opts.linear_type != ExportType::F16 && c.linear != LinearKind::BitNet && !any_packed {
             crate::bail!(
                 InvalidArgument,
                 "{} holds ternary weights, but this model's linear layers are float (not BitNet-style); \

@@ -5,15 +5,28 @@
 //! Linear weights become packed `t2` matrices when the model is BitNet-style:
 //! - HF packed checkpoints (uint8 [out/4, in], 4 codes per byte, `weight_scale` = 1/mean|W|),
 //! - HF latent float checkpoints, ternarized on load with absmean per tensor,
-//! - GGUF TQ1_0 / TQ2_0 / I2_S tensors (exact codes and scales).
-//! Embeddings, norms and the output layer stay f32.
+//! - GGUF TQ1_0 / TQ2_0 / I2_S tensors (exact codes and scales; 256-blocks whose scales differ
+//!   within a row become `PerGroup(256)` scales).
+//!
+//! Embeddings, norms and the output layer keep a float storage (`FloatStorage`).
+//!
+//! binllm's post-training-quantized folders (`quantization_config.quant_method = "binllm"`) list
+//! modules stored ready for the kernels; every other module loads as above. For a listed
+//! module P (`"layers": {P: {"format": "t2" | "b1" | "t1.6" | "q8", "group_size": G}}`):
+//! - packed formats: `P.weight` U8 [n, row_bytes], `PackedMatrix`'s bytes exactly;
+//!   `P.weight_scale` F32/F16/BF16 [] or [1] (per tensor), [n] (per row, or OneBit's row side
+//!   with `P.weight_col_scale` [k]) or [n, ceil(k / G)] (per group, G given); optional
+//!   `P.weight_row_offset` [n].
+//! - q8: `P.weight` I8 [n, k], `P.weight_scale` [n, ceil(k / 32)] (`Linear::Q8`); embeddings
+//!   (`model.embed_tokens`) and `lm_head` included.
 
 use super::config::{LinearKind, ModelConfig};
 use super::{FloatStorage, Layer, Linear, Model};
 use crate::error::{Error, Result};
 use crate::formats::{PackedMatrix, ScaleKind, WeightFormat};
 use crate::loader::{DType, GgufFile, SafetensorsFile, TensorView};
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 
 /// Where each tensor lives, by the naming scheme of its file format.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -26,6 +39,50 @@ struct Tensors<'t, 'a> {
     by_name: HashMap<&'t str, &'t TensorView<'a>>,
     naming: Naming,
     config: &'t ModelConfig,
+    /// Modules stored ready for the kernels (binllm PTQ folders), by module path.
+    quantized: HashMap<String, QuantizedModule>,
+    /// Which of them were read, so that a listed module the model lacks is an error.
+    used: RefCell<HashSet<String>>,
+}
+
+/// How a module of a binllm PTQ folder is stored (`quantization_config.layers`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum QuantizedModule {
+    Packed { format: WeightFormat, group_size: Option<usize> },
+    Q8,
+}
+
+/// The modules listed by `quantization_config` when its `quant_method` is "binllm".
+fn quantized_modules(config_json: &str) -> Result<HashMap<String, QuantizedModule>> {
+    let v: serde_json::Value = serde_json::from_str(config_json).map_err(|e| Error::Format(format!("config.json is not valid JSON: {e}")))?;
+    let Some(q) = v.get("quantization_config").filter(|q| q.get("quant_method").and_then(|m| m.as_str()) == Some("binllm")) else {
+        return Ok(HashMap::new());
+    };
+    let layers = match q.get("layers") {
+        Some(serde_json::Value::Object(layers)) => layers,
+        None => return Ok(HashMap::new()),
+        Some(_) => crate::bail!(Format, "quantization_config.layers must be an object of module path -> {{\"format\": ...}}"),
+    };
+    let mut out = HashMap::new();
+    for (path, spec) in layers {
+        let what = format!("quantization_config.layers['{path}']");
+        let format = spec.get("format").and_then(|f| f.as_str()).ok_or_else(|| Error::Format(format!("{what} has no string 'format'")))?;
+        let group_size = match spec.get("group_size") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(g) => match g.as_u64() {
+                Some(g) if g > 0 => Some(usize::try_from(g).map_err(|_| Error::Format(format!("{what}: group_size {g} is too large")))?),
+                _ => crate::bail!(Format, "{what}: group_size must be a positive integer, got {g}"),
+            },
+        };
+        let module = match (format, WeightFormat::from_name(format)) {
+            ("q8", _) if group_size.is_none() => QuantizedModule::Q8,
+            ("q8", _) => crate::bail!(Format, "{what}: q8 has fixed blocks of {}; group_size does not apply", super::linear::Q8_BLOCK),
+            (_, Some(format)) => QuantizedModule::Packed { format, group_size },
+            (other, None) => crate::bail!(Format, "{what}: unknown format '{other}' (binllm stores t2, t1.6, b1 or q8)"),
+        };
+        out.insert(path.clone(), module);
+    }
+    Ok(out)
 }
 
 impl<'t, 'a> Tensors<'t, 'a> {
@@ -58,8 +115,101 @@ impl<'t, 'a> Tensors<'t, 'a> {
         t.to_f32()
     }
 
+    /// The stored form of weight `name` when a binllm PTQ folder lists its module.
+    fn quantized_module(&self, name: &str) -> Option<(String, QuantizedModule)> {
+        let path = name.strip_suffix(".weight")?;
+        let module = *self.quantized.get(path)?;
+        self.used.borrow_mut().insert(path.to_string());
+        Some((path.to_string(), module))
+    }
+
+    /// A module of a binllm PTQ folder (module docs), shape (n, k).
+    fn stored_linear(&self, path: &str, module: QuantizedModule, n: usize, k: usize) -> Result<Linear> {
+        let weight_name = format!("{path}.weight");
+        let t = self.get(&weight_name)?;
+        let scale_name = format!("{path}.weight_scale");
+        let scale = self.get(&scale_name)?;
+        let float_values = |t: &TensorView<'_>, name: &str| -> Result<Vec<f32>> {
+            if !matches!(t.dtype, DType::F32 | DType::F16 | DType::BF16) {
+                crate::bail!(Format, "tensor '{name}' is {}; scales and offsets must be F32, F16 or BF16", t.dtype.name());
+            }
+            let v = t.to_f32()?;
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                crate::bail!(Format, "tensor '{name}' holds a non-finite value ({}) at index {i}", v[i]);
+            }
+            Ok(v)
+        };
+        let QuantizedModule::Packed { format, group_size } = module else {
+            let blocks = k.div_ceil(super::linear::Q8_BLOCK);
+            if t.dtype != DType::I8 || t.shape != [n, k] {
+                crate::bail!(Format, "q8 tensor '{weight_name}' is {} {:?}; expected I8 [{n}, {k}]", t.dtype.name(), t.shape);
+            }
+            if scale.shape != [n, blocks] {
+                crate::bail!(Format, "tensor '{scale_name}' has shape {:?}; q8 needs [{n}, {blocks}] (one scale per {} weights of a row)", scale.shape, super::linear::Q8_BLOCK);
+            }
+            let scales = float_values(scale, &scale_name)?;
+            let q = t.data.iter().map(|&b| b as i8).collect();
+            return Ok(Linear::Q8 { q, scales, n, k });
+        };
+        let row_bytes = format.row_bytes(k);
+        if t.dtype != DType::U8 || t.shape != [n, row_bytes] {
+            crate::bail!(
+                Format,
+                "packed tensor '{weight_name}' is {} {:?}; format {} with shape ({n}, {k}) needs U8 [{n}, {row_bytes}] ({} weights per 64-byte block, rows padded)",
+                t.dtype.name(),
+                t.shape,
+                format.name(),
+                format.spec().block_weights
+            );
+        }
+        let col_name = format!("{path}.weight_col_scale");
+        let col = match self.by_name.get(col_name.as_str()) {
+            Some(c) if c.shape != [k] => crate::bail!(Format, "tensor '{col_name}' has shape {:?}; expected [{k}]", c.shape),
+            Some(c) => Some(float_values(c, &col_name)?),
+            None => None,
+        };
+        let values = float_values(scale, &scale_name)?;
+        let kind = match (scale.shape.as_slice(), group_size, col) {
+            ([] | [1], None, None) => ScaleKind::PerTensor(values[0]),
+            ([] | [1], None, Some(col)) => ScaleKind::OneBit { row: vec![values[0]; n], col },
+            ([rows], None, None) if *rows == n => ScaleKind::PerRow(values),
+            ([rows], None, Some(col)) if *rows == n => ScaleKind::OneBit { row: values, col },
+            ([rows, groups], Some(group), None) if *rows == n && *groups == k.div_ceil(group) => ScaleKind::PerGroup { group, scales: values },
+            (_, Some(group), Some(_)) => crate::bail!(Format, "module '{path}' has group_size {group} and '{col_name}'; column scales apply to per-tensor or per-row scales only"),
+            (shape, Some(group), None) => crate::bail!(
+                Format,
+                "tensor '{scale_name}' has shape {shape:?}; group_size {group} needs [{n}, {}] (rows x ceil({k} / {group}) groups)",
+                k.div_ceil(group)
+            ),
+            (shape, None, _) => crate::bail!(
+                Format,
+                "tensor '{scale_name}' has shape {shape:?}; expected [] or [1] (per tensor) or [{n}] (per row), or [{n}, groups] with group_size in quantization_config"
+            ),
+        };
+        // t2's field 3 is no ternary code (a low and a high bit both set).
+        if format == WeightFormat::Ternary2 && t.data.iter().any(|&b| b & (b >> 1) & 0x55 != 0) {
+            crate::bail!(Format, "packed tensor '{weight_name}' holds the 2-bit field 3, which is not a t2 code");
+        }
+        let in_file = |e: Error| match e {
+            Error::InvalidArgument(m) => Error::Format(format!("module '{path}': {m}")),
+            other => other,
+        };
+        let mut matrix = PackedMatrix::from_packed(format, n, k, t.data.to_vec(), kind).map_err(in_file)?;
+        let offset_name = format!("{path}.weight_row_offset");
+        if let Some(o) = self.by_name.get(offset_name.as_str()) {
+            if o.shape != [n] {
+                crate::bail!(Format, "tensor '{offset_name}' has shape {:?}; expected [{n}]", o.shape);
+            }
+            matrix = matrix.with_row_offset(float_values(o, &offset_name)?).map_err(in_file)?;
+        }
+        Ok(Linear::Packed(matrix))
+    }
+
     /// A decoder linear layer of shape (n out, k in).
     fn linear(&self, name: &str, n: usize, k: usize) -> Result<Linear> {
+        if let Some((path, module)) = self.quantized_module(name) {
+            return self.stored_linear(&path, module, n, k);
+        }
         let t = self.get(name)?;
         let bitnet = self.config.linear == LinearKind::BitNet;
         if t.dtype.is_ternary() {
@@ -76,8 +226,15 @@ impl<'t, 'a> Tensors<'t, 'a> {
                     };
                     Ok(Linear::Packed(PackedMatrix::pack(WeightFormat::Ternary2, &tt.codes, n, k, scale)?))
                 }
-                // Per-block scales that differ within a row: exact, in float.
-                Err(Error::Unsupported(_)) => Ok(Linear::Float { w: t.to_f32()?, n, k }),
+                // 256-blocks whose scales differ within a row (llama.cpp's own quantizer):
+                // one scale group per block.
+                Err(Error::Unsupported(_)) => {
+                    let tt = t.to_ternary_block_scaled()?;
+                    let scale = ScaleKind::PerGroup { group: tt.block_len, scales: tt.block_scales };
+                    PackedMatrix::pack(WeightFormat::Ternary2, &tt.codes, n, k, scale)
+                        .map(Linear::Packed)
+                        .map_err(|e| Error::Format(format!("tensor '{name}': {e}")))
+                }
                 Err(e) => Err(e),
             };
         }
@@ -100,8 +257,12 @@ impl<'t, 'a> Tensors<'t, 'a> {
         self.float_matrix(name, n, k)
     }
 
-    /// A float-valued matrix kept about as compact as in the file (see `FloatStorage`).
+    /// A float-valued matrix kept about as compact as in the file (see `FloatStorage`), or the
+    /// stored form a binllm PTQ folder lists for it (embeddings, output layer).
     fn float_matrix(&self, name: &str, n: usize, k: usize) -> Result<Linear> {
+        if let Some((path, module)) = self.quantized_module(name) {
+            return self.stored_linear(&path, module, n, k);
+        }
         let storage = match self.get(name)?.dtype {
             DType::F32 | DType::F64 => FloatStorage::F32,
             DType::F16 | DType::BF16 => FloatStorage::F16,
@@ -172,6 +333,12 @@ impl<'t, 'a> Tensors<'t, 'a> {
                 ffn_sub_norm: sub(part("mlp.ffn_sub_norm.weight", "ffn_sub_norm.weight"), c.intermediate)?,
             });
         }
+        let used = self.used.borrow();
+        let mut unused: Vec<&String> = self.quantized.keys().filter(|p| !used.contains(*p)).collect();
+        if !unused.is_empty() {
+            unused.sort();
+            crate::bail!(Format, "quantization_config lists module '{}', which is not a linear layer or embedding of this model", unused[0]);
+        }
         Ok(Model { config: c.clone(), embed, layers, norm: self.vector(norm_name, d)?, lm_head, act_quant: true })
     }
 }
@@ -219,14 +386,15 @@ impl Model {
                 }
             }
         }
-        Tensors { by_name, naming: Naming::HuggingFace, config: &config }.build()
+        let quantized = quantized_modules(config_json)?;
+        Tensors { by_name, naming: Naming::HuggingFace, config: &config, quantized, used: RefCell::default() }.build()
     }
 
     /// A model from a parsed GGUF file.
     pub fn from_gguf(file: &GgufFile<'_>) -> Result<Model> {
         let config = ModelConfig::from_gguf(file)?;
         let by_name = file.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
-        Tensors { by_name, naming: Naming::Gguf, config: &config }.build()
+        Tensors { by_name, naming: Naming::Gguf, config: &config, quantized: HashMap::new(), used: RefCell::default() }.build()
     }
 }
 
@@ -290,5 +458,134 @@ mod native {
             let m = map_file(path)?;
             Model::from_gguf(&GgufFile::parse(&m)?)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny llama (hidden 64, 2 heads of 32, 1 KV head, intermediate 96, vocab 16).
+    const CONFIG: &str = r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
+        "intermediate_size": 96, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+        "vocab_size": 16, "tie_word_embeddings": false, "quantization_config": {"quant_method": "binllm", "layers": LAYERS}}"#;
+
+    type Tensor = (String, &'static str, Vec<usize>, Vec<u8>);
+
+    fn f32s(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    fn float(name: &str, shape: &[usize], value: f32) -> Tensor {
+        (name.to_string(), "F32", shape.to_vec(), f32s(&vec![value; shape.iter().product()]))
+    }
+
+    /// Every tensor of the tiny llama in f32, except those `stored` replaces.
+    fn tensors(stored: Vec<Tensor>) -> Vec<Tensor> {
+        let p = "model.layers.0.";
+        let mut all = vec![
+            float("model.embed_tokens.weight", &[16, 64], 0.01),
+            float("lm_head.weight", &[16, 64], 0.02),
+            float("model.norm.weight", &[64], 1.0),
+            float(&format!("{p}input_layernorm.weight"), &[64], 1.0),
+            float(&format!("{p}post_attention_layernorm.weight"), &[64], 1.0),
+        ];
+        for (m, n, k) in [("self_attn.q_proj", 64, 64), ("self_attn.k_proj", 32, 64), ("self_attn.v_proj", 32, 64), ("self_attn.o_proj", 64, 64), ("mlp.gate_proj", 96, 64), ("mlp.up_proj", 96, 64), ("mlp.down_proj", 64, 96)] {
+            all.push(float(&format!("{p}{m}.weight"), &[n, k], 0.03));
+        }
+        all.retain(|t| !stored.iter().any(|s| s.0 == t.0));
+        all.extend(stored);
+        all
+    }
+
+    fn safetensors(tensors: &[Tensor]) -> Vec<u8> {
+        let mut data = Vec::new();
+        let mut header = serde_json::Map::new();
+        for (name, dtype, shape, bytes) in tensors {
+            let start = data.len();
+            data.extend_from_slice(bytes);
+            header.insert(name.clone(), serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [start, data.len()]}));
+        }
+        let header = serde_json::Value::Object(header).to_string();
+        let mut out = (header.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(&data);
+        out
+    }
+
+    fn load(layers: &str, stored: Vec<Tensor>) -> Result<Model> {
+        let bytes = safetensors(&tensors(stored));
+        let file = SafetensorsFile::parse(&bytes)?;
+        Model::from_hf(&CONFIG.replace("LAYERS", layers), &[file])
+    }
+
+    const Q: &str = "model.layers.0.self_attn.q_proj";
+    const GATE: &str = "model.layers.0.mlp.gate_proj";
+
+    /// q_proj as t2 with groups of 256 over k = 64 (one group): 64 rows of 64 bytes.
+    fn q_t2(row_bytes: usize, scales: Vec<usize>, scale_values: Vec<f32>) -> Vec<Tensor> {
+        vec![
+            (format!("{Q}.weight"), "U8", vec![64, row_bytes], vec![0b0110_0101; 64 * row_bytes]),
+            (format!("{Q}.weight_scale"), "F32", scales, f32s(&scale_values)),
+        ]
+    }
+
+    #[test]
+    fn reads_listed_modules_as_stored() {
+        let mut stored = q_t2(64, vec![64, 1], (0..64).map(|i| i as f32 * 0.1).collect());
+        stored.push((format!("{GATE}.weight"), "U8", vec![96, 64], vec![0xA5; 96 * 64]));
+        stored.push((format!("{GATE}.weight_scale"), "F32", vec![96], f32s(&[0.5; 96])));
+        stored.push((format!("{GATE}.weight_col_scale"), "F32", vec![64], f32s(&[2.0; 64])));
+        stored.push((format!("{GATE}.weight_row_offset"), "F32", vec![96], f32s(&[-0.25; 96])));
+        stored.push(("model.embed_tokens.weight".into(), "I8", vec![16, 64], vec![3u8; 16 * 64]));
+        stored.push(("model.embed_tokens.weight_scale".into(), "F32", vec![16, 2], f32s(&[0.5; 32])));
+        let layers = format!(r#"{{"{Q}": {{"format": "t2", "group_size": 256}}, "{GATE}": {{"format": "b1"}}, "model.embed_tokens": {{"format": "q8"}}}}"#);
+        let model = load(&layers, stored).unwrap();
+        let Linear::Packed(q) = &model.layers[0].q else { panic!("q_proj not packed") };
+        assert_eq!(q.scale(), &ScaleKind::PerGroup { group: 256, scales: (0..64).map(|i| i as f32 * 0.1).collect() });
+        let Linear::Packed(gate) = &model.layers[0].gate else { panic!("gate_proj not packed") };
+        assert!(matches!(gate.scale(), ScaleKind::OneBit { .. }));
+        assert_eq!(gate.row_offset(), Some(&[-0.25f32; 96][..]));
+        let mut row = Vec::new();
+        gate.decode_row_f32(0, &mut row);
+        // 0xA5 = bits 0, 2, 5, 7 set: plane 0 (weight 0) is +1, plane 1 (weight 64) is -1.
+        assert_eq!(row[0], 0.5 * 2.0 - 0.25);
+        assert_eq!(row[63], 0.5 * 2.0 - 0.25);
+        assert_eq!(gate.unpack()[..2], [1, 1]);
+        let Linear::Q8 { q, scales, .. } = &model.embed else { panic!("embeddings not q8") };
+        assert_eq!((q[0], scales.len()), (3, 32));
+        assert!(matches!(model.layers[0].k, Linear::Float { .. }));
+    }
+
+    fn rejects(layers: &str, stored: Vec<Tensor>, needle: &str) {
+        match load(layers, stored) {
+            Err(Error::Format(m)) => assert!(m.contains(needle), "'{m}' lacks '{needle}'"),
+            Err(e) => panic!("wrong error kind: {e}"),
+            Ok(_) => panic!("accepted; expected an error with '{needle}'"),
+        }
+    }
+
+    #[test]
+    fn rejects_malformed_stored_modules() {
+        let t2 = format!(r#"{{"{Q}": {{"format": "t2"}}}}"#);
+        let grouped = format!(r#"{{"{Q}": {{"format": "t2", "group_size": 256}}}}"#);
+        rejects(&t2, q_t2(63, vec![1], vec![1.0]), "needs U8 [64, 64]");
+        rejects(&t2, q_t2(64, vec![63], vec![1.0; 63]), "expected [] or [1]");
+        rejects(&t2, q_t2(64, vec![1], vec![f32::NAN]), "non-finite");
+        rejects(&t2, q_t2(64, vec![64], [vec![1.0; 63], vec![f32::INFINITY]].concat()), "non-finite");
+        rejects(&grouped, q_t2(64, vec![64, 2], vec![1.0; 128]), "group_size 256 needs [64, 1]");
+        rejects(&format!(r#"{{"{Q}": {{"format": "t2", "group_size": 100}}}}"#), q_t2(64, vec![64, 1], vec![1.0; 64]), "multiple");
+        rejects(&format!(r#"{{"{Q}": {{"format": "t3"}}}}"#), q_t2(64, vec![1], vec![1.0]), "unknown format 't3'");
+        rejects(&format!(r#"{{"{Q}": {{"format": "t2", "group_size": -1}}}}"#), q_t2(64, vec![1], vec![1.0]), "positive integer");
+        rejects(r#"{"model.layers.7.self_attn.q_proj": {"format": "t2"}}"#, vec![], "model.layers.7.self_attn.q_proj");
+        let mut field3 = q_t2(64, vec![1], vec![1.0]);
+        field3[0].3[100] = 0b0000_0011;
+        rejects(&t2, field3, "field 3");
+        let ternary_onebit = [q_t2(64, vec![64], vec![1.0; 64]), vec![(format!("{Q}.weight_col_scale"), "F32", vec![64], f32s(&[1.0; 64]))]].concat();
+        rejects(&t2, ternary_onebit, "binary format only");
+        let q8 = r#"{"lm_head": {"format": "q8"}}"#;
+        rejects(q8, vec![("lm_head.weight".into(), "I8", vec![16, 64], vec![0; 1024]), ("lm_head.weight_scale".into(), "F32", vec![16, 3], f32s(&[1.0; 48]))], "[16, 2]");
+        rejects(q8, vec![("lm_head.weight".into(), "U8", vec![16, 64], vec![0; 1024]), ("lm_head.weight_scale".into(), "F32", vec![16, 2], f32s(&[1.0; 32]))], "expected I8");
+        rejects(q8, vec![], "lm_head.weight_scale");
     }
 }

@@ -5,6 +5,8 @@
 //!   masked in place (code times 4 or 2^s) and scaled back by exact i16 shifts, and rows are
 //!   prefetched a tile ahead as in avx512.rs (hardware prefetchers follow 4 interleaved rows
 //!   poorly: from DRAM this is 1.8x faster).
+//! - Grouped GEMV (per-group scales): the same loop over one group of a tile's rows at a
+//!   time, one integer sum per group (`gemv_grouped`).
 //! - t1.6 decodes trits without multiplies (`t16_trit`): 2.2x faster than mulhi/mullo.
 //! - Otherwise `tile`: R weight rows x C activation rows, each plane decoded once per tile,
 //!   u8 x i8 products summed in i16 and widened once per half block. GEMM uses 2 x 4 (the
@@ -13,7 +15,7 @@
 
 use super::{block_weights, planes, signed_sum, B1, T16, T2};
 use crate::formats::WeightFormat;
-use crate::kernels::GemmKernel;
+use crate::kernels::{GemmKernel, GroupedGemvKernel};
 use core::arch::x86_64::*;
 
 /// Weight rows per GEMV tile.
@@ -25,6 +27,15 @@ const PREFETCH_BYTES: usize = 8192;
 /// GEMM register tile (weight rows x activation rows).
 const GEMM_ROWS: usize = 2;
 const GEMM_COLS: usize = 4;
+
+/// The grouped GEMV (`GroupedGemvKernel`) of t2 and b1; t1.6 takes the generic path.
+pub fn grouped_gemv(format: WeightFormat) -> Option<GroupedGemvKernel> {
+    match format {
+        WeightFormat::Ternary2 => Some(gemv_grouped_t2_i8_avx2),
+        WeightFormat::Binary1 => Some(gemv_grouped_b1_i8_avx2),
+        WeightFormat::Ternary1_6 => None,
+    }
+}
 
 pub fn kernel(format: WeightFormat) -> GemmKernel {
     match format {
@@ -138,12 +149,13 @@ unsafe fn masked_dots(v: __m256i, v4: __m256i, mask: i8, x_low: __m256i, x_high:
 /// 2^s. Each scale's products are summed in i16 and scaled back by an exact shift (every
 /// such sum is a multiple of its scale). i16 partial sums are widened every
 /// `GEMV_FLUSH_BLOCKS` blocks: a half block adds at most 3072 (t2) or 2048 (b1) to them.
+/// Rows are `stride` bytes apart and `len` bytes of each are read.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn gemv<const F: u8, const R: usize>(w: *const u8, row_bytes: usize, x: *const i8) -> [i32; R] {
+unsafe fn gemv<const F: u8, const R: usize>(w: *const u8, stride: usize, len: usize, x: *const i8) -> [i32; R] {
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_si256(); R];
-    let blocks = row_bytes / 64;
+    let blocks = len / 64;
     let mut b0 = 0;
     while b0 < blocks {
         let end = (b0 + GEMV_FLUSH_BLOCKS).min(blocks);
@@ -155,8 +167,8 @@ unsafe fn gemv<const F: u8, const R: usize>(w: *const u8, row_bytes: usize, x: *
                     xs[p] = _mm256_loadu_si256(x.add(b * block_weights(F) + 64 * p + 32 * h) as *const _);
                 }
                 for r in 0..R {
-                    let offset = r * row_bytes + b * 64 + 32 * h;
-                    prefetch(w, R * row_bytes, offset);
+                    let offset = r * stride + b * 64 + 32 * h;
+                    prefetch(w, R * stride, offset);
                     let v = _mm256_loadu_si256(w.add(offset) as *const _);
                     let v4 = _mm256_srli_epi16::<4>(v);
                     let sum = if F == T2 {
@@ -201,14 +213,14 @@ unsafe fn gemm<const F: u8>(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8],
     let mut r = 0;
     if m == 1 && F != T16 {
         while r + GEMV_ROWS <= n_rows {
-            let sums = gemv::<F, GEMV_ROWS>(w.as_ptr().add(r * row_bytes), row_bytes, x.as_ptr());
+            let sums = gemv::<F, GEMV_ROWS>(w.as_ptr().add(r * row_bytes), row_bytes, row_bytes, x.as_ptr());
             for (j, s) in sums.into_iter().enumerate() {
                 out[r + j] = signed_sum(F, s, x_sums[0]);
             }
             r += GEMV_ROWS;
         }
         while r < n_rows {
-            let [s] = gemv::<F, 1>(w.as_ptr().add(r * row_bytes), row_bytes, x.as_ptr());
+            let [s] = gemv::<F, 1>(w.as_ptr().add(r * row_bytes), row_bytes, row_bytes, x.as_ptr());
             out[r] = signed_sum(F, s, x_sums[0]);
             r += 1;
         }
@@ -262,4 +274,36 @@ pub unsafe fn gemm_t16_i8_avx2(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i
 }
 pub unsafe fn gemm_b1_i8_avx2(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32]) {
     gemm::<B1>(w, n_rows, row_bytes, x, x_sums, m, kp, out)
+}
+
+/// t2 / b1 grouped GEMV (`GroupedGemvKernel`): each tile of rows walks its groups in turn.
+#[target_feature(enable = "avx2")]
+unsafe fn gemv_grouped<const F: u8>(w: &[u8], n_rows: usize, row_bytes: usize, group_bytes: usize, x: &[i8], group_sums: &[i32], out: &mut [i32]) {
+    let groups = row_bytes.div_ceil(group_bytes);
+    let group_weights = group_bytes / 64 * block_weights(F);
+    let mut r = 0;
+    while r < n_rows {
+        let wp = w.as_ptr().add(r * row_bytes);
+        let full = r + GEMV_ROWS <= n_rows;
+        for g in 0..groups {
+            let (start, len) = (g * group_bytes, group_bytes.min(row_bytes - g * group_bytes));
+            let xg = x.as_ptr().add(g * group_weights);
+            if full {
+                let sums = gemv::<F, GEMV_ROWS>(wp.add(start), row_bytes, len, xg);
+                for (j, s) in sums.into_iter().enumerate() {
+                    out[(r + j) * groups + g] = signed_sum(F, s, group_sums[g]);
+                }
+            } else {
+                let [s] = gemv::<F, 1>(wp.add(start), row_bytes, len, xg);
+                out[r * groups + g] = signed_sum(F, s, group_sums[g]);
+            }
+        }
+        r += if full { GEMV_ROWS } else { 1 };
+    }
+}
+pub unsafe fn gemv_grouped_t2_i8_avx2(w: &[u8], n_rows: usize, row_bytes: usize, group_bytes: usize, x: &[i8], group_sums: &[i32], out: &mut [i32]) {
+    gemv_grouped::<T2>(w, n_rows, row_bytes, group_bytes, x, group_sums, out)
+}
+pub unsafe fn gemv_grouped_b1_i8_avx2(w: &[u8], n_rows: usize, row_bytes: usize, group_bytes: usize, x: &[i8], group_sums: &[i32], out: &mut [i32]) {
+    gemv_grouped::<B1>(w, n_rows, row_bytes, group_bytes, x, group_sums, out)
 }

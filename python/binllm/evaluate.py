@@ -1,0 +1,269 @@
+"""What a model costs and what it gives: perplexity, true bits per weight, file size, resident
+memory, and prompt/decode speed (``binllm eval``), and a side-by-side report for several
+models (``binllm compare``: markdown, CSV and a PNG plot).
+
+Perplexity uses the usual protocol: the text is tokenized once and cut into non-overlapping
+windows of ``ctx`` tokens; inside each window every token after the first is predicted from the
+ones before it; perplexity = exp(mean negative log-likelihood over all predicted tokens).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+Progress = Callable[[str], None]
+
+
+def _log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Sum of -log p(target) over rows, computed in float64."""
+    x = logits.astype(np.float64)
+    m = x.max(axis=1, keepdims=True)
+    lse = m[:, 0] + np.log(np.exp(x - m).sum(axis=1))
+    return float((lse - x[np.arange(len(targets)), targets]).sum())
+
+
+def perplexity(model, text: str, ctx: int = 512, max_tokens: Optional[int] = None, progress: Optional[Progress] = None) -> dict[str, Any]:
+    """Perplexity of `model` (a binllm.Model) on `text`, non-overlapping windows of `ctx`."""
+    if ctx < 2:
+        raise ValueError("ctx must be at least 2")
+    limit = int(model.config["max_position_embeddings"])
+    if ctx > limit:
+        raise ValueError(f"ctx {ctx} exceeds the model's context of {limit}")
+    ids = model.encode(text)
+    if max_tokens is not None:
+        if max_tokens < 2:
+            raise ValueError("max_tokens must be at least 2")
+        ids = ids[:max_tokens]
+    if len(ids) < 2:
+        raise ValueError("the text has fewer than 2 tokens")
+    windows = [ids[i : i + ctx] for i in range(0, len(ids), ctx)]
+    windows = [w for w in windows if len(w) >= 2]
+    nll, count = 0.0, 0
+    start = time.perf_counter()
+    for n, w in enumerate(windows, 1):
+        logits = model.logits(w)
+        nll += _log_softmax_nll(logits[:-1], np.asarray(w[1:]))
+        count += len(w) - 1
+        if progress:
+            progress(f"perplexity {n}/{len(windows)} windows, running ppl {math.exp(nll / count):.2f} ({time.perf_counter() - start:.0f} s)")
+    return {"perplexity": math.exp(nll / count), "tokens": count, "windows": len(windows), "ctx": ctx}
+
+
+def _rss_bytes() -> Optional[int]:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _files_bytes(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.iterdir() if f.is_file() and (f.suffix in (".safetensors", ".json")))
+    return path.stat().st_size
+
+
+def linear_bits(model) -> dict[str, Any]:
+    """True bits per weight of the decoder linears (codes, scales, offsets counted) and of the
+    whole model, from the loaded tensors."""
+    info = model.info()
+    lin_bits = lin_params = all_bits = all_params = 0.0
+    for t in info["tensors"]:
+        bits = t["bytes"] * 8
+        all_bits += bits
+        all_params += t["parameters"]
+        if t["kind"] not in ("embedding", "output", "norm"):
+            lin_bits += bits
+            lin_params += t["parameters"]
+    return {
+        "linear_bits_per_weight": lin_bits / lin_params if lin_params else None,
+        "model_bits_per_weight": all_bits / all_params if all_params else None,
+        "storage": sorted({t["storage"] for t in info["tensors"] if t["kind"] not in ("embedding", "output", "norm")}),
+    }
+
+
+def evaluate(
+    path: str | os.PathLike,
+    text: str,
+    ctx: int = 512,
+    max_tokens: Optional[int] = None,
+    bench: bool = True,
+    threads: Optional[int] = None,
+    prompt_tokens: int = 128,
+    decode_tokens: int = 64,
+    progress: Optional[Progress] = None,
+) -> dict[str, Any]:
+    """Perplexity on `text`, bits per weight, file size, resident memory and tokens/s of the
+    model at `path`."""
+    from binllm.bench import bench_model
+    from binllm.model import Model
+
+    say = progress or (lambda _m: None)
+    before = _rss_bytes()
+    start = time.perf_counter()
+    model = Model.from_pretrained(path, threads=threads)
+    load_s = time.perf_counter() - start
+    after = _rss_bytes()
+    p = Path(model.source)
+    quant = {}
+    cfg_file = p / "config.json" if p.is_dir() else None
+    if cfg_file is not None and cfg_file.is_file():
+        qc = json.loads(cfg_file.read_text(encoding="utf-8")).get("quantization_config") or {}
+        quant = {"method": qc.get("method") or qc.get("quant_method"), "stated_bits_per_weight": qc.get("bits_per_weight")}
+    result: dict[str, Any] = {
+        "model": str(path),
+        **quant,
+        **linear_bits(model),
+        "parameters": model.info()["parameters"],
+        "weight_bytes": model.info()["bytes"],
+        "file_bytes": _files_bytes(p),
+        "resident_bytes": (after - before) if before is not None and after is not None else None,
+        "load_s": load_s,
+    }
+    result.update(perplexity(model, text, ctx=ctx, max_tokens=max_tokens, progress=say))
+    if bench:
+        say("speed")
+        speed = bench_model(model, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens, repeats=3)
+        result.update({k: speed[k] for k in ("prompt_tok_s", "decode_tok_s", "threads", "backend")})
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# compare
+
+COLUMNS = (
+    ("label", "model"),
+    ("method", "method"),
+    ("linear_bits_per_weight", "bits/weight (linears)"),
+    ("storage", "runs as"),
+    ("perplexity", "perplexity"),
+    ("ppl_ratio", "x float"),
+    ("file_bytes", "file MiB"),
+    ("resident_bytes", "resident MiB"),
+    ("decode_tok_s", "decode tok/s"),
+    ("prompt_tok_s", "prompt tok/s"),
+)
+
+
+def _fmt(key: str, v: Any) -> str:
+    if v is None:
+        return "-"
+    if key in ("file_bytes", "resident_bytes"):
+        return f"{v / 2**20:.1f}"
+    if key == "storage":
+        return "+".join(v) if isinstance(v, list) else str(v)
+    if key == "perplexity":
+        return f"{v:.2f}" if v < 1e4 else f"{v:.3g}"
+    if key == "ppl_ratio":
+        return f"{v:.2f}" if v < 1e3 else f"{v:.3g}"
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    return str(v)
+
+
+def compare(
+    models: Sequence[str],
+    text_file: str | os.PathLike,
+    out: str | os.PathLike,
+    ctx: int = 512,
+    max_tokens: Optional[int] = None,
+    labels: Optional[Sequence[str]] = None,
+    baseline: int = 0,
+    threads: Optional[int] = None,
+    plot: bool = True,
+    progress: Optional[Progress] = None,
+) -> list[dict[str, Any]]:
+    """Evaluates each model in its own process (so resident memory is its own) and writes
+    report.md, report.csv and report.png into `out`. `baseline` indexes the model the
+    perplexity ratios are taken against (the float model)."""
+    if not models:
+        raise ValueError("no models to compare")
+    if labels is not None and len(labels) != len(models):
+        raise ValueError("give one label per model")
+    if not 0 <= baseline < len(models):
+        raise ValueError(f"baseline must index one of the {len(models)} models")
+    say = progress or (lambda _m: None)
+    rows = []
+    for i, m in enumerate(models):
+        say(f"evaluating {i + 1}/{len(models)}: {m}")
+        cmd = [sys.executable, "-m", "binllm.cli", "eval", str(m), "--text", str(text_file), "--ctx", str(ctx), "--json"]
+        if max_tokens is not None:
+            cmd += ["--max-tokens", str(max_tokens)]
+        if threads is not None:
+            cmd += ["--threads", str(threads)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            msg = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit code {proc.returncode}"
+            raise RuntimeError(f"evaluating {m} failed: {msg}")
+        row = json.loads(proc.stdout)
+        row["label"] = labels[i] if labels else Path(m).name
+        rows.append(row)
+    base = rows[baseline]["perplexity"]
+    for r in rows:
+        r["ppl_ratio"] = r["perplexity"] / base
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_markdown(rows, out / "report.md", text_name=Path(text_file).name, ctx=ctx)
+    with open(out / "report.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow([k for k, _ in COLUMNS] + ["model_bits_per_weight", "tokens", "threads", "backend"])
+        for r in rows:
+            w.writerow([("+".join(r[k]) if isinstance(r.get(k), list) else r.get(k)) for k, _ in COLUMNS] + [r.get("model_bits_per_weight"), r.get("tokens"), r.get("threads"), r.get("backend")])
+    if plot:
+        write_plot(rows, out / "report.png")
+    return rows
+
+
+def write_markdown(rows: list[dict[str, Any]], path: Path, text_name: str, ctx: int) -> None:
+    lines = [
+        f"Perplexity on {text_name} (non-overlapping windows of {ctx} tokens, {rows[0].get('tokens')} predicted tokens); "
+        f"decode/prompt tokens/s on {rows[0].get('threads')} thread(s), backend {rows[0].get('backend')}.",
+        "",
+        "| " + " | ".join(h for _, h in COLUMNS) + " |",
+        "|" + "|".join("---" for _ in COLUMNS) + "|",
+    ]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(k, r.get(k)) for k, _ in COLUMNS) + " |")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_plot(rows: list[dict[str, Any]], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError("the plot needs matplotlib: pip install 'binllm[report]' (or pass --no-plot)") from e
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for r in rows:
+        a.scatter(r["linear_bits_per_weight"], r["perplexity"], s=40)
+        a.annotate(r["label"], (r["linear_bits_per_weight"], r["perplexity"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    a.set_xlabel("bits per weight (decoder linears, everything counted)")
+    a.set_ylabel("perplexity (log scale)")
+    a.set_yscale("log")
+    a.grid(True, alpha=0.3)
+    a.set_title("quality against size")
+    labels = [r["label"] for r in rows]
+    speeds = [r.get("decode_tok_s") or 0.0 for r in rows]
+    b.barh(labels, speeds, color="tab:green")
+    b.invert_yaxis()
+    b.set_xlabel("decode tokens/s")
+    b.set_title(f"speed ({rows[0].get('threads')} thread(s))")
+    b.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
