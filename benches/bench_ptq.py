@@ -12,6 +12,8 @@ PTQ results table.
   all of them in one run (perplexity over non-overlapping 512-token windows of the first
   `--eval-tokens` tokens of Hamlet, bits per weight, size, resident memory, tokens/s) and
   writes report.md / report.csv / report.png into --out.
+- GPTQ-style methods (gptq-ternary, billm, arb) calibrate sequentially: block l's Hessians come
+  from the model whose blocks before l are already quantized.
 """
 
 from __future__ import annotations
@@ -36,13 +38,13 @@ CALIB_PLAYS = (
     "merry_wives_of_windsor",
 )
 
-# (label, method, options)
+# (label, method, options). Methods that use Hessians calibrate block by block (sequential).
 RUNS = (
     ("absmean", "absmean", {}),
     ("absmean-g256", "absmean", {"group_size": 256}),
-    ("gptq-ternary", "gptq-ternary", {}),
+    ("absmean-g256-mse", "absmean", {"group_size": 256, "scale": "mse"}),
     ("gptq-ternary-g256", "gptq-ternary", {"group_size": 256}),
-    ("gptq-ternary-g256-keep", "gptq-ternary", {"group_size": 256, "keep": ["first,last"]}),
+    ("gptq-ternary-g256-mse", "gptq-ternary", {"group_size": 256, "scale": "mse"}),
     ("sign", "sign", {}),
     ("onebit", "onebit", {}),
     ("arb", "arb", {}),
@@ -74,8 +76,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=ROOT / "target" / "ptq")
     p.add_argument("--methods", default=None, help="comma-separated labels from RUNS (default all)")
-    p.add_argument("--eval-tokens", type=int, default=8192)
-    p.add_argument("--calib-tokens", type=int, default=16384)
+    p.add_argument("--eval-tokens", type=int, default=4096)
+    p.add_argument("--calib-tokens", type=int, default=4096, help="calibration tokens (default 4096: sequential calibration runs blocks 0..l for each block l)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     smollm2 = find_smollm2()

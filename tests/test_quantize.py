@@ -22,7 +22,7 @@ import binllm
 from binllm.model import Model
 from binllm.quantize import parse_keep, q8_blocks, q8_dequant, quantize_model
 from binllm.quantize.calib import hessians
-from binllm.quantize.source import read_source
+from binllm.quantize.source import LINEARS, read_source
 
 SHAPE = dict(hidden=320, heads=5, kv_heads=1, intermediate=768, layers=2, vocab=1000)
 
@@ -60,6 +60,7 @@ IDS = [5, 17, 400, 3, 999, 250, 42, 7, 77, 600, 123, 2]
         ("absmean", 256, False),
         ("gptq-ternary", 256, True),
         ("sign", None, False),
+        ("sign", 512, False),
         ("onebit", None, False),
         ("arb", None, False),
         ("arb", None, True),
@@ -235,3 +236,26 @@ def test_ternary_gguf_runs_in_binllm_and_llama_cpp(tmp_path, calib_file):
     ours = Model.from_pretrained(tmp_path / "q.gguf").logits(IDS)
     assert np.abs(theirs - ours).max() < 2e-2 * np.abs(ours).max()
     assert (theirs.argmax(-1) == ours.argmax(-1)).mean() >= 0.9
+
+
+def test_sequential_calibration_sees_the_quantized_blocks_before(tmp_path, float_model):
+    """Block 1's Hessian, block by block, equals the one-pass Hessian of a float model whose
+    block 0 holds block 0's quantized weights; block 0's equals the float model's."""
+    from binllm.quantize.calib import SequentialCalibration
+
+    src = read_source(float_model)
+    tokens = (IDS * 8)[:90]
+    seq = SequentialCalibration(src, tokens, ctx=32, workdir=tmp_path / "work")
+    h0 = seq.hessians(0)
+    want0 = hessians(Model.from_pretrained(float_model), tokens, ctx=32)
+    # The embeddings are stored as float16 for calibration.
+    np.testing.assert_allclose(h0[(0, "attn_in")], want0[(0, "attn_in")], rtol=2e-3, atol=2e-3 * np.abs(want0[(0, "attn_in")]).max())
+    block0 = {f"model.layers.0.{n}.weight": np.sign(src.tensors[f"model.layers.0.{n}.weight"]) * 0.02 for n, _ in LINEARS}
+    seq.done(0, block0)
+    h1 = seq.hessians(1)
+    assert set(h1) == {(1, "attn_in"), (1, "o_in"), (1, "ffn_in"), (1, "down_in")}
+    twin = Model.from_pretrained(float_twin(float_model, block0, tmp_path / "twin"))
+    want1 = hessians(twin, tokens, ctx=32)
+    for site in ("attn_in", "o_in", "ffn_in", "down_in"):
+        np.testing.assert_allclose(h1[(1, site)], want1[(1, site)], rtol=5e-3, atol=5e-3 * np.abs(want1[(1, site)]).max(), err_msg=site)
+    assert not np.allclose(h1[(1, "attn_in")], want0[(1, "attn_in")], rtol=0.05)

@@ -501,3 +501,62 @@ def test_bad_arguments_raise_value_error(call, message):
     H = calibration_hessian(300, 26, samples=400)
     with pytest.raises(ValueError, match=message):
         call(W, H)
+
+
+# ---------------------------------------------------------------------------------------------
+# the "mse" ternary scale rule
+
+
+def ref_mse_scale(values):
+    """The float16 scale c * mean|v| (c = 0.50, 0.55, ..., 2.50) with the least squared error
+    of the ternary approximation; the first (smallest c) wins ties."""
+    base = sum(abs(float(v)) for v in values) / len(values)
+    best, best_err = fp16(base * 0.5), math.inf
+    for i in range(41):
+        s = fp16((0.5 + 0.05 * i) * base)
+        err = sum((float(v) - (0.0 if s == 0 else max(-1.0, min(1.0, round(float(v) / s)))) * s) ** 2 for v in values)
+        if err < best_err:
+            best, best_err = s, err
+    return best
+
+
+@pytest.mark.parametrize("group_size", [None, -1, 256])
+def test_absmean_mse_scale_matches_reference(group_size):
+    W = weights((5, 513), 31)
+    q = M.quantize(W, "absmean", group_size=group_size, scale="mse")
+    n, k = W.shape
+    if group_size is None:
+        want = np.full((n, k), ref_mse_scale(W.ravel()))
+    else:
+        want = np.zeros((n, k))
+        for i in range(n):
+            for s, e in groups_of(k, group_size):
+                want[i, s:e] = ref_mse_scale(W[i, s:e])
+    ratio = np.divide(W, want, out=np.zeros_like(want), where=want > 0)
+    np.testing.assert_array_equal(q.w_hat, (np.clip(np.rint(ratio), -1, 1) * want).astype(np.float32))
+    plain = M.quantize(W, "absmean", group_size=group_size)
+    assert np.sum((W - q.w_hat) ** 2) < np.sum((W - plain.w_hat) ** 2)
+
+
+def test_gptq_ternary_mse_scale_matches_reference_and_lowers_error():
+    W = weights((6, 600), 32)
+    H = calibration_hessian(600, 33)
+    q = M.quantize(W, "gptq-ternary", H=H, group_size=256, scale="mse")
+    scale = {}
+
+    def quantize_column(j, current):
+        if j % 256 == 0:
+            scale["now"] = np.array([ref_mse_scale(current[i, j : j + 256]) for i in range(W.shape[0])])
+        s = scale["now"]
+        return np.array([0.0 if s[i] == 0 else max(-1.0, min(1.0, np.rint(current[i, j] / s[i]))) * s[i] for i in range(W.shape[0])])
+
+    np.testing.assert_allclose(q.w_hat, ref_gptq(W, H, quantize_column), rtol=0, atol=1e-6 * np.abs(W).max())
+    plain = M.quantize(W, "gptq-ternary", H=H, group_size=256)
+    assert M.layer_error(W, q.w_hat, H) < M.layer_error(W, plain.w_hat, H)
+
+
+def test_bad_scale_rule():
+    with pytest.raises(ValueError, match="scale must be one of"):
+        M.quantize(weights((2, 8), 1), "absmean", scale="best")
+    with pytest.raises(ValueError, match="no option"):
+        M.quantize(weights((2, 8), 1), "sign", scale="mse")

@@ -168,6 +168,8 @@ def cmd_quantize(ns) -> int:
             keep=ns.keep or (),
             gguf=ns.gguf,
             progress=say,
+            sequential=not ns.one_pass,
+            scale=ns.scale,
         )
     finally:
         done()
@@ -283,9 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("dst", help="output folder (must not exist)")
     q.add_argument("--method", "-m", required=True, choices=["absmean", "sign", "onebit", "billm", "arb", "gptq-ternary"])
     q.add_argument("--group-size", type=int, default=None, help="columns per scale group (ternary: a multiple of 256; -1 = per row; default per tensor/row as the method defines)")
-    q.add_argument("--calib", default=None, help="calibration text file (needed by billm and gptq-ternary; arb uses it when given)")
+    q.add_argument("--calib", default=None, help="calibration text file (needed by billm and gptq-ternary; arb uses it when given; the others ignore it)")
     q.add_argument("--calib-tokens", type=int, default=16384, help="calibration tokens (default 16384)")
     q.add_argument("--ctx", type=int, default=512, help="calibration window in tokens (default 512)")
+    q.add_argument("--scale", default=None, choices=["absmean", "mse"], help="ternary scale rule: BitNet's mean|W| (default) or the error-minimizing multiple of it")
+    q.add_argument("--one-pass", action="store_true", help="take every block's Hessian from the float model (faster) instead of block by block after the blocks before it are quantized")
     q.add_argument("--keep", action="append", default=None, help="keep at 8 bits: embed, output, first, last, block numbers (comma-separated, repeatable)")
     q.add_argument("--gguf", default=None, help="also write a GGUF TQ2_0 file (ternary methods) that llama.cpp runs")
     q.add_argument("--quiet", action="store_true")

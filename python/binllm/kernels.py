@@ -137,22 +137,34 @@ def pack_binary(
     row_scale: Scale,
     col_scale: np.ndarray | None = None,
     row_offset: np.ndarray | None = None,
+    *,
+    group_size: int | None = None,
 ) -> PackedMatrix:
     """Packs binary codes ``w`` (int8 {-1, 1}, shape (N, K)).
 
     The weight is ``diag(row_scale) @ w`` or, with ``col_scale`` (float32, K values), OneBit's
     ``diag(row_scale) @ w @ diag(col_scale)``; ``row_offset`` (float32, N) adds
     ``row_offset[n]`` to every weight of row n (ARB-LLM's ``mu + alpha * beta * B``).
+    With ``group_size`` G (a multiple of 512, the ``b1`` block), ``row_scale`` is a float32
+    array (N, ceil(K / G)): one scale per row and group (no ``col_scale`` then).
     """
     w = _int8_matrix(w, "-1, 1")
-    rs = _scale(row_scale, w.shape[0], "row_scale")
+    groups = None
+    if group_size is not None:
+        if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)) or group_size <= 0:
+            raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+        if col_scale is not None:
+            raise ValueError("col_scale and group_size cannot be combined")
+        group_size = int(group_size)
+        groups = -(-w.shape[1] // group_size)
+    rs = _scale(row_scale, w.shape[0], "row_scale", groups)
     if col_scale is not None:
         if not isinstance(col_scale, np.ndarray) or col_scale.dtype != np.float32:
             raise TypeError("col_scale must be a float32 numpy array")
         if col_scale.shape != (w.shape[1],):
             raise ValueError(f"col_scale must have shape ({w.shape[1]},), got {col_scale.shape}")
         col_scale = np.ascontiguousarray(col_scale)
-    return _core.pack_binary(w, rs, col_scale, _row_offset(row_offset, w.shape[0]))
+    return _core.pack_binary(w, rs, col_scale, _row_offset(row_offset, w.shape[0]), group_size)
 
 
 def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -35,6 +35,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 Q8_BLOCK = 32
 NEEDS_CALIBRATION = ("billm", "gptq-ternary")
+USES_HESSIAN = ("billm", "gptq-ternary", "arb")
 # Default calibration size: 32 windows of 512 tokens.
 CALIB_TOKENS = 16384
 # The last calibration's Hessians, reused when the same model, text and sizes come again (a
@@ -112,11 +113,16 @@ def quantize_model(
     gguf: Optional[PathLike] = None,
     progress: Optional[Progress] = None,
     weights_out: Optional[dict[str, np.ndarray]] = None,
+    sequential: bool = True,
+    scale: Optional[str] = None,
 ) -> dict[str, Any]:
     """Quantizes the float model at `src` (HF folder or GGUF) with `method` into the folder
     `dst` (and, for ternary methods, the GGUF file `gguf`). Returns a report dict.
     `weights_out`, when given, receives each decoder linear's dequantized weights (HF name ->
-    float32 array), the matrices the written model represents."""
+    float32 array), the matrices the written model represents. With calibration, methods that
+    use Hessians take block l's from the model with blocks 0..l-1 already quantized
+    (`sequential`, GPTQ's protocol), or all from the float model in one pass. `scale` picks the
+    ternary methods' scale rule ("absmean", the default, or "mse"; see methods.SCALE_RULES)."""
     methods = _methods()
     if method not in methods.METHODS:
         raise ValueError(f"unknown method '{method}'; choose one of {', '.join(methods.METHODS)}")
@@ -124,6 +130,13 @@ def quantize_model(
         raise ValueError(f"method '{method}' compensates errors with calibration activations: pass --calib FILE")
     if calib_tokens < 2:
         raise ValueError("calib_tokens must be at least 2")
+    opts: dict[str, Any] = {}
+    if scale is not None:
+        if "scale" not in methods.OPTIONS[method]:
+            raise ValueError(f"--scale applies to the ternary methods (absmean, gptq-ternary), not '{method}'")
+        if scale not in methods.SCALE_RULES:
+            raise ValueError(f"--scale must be one of {', '.join(methods.SCALE_RULES)}, got '{scale}'")
+        opts["scale"] = scale
     say = progress or (lambda _m: None)
     dst = Path(dst)
     _check_dst(dst)
@@ -134,57 +147,84 @@ def quantize_model(
     source = read_source(src)
     kept_blocks, keep_embed, keep_output = parse_keep(keep, source.layers)
 
+    # Only the methods that use Hessians read calibration text; the others ignore --calib.
+    calibrate = calib is not None and method in USES_HESSIAN
+    sequential = sequential and calibrate
     hess: dict = {}
     calib_info: dict[str, Any] = {}
-    if calib is not None:
+    seq = None
+    workdir = None
+    if calibrate:
         from binllm.model import Model
 
         cp = Path(calib)
         key = (str(source.path.resolve()), str(cp.resolve()), cp.stat().st_mtime_ns if cp.exists() else 0, calib_tokens, ctx)
-        if key in _HESSIANS:
-            hess, calib_info = _HESSIANS[key]
+        say(f"loading {source.path.name} for calibration")
+        float_model = Model.from_pretrained(source.path)
+        tokens = calibration_tokens(float_model, read_text(calib), calib_tokens)
+        calib_info = {"file": cp.name, "tokens": len(tokens), "ctx": ctx, "sequential": sequential}
+        if sequential:
+            import tempfile
+
+            from binllm.quantize.calib import SequentialCalibration
+
+            workdir = tempfile.mkdtemp(prefix="binllm-calib-")
+            seq = SequentialCalibration(source, tokens, ctx, Path(workdir))
+        elif key in _HESSIANS:
+            hess = _HESSIANS[key]
         else:
-            say(f"loading {source.path.name} for calibration")
-            float_model = Model.from_pretrained(source.path)
-            tokens = calibration_tokens(float_model, read_text(calib), calib_tokens)
             hess = hessians(float_model, tokens, ctx=ctx, progress=say)
-            calib_info = {"file": cp.name, "tokens": len(tokens), "ctx": ctx}
-            del float_model
             _HESSIANS.clear()  # keep one set: they are large (hidden^2 per site and layer)
-            _HESSIANS[key] = (hess, calib_info)
+            _HESSIANS[key] = hess
+        del float_model
 
     results: dict[str, Any] = {}
     entries: dict[str, dict[str, Any]] = {}
     errors = []
     names = source.linear_names()
     q_bits = q_params = 0.0
-    for n_done, (name, site, layer) in enumerate(names, 1):
-        w = source.tensors[f"{name}.weight"].astype(np.float32)
-        h = hess.get((layer, site))
-        if layer in kept_blocks:
-            results[name] = ("q8", q8_blocks(w))
+    try:
+        for layer in range(source.layers):
+            if seq is not None:
+                hess = seq.hessians(layer, progress=say)
+            done: dict[str, np.ndarray] = {}
+            for name, site, at in names:
+                if at != layer:
+                    continue
+                w = source.tensors[f"{name}.weight"].astype(np.float32)
+                h = hess.get((layer, site))
+                if layer in kept_blocks:
+                    results[name] = ("q8", q8_blocks(w))
+                    w_hat = q8_dequant(*results[name][1])
+                    entries[name] = {"format": "q8"}
+                    q_bits += w.size * (8 + 32 / Q8_BLOCK)
+                else:
+                    q = methods.quantize(w, method, H=h, group_size=group_size, **opts)
+                    results[name] = ("q", q)
+                    w_hat = q.w_hat.astype(np.float16).astype(np.float32) if q.format == "dense" else q.w_hat
+                    entries[name] = {"format": q.format, **({"group_size": q.group_size} if q.group_size else {})}
+                    q_bits += w.size * q.bits_per_weight
+                    if h is not None:
+                        w64 = w.astype(np.float64)
+                        base = float(((w64 @ h) * w64).sum())
+                        errors.append(methods.layer_error(w, q.w_hat, h) / max(base, 1e-30))
+                done[f"{name}.weight"] = w_hat
+                q_params += w.size
+                say(f"quantize {method}: block {layer + 1}/{source.layers} ({name})")
             if weights_out is not None:
-                weights_out[f"{name}.weight"] = q8_dequant(*results[name][1])
-            entries[name] = {"format": "q8"}
-            q_bits += w.size * (8 + 32 / Q8_BLOCK)
-        else:
-            q = methods.quantize(w, method, H=h, group_size=group_size)
-            results[name] = ("q", q)
-            if weights_out is not None:
-                weights_out[f"{name}.weight"] = q.w_hat.astype(np.float16).astype(np.float32) if q.format == "dense" else q.w_hat
-            entries[name] = {"format": q.format, **({"group_size": q.group_size} if q.group_size else {})}
-            q_bits += w.size * q.bits_per_weight
-            if h is not None:
-                base = float(np.einsum("ij,jk,ik->", w.astype(np.float64), h, w.astype(np.float64)))
-                errors.append(methods.layer_error(w, q.w_hat, h) / max(base, 1e-30))
-        q_params += w.size
-        say(f"quantize {method}: {n_done}/{len(names)} linears ({name})")
+                weights_out.update(done)
+            if seq is not None:
+                seq.done(layer, done)
+    finally:
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
     say("writing")
 
     qc = {
         "quant_method": "binllm",
         "method": method,
         "group_size": group_size,
+        **({"scale": scale} if scale else {}),
         "bits_per_weight": q_bits / q_params,
         "keep": sorted(str(b) for b in kept_blocks) + (["embed"] if keep_embed else []) + (["output"] if keep_output else []),
         "calibration": calib_info or None,
@@ -239,16 +279,18 @@ def _write_folder(dst: Path, source: Source, results: dict, qc: dict, keep_embed
         if qz.format == "t2":
             packed = kernels.pack_ternary(qz.codes, qz.scale if qz.scale.ndim else float(qz.scale), group_size=qz.group_size, row_offset=qz.row_offset)
         elif qz.format == "b1":
-            packed = kernels.pack_binary(qz.codes, qz.scale, col_scale=qz.col_scale, row_offset=qz.row_offset)
+            packed = kernels.pack_binary(qz.codes, qz.scale if qz.scale.ndim else float(qz.scale), col_scale=qz.col_scale, row_offset=qz.row_offset, group_size=qz.group_size)
         else:
             raise ValueError(f"{name}: unknown format '{qz.format}'")
         tensors[f"{name}.weight"] = np.ascontiguousarray(packed.data)
-        scale = np.asarray(qz.scale, np.float32)
+        # The methods round scales and offsets to float16 before computing w_hat: stored as
+        # float16 they are exact.
+        scale = np.asarray(qz.scale, np.float16)
         tensors[f"{name}.weight_scale"] = scale.reshape(1) if scale.ndim == 0 else scale
         if qz.col_scale is not None:
-            tensors[f"{name}.weight_col_scale"] = np.asarray(qz.col_scale, np.float32)
+            tensors[f"{name}.weight_col_scale"] = np.asarray(qz.col_scale, np.float16)
         if qz.row_offset is not None:
-            tensors[f"{name}.weight_row_offset"] = np.asarray(qz.row_offset, np.float32)
+            tensors[f"{name}.weight_row_offset"] = np.asarray(qz.row_offset, np.float16)
 
     tmp = dst.parent / f".{dst.name}.tmp-{secrets.token_hex(4)}"
     tmp.mkdir(parents=True)

@@ -36,15 +36,20 @@ FP16_MAX = float(np.finfo(np.float16).max)
 
 # Options each method accepts beyond (W, H, group_size), with defaults.
 OPTIONS: dict[str, dict[str, object]] = {
-    "absmean": {},
+    "absmean": {"scale": "absmean"},
     "sign": {},
     "onebit": {},
     "billm": {"compensate": True, "max_salient": 30, "damp": DAMP},
     "arb": {"iterations": 15, "compensate": True, "refit_rounds": 2, "damp": DAMP},
-    "gptq-ternary": {"damp": DAMP, "block_size": GPTQ_BLOCK},
+    "gptq-ternary": {"damp": DAMP, "block_size": GPTQ_BLOCK, "scale": "absmean"},
 }
 NEEDS_HESSIAN = ("billm", "gptq-ternary")
 GROUPED = ("absmean", "sign", "gptq-ternary")
+# Ternary scale rules: BitNet b1.58's mean|W|, or the multiple of it (MSE_FACTORS) that
+# minimizes the squared error of s * clip(round(W / s), -1, 1) over the scale's weights
+# (GPTQ's grid search of the quantization range, applied to the ternary grid).
+SCALE_RULES = ("absmean", "mse")
+MSE_FACTORS = np.linspace(0.5, 2.5, 41)
 
 
 @dataclass
@@ -117,8 +122,11 @@ def quantize(W: np.ndarray, method: str, H: Optional[np.ndarray] = None, group_s
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
                 raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
+    if "scale" in options and options["scale"] not in SCALE_RULES:
+        raise ValueError(f"scale must be one of {', '.join(SCALE_RULES)}, got {options['scale']!r}")
+
     if method == "absmean":
-        return _absmean(W, group_size)
+        return _absmean(W, group_size, options["scale"])
     if method == "sign":
         return _sign_binarize(W, group_size)
     if method == "onebit":
@@ -127,7 +135,7 @@ def quantize(W: np.ndarray, method: str, H: Optional[np.ndarray] = None, group_s
         return _billm(W, H, int(options["max_salient"]), bool(options["compensate"]), float(options["damp"]))
     if method == "arb":
         return _arb(W, H if options["compensate"] else None, int(options["iterations"]), int(options["refit_rounds"]), float(options["damp"]))
-    return _gptq_ternary(W, H, group_size, float(options["damp"]), int(options["block_size"]))
+    return _gptq_ternary(W, H, group_size, float(options["damp"]), int(options["block_size"]), options["scale"])
 
 
 def reconstruct(q: Quantized) -> np.ndarray:
@@ -190,6 +198,34 @@ def _mean_per(X: np.ndarray, group_size: Optional[int], per_tensor: bool) -> np.
     return np.stack([X[:, s : s + group_size].mean(axis=1) for s in range(0, X.shape[1], group_size)], axis=1)
 
 
+def _mse_scale(X: np.ndarray) -> np.ndarray:
+    """Per row of X: the scale c * mean|row| (c in MSE_FACTORS) with the least squared error of
+    the row's ternary approximation s * clip(round(x / s), -1, 1); float16-rounded."""
+    base = np.abs(X).mean(axis=1)
+    best_err = np.full(X.shape[0], np.inf)
+    best = _fp16(base).astype(np.float64)
+    for c in MSE_FACTORS:
+        s = _fp16(c * base).astype(np.float64)
+        ratio = np.divide(X, s[:, None], out=np.zeros_like(X), where=s[:, None] > 0)
+        err = ((X - np.clip(np.rint(ratio), -1, 1) * s[:, None]) ** 2).sum(axis=1)
+        better = err < best_err
+        best_err[better], best[better] = err[better], s[better]
+    return best
+
+
+def _scales(W64: np.ndarray, group_size: Optional[int], rule: str) -> np.ndarray:
+    """Ternary scales per tensor (group_size None: shape ()), per row (-1: (n,)) or per group
+    ((n, groups)) by `rule` (SCALE_RULES), float16-rounded."""
+    if rule == "absmean":
+        return _fp16(_mean_per(np.abs(W64), group_size, True))
+    n, k = W64.shape
+    if group_size is None:
+        return _fp16(_mse_scale(W64.reshape(1, -1))[0])
+    if group_size == -1:
+        return _fp16(_mse_scale(W64))
+    return _fp16(np.stack([_mse_scale(W64[:, s : s + group_size]) for s in range(0, k, group_size)], axis=1))
+
+
 def _ternary_codes(W64: np.ndarray, s: np.ndarray) -> np.ndarray:
     """BitNet b1.58's clip(round(W / s), -1, 1), round half to even; s = 0 gives code 0."""
     ratio = np.divide(W64, s, out=np.zeros_like(W64), where=s > 0)
@@ -200,17 +236,19 @@ def _ternary_codes(W64: np.ndarray, s: np.ndarray) -> np.ndarray:
 # absmean (BitNet b1.58)
 
 
-def _absmean(W: np.ndarray, group_size: Optional[int]) -> Quantized:
+def _absmean(W: np.ndarray, group_size: Optional[int], rule: str = "absmean") -> Quantized:
     """BitNet b1.58 (Ma et al. 2024, "The Era of 1-bit LLMs"), absmean quantization:
     ``s = mean|W|``, ``codes = clip(round(W / s), -1, 1)``, ``w_hat = s * codes``.
 
     One scale per tensor (group_size None, the paper's choice), per row (-1) or per group of
     `group_size` columns. Bits per weight: 2 (t2 code) + 16 * scales / (n * k), e.g.
     2 + 16 / k per row, 2 + 16 / group_size per group when k is a multiple of it.
+    ``rule="mse"`` picks each scale as the multiple of mean|W| with the least squared error
+    (see SCALE_RULES) instead of mean|W| itself; the codes follow the same formula.
     """
     n, k = W.shape
     W64 = W.astype(np.float64)
-    scale = _fp16(_mean_per(np.abs(W64), group_size, True))
+    scale = _scales(W64, group_size, rule)
     codes = _ternary_codes(W64, _expand(scale, n, k, group_size).astype(np.float64))
     return _finish("absmean", "t2", codes, scale, group_size)
 
@@ -352,19 +390,20 @@ def _gptq_sweep(W64: np.ndarray, U: np.ndarray, quantize_column: Callable, block
 # gptq-ternary
 
 
-def _gptq_ternary(W: np.ndarray, H: np.ndarray, group_size: Optional[int], damp: float, block_size: int) -> Quantized:
+def _gptq_ternary(W: np.ndarray, H: np.ndarray, group_size: Optional[int], damp: float, block_size: int, rule: str = "absmean") -> Quantized:
     """GPTQ (Frantar et al. 2022) with BitNet b1.58's absmean ternary grid: columns are quantized
     in order to ``s * clip(round(w / s), -1, 1)`` and each column's error is compensated on the
     later columns through the Cholesky factor of the damped inverse Hessian (block size 128, lazy
     batch updates, dead inputs zeroed). Scales as absmean: per tensor / per row from the
     original W; per group, ``mean|W|`` of the group's current (compensated) weights when the sweep
     reaches its first column, as GPTQ does. Bits per weight: as absmean (2 + 16 * scales / (n k)).
+    ``rule="mse"``: each scale the error-minimizing multiple of mean|W| (see SCALE_RULES).
     """
     n, k = W.shape
     W64 = W.astype(np.float64)
     grouped = group_size not in (None, -1)
     if not grouped:
-        scale = _fp16(_mean_per(np.abs(W64), group_size, True))
+        scale = _scales(W64, group_size, rule)
         column_scale = np.broadcast_to(np.asarray(scale, np.float64), (n,)) if scale.ndim == 0 else scale.astype(np.float64)
     else:
         scale = np.zeros((n, -(-k // group_size)), np.float32)
@@ -373,7 +412,8 @@ def _gptq_ternary(W: np.ndarray, H: np.ndarray, group_size: Optional[int], damp:
 
     def quantize_column(j, w, lookahead):
         if grouped and j % group_size == 0:
-            s = _fp16(np.abs(lookahead(group_size)).mean(axis=1))
+            current = lookahead(group_size)
+            s = _fp16(np.abs(current).mean(axis=1)) if rule == "absmean" else _fp16(_mse_scale(current))
             scale[:, j // group_size] = s
             state["s"] = s.astype(np.float64)
         s = state["s"]

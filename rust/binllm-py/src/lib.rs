@@ -230,20 +230,21 @@ fn pack_ternary(
 }
 
 #[pyfunction]
-#[pyo3(signature = (w, row_scale, col_scale=None, row_offset=None))]
+#[pyo3(signature = (w, row_scale, col_scale=None, row_offset=None, group_size=None))]
 fn pack_binary(
     py: Python<'_>,
     w: PyReadonlyArrayDyn<'_, i8>,
     row_scale: &Bound<'_, PyAny>,
     col_scale: Option<PyReadonlyArray1<'_, f32>>,
     row_offset: Option<PyReadonlyArray1<'_, f32>>,
+    group_size: Option<usize>,
 ) -> PyResult<PyPackedMatrix> {
     let (n, k) = matrix_shape(&w)?;
-    let scale = match (scale_from(n, row_scale, None)?, col_scale) {
+    let scale = match (scale_from(n, row_scale, group_size)?, col_scale) {
         (s, None) => s,
         (ScaleKind::PerRow(row), Some(col)) => ScaleKind::OneBit { row, col: col.as_slice()?.to_vec() },
         (ScaleKind::PerTensor(s), Some(col)) => ScaleKind::OneBit { row: vec![s; n], col: col.as_slice()?.to_vec() },
-        _ => unreachable!("scale_from returns per-tensor or per-row"),
+        (_, Some(_)) => return Err(PyValueError::new_err("col_scale and group_size cannot be combined")),
     };
     let codes = w.as_slice().map_err(|_| PyValueError::new_err("w must be C-contiguous"))?;
     let inner = py.detach(|| PackedMatrix::pack(WeightFormat::Binary1, codes, n, k, scale)).map_err(to_py)?;
