@@ -65,6 +65,25 @@ fn dot_f16_lanes(w: &[f16], x: &[f32], fma: bool) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// How far ahead of the current position the f16 dot products prefetch weights. Measured on
+/// Zen 5 over a 98 MB output layer, one thread: without it a row streams at 30-34 GB/s (about
+/// a plain streaming read), 8 KiB ahead at 44-45 GB/s; 1-4 KiB help little, 16-32 KiB less.
+pub const PREFETCH_BYTES: usize = 8192;
+
+/// Hints the cache line `PREFETCH_BYTES` after `p` into L1. Past the end of a buffer the hint
+/// is harmless (it never faults), hence `wrapping_add`.
+#[inline(always)]
+pub fn prefetch_ahead<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch only hints the cache and never faults; SSE is baseline on x86-64.
+    unsafe {
+        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>((p as *const i8).wrapping_add(PREFETCH_BYTES))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::*;
@@ -128,6 +147,9 @@ mod x86 {
         let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let mut i = 0;
         while i + 16 <= n {
+            if i % 32 == 0 {
+                prefetch_ahead(pw.add(i));
+            }
             let w0 = _mm256_cvtph_ps(_mm_loadu_si128(pw.add(i) as *const __m128i));
             let w1 = _mm256_cvtph_ps(_mm_loadu_si128(pw.add(i + 8) as *const __m128i));
             s0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(px.add(i)), s0);
@@ -135,6 +157,43 @@ mod x86 {
             i += 16;
         }
         let mut total = hsum(_mm256_add_ps(s0, s1));
+        while i < n {
+            total += w[i].to_f32() * x[i];
+            i += 1;
+        }
+        total
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86_512 {
+    use super::*;
+    use core::arch::x86_64::*;
+
+    /// `dot_f16` with four 512-bit accumulators (two chains of dependent FMAs at 32 bytes of
+    /// weights each would cap a row near 32 GB/s) and software prefetch (`prefetch_ahead`).
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
+        let n = w.len().min(x.len());
+        let (pw, px) = (w.as_ptr() as *const u16, x.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 64 <= n {
+            prefetch_ahead(pw.add(i));
+            prefetch_ahead(pw.add(i + 32));
+            for (j, a) in acc.iter_mut().enumerate() {
+                let wv = _mm512_cvtph_ps(_mm256_loadu_si256(pw.add(i + 16 * j) as *const __m256i));
+                *a = _mm512_fmadd_ps(wv, _mm512_loadu_ps(px.add(i + 16 * j)), *a);
+            }
+            i += 64;
+        }
+        while i + 16 <= n {
+            let wv = _mm512_cvtph_ps(_mm256_loadu_si256(pw.add(i) as *const __m256i));
+            acc[0] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(px.add(i)), acc[0]);
+            i += 16;
+        }
+        let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        let mut total = _mm512_reduce_add_ps(sum);
         while i < n {
             total += w[i].to_f32() * x[i];
             i += 1;
@@ -161,12 +220,15 @@ pub fn dots() -> Dots {
                 && std::arch::is_x86_feature_detected!("fma")
                 && std::arch::is_x86_feature_detected!("f16c")
         });
+        static AVX512: OnceLock<bool> = OnceLock::new();
+        let avx512 = *AVX512.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"));
         if fast {
-            // SAFETY: the CPU was checked for AVX2, FMA and F16C just above.
+            // SAFETY: the CPU was checked for AVX2, FMA and F16C (and AVX-512 F where used)
+            // just above.
             return Dots {
                 f32: |a, b| unsafe { x86::dot_f32(a, b) },
                 q8: |q, s, x| unsafe { x86::dot_q8(q, s, x) },
-                f16: |w, x| unsafe { x86::dot_f16(w, x) },
+                f16: if avx512 { |w, x| unsafe { x86_512::dot_f16(w, x) } } else { |w, x| unsafe { x86::dot_f16(w, x) } },
             };
         }
     }
@@ -248,4 +310,45 @@ where
             o[i] = (d.f32)(&scratch[..k], &x[i * k..(i + 1) * k]);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every f16 dot product this CPU can run (the baseline, AVX2, AVX-512) against an f64 sum,
+    /// on odd lengths and on lengths that cross the unrolled and prefetched steps.
+    #[test]
+    fn f16_dots_match_a_wide_sum() {
+        let mut seed = 11u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 4.0
+        };
+        let mut variants: Vec<(&str, fn(&[f16], &[f32]) -> f32)> =
+            vec![("baseline", |w, x| dot_f16_lanes(w, x, false)), ("chosen", dots().f16)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            let has = |f: &str| std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c") && (f != "avx512f" || std::arch::is_x86_feature_detected!("avx512f"));
+            if has("avx2") {
+                // SAFETY: the features were checked just above.
+                variants.push(("avx2", |w, x| unsafe { x86::dot_f16(w, x) }));
+            }
+            if has("avx512f") {
+                // SAFETY: as above.
+                variants.push(("avx512", |w, x| unsafe { x86_512::dot_f16(w, x) }));
+            }
+        }
+        for n in [1, 3, 17, 63, 64, 127, 1023, 1536, 4099] {
+            let w: Vec<f16> = (0..n).map(|_| f16::from_f32(next())).collect();
+            let x: Vec<f32> = (0..n).map(|_| next()).collect();
+            let exact: f64 = w.iter().zip(&x).map(|(a, b)| a.to_f64() * *b as f64).sum();
+            let scale: f64 = w.iter().zip(&x).map(|(a, b)| (a.to_f64() * *b as f64).abs()).sum();
+            for (name, dot) in &variants {
+                let got = dot(&w, &x) as f64;
+                assert!((got - exact).abs() <= 1e-6 * scale + 1e-6, "{name} n {n}: {got} vs {exact}");
+            }
+        }
+    }
 }
