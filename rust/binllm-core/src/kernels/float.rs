@@ -70,18 +70,33 @@ fn dot_f16_lanes(w: &[f16], x: &[f32], fma: bool) -> f32 {
 /// a plain streaming read), 8 KiB ahead at 44-45 GB/s; 1-4 KiB help little, 16-32 KiB less.
 pub const PREFETCH_BYTES: usize = 8192;
 
-/// Hints the cache line `PREFETCH_BYTES` after `p` into L1. Past the end of a buffer the hint
-/// is harmless (it never faults), hence `wrapping_add`.
+/// Hints the cache line at `p` into L1. It never faults, so any address will do.
 #[inline(always)]
-pub fn prefetch_ahead<T>(p: *const T) {
+fn prefetch_line(p: *const i8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch only hints the cache and never faults; SSE is baseline on x86-64.
     unsafe {
         use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>((p as *const i8).wrapping_add(PREFETCH_BYTES))
+        _mm_prefetch::<_MM_HINT_T0>(p)
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
+}
+
+/// Hints the cache line `PREFETCH_BYTES` after `p` into L1 (past the end of a buffer the hint
+/// is harmless, hence `wrapping_add`).
+#[inline(always)]
+pub fn prefetch_ahead<T>(p: *const T) {
+    prefetch_line((p as *const i8).wrapping_add(PREFETCH_BYTES));
+}
+
+/// Hints the first `PREFETCH_BYTES` of `buf` into L1, where a kernel that prefetches
+/// `PREFETCH_BYTES` ahead of itself will start reading.
+#[inline]
+pub fn prefetch_start(buf: &[u8]) {
+    for offset in (0..buf.len().min(PREFETCH_BYTES)).step_by(64) {
+        prefetch_line(buf[offset..].as_ptr() as *const i8);
+    }
 }
 
 #[cfg(target_arch = "x86_64")]

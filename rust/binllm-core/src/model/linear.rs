@@ -106,7 +106,12 @@ impl Linear {
     pub fn forward(&self, backend: Backend, x: &[f32], m: usize, y: &mut [f32], act_quant: bool) -> Result<()> {
         let (n, k) = self.shape();
         match self {
-            Linear::Packed(p) if act_quant => return p.matmul_into(backend, x, m, y),
+            Linear::Packed(p) if act_quant => {
+                // The GEMV prefetches `PREFETCH_BYTES` ahead of where it reads, so its first
+                // lines would come at full memory latency; ask for them before quantizing.
+                float::prefetch_start(p.packed_data());
+                return p.matmul_into(backend, x, m, y);
+            }
             Linear::Packed(p) => float::gemm_decoded(n, k, x, m, y, |r, buf| p.decode_row_f32(r, buf)),
             Linear::Float { w, .. } => float::gemm_f32(w, n, k, x, m, y),
             Linear::Half { w, .. } => float::gemm_f16(w, n, k, x, m, y),
