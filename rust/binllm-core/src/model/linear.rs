@@ -7,7 +7,7 @@
 //! Q6_K, Q8_0, ...) become `Q8`: blocks of 32 int8 values with an f32 scale (9 bits per weight).
 
 use crate::error::Result;
-use crate::formats::PackedMatrix;
+use crate::formats::{PackedMatrix, ScaleKind};
 use crate::kernels::{float, Backend};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -119,6 +119,45 @@ impl Linear {
         }
         Ok(())
     }
+}
+
+/// `ys[j] = x W_j^T` for linears that share their input (q, k, v; gate, up). Packed ones with
+/// the same input width and no per-column scale quantize `x` once for all (as each would
+/// alone: results are identical to `forward` one by one).
+pub fn forward_shared_input(layers: &[&Linear], backend: Backend, x: &[f32], m: usize, ys: &mut [&mut [f32]], act_quant: bool) -> Result<()> {
+    let packed: Option<Vec<&PackedMatrix>> = layers
+        .iter()
+        .map(|l| match l {
+            Linear::Packed(p) if act_quant && !matches!(p.scale(), ScaleKind::OneBit { .. }) => Some(p),
+            _ => None,
+        })
+        .collect();
+    let Some(packed) = packed.filter(|p| p.iter().all(|q| q.shape().1 == p[0].shape().1 && q.padded_k() == p[0].padded_k())) else {
+        for (l, y) in layers.iter().zip(ys.iter_mut()) {
+            l.forward(backend, x, m, y, act_quant)?;
+        }
+        return Ok(());
+    };
+    if x.len() != m * packed[0].shape().1 || packed.iter().zip(ys.iter()).any(|(p, y)| y.len() != m * p.shape().0) {
+        crate::bail!(InvalidArgument, "linear inputs and outputs disagree in size");
+    }
+    float::prefetch_start(packed[0].packed_data());
+    let act = packed[0].quantize_input(x, m);
+    for (j, (p, y)) in packed.iter().zip(ys.iter_mut()).enumerate() {
+        if let Some(next) = packed.get(j + 1) {
+            float::prefetch_start(next.packed_data());
+        }
+        let sums = p.integer_sums(backend, &act)?;
+        // The arithmetic of `PackedMatrix::matmul_into`, so results are bit-identical.
+        let n = p.shape().0;
+        for r in 0..n {
+            let ws = p.row_scale(r);
+            for mi in 0..m {
+                y[mi * n + r] = sums[r * m + mi] as f32 * ws / act.scales[mi];
+            }
+        }
+    }
+    Ok(())
 }
 
 /// How float-valued tensors are kept in memory.

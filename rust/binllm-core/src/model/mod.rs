@@ -351,9 +351,7 @@ impl Model {
         for (li, layer) in self.layers.iter().enumerate() {
             rmsnorm(&x, &layer.attn_norm, cfg.rms_eps, &mut h);
             seen(li, "attn_in", &h);
-            self.linear(&layer.q, backend, &h, m, &mut q)?;
-            self.linear(&layer.k, backend, &h, m, &mut k)?;
-            self.linear(&layer.v, backend, &h, m, &mut v)?;
+            linear::forward_shared_input(&[&layer.q, &layer.k, &layer.v], backend, &h, m, &mut [&mut q, &mut k, &mut v], self.act_quant)?;
             self.rope(&mut q, cfg.heads, pos0);
             self.rope(&mut k, cfg.kv_heads, pos0);
             cache.append(li, &k, &v);
@@ -367,8 +365,7 @@ impl Model {
 
             rmsnorm(&x, &layer.ffn_norm, cfg.rms_eps, &mut h);
             seen(li, "ffn_in", &h);
-            self.linear(&layer.gate, backend, &h, m, &mut gate)?;
-            self.linear(&layer.up, backend, &h, m, &mut up)?;
+            linear::forward_shared_input(&[&layer.gate, &layer.up], backend, &h, m, &mut [&mut gate, &mut up], self.act_quant)?;
             match cfg.activation {
                 Activation::Silu => gate.iter_mut().zip(&up).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u),
                 Activation::Relu2 => gate.iter_mut().zip(&up).for_each(|(g, u)| {
