@@ -13,6 +13,13 @@
 //! | b1     | bit (1 for +1)                           | `2D - S`    |
 //!
 //! Tiles: GEMV 4 weight rows; GEMM 2 weight rows x 4 activation rows.
+//!
+//! Built with relaxed SIMD (`-C target-feature=+relaxed-simd`, the second module
+//! `scripts/build-wasm.sh` writes), t2 and b1 use `i32x4.relaxed_dot_i8x16_i7x16_add_s`: one
+//! instruction for four products and their sum where SIMD128 needs an extmul pair, an add and
+//! a widening. Its result is implementation-defined only where the second operand has its top
+//! bit set; t2's and b1's `d` is 0..2, so every engine gives the exact sum. t1.6's `d` is
+//! negative and stays on the SIMD128 path.
 
 #![allow(clippy::needless_range_loop)] // tiles index several arrays by row and column
 
@@ -44,13 +51,16 @@ fn load_state<const F: u8>(bytes: v128) -> v128 {
 #[inline(always)]
 fn decode_next<const F: u8>(state: &mut v128) -> v128 {
     let y = *state;
+    // t2 and b1 shift 16-bit lanes: each byte's low bits, all that the AND keeps, still come
+    // from that byte (for the 8 bits it has), and engines on x86 run a 16-bit shift as one
+    // instruction where an 8-bit one takes a shift, a mask and an AND.
     match F {
         T2 => {
-            *state = u8x16_shr(y, 2);
+            *state = u16x8_shr(y, 2);
             v128_and(y, u8x16_splat(3))
         }
         B1 => {
-            *state = u8x16_shr(y, 1);
+            *state = u16x8_shr(y, 1);
             v128_and(y, u8x16_splat(1))
         }
         _ => {
@@ -89,6 +99,10 @@ fn hsum(v: v128) -> i32 {
 /// 64 * planes(F)` bytes.
 #[inline(always)]
 unsafe fn tile<const R: usize, const C: usize, const F: u8>(w: *const u8, row_bytes: usize, x: *const i8, kp: usize) -> [[i32; C]; R] {
+    #[cfg(target_feature = "relaxed-simd")]
+    if F != T16 {
+        return tile_relaxed::<R, C, F>(w, row_bytes, x, kp);
+    }
     let block_weights = 64 * planes(F);
     let mut acc = [[i32x4_splat(0); C]; R];
     for b in 0..row_bytes / 64 {
@@ -117,6 +131,41 @@ unsafe fn tile<const R: usize, const C: usize, const F: u8>(w: *const u8, row_by
         for r in 0..R {
             for c in 0..C {
                 acc[r][c] = i32x4_add(acc[r][c], i32x4_extadd_pairwise_i16x8(part[r][c]));
+            }
+        }
+    }
+    let mut sums = [[0i32; C]; R];
+    for r in 0..R {
+        for c in 0..C {
+            sums[r][c] = hsum(acc[r][c]);
+        }
+    }
+    sums
+}
+
+/// `tile` with relaxed SIMD's i8 dot product (t2 and b1 only: see the module docs).
+#[cfg(target_feature = "relaxed-simd")]
+#[inline(always)]
+unsafe fn tile_relaxed<const R: usize, const C: usize, const F: u8>(w: *const u8, row_bytes: usize, x: *const i8, kp: usize) -> [[i32; C]; R] {
+    let block_weights = 64 * planes(F);
+    let mut acc = [[i32x4_splat(0); C]; R];
+    for b in 0..row_bytes / 64 {
+        for q in 0..4 {
+            let mut state = [i8x16_splat(0); R];
+            for r in 0..R {
+                state[r] = load_state::<F>(v128_load(w.add(r * row_bytes + b * 64 + 16 * q) as *const v128));
+            }
+            for p in 0..planes(F) {
+                let mut d = [i8x16_splat(0); R];
+                for r in 0..R {
+                    d[r] = decode_next::<F>(&mut state[r]);
+                }
+                for c in 0..C {
+                    let xv = v128_load(x.add(c * kp + b * block_weights + 64 * p + 16 * q) as *const v128);
+                    for r in 0..R {
+                        acc[r][c] = i32x4_relaxed_dot_i8x16_i7x16_add(xv, d[r], acc[r][c]);
+                    }
+                }
             }
         }
     }
