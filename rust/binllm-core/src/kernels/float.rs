@@ -49,6 +49,7 @@ fn dot_q8_lanes(q: &[i8], scales: &[f32], x: &[f32], fma: bool) -> f32 {
 }
 
 #[inline(always)]
+#[cfg_attr(all(target_arch = "wasm32", target_feature = "simd128"), allow(dead_code))] // wasm::dot_f16 replaces it there
 fn dot_f16_lanes(w: &[f16], x: &[f32], fma: bool) -> f32 {
     let mut acc = [0f32; 16];
     let chunks = w.len() / 16;
@@ -217,6 +218,57 @@ mod x86_512 {
     }
 }
 
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod wasm {
+    use super::*;
+    use core::arch::wasm32::*;
+
+    /// Eight f16 values (as u16 bits) widened to two f32x4, exactly: the magnitude's bits move
+    /// to f32's places and a multiply by 2^112 fixes the exponent bias (subnormals included);
+    /// infinities and NaNs get f32's all-ones exponent; the sign is ORed back.
+    #[inline(always)]
+    fn widen(h: v128) -> [v128; 2] {
+        [u32x4_extend_low_u16x8(h), u32x4_extend_high_u16x8(h)].map(|h| {
+            let magnitude = v128_and(h, u32x4_splat(0x7fff));
+            let value = f32x4_mul(i32x4_shl(magnitude, 13), f32x4_splat(5.192_297e33)); // 2^112
+            let special = i32x4_eq(v128_and(h, u32x4_splat(0x7c00)), u32x4_splat(0x7c00));
+            let value = v128_or(value, v128_and(special, u32x4_splat(0x7f80_0000)));
+            v128_or(value, i32x4_shl(v128_and(h, u32x4_splat(0x8000)), 16))
+        })
+    }
+
+    /// `dot_f16_lanes` without FMA, vectorized: lane j of the four accumulators is `acc[j]`
+    /// there, and the lanes are summed in the same order, so results are bit-identical.
+    pub fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
+        let n = w.len().min(x.len());
+        let chunks = n / 16;
+        let mut acc = [f32x4_splat(0.0); 4];
+        for c in 0..chunks {
+            // SAFETY: c * 16 + 16 <= n, within both slices; v128 loads may be unaligned.
+            let (h0, h1, xs) = unsafe {
+                let pw = w.as_ptr().add(c * 16) as *const v128;
+                let px = x.as_ptr().add(c * 16) as *const v128;
+                (v128_load(pw), v128_load(pw.add(1)), [v128_load(px), v128_load(px.add(1)), v128_load(px.add(2)), v128_load(px.add(3))])
+            };
+            let [a0, a1] = widen(h0);
+            let [a2, a3] = widen(h1);
+            for (j, a) in [a0, a1, a2, a3].into_iter().enumerate() {
+                acc[j] = f32x4_add(acc[j], f32x4_mul(a, xs[j]));
+            }
+        }
+        let mut lanes = [0f32; 16];
+        for (j, a) in acc.iter().enumerate() {
+            // SAFETY: lanes has room for 4 floats at 4 * j.
+            unsafe { v128_store(lanes.as_mut_ptr().add(4 * j) as *mut v128, *a) };
+        }
+        let mut tail = 0f32;
+        for i in chunks * 16..n {
+            tail += w[i].to_f32() * x[i];
+        }
+        lanes.iter().sum::<f32>() + tail
+    }
+}
+
 /// The dot products chosen for this CPU.
 #[derive(Clone, Copy)]
 pub struct Dots {
@@ -250,6 +302,9 @@ pub fn dots() -> Dots {
     Dots {
         f32: |a, b| dot_f32_lanes(a, b, false),
         q8: |q, s, x| dot_q8_lanes(q, s, x, false),
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        f16: wasm::dot_f16,
+        #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
         f16: |w, x| dot_f16_lanes(w, x, false),
     }
 }
