@@ -147,6 +147,54 @@ unsafe fn tile<const R: usize, const C: usize, const F: u8>(w: *const u8, row_by
 #[cfg(target_feature = "relaxed-simd")]
 #[inline(always)]
 unsafe fn tile_relaxed<const R: usize, const C: usize, const F: u8>(w: *const u8, row_bytes: usize, x: *const i8, kp: usize) -> [[i32; C]; R] {
+    if F == T2 && C == 1 {
+        // GEMV: two rows at a time keep the accumulators in registers.
+        let mut sums = [[0i32; C]; R];
+        let mut r = 0;
+        while r + 2 <= R {
+            let pair = gemv_t2_relaxed::<2>(w.add(r * row_bytes), row_bytes, x);
+            sums[r][0] = pair[0];
+            sums[r + 1][0] = pair[1];
+            r += 2;
+        }
+        while r < R {
+            sums[r][0] = gemv_t2_relaxed::<1>(w.add(r * row_bytes), row_bytes, x)[0];
+            r += 1;
+        }
+        return sums;
+    }
+    tile_relaxed_any::<R, C, F>(w, row_bytes, x, kp)
+}
+
+/// `D` sums of R t2 rows with one activation row, decoding planes by masks alone: plane p's
+/// field masked in place is `d * 4^p`, still a valid i7 operand (at most 32) for p < 3, so
+/// planes 1 and 2 accumulate apart and are divided by 4 and 16 at the end (exactly: their
+/// sums are multiples). Plane 3 is shifted down as before. One shift a 16-byte group instead
+/// of three.
+#[cfg(target_feature = "relaxed-simd")]
+#[inline(always)]
+unsafe fn gemv_t2_relaxed<const R: usize>(w: *const u8, row_bytes: usize, x: *const i8) -> [i32; R] {
+    let mut acc = [[i32x4_splat(0); 3]; R];
+    for b in 0..row_bytes / 64 {
+        for q in 0..4 {
+            let xp = x.add(b * 256 + 16 * q);
+            let xs = [0, 1, 2, 3].map(|p| v128_load(xp.add(64 * p) as *const v128));
+            for r in 0..R {
+                let y = v128_load(w.add(r * row_bytes + b * 64 + 16 * q) as *const v128);
+                let top = v128_and(u16x8_shr(y, 6), u8x16_splat(3));
+                acc[r][0] = i32x4_relaxed_dot_i8x16_i7x16_add(xs[0], v128_and(y, u8x16_splat(0x03)), acc[r][0]);
+                acc[r][0] = i32x4_relaxed_dot_i8x16_i7x16_add(xs[3], top, acc[r][0]);
+                acc[r][1] = i32x4_relaxed_dot_i8x16_i7x16_add(xs[1], v128_and(y, u8x16_splat(0x0c)), acc[r][1]);
+                acc[r][2] = i32x4_relaxed_dot_i8x16_i7x16_add(xs[2], v128_and(y, u8x16_splat(0x30)), acc[r][2]);
+            }
+        }
+    }
+    acc.map(|[a0, a1, a2]| hsum(a0) + hsum(a1) / 4 + hsum(a2) / 16)
+}
+
+#[cfg(target_feature = "relaxed-simd")]
+#[inline(always)]
+unsafe fn tile_relaxed_any<const R: usize, const C: usize, const F: u8>(w: *const u8, row_bytes: usize, x: *const i8, kp: usize) -> [[i32; C]; R] {
     let block_weights = 64 * planes(F);
     let mut acc = [[i32x4_splat(0); C]; R];
     for b in 0..row_bytes / 64 {
