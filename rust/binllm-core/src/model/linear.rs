@@ -106,12 +106,7 @@ impl Linear {
     pub fn forward(&self, backend: Backend, x: &[f32], m: usize, y: &mut [f32], act_quant: bool) -> Result<()> {
         let (n, k) = self.shape();
         match self {
-            Linear::Packed(p) if act_quant => {
-                // The GEMV prefetches `PREFETCH_BYTES` ahead of where it reads, so its first
-                // lines would come at full memory latency; ask for them before quantizing.
-                float::prefetch_start(p.packed_data());
-                return p.matmul_into(backend, x, m, y);
-            }
+            Linear::Packed(_) if act_quant => return forward_shared_input(&[self], backend, x, m, &mut [y], act_quant),
             Linear::Packed(p) => float::gemm_decoded(n, k, x, m, y, |r, buf| p.decode_row_f32(r, buf)),
             Linear::Float { w, .. } => float::gemm_f32(w, n, k, x, m, y),
             Linear::Half { w, .. } => float::gemm_f16(w, n, k, x, m, y),
@@ -122,13 +117,15 @@ impl Linear {
 }
 
 /// `ys[j] = x W_j^T` for linears that share their input (q, k, v; gate, up). Packed ones with
-/// the same input width and no per-column scale quantize `x` once for all (as each would
-/// alone: results are identical to `forward` one by one).
+/// the same input width and no per-column scale (or one alone) quantize `x` once for all, as
+/// each would alone: results are those of `PackedMatrix::matmul_into`, bit for bit. The GEMV
+/// prefetches `PREFETCH_BYTES` ahead of where it reads, so each matrix's first lines are
+/// asked for before it runs (they would come at full memory latency).
 pub fn forward_shared_input(layers: &[&Linear], backend: Backend, x: &[f32], m: usize, ys: &mut [&mut [f32]], act_quant: bool) -> Result<()> {
     let packed: Option<Vec<&PackedMatrix>> = layers
         .iter()
         .map(|l| match l {
-            Linear::Packed(p) if act_quant && !matches!(p.scale(), ScaleKind::OneBit { .. }) => Some(p),
+            Linear::Packed(p) if act_quant && (layers.len() == 1 || !matches!(p.scale(), ScaleKind::OneBit { .. })) => Some(p),
             _ => None,
         })
         .collect();
@@ -150,6 +147,12 @@ pub fn forward_shared_input(layers: &[&Linear], backend: Backend, x: &[f32], m: 
         let sums = p.integer_sums(backend, &act)?;
         // The arithmetic of `PackedMatrix::matmul_into`, so results are bit-identical.
         let n = p.shape().0;
+        if let (1, ScaleKind::PerTensor(ws)) = (m, p.scale()) {
+            // Decode's common case, in a form the compiler vectorizes.
+            let (ws, s) = (*ws, act.scales[0]);
+            y.iter_mut().zip(&sums).for_each(|(y, &sum)| *y = sum as f32 * ws / s);
+            continue;
+        }
         for r in 0..n {
             let ws = p.row_scale(r);
             for mi in 0..m {
