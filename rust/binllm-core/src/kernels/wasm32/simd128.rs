@@ -100,9 +100,10 @@ fn hsum(v: v128) -> i32 {
 #[inline(always)]
 unsafe fn tile<const R: usize, const C: usize, const F: u8>(w: *const u8, row_bytes: usize, x: *const i8, kp: usize) -> [[i32; C]; R] {
     #[cfg(target_feature = "relaxed-simd")]
-    if F != T16 {
-        return tile_relaxed::<R, C, F>(w, row_bytes, x, kp);
+    if F == T2 && C == 1 {
+        return gemv_t2_relaxed_tile::<R, C>(w, row_bytes, x);
     }
+    let relaxed = RELAXED_DOT && F != T16;
     let block_weights = 64 * planes(F);
     let mut acc = [[i32x4_splat(0); C]; R];
     for b in 0..row_bytes / 64 {
@@ -122,15 +123,21 @@ unsafe fn tile<const R: usize, const C: usize, const F: u8>(w: *const u8, row_by
                 for c in 0..C {
                     let xv = v128_load(x.add(c * kp + b * block_weights + 64 * p + 16 * q) as *const v128);
                     for r in 0..R {
-                        let products = i16x8_add(i16x8_extmul_low_i8x16(d[r], xv), i16x8_extmul_high_i8x16(d[r], xv));
-                        part[r][c] = i16x8_add(part[r][c], products);
+                        if relaxed {
+                            acc[r][c] = dot_add(xv, d[r], acc[r][c]);
+                        } else {
+                            let products = i16x8_add(i16x8_extmul_low_i8x16(d[r], xv), i16x8_extmul_high_i8x16(d[r], xv));
+                            part[r][c] = i16x8_add(part[r][c], products);
+                        }
                     }
                 }
             }
         }
-        for r in 0..R {
-            for c in 0..C {
-                acc[r][c] = i32x4_add(acc[r][c], i32x4_extadd_pairwise_i16x8(part[r][c]));
+        if !relaxed {
+            for r in 0..R {
+                for c in 0..C {
+                    acc[r][c] = i32x4_add(acc[r][c], i32x4_extadd_pairwise_i16x8(part[r][c]));
+                }
             }
         }
     }
@@ -143,27 +150,40 @@ unsafe fn tile<const R: usize, const C: usize, const F: u8>(w: *const u8, row_by
     sums
 }
 
-/// `tile` with relaxed SIMD's i8 dot product (t2 and b1 only: see the module docs).
+/// Whether this build has relaxed SIMD's dot product (`dot_add`).
+const RELAXED_DOT: bool = cfg!(target_feature = "relaxed-simd");
+
+/// `acc + (4-product sums of a x b)`, b's values in 0..63: relaxed SIMD's dot product, exact on
+/// every engine for such b (see the module docs). Only called where `RELAXED_DOT`.
+#[inline(always)]
+fn dot_add(a: v128, b: v128, acc: v128) -> v128 {
+    #[cfg(target_feature = "relaxed-simd")]
+    return i32x4_relaxed_dot_i8x16_i7x16_add(a, b, acc);
+    #[cfg(not(target_feature = "relaxed-simd"))]
+    {
+        let _ = (a, b, acc);
+        unreachable!("relaxed SIMD dot product in a build without relaxed SIMD")
+    }
+}
+
+/// The t2 GEMV tile of the relaxed-SIMD build, two rows at a time (their accumulators stay
+/// in registers).
 #[cfg(target_feature = "relaxed-simd")]
 #[inline(always)]
-unsafe fn tile_relaxed<const R: usize, const C: usize, const F: u8>(w: *const u8, row_bytes: usize, x: *const i8, kp: usize) -> [[i32; C]; R] {
-    if F == T2 && C == 1 {
-        // GEMV: two rows at a time keep the accumulators in registers.
-        let mut sums = [[0i32; C]; R];
-        let mut r = 0;
-        while r + 2 <= R {
-            let pair = gemv_t2_relaxed::<2>(w.add(r * row_bytes), row_bytes, x);
-            sums[r][0] = pair[0];
-            sums[r + 1][0] = pair[1];
-            r += 2;
-        }
-        while r < R {
-            sums[r][0] = gemv_t2_relaxed::<1>(w.add(r * row_bytes), row_bytes, x)[0];
-            r += 1;
-        }
-        return sums;
+unsafe fn gemv_t2_relaxed_tile<const R: usize, const C: usize>(w: *const u8, row_bytes: usize, x: *const i8) -> [[i32; C]; R] {
+    let mut sums = [[0i32; C]; R];
+    let mut r = 0;
+    while r + 2 <= R {
+        let pair = gemv_t2_relaxed::<2>(w.add(r * row_bytes), row_bytes, x);
+        sums[r][0] = pair[0];
+        sums[r + 1][0] = pair[1];
+        r += 2;
     }
-    tile_relaxed_any::<R, C, F>(w, row_bytes, x, kp)
+    while r < R {
+        sums[r][0] = gemv_t2_relaxed::<1>(w.add(r * row_bytes), row_bytes, x)[0];
+        r += 1;
+    }
+    sums
 }
 
 /// `D` sums of R t2 rows with one activation row, decoding planes by masks alone: plane p's
@@ -182,48 +202,14 @@ unsafe fn gemv_t2_relaxed<const R: usize>(w: *const u8, row_bytes: usize, x: *co
             for r in 0..R {
                 let y = v128_load(w.add(r * row_bytes + b * 64 + 16 * q) as *const v128);
                 let top = v128_and(u16x8_shr(y, 6), u8x16_splat(3));
-                acc[r][0] = i32x4_relaxed_dot_i8x16_i7x16_add(xs[0], v128_and(y, u8x16_splat(0x03)), acc[r][0]);
-                acc[r][0] = i32x4_relaxed_dot_i8x16_i7x16_add(xs[3], top, acc[r][0]);
-                acc[r][1] = i32x4_relaxed_dot_i8x16_i7x16_add(xs[1], v128_and(y, u8x16_splat(0x0c)), acc[r][1]);
-                acc[r][2] = i32x4_relaxed_dot_i8x16_i7x16_add(xs[2], v128_and(y, u8x16_splat(0x30)), acc[r][2]);
+                acc[r][0] = dot_add(xs[0], v128_and(y, u8x16_splat(0x03)), acc[r][0]);
+                acc[r][0] = dot_add(xs[3], top, acc[r][0]);
+                acc[r][1] = dot_add(xs[1], v128_and(y, u8x16_splat(0x0c)), acc[r][1]);
+                acc[r][2] = dot_add(xs[2], v128_and(y, u8x16_splat(0x30)), acc[r][2]);
             }
         }
     }
     acc.map(|[a0, a1, a2]| hsum(a0) + hsum(a1) / 4 + hsum(a2) / 16)
-}
-
-#[cfg(target_feature = "relaxed-simd")]
-#[inline(always)]
-unsafe fn tile_relaxed_any<const R: usize, const C: usize, const F: u8>(w: *const u8, row_bytes: usize, x: *const i8, kp: usize) -> [[i32; C]; R] {
-    let block_weights = 64 * planes(F);
-    let mut acc = [[i32x4_splat(0); C]; R];
-    for b in 0..row_bytes / 64 {
-        for q in 0..4 {
-            let mut state = [i8x16_splat(0); R];
-            for r in 0..R {
-                state[r] = load_state::<F>(v128_load(w.add(r * row_bytes + b * 64 + 16 * q) as *const v128));
-            }
-            for p in 0..planes(F) {
-                let mut d = [i8x16_splat(0); R];
-                for r in 0..R {
-                    d[r] = decode_next::<F>(&mut state[r]);
-                }
-                for c in 0..C {
-                    let xv = v128_load(x.add(c * kp + b * block_weights + 64 * p + 16 * q) as *const v128);
-                    for r in 0..R {
-                        acc[r][c] = i32x4_relaxed_dot_i8x16_i7x16_add(xv, d[r], acc[r][c]);
-                    }
-                }
-            }
-        }
-    }
-    let mut sums = [[0i32; C]; R];
-    for r in 0..R {
-        for c in 0..C {
-            sums[r][c] = hsum(acc[r][c]);
-        }
-    }
-    sums
 }
 
 kernels_128!("SIMD128", gemm_t2_i8_simd128, gemm_t16_i8_simd128, gemm_b1_i8_simd128);
