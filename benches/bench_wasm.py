@@ -41,7 +41,9 @@ BINLLM_PAGE = """<!doctype html><meta charset="utf-8"><body data-state="running"
 import { BinLLM } from "../js/binllm.js";
 const q = new URLSearchParams(location.search);
 try {
-  const model = await BinLLM.load("model.gguf", { cache: false });
+  // ?wasm=FILE picks one of wasm/pkg's modules; without it BinLLM.load picks (relaxed SIMD where the engine has it).
+  const wasm = q.get("wasm");
+  const model = await BinLLM.load("model.gguf", { cache: false, ...(wasm ? { wasmUrl: new URL(`../pkg/${wasm}`, location.href).href } : {}) });
   const r = await model.bench({ promptTokens: +q.get("prompt"), decodeTokens: +q.get("decode"), repeats: +q.get("repeats") });
   window.benchResult = { ...r, info: model.info() };
 } catch (e) { window.benchResult = { error: `${e.name}: ${e.message}` }; }
@@ -138,7 +140,7 @@ def main() -> None:
     ap.add_argument("--no-wllama", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
-    if not (WASM / "pkg" / "binllm_wasm.wasm").exists():
+    if not all((WASM / "pkg" / name).exists() for name in ("binllm_wasm.wasm", "binllm_wasm_relaxed.wasm")):
         subprocess.run(["bash", "scripts/build-wasm.sh"], cwd=ROOT, check=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -153,7 +155,8 @@ def main() -> None:
             # The common x86 baseline, for reference: most machines lack AVX-512.
             results["native binllm avx2 (1 thread)"] = native(model, args.prompt, args.decode, args.repeats, backend="avx2")
         with serve(model, tmp / "site") as base:
-            results["binllm wasm (Chromium)"] = in_chromium(f"{base}/bench.html{query}")
+            results["binllm wasm SIMD128 (Chromium)"] = in_chromium(f"{base}/bench.html{query}&wasm=binllm_wasm.wasm")
+            results["binllm wasm relaxed SIMD (Chromium)"] = in_chromium(f"{base}/bench.html{query}&wasm=binllm_wasm_relaxed.wasm")
             if not args.no_wllama:
                 wllama_query = f"?prompt={args.prompt}&decode={args.decode}&repeats={args.wllama_repeats}"
                 results["wllama (Chromium, 1 thread)"] = in_chromium(f"{base}/wllama.html{wllama_query}")
@@ -171,9 +174,11 @@ def main() -> None:
             f"| {name} | {r['prompt_tok_s']:.1f} | {r['decode_tok_s']:.1f} | "
             f"{r['prompt_tok_s'] / base['prompt_tok_s']:.2f}x | {r['decode_tok_s'] / base['decode_tok_s']:.2f}x |"
         )
-    wasm, wl = results.get("binllm wasm (Chromium)"), results.get("wllama (Chromium, 1 thread)")
-    if wasm and wl and "error" not in wasm and "error" not in wl:
-        print(f"\nbinllm wasm vs wllama: prompt {wasm['prompt_tok_s'] / wl['prompt_tok_s']:.1f}x, decode {wasm['decode_tok_s'] / wl['decode_tok_s']:.1f}x")
+    wl = results.get("wllama (Chromium, 1 thread)")
+    for name in ("binllm wasm SIMD128 (Chromium)", "binllm wasm relaxed SIMD (Chromium)"):
+        wasm = results.get(name)
+        if wasm and wl and "error" not in wasm and "error" not in wl:
+            print(f"\n{name} vs wllama: prompt {wasm['prompt_tok_s'] / wl['prompt_tok_s']:.1f}x, decode {wasm['decode_tok_s'] / wl['decode_tok_s']:.1f}x")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds wasm/ (binllm-wasm) for wasm32-unknown-unknown with SIMD128 and copies the module to
-# wasm/pkg/binllm_wasm.wasm.
+# Builds wasm/ (binllm-wasm) for wasm32-unknown-unknown with SIMD128 into wasm/pkg/binllm_wasm.wasm,
+# and with SIMD128 + relaxed SIMD into wasm/pkg/binllm_wasm_relaxed.wasm.
 #
 # rustup has no wasm32 std here, so this uses Debian's rustc-web/cargo-web with RUSTC_BOOTSTRAP=1
 # and -Zbuild-std over rust-web-src (scripts/wasm-toolchain.sh installs them). The build goes to
@@ -40,17 +40,23 @@ if [[ ! -x /usr/bin/rust-lld ]]; then
 fi
 
 export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1
-export CARGO_TARGET_DIR="$PWD/target/wasm"
-export RUSTFLAGS="-C target-feature=+simd128 $linker_flags"
 # The workspace's release profile unwinds; wasm32-unknown-unknown aborts.
 export CARGO_PROFILE_RELEASE_PANIC=abort CARGO_PROFILE_DEV_PANIC=abort
 unset CARGO_ENCODED_RUSTFLAGS
 
 release_flag=()
 [[ $profile == release ]] && release_flag=(--release)
-/usr/bin/cargo build --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort "${release_flag[@]}" \
-    --manifest-path wasm/Cargo.toml -p binllm-wasm --lib
-
 mkdir -p wasm/pkg
-cp "target/wasm/wasm32-unknown-unknown/$profile/binllm_wasm.wasm" wasm/pkg/binllm_wasm.wasm
-echo "build-wasm: wasm/pkg/binllm_wasm.wasm ($(stat -c %s wasm/pkg/binllm_wasm.wasm) bytes, $profile)"
+
+# Two modules: SIMD128 (every engine with SIMD) and SIMD128 + relaxed SIMD (its i8 dot product;
+# js/engine.js loads it where the browser validates it). Separate target folders, since the
+# flags differ for std too.
+build() {  # build TARGET_SUBDIR FEATURES OUTPUT
+    CARGO_TARGET_DIR="$PWD/target/$1" RUSTFLAGS="-C target-feature=$2 $linker_flags" \
+        /usr/bin/cargo build --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort "${release_flag[@]}" \
+        --manifest-path wasm/Cargo.toml -p binllm-wasm --lib
+    cp "target/$1/wasm32-unknown-unknown/$profile/binllm_wasm.wasm" "wasm/pkg/$3"
+    echo "build-wasm: wasm/pkg/$3 ($(stat -c %s "wasm/pkg/$3") bytes, $profile)"
+}
+build wasm +simd128 binllm_wasm.wasm
+build wasm-relaxed +simd128,+relaxed-simd binllm_wasm_relaxed.wasm

@@ -250,3 +250,50 @@ def test_demo_page_reads_a_picked_file_after_a_bad_one(chromium, smollm2_path, t
     assert first["state"] == "done", first
     assert first["output"] == want
     assert "read" in first["phases"], first["phases"]
+
+
+# Kernels of the relaxed-SIMD module (the one BinLLM.load picks in Chromium) against its scalar
+# kernels, inside the browser: relaxed SIMD's dot product is implementation-defined where an
+# operand's top bit is set, so only an engine that runs it can show the sums stay exact.
+RELAXED_KERNELS_PAGE = """<!doctype html><meta charset="utf-8"><body data-state="running"><pre id="out"></pre>
+<script type="module">
+try {
+  const bytes = await (await fetch("../pkg/binllm_wasm_relaxed.wasm")).arrayBuffer();
+  const { instance } = await WebAssembly.instantiate(bytes, {});
+  const w = instance.exports;
+  let s = 12345;
+  const next = () => { s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0; return s; };
+  const put = (a) => { const b = new Uint8Array(a.buffer, a.byteOffset, a.byteLength); const p = w.binllm_alloc(b.length); new Uint8Array(w.memory.buffer, p, b.length).set(b); return [p, b.length]; };
+  let cases = 0, bad = [];
+  for (const f of [0, 1, 2]) for (const [n, k, m] of [[1,1,1],[3,17,1],[5,255,2],[8,256,1],[9,1023,3],[17,1536,1],[4,4096,5]]) {
+    const codes = new Int8Array(n * k); for (let i = 0; i < codes.length; i++) codes[i] = f == 2 ? (next() % 2 ? 1 : -1) : (next() % 3) - 1;
+    const x = new Int8Array(m * k); for (let i = 0; i < x.length; i++) x[i] = (next() % 256) - 128;
+    const len = n * w.binllm_row_bytes(f, k); const [cp, cl] = put(codes); const op = w.binllm_alloc(len);
+    w.binllm_pack(f, cp, n, k, op, len); const packed = new Uint8Array(w.memory.buffer, op, len).slice();
+    const res = [];
+    for (const backend of [0, 1]) {
+      const [pp, pl] = put(packed); const [xp, xl] = put(x); const out = w.binllm_alloc(4 * n * m);
+      const st = w.binllm_integer_sums(backend, f, pp, pl, n, k, xp, m, out);
+      res.push([st, Array.from(new Int32Array(w.memory.buffer, out, n * m))]);
+    }
+    cases++;
+    if (JSON.stringify(res[0]) !== JSON.stringify(res[1])) bad.push({ f, n, k, m, scalar: res[0][1].slice(0, 4), simd: res[1][1].slice(0, 4) });
+  }
+  window.benchResult = { cases, bad };
+} catch (e) { window.benchResult = { error: `${e}` }; }
+document.getElementById("out").textContent = JSON.stringify(window.benchResult);
+document.body.dataset.state = "done";
+</script>
+"""
+
+
+def test_relaxed_simd_kernels_match_scalar_in_chromium(chromium, tmp_path):
+    site = tmp_path / "site"
+    (site / "www").mkdir(parents=True)
+    (site / "pkg").symlink_to(WASM / "pkg")
+    (site / "www" / "kernels.html").write_text(RELAXED_KERNELS_PAGE)
+    with serve_folder(site) as base:
+        proc = run(["node", "tools/run-in-chromium.mjs", f"{base}/www/kernels.html", "--timeout", "120"], timeout=300, cwd=WASM)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])["first"]["bench"]
+    assert result and "error" not in result, result
+    assert result["cases"] == 21 and result["bad"] == [], result

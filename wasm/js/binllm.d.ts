@@ -10,6 +10,11 @@ export interface LoadProgress {
   total: number;
 }
 
+/** Whether this engine runs relaxed SIMD (binllm then loads its relaxed-SIMD build). */
+export function hasRelaxedSimd(): boolean;
+/** The module `BinLLM.load` uses by default: relaxed SIMD where the engine has it. */
+export function defaultWasmUrl(): string;
+
 export interface LoadOptions {
   onProgress?: (progress: LoadProgress) => void;
   /** Keep downloads in the Cache API (default true). */

@@ -17,14 +17,40 @@ export class BinLLMError extends Error {
   }
 }
 
-const DEFAULT_WASM = new URL("../pkg/binllm_wasm.wasm", import.meta.url).href;
+const SIMD128_WASM = new URL("../pkg/binllm_wasm.wasm", import.meta.url).href;
+const RELAXED_WASM = new URL("../pkg/binllm_wasm_relaxed.wasm", import.meta.url).href;
+
+// A module whose one function runs i32x4.relaxed_dot_i8x16_i7x16_add_s on three zero vectors:
+// it validates exactly where the engine has relaxed SIMD.
+const RELAXED_PROBE = new Uint8Array([
+  0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+  0x01, 0x05, 0x01, 0x60, 0x00, 0x01, 0x7b, // types: () -> v128
+  0x03, 0x02, 0x01, 0x00, // functions: one of type 0
+  0x0a, 0x3d, 0x01, 0x3b, 0x00, // code: one body of 59 bytes, no locals
+  ...[0, 1, 2].flatMap(() => [0xfd, 0x0c, ...new Array(16).fill(0)]), // v128.const 0, three times
+  0xfd, 0x93, 0x02, 0x0b, // i32x4.relaxed_dot_i8x16_i7x16_add_s; end
+]);
+
+/** Whether this engine runs relaxed SIMD (binllm then loads its relaxed-SIMD build). */
+export function hasRelaxedSimd() {
+  try {
+    return WebAssembly.validate(RELAXED_PROBE);
+  } catch {
+    return false;
+  }
+}
+
+/** The module `BinLLM.load` uses by default: relaxed SIMD where the engine has it. */
+export function defaultWasmUrl() {
+  return hasRelaxedSimd() ? RELAXED_WASM : SIMD128_WASM;
+}
 
 export class BinLLM {
   /**
    * Loads a model in a new worker. Options: onProgress({phase, loaded, total}) with phase
    * "download" | "cache" | "read" | "parse"; cache (default true); wasmUrl; workerUrl.
    */
-  static async load(source, { onProgress, cache = true, wasmUrl = DEFAULT_WASM, workerUrl } = {}) {
+  static async load(source, { onProgress, cache = true, wasmUrl = defaultWasmUrl(), workerUrl } = {}) {
     const worker = new Worker(workerUrl ?? new URL("./worker.js", import.meta.url), { type: "module" });
     const model = new BinLLM(worker);
     if (typeof source === "string") source = new URL(source, globalThis.location?.href).href;

@@ -5,7 +5,9 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 
-const WASM = new URL("../pkg/binllm_wasm.wasm", import.meta.url);
+// BINLLM_WASM_MODULE names another of pkg/'s modules (binllm_wasm_relaxed.wasm, whose Simd128
+// kernels use relaxed SIMD's dot product; node 20 runs it with --experimental-wasm-relaxed-simd).
+const WASM = new URL(`../pkg/${process.env.BINLLM_WASM_MODULE || "binllm_wasm.wasm"}`, import.meta.url);
 // Indices into binllm_core's FORMATS and ALL_BACKENDS (see wasm/src/lib.rs).
 const FORMATS = [
   { index: 0, name: "t2", ternary: true },

@@ -6,30 +6,169 @@ use crate::error::Result;
 
 #[cfg(feature = "threads")]
 mod pool {
+    //! A pool built for many small parallel regions (a decoded token makes about a hundred,
+    //! some only microseconds long): after a job, workers spin for `SPIN` before they sleep,
+    //! so the next job starts without a wake-up through the kernel. The caller works too and
+    //! waits only for workers that joined the job: a worker the OS has not scheduled yet finds
+    //! the job closed and skips it, so nobody waits on a thread that is not running.
     use crate::error::{Error, Result};
-    use std::sync::{Arc, Mutex, OnceLock};
+    use std::cell::UnsafeCell;
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+    use std::sync::{Arc, Condvar, Mutex, OnceLock};
+    use std::time::{Duration, Instant};
+
+    /// How long an idle worker spins before it sleeps: longer than the gaps between the
+    /// parallel regions of one decoded token, shorter than a person notices on a shared machine.
+    const SPIN: Duration = Duration::from_micros(300);
+
+    type Job = *const (dyn Fn() + Sync);
+
+    struct Shared {
+        /// Bumped for every job; workers watch it.
+        generation: AtomicU64,
+        /// The current job, valid while `open` (written only under `submit`).
+        job: UnsafeCell<Option<Job>>,
+        open: AtomicBool,
+        /// Workers inside the current job.
+        active: AtomicUsize,
+        sleepers: AtomicUsize,
+        sleep: Mutex<()>,
+        wake: Condvar,
+        shutdown: AtomicBool,
+        /// One job at a time; a caller that finds it taken runs its work alone.
+        submit: Mutex<()>,
+    }
+
+    // SAFETY: `job` is written by the one caller holding `submit` while no worker reads it
+    // (the job is closed and `active` is zero), and read by workers only while it is open.
+    unsafe impl Sync for Shared {}
+    unsafe impl Send for Shared {}
 
     /// `threads` workers in all: the calling thread and `threads - 1` pool threads (none for 1).
     pub struct Workers {
         pub threads: usize,
-        pub pool: Option<rayon::ThreadPool>,
+        shared: Arc<Shared>,
+    }
+
+    impl Drop for Workers {
+        fn drop(&mut self) {
+            self.shared.shutdown.store(true, SeqCst);
+            let _guard = self.shared.sleep.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.wake.notify_all();
+        }
+    }
+
+    fn worker(shared: Arc<Shared>) {
+        let mut seen = shared.generation.load(SeqCst);
+        loop {
+            let start = Instant::now();
+            let mut spins = 0u32;
+            loop {
+                if shared.shutdown.load(SeqCst) {
+                    return;
+                }
+                if shared.generation.load(SeqCst) != seen {
+                    break;
+                }
+                spins = spins.wrapping_add(1);
+                if spins % 64 == 0 && start.elapsed() > SPIN {
+                    let guard = shared.sleep.lock().unwrap_or_else(|e| e.into_inner());
+                    shared.sleepers.fetch_add(1, SeqCst);
+                    let guard = if shared.generation.load(SeqCst) == seen && !shared.shutdown.load(SeqCst) {
+                        shared.wake.wait(guard).unwrap_or_else(|e| e.into_inner())
+                    } else {
+                        guard
+                    };
+                    shared.sleepers.fetch_sub(1, SeqCst);
+                    drop(guard);
+                }
+                if spins % 256 == 0 {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+            seen = shared.generation.load(SeqCst);
+            shared.active.fetch_add(1, SeqCst);
+            if shared.open.load(SeqCst) {
+                // SAFETY: the job is open and we are counted in `active`, so the caller has
+                // not returned and the closure `job` points to is alive.
+                if let Some(job) = unsafe { *shared.job.get() } {
+                    // A panic must not leave the worker counted in `active` forever.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe { (*job)() }));
+                }
+            }
+            shared.active.fetch_sub(1, SeqCst);
+        }
+    }
+
+    impl Workers {
+        /// Runs `work` on the calling thread and on every pool thread that is free to join;
+        /// returns when all who joined are done. `work` must split its own work (each call
+        /// takes what is left).
+        pub fn run(&self, work: &(dyn Fn() + Sync)) {
+            let shared = &*self.shared;
+            let Ok(_one_job) = shared.submit.try_lock() else {
+                work();
+                return;
+            };
+            // SAFETY: the lifetime is erased only for the duration of this call: the job is
+            // closed and no worker is inside it when we return (below).
+            let job: Job = unsafe { std::mem::transmute::<&(dyn Fn() + Sync), &'static (dyn Fn() + Sync)>(work) };
+            // SAFETY: we hold `submit`, the previous job is closed and `active` was zero.
+            unsafe { *shared.job.get() = Some(job) };
+            shared.open.store(true, SeqCst);
+            shared.generation.fetch_add(1, SeqCst);
+            if shared.sleepers.load(SeqCst) > 0 {
+                let _guard = shared.sleep.lock().unwrap_or_else(|e| e.into_inner());
+                shared.wake.notify_all();
+            }
+            // Closes the job and waits for the workers inside it, also if `work` panics.
+            struct Close<'a>(&'a Shared);
+            impl Drop for Close<'_> {
+                fn drop(&mut self) {
+                    self.0.open.store(false, SeqCst);
+                    let mut spins = 0u32;
+                    while self.0.active.load(SeqCst) > 0 {
+                        // A worker inside the job may have lost its core to another process.
+                        spins += 1;
+                        if spins % 256 == 0 {
+                            std::thread::yield_now();
+                        } else {
+                            std::hint::spin_loop();
+                        }
+                    }
+                    // SAFETY: closed with nobody inside: no worker reads the job any more.
+                    unsafe { *self.0.job.get() = None };
+                }
+            }
+            let _close = Close(shared);
+            work();
+        }
     }
 
     static WORKERS: OnceLock<Mutex<Arc<Workers>>> = OnceLock::new();
 
     fn build(n: usize) -> Result<Arc<Workers>> {
-        let pool = if n > 1 {
-            Some(
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(n - 1)
-                    .thread_name(|i| format!("binllm-worker-{i}"))
-                    .build()
-                    .map_err(|e| Error::InvalidArgument(format!("cannot start {n} threads: {e}")))?,
-            )
-        } else {
-            None
-        };
-        Ok(Arc::new(Workers { threads: n, pool }))
+        let shared = Arc::new(Shared {
+            generation: AtomicU64::new(0),
+            job: UnsafeCell::new(None),
+            open: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
+            sleepers: AtomicUsize::new(0),
+            sleep: Mutex::new(()),
+            wake: Condvar::new(),
+            shutdown: AtomicBool::new(false),
+            submit: Mutex::new(()),
+        });
+        for i in 0..n.saturating_sub(1) {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("binllm-worker-{i}"))
+                .spawn(move || worker(shared))
+                .map_err(|e| Error::InvalidArgument(format!("cannot start {n} threads: {e}")))?;
+        }
+        Ok(Arc::new(Workers { threads: n, shared }))
     }
 
     fn default_threads() -> usize {
@@ -88,30 +227,54 @@ pub fn for_each_chunk<T: Send>(out: &mut [T], items_per_chunk: usize, f: impl Fn
     #[cfg(feature = "threads")]
     {
         let workers = pool::current();
-        if let (Some(pool), true) = (&workers.pool, out.len() > items_per_chunk) {
+        if workers.threads > 1 && out.len() > items_per_chunk {
             use std::sync::atomic::{AtomicUsize, Ordering};
             use std::sync::Mutex;
             let parts: Vec<Mutex<Option<(usize, &mut [T])>>> =
                 out.chunks_mut(items_per_chunk).enumerate().map(|p| Mutex::new(Some(p))).collect();
             let next = AtomicUsize::new(0);
-            let work = || loop {
+            workers.run(&|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(slot) = parts.get(i) else { break };
                 if let Some((index, chunk)) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
                     f(index, chunk);
                 }
-            };
-            let helpers = (workers.threads - 1).min(parts.len() - 1);
-            pool.in_place_scope(|scope| {
-                for _ in 0..helpers {
-                    scope.spawn(|_| work());
-                }
-                work();
             });
             return;
         }
     }
     for (i, c) in out.chunks_mut(items_per_chunk).enumerate() {
         f(i, c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Many small jobs, from several callers at once, on pools of different sizes: every chunk
+    /// is visited exactly once and sees its own index.
+    #[test]
+    fn every_chunk_runs_once_under_many_small_jobs_and_callers() {
+        for threads in [1, 2, 3] {
+            set_num_threads(threads).unwrap();
+            std::thread::scope(|scope| {
+                for caller in 0..3 {
+                    scope.spawn(move || {
+                        for job in 0..300 {
+                            let len = 1 + (job * 7 + caller) % 97;
+                            let mut out = vec![0usize; len];
+                            for_each_chunk(&mut out, 1 + job % 5, |i, chunk| {
+                                for v in chunk.iter_mut() {
+                                    *v += i + 1;
+                                }
+                            });
+                            let per = 1 + job % 5;
+                            assert!(out.iter().enumerate().all(|(j, &v)| v == j / per + 1), "threads {threads} job {job}");
+                        }
+                    });
+                }
+            });
+        }
     }
 }

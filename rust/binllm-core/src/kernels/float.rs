@@ -49,6 +49,7 @@ fn dot_q8_lanes(q: &[i8], scales: &[f32], x: &[f32], fma: bool) -> f32 {
 }
 
 #[inline(always)]
+#[cfg_attr(all(target_arch = "wasm32", target_feature = "simd128"), allow(dead_code))] // wasm::dot_f16 replaces it there
 fn dot_f16_lanes(w: &[f16], x: &[f32], fma: bool) -> f32 {
     let mut acc = [0f32; 16];
     let chunks = w.len() / 16;
@@ -63,6 +64,40 @@ fn dot_f16_lanes(w: &[f16], x: &[f32], fma: bool) -> f32 {
         tail += w[i].to_f32() * x[i];
     }
     acc.iter().sum::<f32>() + tail
+}
+
+/// How far ahead of the current position the f16 dot products prefetch weights. Measured on
+/// Zen 5 over a 98 MB output layer, one thread: without it a row streams at 30-34 GB/s (about
+/// a plain streaming read), 8 KiB ahead at 44-45 GB/s; 1-4 KiB help little, 16-32 KiB less.
+pub const PREFETCH_BYTES: usize = 8192;
+
+/// Hints the cache line at `p` into L1. It never faults, so any address will do.
+#[inline(always)]
+fn prefetch_line(p: *const i8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch only hints the cache and never faults; SSE is baseline on x86-64.
+    unsafe {
+        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(p)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Hints the cache line `PREFETCH_BYTES` after `p` into L1 (past the end of a buffer the hint
+/// is harmless, hence `wrapping_add`).
+#[inline(always)]
+pub fn prefetch_ahead<T>(p: *const T) {
+    prefetch_line((p as *const i8).wrapping_add(PREFETCH_BYTES));
+}
+
+/// Hints the first `PREFETCH_BYTES` of `buf` into L1, where a kernel that prefetches
+/// `PREFETCH_BYTES` ahead of itself will start reading.
+#[inline]
+pub fn prefetch_start(buf: &[u8]) {
+    for offset in (0..buf.len().min(PREFETCH_BYTES)).step_by(64) {
+        prefetch_line(buf[offset..].as_ptr() as *const i8);
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -128,6 +163,9 @@ mod x86 {
         let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let mut i = 0;
         while i + 16 <= n {
+            if i % 32 == 0 {
+                prefetch_ahead(pw.add(i));
+            }
             let w0 = _mm256_cvtph_ps(_mm_loadu_si128(pw.add(i) as *const __m128i));
             let w1 = _mm256_cvtph_ps(_mm_loadu_si128(pw.add(i + 8) as *const __m128i));
             s0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(px.add(i)), s0);
@@ -140,6 +178,124 @@ mod x86 {
             i += 1;
         }
         total
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86_512 {
+    use super::*;
+    use core::arch::x86_64::*;
+
+    /// `dot_f32` in `dot_f16`'s order below (the same lanes, the same steps and tail), so a
+    /// matrix gives the very same products whether it is held as f32 or as f16.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 64 <= n {
+            for l in 0..4 {
+                prefetch_ahead(pa.add(i + 16 * l));
+            }
+            for (j, s) in acc.iter_mut().enumerate() {
+                *s = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + 16 * j)), _mm512_loadu_ps(pb.add(i + 16 * j)), *s);
+            }
+            i += 64;
+        }
+        while i + 16 <= n {
+            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc[0]);
+            i += 16;
+        }
+        let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        let mut total = _mm512_reduce_add_ps(sum);
+        while i < n {
+            total += a[i] * b[i];
+            i += 1;
+        }
+        total
+    }
+
+    /// `dot_f16` with four 512-bit accumulators (two chains of dependent FMAs at 32 bytes of
+    /// weights each would cap a row near 32 GB/s) and software prefetch (`prefetch_ahead`).
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
+        let n = w.len().min(x.len());
+        let (pw, px) = (w.as_ptr() as *const u16, x.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 64 <= n {
+            prefetch_ahead(pw.add(i));
+            prefetch_ahead(pw.add(i + 32));
+            for (j, a) in acc.iter_mut().enumerate() {
+                let wv = _mm512_cvtph_ps(_mm256_loadu_si256(pw.add(i + 16 * j) as *const __m256i));
+                *a = _mm512_fmadd_ps(wv, _mm512_loadu_ps(px.add(i + 16 * j)), *a);
+            }
+            i += 64;
+        }
+        while i + 16 <= n {
+            let wv = _mm512_cvtph_ps(_mm256_loadu_si256(pw.add(i) as *const __m256i));
+            acc[0] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(px.add(i)), acc[0]);
+            i += 16;
+        }
+        let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        let mut total = _mm512_reduce_add_ps(sum);
+        while i < n {
+            total += w[i].to_f32() * x[i];
+            i += 1;
+        }
+        total
+    }
+}
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod wasm {
+    use super::*;
+    use core::arch::wasm32::*;
+
+    /// Eight f16 values (as u16 bits) widened to two f32x4, exactly: the magnitude's bits move
+    /// to f32's places and a multiply by 2^112 fixes the exponent bias (subnormals included);
+    /// infinities and NaNs get f32's all-ones exponent; the sign is ORed back.
+    #[inline(always)]
+    fn widen(h: v128) -> [v128; 2] {
+        [u32x4_extend_low_u16x8(h), u32x4_extend_high_u16x8(h)].map(|h| {
+            let magnitude = v128_and(h, u32x4_splat(0x7fff));
+            let value = f32x4_mul(i32x4_shl(magnitude, 13), f32x4_splat(5.192_297e33)); // 2^112
+            let special = i32x4_eq(v128_and(h, u32x4_splat(0x7c00)), u32x4_splat(0x7c00));
+            let value = v128_or(value, v128_and(special, u32x4_splat(0x7f80_0000)));
+            v128_or(value, i32x4_shl(v128_and(h, u32x4_splat(0x8000)), 16))
+        })
+    }
+
+    /// `dot_f16_lanes` without FMA, vectorized: lane j of the four accumulators is `acc[j]`
+    /// there, and the lanes are summed in the same order, so results are bit-identical.
+    pub fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
+        let n = w.len().min(x.len());
+        let chunks = n / 16;
+        let mut acc = [f32x4_splat(0.0); 4];
+        for c in 0..chunks {
+            // SAFETY: c * 16 + 16 <= n, within both slices; v128 loads may be unaligned.
+            let (h0, h1, xs) = unsafe {
+                let pw = w.as_ptr().add(c * 16) as *const v128;
+                let px = x.as_ptr().add(c * 16) as *const v128;
+                (v128_load(pw), v128_load(pw.add(1)), [v128_load(px), v128_load(px.add(1)), v128_load(px.add(2)), v128_load(px.add(3))])
+            };
+            let [a0, a1] = widen(h0);
+            let [a2, a3] = widen(h1);
+            for (j, a) in [a0, a1, a2, a3].into_iter().enumerate() {
+                acc[j] = f32x4_add(acc[j], f32x4_mul(a, xs[j]));
+            }
+        }
+        let mut lanes = [0f32; 16];
+        for (j, a) in acc.iter().enumerate() {
+            // SAFETY: lanes has room for 4 floats at 4 * j.
+            unsafe { v128_store(lanes.as_mut_ptr().add(4 * j) as *mut v128, *a) };
+        }
+        let mut tail = 0f32;
+        for i in chunks * 16..n {
+            tail += w[i].to_f32() * x[i];
+        }
+        lanes.iter().sum::<f32>() + tail
     }
 }
 
@@ -161,18 +317,24 @@ pub fn dots() -> Dots {
                 && std::arch::is_x86_feature_detected!("fma")
                 && std::arch::is_x86_feature_detected!("f16c")
         });
+        static AVX512: OnceLock<bool> = OnceLock::new();
+        let avx512 = *AVX512.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"));
         if fast {
-            // SAFETY: the CPU was checked for AVX2, FMA and F16C just above.
+            // SAFETY: the CPU was checked for AVX2, FMA and F16C (and AVX-512 F where used)
+            // just above.
             return Dots {
-                f32: |a, b| unsafe { x86::dot_f32(a, b) },
+                f32: if avx512 { |a, b| unsafe { x86_512::dot_f32(a, b) } } else { |a, b| unsafe { x86::dot_f32(a, b) } },
                 q8: |q, s, x| unsafe { x86::dot_q8(q, s, x) },
-                f16: |w, x| unsafe { x86::dot_f16(w, x) },
+                f16: if avx512 { |w, x| unsafe { x86_512::dot_f16(w, x) } } else { |w, x| unsafe { x86::dot_f16(w, x) } },
             };
         }
     }
     Dots {
         f32: |a, b| dot_f32_lanes(a, b, false),
         q8: |q, s, x| dot_q8_lanes(q, s, x, false),
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        f16: wasm::dot_f16,
+        #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
         f16: |w, x| dot_f16_lanes(w, x, false),
     }
 }
@@ -248,4 +410,49 @@ where
             o[i] = (d.f32)(&scratch[..k], &x[i * k..(i + 1) * k]);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every f16 dot product this CPU can run (the baseline, AVX2, AVX-512) against an f64 sum,
+    /// on odd lengths and on lengths that cross the unrolled and prefetched steps.
+    #[test]
+    fn f16_dots_match_a_wide_sum() {
+        let mut seed = 11u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 4.0
+        };
+        let mut variants: Vec<(&str, fn(&[f16], &[f32]) -> f32)> =
+            vec![("baseline", |w, x| dot_f16_lanes(w, x, false)), ("chosen", dots().f16)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            let has = |f: &str| std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c") && (f != "avx512f" || std::arch::is_x86_feature_detected!("avx512f"));
+            if has("avx2") {
+                // SAFETY: the features were checked just above.
+                variants.push(("avx2", |w, x| unsafe { x86::dot_f16(w, x) }));
+            }
+            if has("avx512f") {
+                // SAFETY: as above.
+                variants.push(("avx512", |w, x| unsafe { x86_512::dot_f16(w, x) }));
+            }
+        }
+        for n in [1, 3, 17, 63, 64, 127, 1023, 1536, 4099] {
+            let w: Vec<f16> = (0..n).map(|_| f16::from_f32(next())).collect();
+            let x: Vec<f32> = (0..n).map(|_| next()).collect();
+            let exact: f64 = w.iter().zip(&x).map(|(a, b)| a.to_f64() * *b as f64).sum();
+            let scale: f64 = w.iter().zip(&x).map(|(a, b)| (a.to_f64() * *b as f64).abs()).sum();
+            for (name, dot) in &variants {
+                let got = dot(&w, &x) as f64;
+                assert!((got - exact).abs() <= 1e-6 * scale + 1e-6, "{name} n {n}: {got} vs {exact}");
+            }
+            // A matrix held as f32 or as f16 gives the very same products (model conversions
+            // between the two are checked for equal logits).
+            let widened: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+            assert_eq!((dots().f32)(&widened, &x).to_bits(), (dots().f16)(&w, &x).to_bits(), "n {n}");
+        }
+    }
 }

@@ -7,7 +7,7 @@
 //! Q6_K, Q8_0, ...) become `Q8`: blocks of 32 int8 values with an f32 scale (9 bits per weight).
 
 use crate::error::Result;
-use crate::formats::PackedMatrix;
+use crate::formats::{PackedMatrix, ScaleKind};
 use crate::kernels::{float, Backend};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -106,7 +106,7 @@ impl Linear {
     pub fn forward(&self, backend: Backend, x: &[f32], m: usize, y: &mut [f32], act_quant: bool) -> Result<()> {
         let (n, k) = self.shape();
         match self {
-            Linear::Packed(p) if act_quant => return p.matmul_into(backend, x, m, y),
+            Linear::Packed(_) if act_quant => return forward_shared_input(&[self], backend, x, m, &mut [y], act_quant),
             Linear::Packed(p) => float::gemm_decoded(n, k, x, m, y, |r, buf| p.decode_row_f32(r, buf)),
             Linear::Float { w, .. } => float::gemm_f32(w, n, k, x, m, y),
             Linear::Half { w, .. } => float::gemm_f16(w, n, k, x, m, y),
@@ -114,6 +114,53 @@ impl Linear {
         }
         Ok(())
     }
+}
+
+/// `ys[j] = x W_j^T` for linears that share their input (q, k, v; gate, up). Packed ones with
+/// the same input width and no per-column scale (or one alone) quantize `x` once for all, as
+/// each would alone: results are those of `PackedMatrix::matmul_into`, bit for bit. The GEMV
+/// prefetches `PREFETCH_BYTES` ahead of where it reads, so each matrix's first lines are
+/// asked for before it runs (they would come at full memory latency).
+pub fn forward_shared_input(layers: &[&Linear], backend: Backend, x: &[f32], m: usize, ys: &mut [&mut [f32]], act_quant: bool) -> Result<()> {
+    let packed: Option<Vec<&PackedMatrix>> = layers
+        .iter()
+        .map(|l| match l {
+            Linear::Packed(p) if act_quant && (layers.len() == 1 || !matches!(p.scale(), ScaleKind::OneBit { .. })) => Some(p),
+            _ => None,
+        })
+        .collect();
+    let Some(packed) = packed.filter(|p| p.iter().all(|q| q.shape().1 == p[0].shape().1 && q.padded_k() == p[0].padded_k())) else {
+        for (l, y) in layers.iter().zip(ys.iter_mut()) {
+            l.forward(backend, x, m, y, act_quant)?;
+        }
+        return Ok(());
+    };
+    if x.len() != m * packed[0].shape().1 || packed.iter().zip(ys.iter()).any(|(p, y)| y.len() != m * p.shape().0) {
+        crate::bail!(InvalidArgument, "linear inputs and outputs disagree in size");
+    }
+    float::prefetch_start(packed[0].packed_data());
+    let act = packed[0].quantize_input(x, m);
+    for (j, (p, y)) in packed.iter().zip(ys.iter_mut()).enumerate() {
+        if let Some(next) = packed.get(j + 1) {
+            float::prefetch_start(next.packed_data());
+        }
+        let sums = p.integer_sums(backend, &act)?;
+        // The arithmetic of `PackedMatrix::matmul_into`, so results are bit-identical.
+        let n = p.shape().0;
+        if let (1, ScaleKind::PerTensor(ws)) = (m, p.scale()) {
+            // Decode's common case, in a form the compiler vectorizes.
+            let (ws, s) = (*ws, act.scales[0]);
+            y.iter_mut().zip(&sums).for_each(|(y, &sum)| *y = sum as f32 * ws / s);
+            continue;
+        }
+        for r in 0..n {
+            let ws = p.row_scale(r);
+            for mi in 0..m {
+                y[mi * n + r] = sums[r * m + mi] as f32 * ws / act.scales[mi];
+            }
+        }
+    }
+    Ok(())
 }
 
 /// How float-valued tensors are kept in memory.

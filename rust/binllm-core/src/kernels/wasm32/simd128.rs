@@ -13,6 +13,13 @@
 //! | b1     | bit (1 for +1)                           | `2D - S`    |
 //!
 //! Tiles: GEMV 4 weight rows; GEMM 2 weight rows x 4 activation rows.
+//!
+//! Built with relaxed SIMD (`-C target-feature=+relaxed-simd`, the second module
+//! `scripts/build-wasm.sh` writes), t2 and b1 use `i32x4.relaxed_dot_i8x16_i7x16_add_s`: one
+//! instruction for four products and their sum where SIMD128 needs an extmul pair, an add and
+//! a widening. Its result is implementation-defined only where the second operand has its top
+//! bit set; t2's and b1's `d` is 0..2, so every engine gives the exact sum. t1.6's `d` is
+//! negative and stays on the SIMD128 path.
 
 #![allow(clippy::needless_range_loop)] // tiles index several arrays by row and column
 
@@ -44,13 +51,16 @@ fn load_state<const F: u8>(bytes: v128) -> v128 {
 #[inline(always)]
 fn decode_next<const F: u8>(state: &mut v128) -> v128 {
     let y = *state;
+    // t2 and b1 shift 16-bit lanes: each byte's low bits, all that the AND keeps, still come
+    // from that byte (for the 8 bits it has), and engines on x86 run a 16-bit shift as one
+    // instruction where an 8-bit one takes a shift, a mask and an AND.
     match F {
         T2 => {
-            *state = u8x16_shr(y, 2);
+            *state = u16x8_shr(y, 2);
             v128_and(y, u8x16_splat(3))
         }
         B1 => {
-            *state = u8x16_shr(y, 1);
+            *state = u16x8_shr(y, 1);
             v128_and(y, u8x16_splat(1))
         }
         _ => {
@@ -89,6 +99,11 @@ fn hsum(v: v128) -> i32 {
 /// 64 * planes(F)` bytes.
 #[inline(always)]
 unsafe fn tile<const R: usize, const C: usize, const F: u8>(w: *const u8, row_bytes: usize, x: *const i8, kp: usize) -> [[i32; C]; R] {
+    #[cfg(target_feature = "relaxed-simd")]
+    if F == T2 && C == 1 {
+        return gemv_t2_relaxed_tile::<R, C>(w, row_bytes, x);
+    }
+    let relaxed = RELAXED_DOT && F != T16;
     let block_weights = 64 * planes(F);
     let mut acc = [[i32x4_splat(0); C]; R];
     for b in 0..row_bytes / 64 {
@@ -108,15 +123,21 @@ unsafe fn tile<const R: usize, const C: usize, const F: u8>(w: *const u8, row_by
                 for c in 0..C {
                     let xv = v128_load(x.add(c * kp + b * block_weights + 64 * p + 16 * q) as *const v128);
                     for r in 0..R {
-                        let products = i16x8_add(i16x8_extmul_low_i8x16(d[r], xv), i16x8_extmul_high_i8x16(d[r], xv));
-                        part[r][c] = i16x8_add(part[r][c], products);
+                        if relaxed {
+                            acc[r][c] = dot_add(xv, d[r], acc[r][c]);
+                        } else {
+                            let products = i16x8_add(i16x8_extmul_low_i8x16(d[r], xv), i16x8_extmul_high_i8x16(d[r], xv));
+                            part[r][c] = i16x8_add(part[r][c], products);
+                        }
                     }
                 }
             }
         }
-        for r in 0..R {
-            for c in 0..C {
-                acc[r][c] = i32x4_add(acc[r][c], i32x4_extadd_pairwise_i16x8(part[r][c]));
+        if !relaxed {
+            for r in 0..R {
+                for c in 0..C {
+                    acc[r][c] = i32x4_add(acc[r][c], i32x4_extadd_pairwise_i16x8(part[r][c]));
+                }
             }
         }
     }
@@ -127,6 +148,68 @@ unsafe fn tile<const R: usize, const C: usize, const F: u8>(w: *const u8, row_by
         }
     }
     sums
+}
+
+/// Whether this build has relaxed SIMD's dot product (`dot_add`).
+const RELAXED_DOT: bool = cfg!(target_feature = "relaxed-simd");
+
+/// `acc + (4-product sums of a x b)`, b's values in 0..63: relaxed SIMD's dot product, exact on
+/// every engine for such b (see the module docs). Only called where `RELAXED_DOT`.
+#[inline(always)]
+fn dot_add(a: v128, b: v128, acc: v128) -> v128 {
+    #[cfg(target_feature = "relaxed-simd")]
+    return i32x4_relaxed_dot_i8x16_i7x16_add(a, b, acc);
+    #[cfg(not(target_feature = "relaxed-simd"))]
+    {
+        let _ = (a, b, acc);
+        unreachable!("relaxed SIMD dot product in a build without relaxed SIMD")
+    }
+}
+
+/// The t2 GEMV tile of the relaxed-SIMD build, two rows at a time (their accumulators stay
+/// in registers).
+#[cfg(target_feature = "relaxed-simd")]
+#[inline(always)]
+unsafe fn gemv_t2_relaxed_tile<const R: usize, const C: usize>(w: *const u8, row_bytes: usize, x: *const i8) -> [[i32; C]; R] {
+    let mut sums = [[0i32; C]; R];
+    let mut r = 0;
+    while r + 2 <= R {
+        let pair = gemv_t2_relaxed::<2>(w.add(r * row_bytes), row_bytes, x);
+        sums[r][0] = pair[0];
+        sums[r + 1][0] = pair[1];
+        r += 2;
+    }
+    while r < R {
+        sums[r][0] = gemv_t2_relaxed::<1>(w.add(r * row_bytes), row_bytes, x)[0];
+        r += 1;
+    }
+    sums
+}
+
+/// `D` sums of R t2 rows with one activation row, decoding planes by masks alone: plane p's
+/// field masked in place is `d * 4^p`, still a valid i7 operand (at most 32) for p < 3, so
+/// planes 1 and 2 accumulate apart and are divided by 4 and 16 at the end (exactly: their
+/// sums are multiples). Plane 3 is shifted down as before. One shift a 16-byte group instead
+/// of three.
+#[cfg(target_feature = "relaxed-simd")]
+#[inline(always)]
+unsafe fn gemv_t2_relaxed<const R: usize>(w: *const u8, row_bytes: usize, x: *const i8) -> [i32; R] {
+    let mut acc = [[i32x4_splat(0); 3]; R];
+    for b in 0..row_bytes / 64 {
+        for q in 0..4 {
+            let xp = x.add(b * 256 + 16 * q);
+            let xs = [0, 1, 2, 3].map(|p| v128_load(xp.add(64 * p) as *const v128));
+            for r in 0..R {
+                let y = v128_load(w.add(r * row_bytes + b * 64 + 16 * q) as *const v128);
+                let top = v128_and(u16x8_shr(y, 6), u8x16_splat(3));
+                acc[r][0] = dot_add(xs[0], v128_and(y, u8x16_splat(0x03)), acc[r][0]);
+                acc[r][0] = dot_add(xs[3], top, acc[r][0]);
+                acc[r][1] = dot_add(xs[1], v128_and(y, u8x16_splat(0x0c)), acc[r][1]);
+                acc[r][2] = dot_add(xs[2], v128_and(y, u8x16_splat(0x30)), acc[r][2]);
+            }
+        }
+    }
+    acc.map(|[a0, a1, a2]| hsum(a0) + hsum(a1) / 4 + hsum(a2) / 16)
 }
 
 kernels_128!("SIMD128", gemm_t2_i8_simd128, gemm_t16_i8_simd128, gemm_b1_i8_simd128);
