@@ -559,12 +559,19 @@ impl PackedMatrix {
             crate::bail!(InvalidArgument, "output must hold {} values, has {}", m * self.n, y.len());
         }
         let act = self.quantize_input(x, m);
+        self.matmul_quantized_into(backend, &act, x, m, y)
+    }
+
+    /// `matmul_into` for activations already quantized by `quantize_input` (linears that
+    /// share an input quantize it once); `x` is the float input they came from (row offsets
+    /// read it). Sizes are the caller's to check.
+    pub fn matmul_quantized_into(&self, backend: kernels::Backend, act: &QuantizedActivations, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
         thread_local! {
             static SUMS: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         SUMS.with_borrow_mut(|sums| -> Result<()> {
-            self.integer_sums_into(backend, &act, sums)?;
-            self.scale_sums(sums, &act, x, m, y);
+            self.integer_sums_into(backend, act, sums)?;
+            self.scale_sums(sums, act, x, m, y);
             Ok(())
         })
     }
@@ -587,6 +594,10 @@ impl PackedMatrix {
                     y[mi * self.n + r] = t / act.scales[mi];
                 }
             }
+        } else if let (1, ScaleKind::PerTensor(ws)) = (m, &self.scale) {
+            // Decode's common case, in a form the compiler vectorizes.
+            let (ws, s) = (*ws, act.scales[0]);
+            y.iter_mut().zip(&sums[..self.n]).for_each(|(y, &sum)| *y = sum as f32 * ws / s);
         } else {
             for r in 0..self.n {
                 let ws = self.scale_at(r, 0);

@@ -144,21 +144,7 @@ pub fn forward_shared_input(layers: &[&Linear], backend: Backend, x: &[f32], m: 
         if let Some(next) = packed.get(j + 1) {
             float::prefetch_start(next.packed_data());
         }
-        let sums = p.integer_sums(backend, &act)?;
-        // The arithmetic of `PackedMatrix::matmul_into`, so results are bit-identical.
-        let n = p.shape().0;
-        if let (1, ScaleKind::PerTensor(ws)) = (m, p.scale()) {
-            // Decode's common case, in a form the compiler vectorizes.
-            let (ws, s) = (*ws, act.scales[0]);
-            y.iter_mut().zip(&sums).for_each(|(y, &sum)| *y = sum as f32 * ws / s);
-            continue;
-        }
-        for r in 0..n {
-            let ws = p.row_scale(r);
-            for mi in 0..m {
-                y[mi * n + r] = sums[r * m + mi] as f32 * ws / act.scales[mi];
-            }
-        }
+        p.matmul_quantized_into(backend, &act, x, m, y)?;
     }
     Ok(())
 }
