@@ -251,9 +251,11 @@ def write_plot(rows: list[dict[str, Any]], path: Path) -> None:
         raise ImportError("the plot needs matplotlib: pip install 'binllm[report]' (or pass --no-plot)") from e
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.8))
     for r in rows:
-        a.scatter(r["linear_bits_per_weight"], r["perplexity"], s=40)
-        a.annotate(r["label"], (r["linear_bits_per_weight"], r["perplexity"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    a.set_xlabel("bits per weight of the decoder linears as held (padding and scales counted)")
+        # The method's own count where the model says it (a quantized folder), else as held.
+        bits = r.get("stated_bits_per_weight") or r["linear_bits_per_weight"]
+        a.scatter(bits, r["perplexity"], s=40)
+        a.annotate(r["label"], (bits, r["perplexity"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    a.set_xlabel("bits per weight of the decoder linears (the method's count; others as held)")
     a.set_ylabel("perplexity (log scale)")
     a.set_yscale("log")
     a.grid(True, alpha=0.3)
