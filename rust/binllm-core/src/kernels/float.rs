@@ -267,8 +267,21 @@ mod wasm {
         })
     }
 
+    /// `widen` for eight f16 values none of which is an infinity or NaN, in fewer instructions:
+    /// each value moves to the top half of its 32-bit lane (one interleave with zero), an
+    /// arithmetic shift by 3 puts exponent and mantissa at f32's places with the sign still on
+    /// top (the AND drops its three copies below it), and the same multiply by 2^112 fixes the
+    /// bias, sign and subnormals included. Equal to `widen` for every finite input.
+    #[inline(always)]
+    fn widen_finite(h: v128) -> [v128; 2] {
+        let zero = u16x8_splat(0);
+        [i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(zero, h), i16x8_shuffle::<4, 12, 5, 13, 6, 14, 7, 15>(zero, h)]
+            .map(|top| f32x4_mul(v128_and(i32x4_shr(top, 3), u32x4_splat(0x8fff_ffff)), f32x4_splat(5.192_297e33)))
+    }
+
     /// `dot_f16_lanes` without FMA, vectorized: lane j of the four accumulators is `acc[j]`
-    /// there, and the lanes are summed in the same order, so results are bit-identical.
+    /// there, and the lanes are summed in the same order, so results are bit-identical. Chunks
+    /// of 16 without infinities or NaNs (one exponent test for all 16) take `widen_finite`.
     pub fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
         let n = w.len().min(x.len());
         let chunks = n / 16;
@@ -280,8 +293,10 @@ mod wasm {
                 let px = x.as_ptr().add(c * 16) as *const v128;
                 (v128_load(pw), v128_load(pw.add(1)), [v128_load(px), v128_load(px.add(1)), v128_load(px.add(2)), v128_load(px.add(3))])
             };
-            let [a0, a1] = widen(h0);
-            let [a2, a3] = widen(h1);
+            let exponent = u16x8_splat(0x7c00);
+            let special = v128_or(i16x8_eq(v128_and(h0, exponent), exponent), i16x8_eq(v128_and(h1, exponent), exponent));
+            let ([a0, a1], [a2, a3]) =
+                if v128_any_true(special) { (widen(h0), widen(h1)) } else { (widen_finite(h0), widen_finite(h1)) };
             for (j, a) in [a0, a1, a2, a3].into_iter().enumerate() {
                 acc[j] = f32x4_add(acc[j], f32x4_mul(a, xs[j]));
             }
