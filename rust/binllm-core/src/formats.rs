@@ -566,13 +566,18 @@ impl PackedMatrix {
     /// share an input quantize it once); `x` is the float input they came from (row offsets
     /// read it). Sizes are the caller's to check.
     pub fn matmul_quantized_into(&self, backend: kernels::Backend, act: &QuantizedActivations, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
+        // Decode's sums (n values) are reused from call to call; a prompt's (n x m) are freed
+        // after use, so a long prompt leaves no megabytes behind in each calling thread.
+        const KEEP: usize = 1 << 16;
         thread_local! {
             static SUMS: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         SUMS.with_borrow_mut(|sums| -> Result<()> {
-            self.integer_sums_into(backend, act, sums)?;
-            self.scale_sums(sums, act, x, m, y);
-            Ok(())
+            let r = self.integer_sums_into(backend, act, sums).map(|()| self.scale_sums(sums, act, x, m, y));
+            if sums.capacity() > KEEP {
+                *sums = Vec::new();
+            }
+            r
         })
     }
 
