@@ -307,6 +307,21 @@ impl Model {
         tokens: &[u32],
         cache: &mut KvCache,
         all_logits: bool,
+        observe: Option<&mut dyn FnMut(usize, &'static str, &[f32])>,
+    ) -> Result<Vec<f32>> {
+        let logits = self.run(tokens, cache, all_logits, observe);
+        if tokens.len() > 1 {
+            // After the prompt's buffers are dropped.
+            release_freed_memory();
+        }
+        logits
+    }
+
+    fn run(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        all_logits: bool,
         mut observe: Option<&mut dyn FnMut(usize, &'static str, &[f32])>,
     ) -> Result<Vec<f32>> {
         let mut seen = |layer: usize, site: &'static str, x: &[f32]| {
@@ -460,6 +475,23 @@ impl Model {
     }
 }
 
+
+/// Hands memory freed by a prompt's buffers (megabytes per token batch) back to the system.
+/// glibc raises its mmap threshold after such frees and then keeps similar blocks in its heap,
+/// so without this the resident size of a process that ran one long prompt stays above what
+/// the model holds.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: malloc_trim only returns free heap pages to the kernel.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
