@@ -259,3 +259,20 @@ def test_sequential_calibration_sees_the_quantized_blocks_before(tmp_path, float
     for site in ("attn_in", "o_in", "ffn_in", "down_in"):
         np.testing.assert_allclose(h1[(1, site)], want1[(1, site)], rtol=5e-3, atol=5e-3 * np.abs(want1[(1, site)]).max(), err_msg=site)
     assert not np.allclose(h1[(1, "attn_in")], want0[(1, "attn_in")], rtol=0.05)
+
+
+def test_calibration_bad_inputs_raise_clear_errors(tmp_path, float_model, calib_file):
+    from binllm import _core
+
+    model = Model.from_pretrained(float_model)
+
+    def boom(layer, site, x):
+        raise KeyError("observer failed")
+
+    with pytest.raises(KeyError, match="observer failed"):
+        model._core.session(16).forward(IDS, observe=boom)
+    with pytest.raises(binllm.ModelFormatError, match="no tensor named 'nope'"):
+        _core.read_tensors(str(float_model / "model.safetensors"), ["nope"])
+    with pytest.raises(ValueError, match="ctx must be at least 2"):
+        quantize_model(float_model, tmp_path / "q", method="gptq-ternary", calib=calib_file, ctx=1)
+    assert not (tmp_path / "q").exists()

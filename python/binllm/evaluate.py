@@ -76,10 +76,9 @@ def _files_bytes(path: Path) -> int:
     return path.stat().st_size
 
 
-def linear_bits(model) -> dict[str, Any]:
+def linear_bits(info: dict[str, Any]) -> dict[str, Any]:
     """True bits per weight of the decoder linears (codes, scales, offsets counted) and of the
-    whole model, from the loaded tensors."""
-    info = model.info()
+    whole model, from a loaded model's `info()`."""
     lin_bits = lin_params = all_bits = all_params = 0.0
     for t in info["tensors"]:
         bits = t["bytes"] * 8
@@ -118,6 +117,7 @@ def evaluate(
     load_s = time.perf_counter() - start
     after = _rss_bytes()
     p = Path(model.source)
+    info = model.info()
     quant = {}
     cfg_file = p / "config.json" if p.is_dir() else None
     if cfg_file is not None and cfg_file.is_file():
@@ -126,9 +126,9 @@ def evaluate(
     result: dict[str, Any] = {
         "model": str(path),
         **quant,
-        **linear_bits(model),
-        "parameters": model.info()["parameters"],
-        "weight_bytes": model.info()["bytes"],
+        **linear_bits(info),
+        "parameters": info["parameters"],
+        "weight_bytes": info["bytes"],
         "file_bytes": _files_bytes(p),
         "resident_bytes": (after - before) if before is not None and after is not None else None,
         "load_s": load_s,

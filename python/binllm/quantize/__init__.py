@@ -130,6 +130,8 @@ def quantize_model(
         raise ValueError(f"method '{method}' compensates errors with calibration activations: pass --calib FILE")
     if calib_tokens < 2:
         raise ValueError("calib_tokens must be at least 2")
+    if ctx < 2:
+        raise ValueError("ctx must be at least 2")
     opts: dict[str, Any] = {}
     if scale is not None:
         if "scale" not in methods.OPTIONS[method]:
@@ -205,8 +207,7 @@ def quantize_model(
                     entries[name] = {"format": q.format, **({"group_size": q.group_size} if q.group_size else {})}
                     q_bits += w.size * q.bits_per_weight
                     if h is not None:
-                        w64 = w.astype(np.float64)
-                        base = float(((w64 @ h) * w64).sum())
+                        base = methods.layer_error(w, np.zeros_like(w), h)
                         errors.append(methods.layer_error(w, q.w_hat, h) / max(base, 1e-30))
                 done[f"{name}.weight"] = w_hat
                 q_params += w.size

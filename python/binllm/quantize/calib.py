@@ -29,32 +29,37 @@ def calibration_tokens(model, text: str, count: int) -> list[int]:
     return ids[:count]
 
 
+def _accumulate(core, tokens: list[int], ctx: int, layer: Optional[int], progress: Optional[Progress], label: str) -> dict[tuple[int, str], np.ndarray]:
+    """{(layer, site): sum of x x^T (float64)} over windows of `ctx` tokens run through `core`
+    (a binllm._core.Model); only block `layer`'s sites when it is given."""
+    acc: dict[tuple[int, str], np.ndarray] = {}
+
+    def observe(at: int, site: str, x: np.ndarray) -> None:
+        if layer is not None and at != layer:
+            return
+        x64 = x.astype(np.float64)
+        h = x64.T @ x64
+        if (at, site) in acc:
+            acc[(at, site)] += h
+        else:
+            acc[(at, site)] = h
+
+    windows = [w for w in (tokens[i : i + ctx] for i in range(0, len(tokens), ctx)) if len(w) >= 2]
+    start = time.perf_counter()
+    for n, window in enumerate(windows, 1):
+        core.session(len(window)).forward(window, observe=observe)
+        if progress:
+            progress(f"{label}calibration window {n}/{len(windows)} ({time.perf_counter() - start:.0f} s)")
+    return acc
+
+
 def hessians(model, tokens: list[int], ctx: int = 512, progress: Optional[Progress] = None) -> dict[tuple[int, str], np.ndarray]:
     """{(layer, site): H} with H = sum over tokens of x x^T (float64), from windows of `ctx`
     tokens run through `model` (a binllm.Model)."""
     if ctx < 2:
         raise ValueError("ctx must be at least 2")
     ctx = min(ctx, int(model.config["max_position_embeddings"]))
-    acc: dict[tuple[int, str], np.ndarray] = {}
-
-    def observe(layer: int, site: str, x: np.ndarray) -> None:
-        x64 = x.astype(np.float64)
-        h = x64.T @ x64
-        key = (layer, site)
-        if key in acc:
-            acc[key] += h
-        else:
-            acc[key] = h
-
-    windows = [tokens[i : i + ctx] for i in range(0, len(tokens), ctx)]
-    windows = [w for w in windows if len(w) >= 2]
-    start = time.perf_counter()
-    for n, window in enumerate(windows, 1):
-        session = model._core.session(len(window))
-        session.forward(window, observe=observe)
-        if progress:
-            progress(f"calibration {n}/{len(windows)} windows ({n * ctx} tokens, {time.perf_counter() - start:.0f} s)")
-    return acc
+    return _accumulate(model._core, tokens, ctx, None, progress, "")
 
 
 def read_text(path: str | Path) -> str:
@@ -90,27 +95,28 @@ class SequentialCalibration:
     """
 
     def __init__(self, source, tokens: list[int], ctx: int, workdir: Path):
-        from safetensors.numpy import save_file
-
-        self.source, self.tokens, self.ctx, self.dir = source, tokens, ctx, Path(workdir)
+        if ctx < 2:
+            raise ValueError("ctx must be at least 2")
+        self.source, self.tokens, self.dir = source, tokens, Path(workdir)
+        self.ctx = min(ctx, int(source.config.get("max_position_embeddings", ctx)))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.weight_map: dict[str, str] = {}
         shared = {"model.embed_tokens.weight": source.tensors["model.embed_tokens.weight"].astype(np.float16), "model.norm.weight": source.tensors["model.norm.weight"].astype(np.float32)}
-        self._save(shared, "shared.safetensors", save_file)
+        self._save(shared, "shared.safetensors")
 
-    def _save(self, tensors: dict[str, np.ndarray], fname: str, save_file) -> None:
+    def _save(self, tensors: dict[str, np.ndarray], fname: str) -> None:
+        from safetensors.numpy import save_file
+
         save_file(tensors, str(self.dir / fname))
         self.weight_map.update({name: fname for name in tensors})
 
     def _block(self, layer: int, linears: dict[str, np.ndarray], fname: str) -> None:
-        from safetensors.numpy import save_file
-
         prefix = f"model.layers.{layer}."
         tensors = {n: w.astype(np.float32) for n, w in self.source.tensors.items() if n.startswith(prefix) and n not in linears}
         tensors.update({n: np.asarray(w, np.float32) for n, w in linears.items()})
         for n in [n for n, f in self.weight_map.items() if n.startswith(prefix)]:
             del self.weight_map[n]
-        self._save(tensors, fname, save_file)
+        self._save(tensors, fname)
 
     def hessians(self, layer: int, progress: Optional[Progress] = None) -> dict[tuple[int, str], np.ndarray]:
         """{(layer, site): H} for block `layer`, blocks before it as set by `done`."""
@@ -123,20 +129,7 @@ class SequentialCalibration:
         (self.dir / "config.json").write_text(json.dumps(config), encoding="utf-8")
         (self.dir / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": self.weight_map}), encoding="utf-8")
         model = _core.Model.load(str(self.dir), True)
-        acc: dict[tuple[int, str], np.ndarray] = {}
-
-        def observe(at: int, site: str, x: np.ndarray) -> None:
-            if at != layer:
-                return
-            x64 = x.astype(np.float64)
-            h = x64.T @ x64
-            acc[(at, site)] = acc[(at, site)] + h if (at, site) in acc else h
-
-        windows = [w for w in (self.tokens[i : i + self.ctx] for i in range(0, len(self.tokens), self.ctx)) if len(w) >= 2]
-        for n, window in enumerate(windows, 1):
-            model.session(len(window)).forward(window, observe=observe)
-            if progress:
-                progress(f"block {layer + 1}/{self.source.layers}: calibration window {n}/{len(windows)}")
+        acc = _accumulate(model, self.tokens, self.ctx, layer, progress, f"block {layer + 1}/{self.source.layers}: ")
         (self.dir / f"float-{layer}.safetensors").unlink()
         return acc
 
