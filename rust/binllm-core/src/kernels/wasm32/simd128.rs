@@ -12,7 +12,7 @@
 //! | t1.6   | -(code + 1), from two byte compares      | `-D - S`    |
 //! | b1     | bit (1 for +1)                           | `2D - S`    |
 //!
-//! Tiles: GEMV 4 weight rows; GEMM 2 weight rows x 4 activation rows.
+//! Tiles: GEMV 4 weight rows (the relaxed t2 GEMV: 2); GEMM 2 weight rows x 4 activation rows.
 //!
 //! Built with relaxed SIMD (`-C target-feature=+relaxed-simd`, the second module
 //! `scripts/build-wasm.sh` writes), t2 and b1 use `i32x4.relaxed_dot_i8x16_i7x16_add_s`: one
@@ -166,20 +166,18 @@ fn dot_add(a: v128, b: v128, acc: v128) -> v128 {
     }
 }
 
-/// The t2 GEMV tile of the relaxed-SIMD build: four rows at a time, so each activation load
-/// serves four rows (measured 20-30% faster in Chromium than two), then pairs and singles.
+/// The t2 GEMV tile of the relaxed-SIMD build: two rows at a time, then a single one. Each
+/// row keeps four accumulators (one per plane), so no chain of dependent dot products is
+/// longer than a block's four quarters; with two rows, the eight accumulators, four
+/// activation vectors and masks fit x86's sixteen vector registers. Measured in Chromium
+/// on a decode step of a 1536-wide model (bench_wasm's "large" shape): 24% faster than four
+/// rows with three accumulators each, which spilled; one, three or four rows with four
+/// accumulators are 7-33% slower than two.
 #[cfg(target_feature = "relaxed-simd")]
 #[inline(always)]
 unsafe fn gemv_t2_relaxed_tile<const R: usize, const C: usize>(w: *const u8, row_bytes: usize, x: *const i8) -> [[i32; C]; R] {
     let mut sums = [[0i32; C]; R];
     let mut r = 0;
-    while r + 4 <= R {
-        let quad = gemv_t2_relaxed::<4>(w.add(r * row_bytes), row_bytes, x);
-        for i in 0..4 {
-            sums[r + i][0] = quad[i];
-        }
-        r += 4;
-    }
     while r + 2 <= R {
         let pair = gemv_t2_relaxed::<2>(w.add(r * row_bytes), row_bytes, x);
         sums[r][0] = pair[0];
@@ -193,30 +191,31 @@ unsafe fn gemv_t2_relaxed_tile<const R: usize, const C: usize>(w: *const u8, row
     sums
 }
 
-/// `D` sums of R t2 rows with one activation row, decoding planes by masks alone: plane p's
-/// field masked in place is `d * 4^p`, still a valid i7 operand (at most 32) for p < 3, so
-/// planes 1 and 2 accumulate apart and are divided by 4 and 16 at the end (exactly: their
-/// sums are multiples). Plane 3 is shifted down as before. One shift a 16-byte group instead
-/// of three.
+/// `D` sums of R t2 rows with one activation row. Each 16-byte group is decoded with one
+/// 16-bit shift and four masks: planes 0 and 2 as `d` (mask 0x03 of the bytes and of the
+/// bytes shifted right by 4), planes 1 and 3 as `4d` (mask 0x0c of the same), all valid i7
+/// operands (at most 8). The `4d` sums are divided by 4 at the end, exactly (they are
+/// multiples of 4).
 #[cfg(target_feature = "relaxed-simd")]
 #[inline(always)]
 unsafe fn gemv_t2_relaxed<const R: usize>(w: *const u8, row_bytes: usize, x: *const i8) -> [i32; R] {
-    let mut acc = [[i32x4_splat(0); 3]; R];
+    let (low, high) = (u8x16_splat(0x03), u8x16_splat(0x0c));
+    let mut acc = [[i32x4_splat(0); 4]; R];
     for b in 0..row_bytes / 64 {
         for q in 0..4 {
             let xp = x.add(b * 256 + 16 * q);
             let xs = [0, 1, 2, 3].map(|p| v128_load(xp.add(64 * p) as *const v128));
             for r in 0..R {
                 let y = v128_load(w.add(r * row_bytes + b * 64 + 16 * q) as *const v128);
-                let top = v128_and(u16x8_shr(y, 6), u8x16_splat(3));
-                acc[r][0] = dot_add(xs[0], v128_and(y, u8x16_splat(0x03)), acc[r][0]);
-                acc[r][0] = dot_add(xs[3], top, acc[r][0]);
-                acc[r][1] = dot_add(xs[1], v128_and(y, u8x16_splat(0x0c)), acc[r][1]);
-                acc[r][2] = dot_add(xs[2], v128_and(y, u8x16_splat(0x30)), acc[r][2]);
+                let h = u16x8_shr(y, 4);
+                acc[r][0] = dot_add(xs[0], v128_and(y, low), acc[r][0]);
+                acc[r][1] = dot_add(xs[1], v128_and(y, high), acc[r][1]);
+                acc[r][2] = dot_add(xs[2], v128_and(h, low), acc[r][2]);
+                acc[r][3] = dot_add(xs[3], v128_and(h, high), acc[r][3]);
             }
         }
     }
-    acc.map(|[a0, a1, a2]| hsum(a0) + hsum(a1) / 4 + hsum(a2) / 16)
+    acc.map(|[a0, a1, a2, a3]| hsum(i32x4_add(a0, a2)) + hsum(i32x4_add(a1, a3)) / 4)
 }
 
 kernels_128!("SIMD128", gemm_t2_i8_simd128, gemm_t16_i8_simd128, gemm_b1_i8_simd128);
