@@ -61,9 +61,9 @@ macro_rules! kernels_128 {
         unsafe fn gemm<const F: u8>(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32]) {
             let mut r = 0;
             if m == 1 {
-                while r + 4 <= n_rows {
-                    run_tile::<4, 1, F>(w, row_bytes, x, x_sums, m, kp, out, r, 0);
-                    r += 4;
+                while r + GEMV_ROWS <= n_rows {
+                    run_tile::<GEMV_ROWS, 1, F>(w, row_bytes, x, x_sums, m, kp, out, r, 0);
+                    r += GEMV_ROWS;
                 }
                 while r < n_rows {
                     run_tile::<1, 1, F>(w, row_bytes, x, x_sums, m, kp, out, r, 0);

@@ -113,6 +113,9 @@ unsafe fn tile<const R: usize, const C: usize, const F: u8>(w: *const u8, row_by
     sums
 }
 
+/// Weight rows per GEMV tile (NEON has 32 vector registers).
+const GEMV_ROWS: usize = 4;
+
 kernels_128!("NEON", gemm_t2_i8_neon, gemm_t16_i8_neon, gemm_b1_i8_neon);
 
 #[cfg(test)]
