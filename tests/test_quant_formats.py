@@ -72,6 +72,28 @@ def test_grouped_t2_is_the_per_group_formula_on_every_backend(n, k, m, group):
     np.testing.assert_array_equal(w.unpack(), codes)
 
 
+@pytest.mark.parametrize("n,m", [(1, 1), (70, 1), (70, 5), (33, 3)])
+def test_scale_epilogue_is_exact_float32_in_its_stated_order(n, m):
+    """The float epilogue after the integer sums, bit for bit, for decode (m = 1) and prompts
+    (rows in blocks of 32, remainders included): grouped scales sum s_g * sum_g in group order
+    from 0 then divide by the activation scale; per-row scales compute sum * s_row / s_act."""
+    rng = np.random.default_rng(n * 10 + m)
+    k, group = 700, 256
+    codes = random_codes(rng, n, k)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    q, s = np_quantize(x)
+    scales = rng.uniform(0.1, 2.0, size=(n, 3)).astype(np.float32)
+    sums = group_sums(codes, q, group).astype(np.float32)  # exact: |sum| < 2^24
+    want = np.zeros((m, n), np.float32)
+    for g in range(3):
+        want = want + scales[None, :, g] * sums[:, :, g]
+    want = want / s[:, None]
+    np.testing.assert_array_equal(kernels.pack_ternary(codes, scales, group_size=group).matmul(x), want)
+    row = scales[:, 0]
+    want = sums.sum(-1) * row[None] / s[:, None]
+    np.testing.assert_array_equal(kernels.pack_ternary(codes, row).matmul(x), want)
+
+
 def test_grouped_bits_per_weight_and_packed_bytes():
     rng = np.random.default_rng(1)
     n, k, group = 6, 700, 256

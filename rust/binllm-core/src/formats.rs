@@ -122,6 +122,10 @@ impl WeightFormat {
     }
 }
 
+/// Weight rows per block of `PackedMatrix::scale_sums` for prompts: their sums ([n][m]) and
+/// outputs ([m][n]) meet a block at a time, in cache.
+const PROMPT_ROWS: usize = 32;
+
 const POW3: [u16; 5] = [1, 3, 9, 27, 81];
 
 fn pack_t2(codes: &[i8], out: &mut [u8]) {
@@ -596,19 +600,28 @@ impl PackedMatrix {
                 *yv = total / s;
             }
         } else if let ScaleKind::PerGroup { scales, .. } = &self.scale {
+            // Prompts: the totals of a block of rows ([row][m], each summed in group order),
+            // then written to y ([m][n]) a block of rows at a time, so that neither side
+            // strides through memory a row per value.
             let groups = self.groups().1;
-            let mut totals = vec![0f32; m];
-            for r in 0..self.n {
-                totals.fill(0.0);
-                // Group by group over contiguous sums ([n][group][m]), each total summed in group order.
-                for (g, s) in scales[r * groups..(r + 1) * groups].iter().enumerate() {
-                    let group_sums = &sums[(r * groups + g) * m..(r * groups + g + 1) * m];
-                    for (t, &v) in totals.iter_mut().zip(group_sums) {
-                        *t += s * v as f32;
+            let mut totals = vec![0f32; PROMPT_ROWS * m];
+            for r0 in (0..self.n).step_by(PROMPT_ROWS) {
+                let rows = PROMPT_ROWS.min(self.n - r0);
+                totals[..rows * m].fill(0.0);
+                for (j, row_totals) in totals[..rows * m].chunks_exact_mut(m).enumerate() {
+                    let r = r0 + j;
+                    // Group by group over contiguous sums ([n][group][m]).
+                    for (g, s) in scales[r * groups..(r + 1) * groups].iter().enumerate() {
+                        let group_sums = &sums[(r * groups + g) * m..(r * groups + g + 1) * m];
+                        for (t, &v) in row_totals.iter_mut().zip(group_sums) {
+                            *t += s * v as f32;
+                        }
                     }
                 }
-                for (mi, t) in totals.iter().enumerate() {
-                    y[mi * self.n + r] = t / act.scales[mi];
+                for (mi, &s) in act.scales.iter().enumerate().take(m) {
+                    for (j, yv) in y[mi * self.n + r0..mi * self.n + r0 + rows].iter_mut().enumerate() {
+                        *yv = totals[j * m + mi] / s;
+                    }
                 }
             }
         } else if let (1, ScaleKind::PerTensor(ws)) = (m, &self.scale) {
@@ -616,10 +629,17 @@ impl PackedMatrix {
             let (ws, s) = (*ws, act.scales[0]);
             y.iter_mut().zip(&sums[..self.n]).for_each(|(y, &sum)| *y = sum as f32 * ws / s);
         } else {
-            for r in 0..self.n {
-                let ws = self.scale_at(r, 0);
-                for mi in 0..m {
-                    y[mi * self.n + r] = sums[r * m + mi] as f32 * ws / act.scales[mi];
+            // Sums are [n][m], y is [m][n]: a block of rows at a time (see above).
+            let mut ws = [0f32; PROMPT_ROWS];
+            for r0 in (0..self.n).step_by(PROMPT_ROWS) {
+                let rows = PROMPT_ROWS.min(self.n - r0);
+                for (j, w) in ws[..rows].iter_mut().enumerate() {
+                    *w = self.scale_at(r0 + j, 0);
+                }
+                for (mi, &s) in act.scales.iter().enumerate().take(m) {
+                    for (j, yv) in y[mi * self.n + r0..mi * self.n + r0 + rows].iter_mut().enumerate() {
+                        *yv = sums[(r0 + j) * m + mi] as f32 * ws[j] / s;
+                    }
                 }
             }
         }
