@@ -129,10 +129,11 @@ def main() -> None:
     done = json.loads(results.read_text()) if results.exists() else {}
     if "float" not in done:
         done["float"] = {"bits_per_weight": None, "perplexity": ppl(smollm2)}
+        results.write_text(json.dumps(done, indent=1))
     for label in labels:
-        dst = args.out / "models" / label
-        if label in done and dst.exists():
+        if label in done:
             continue
+        dst = args.out / "models" / label
         kind, opts = RUNS[label]
         start = time.perf_counter()
         with reference_quantizer(kind, opts):
@@ -145,7 +146,6 @@ def main() -> None:
         }
         print(f"\n[ceiling] {label}: {done[label]['perplexity']:.1f}", file=sys.stderr)
         results.write_text(json.dumps(done, indent=1))
-    results.write_text(json.dumps(done, indent=1))
     base = done["float"]["perplexity"]
     lines = [
         f"Perplexity on Hamlet ({args.eval_tokens} tokens, windows of 512), calibration {args.calib_tokens} tokens, block by block.",

@@ -271,6 +271,34 @@ fn rows_per_task(n_rows: usize, row_bytes: usize, m: usize) -> usize {
     n_rows.div_ceil(tasks).div_ceil(8) * 8
 }
 
+/// The checks every kernel entry makes before trusting its operands: a usable backend, and
+/// `w`, `act` and an output of `sums_per_row * m` sums a row that agree in size.
+#[allow(clippy::too_many_arguments)]
+fn check_operands(
+    backend: Backend,
+    format: WeightFormat,
+    w: &[u8],
+    n_rows: usize,
+    row_bytes: usize,
+    act: &QuantizedActivations,
+    out_len: usize,
+    sums_per_row: usize,
+) -> Result<()> {
+    if !backend.is_available() {
+        crate::bail!(Backend, "backend {} is not usable on this CPU or build", backend.name());
+    }
+    let (m, kp) = (act.m, act.padded_k);
+    if row_bytes != format.row_bytes(kp)
+        || w.len() != n_rows * row_bytes
+        || act.q.len() != m * kp
+        || act.sums.len() != m
+        || out_len != n_rows * sums_per_row * m
+    {
+        crate::bail!(InvalidArgument, "kernel operands disagree in size");
+    }
+    Ok(())
+}
+
 /// Runs `format`'s kernel on `backend` over all rows, split across the thread pool.
 pub fn gemm_i32(
     backend: Backend,
@@ -281,19 +309,8 @@ pub fn gemm_i32(
     act: &QuantizedActivations,
     out: &mut [i32],
 ) -> Result<()> {
-    if !backend.is_available() {
-        crate::bail!(Backend, "backend {} is not usable on this CPU or build", backend.name());
-    }
-    let m = act.m;
-    let kp = act.padded_k;
-    if row_bytes != format.row_bytes(kp)
-        || w.len() != n_rows * row_bytes
-        || act.q.len() != m * kp
-        || act.sums.len() != m
-        || out.len() != n_rows * m
-    {
-        crate::bail!(InvalidArgument, "kernel operands disagree in size");
-    }
+    check_operands(backend, format, w, n_rows, row_bytes, act, out.len(), 1)?;
+    let (m, kp) = (act.m, act.padded_k);
     if n_rows == 0 || m == 0 {
         return Ok(());
     }
@@ -310,7 +327,6 @@ pub fn gemm_i32(
     Ok(())
 }
 
-
 /// As `gemm_i32`, one sum per group of `group` weights (a multiple of the format's block; the
 /// last group of a row may be shorter): `out[(r * groups + i_group) * m + i]`.
 #[allow(clippy::too_many_arguments)]
@@ -324,23 +340,13 @@ pub fn gemm_i32_grouped(
     act: &QuantizedActivations,
     out: &mut [i32],
 ) -> Result<()> {
-    if !backend.is_available() {
-        crate::bail!(Backend, "backend {} is not usable on this CPU or build", backend.name());
-    }
     let bw = format.spec().block_weights;
     if group == 0 || group % bw != 0 {
         crate::bail!(InvalidArgument, "group size {group} is not a positive multiple of {bw}");
     }
     let (m, kp) = (act.m, act.padded_k);
     let groups = kp.div_ceil(group);
-    if row_bytes != format.row_bytes(kp)
-        || w.len() != n_rows * row_bytes
-        || act.q.len() != m * kp
-        || act.sums.len() != m
-        || out.len() != n_rows * groups * m
-    {
-        crate::bail!(InvalidArgument, "kernel operands disagree in size");
-    }
+    check_operands(backend, format, w, n_rows, row_bytes, act, out.len(), groups)?;
     if n_rows == 0 || m == 0 {
         return Ok(());
     }
