@@ -30,31 +30,16 @@ EMBEDDING_TYPES = ("f16", "q8_0")
 # llama.cpp's token types (llama_token_type).
 _NORMAL, _CONTROL, _USER_DEFINED, _UNUSED = 1, 3, 4, 5
 
-# Pre-tokenizer regexes of tokenizer.json and the llama.cpp pre-tokenizer name that splits
-# text the same way.
-_LLAMA3_REGEX = (
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
-)
-
 Progress = Callable[[str], None]
 PathLike = Union[str, "os.PathLike[str]"]
 
 
 def _llama_cpp_pre(pre: Optional[dict]) -> Optional[str]:
-    """llama.cpp's ``tokenizer.ggml.pre`` for a tokenizer.json ``pre_tokenizer``, or None."""
+    """llama.cpp's ``tokenizer.ggml.pre`` for a tokenizer.json ``pre_tokenizer``, or None: the
+    core's table of the names it implements (``binllm._core.pre_tokenizer_name``)."""
     if not pre:
         return None
-    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
-    kinds = [s.get("type") for s in steps]
-    last = steps[-1]
-    if kinds == ["ByteLevel"] and last.get("use_regex", True):
-        return "gpt-2"
-    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and last.get("use_regex", True):
-        return "smollm"
-    if kinds == ["Split", "ByteLevel"] and not last.get("use_regex", True):
-        if steps[0].get("pattern", {}).get("Regex") == _LLAMA3_REGEX:
-            return "llama-bpe"
-    return None
+    return _core.pre_tokenizer_name(json.dumps(pre))
 
 
 def _merges(model: dict) -> list[str]:

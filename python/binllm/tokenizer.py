@@ -1,48 +1,31 @@
 """Tokenizers for binllm models: a Hugging Face folder's ``tokenizer.json``, or the tokenizer
-stored in a GGUF file's metadata, both as a ``tokenizers.Tokenizer``."""
+stored in a GGUF file's metadata, both as a ``tokenizers.Tokenizer``.
+
+The GGUF mapping (``tokenizer.ggml.*`` -> tokenizer.json, pre-tokenizer chosen by
+``tokenizer.ggml.pre``) lives in binllm's core (``binllm._core.gguf_tokenizer_json``), the same
+code the browser build tokenizes with; an unknown pre-tokenizer is an ``UnsupportedError``."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer
 
-from binllm._core import UnsupportedError
-
-# llama.cpp's pre-tokenizer names whose splitting matches GPT-2's byte-level regex, with the
-# extra rule each adds.
-_DIGIT_SPLITTING = {"smollm", "smaug-bpe"}
+from binllm import _core
 
 
 def from_gguf_metadata(meta: dict[str, Any]) -> Tokenizer:
-    """Builds the tokenizer a GGUF file describes (``tokenizer.ggml.*``)."""
-    if "tokenizer.huggingface.json" in meta:
-        return Tokenizer.from_str(meta["tokenizer.huggingface.json"])
-    kind = meta.get("tokenizer.ggml.model")
-    tokens = meta.get("tokenizer.ggml.tokens")
-    if kind is None or tokens is None:
-        raise UnsupportedError("the GGUF file carries no tokenizer (no tokenizer.ggml.model / tokens)")
-    if kind != "gpt2":
-        raise UnsupportedError(f"GGUF tokenizer model '{kind}': binllm reads byte-level BPE ('gpt2') tokenizers")
-    vocab = {tok: i for i, tok in enumerate(tokens)}
-    merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if meta.get("tokenizer.ggml.pre") in _DIGIT_SPLITTING:
-        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-    else:
-        tok.pre_tokenizer = byte_level
-    tok.decoder = decoders.ByteLevel()
-    # Control tokens (type 3) and user-defined ones (type 4) are matched whole, never split.
-    types = meta.get("tokenizer.ggml.token_type", [])
-    special = [tokens[i] for i, t in enumerate(types) if t in (3, 4)]
-    if special:
-        from tokenizers import AddedToken
+    """Builds the tokenizer a GGUF file's metadata describes (``tokenizer.huggingface.json``, or
+    ``tokenizer.ggml.*``), as ``_core.gguf_read_metadata`` returns it."""
+    return Tokenizer.from_str(_core.gguf_tokenizer_json(meta))
 
-        tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in special])
-    return tok
+
+def from_gguf(path: Union[str, "os.PathLike[str]"]) -> Tokenizer:
+    """Builds the tokenizer a GGUF file describes."""
+    return Tokenizer.from_str(_core.gguf_tokenizer_json(str(path)))
 
 
 def from_folder(path: Path) -> Tokenizer:

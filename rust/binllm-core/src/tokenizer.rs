@@ -1,16 +1,21 @@
-//! Byte-level BPE (the GPT-2 family: GPT-2, SmolLM2, Llama-2-style BitNet vocabularies), built
-//! from a GGUF file's `tokenizer.ggml.*` metadata or a Hugging Face `tokenizer.json`, so that
-//! every binding (the browser build first) tokenizes without the `tokenizers` library.
+//! Byte-level BPE (GPT-2, SmolLM2, Llama-3 and the BitNet / Falcon vocabularies built on them),
+//! built from a GGUF file's `tokenizer.ggml.*` metadata or a Hugging Face `tokenizer.json`, so
+//! that every binding (the browser build first) tokenizes without the `tokenizers` library.
 //!
-//! The reference is what `python/binllm/tokenizer.py` builds with `tokenizers`, and ids must
-//! equal it exactly:
+//! There is one mapping from GGUF metadata to a tokenizer: [`hf_json_from_gguf`] writes the
+//! `tokenizer.json` that the metadata describes (the Python package hands it to `tokenizers`),
+//! and [`Tokenizer::from_gguf`] reads that same text with [`Tokenizer::from_json`].
+//!
+//! The reference is the `tokenizers` library, and ids must equal it exactly:
 //! - added tokens (GGUF control / user-defined tokens, tokenizer.json `added_tokens`) are cut
 //!   out of the raw text first, leftmost-longest, and map to their id whole;
-//! - the pre-tokenizer is optionally `Digits(individual_digits)` (llama.cpp's `smollm` and
-//!   `smaug-bpe`) followed by GPT-2's byte-level regex
-//!   `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`, matched by hand
-//!   here (no regex crate): `\p{N}` is `char::is_numeric`, `\p{L}` is alphabetic minus numbers
-//!   and a table of alphabetic marks (`ALPHABETIC_NON_LETTERS`);
+//! - the pre-tokenizer is a sequence of steps, each splitting every piece the earlier ones made:
+//!   `Digits(individual_digits)`, `Split` by one of the regexes in [`PRE_TOKENIZERS`] (matched
+//!   by hand here, no regex crate), and last `ByteLevel`, optionally with GPT-2's regex
+//!   `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`. `\p{N}` is
+//!   `char::is_numeric`, `\p{L}` is alphabetic minus numbers and a table of alphabetic marks
+//!   (`ALPHABETIC_NON_LETTERS`), `\s` is `char::is_whitespace` (Unicode White_Space, as
+//!   Oniguruma's `\s`, which `tokenizers` uses);
 //! - each piece's bytes map to GPT-2's printable byte alphabet, then merges apply lowest rank
 //!   first, leftmost on ties (what `tokenizers`' merge heap does).
 //!
@@ -19,10 +24,239 @@
 
 use crate::error::{Error, Result};
 use crate::loader::{GgufFile, GgufValue};
+use serde_json::{json, Value};
 use std::collections::HashMap;
 
-/// llama.cpp pre-tokenizer names that split digits one by one before the GPT-2 regex.
-const DIGIT_SPLITTING: [&str; 2] = ["smollm", "smaug-bpe"];
+/// The Llama-3 pre-tokenizer regex, verbatim as Meta-Llama-3's tokenizer.json `Split` pattern
+/// holds it (and as llama.cpp's src/llama-vocab.cpp quotes it for `LLAMA_VOCAB_PRE_TYPE_LLAMA3`).
+pub const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// How a pre-tokenizer splits text, as `tokenizers` pre-tokenizers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PreTokenizerKind {
+    /// `ByteLevel(add_prefix_space=false, use_regex=true)`: GPT-2's regex.
+    Gpt2,
+    /// `Sequence[Digits(individual_digits=true), ByteLevel(use_regex=true)]`.
+    DigitsThenGpt2,
+    /// `Sequence[Split(Regex(LLAMA3_REGEX), Isolated), ByteLevel(use_regex=false)]`.
+    Llama3,
+}
+
+/// A llama.cpp `tokenizer.ggml.pre` name binllm implements.
+#[derive(Clone, Copy, Debug)]
+pub struct PreTokenizerName {
+    pub name: &'static str,
+    pub kind: PreTokenizerKind,
+    /// llama.cpp sets `ignore_merges` for this name (a word in the vocabulary is one token).
+    pub ignore_merges: bool,
+}
+
+/// The `tokenizer.ggml.pre` names binllm reads. Sources: llama.cpp src/llama-vocab.cpp (the
+/// name -> `LLAMA_VOCAB_PRE_TYPE_*` table in `llama_vocab::impl::load`, and the regexes of each
+/// type in `llm_tokenizer_bpe`), convert_hf_to_gguf.py (which model gets which name):
+/// - `gpt-2` (type GPT2: GPT-2's regex alone) is openai-community/gpt2's;
+/// - `smollm` (type SMOLLM: `\p{N}`, then GPT-2's regex) is SmolLM / SmolLM2's, whose
+///   tokenizer.json says `Sequence[Digits(individual_digits), ByteLevel]`;
+/// - `llama-bpe` (also `llama3`, `llama-v3`) is Meta-Llama-3's (BitNet b1.58 2B4T and
+///   HF1BitLLM/Llama3-8B-1.58 use its tokenizer), `falcon3` is tiiuae/Falcon3-*'s (the
+///   Falcon3 1.58bit GGUFs): type LLAMA3, the Llama-3 regex, `ignore_merges`;
+/// - `falcon_e` is what microsoft/BitNet's utils/convert-hf-to-gguf-bitnet.py writes for
+///   tiiuae/Falcon-E-*; mainline llama.cpp has no such name, and BitNet's and ik_llama.cpp's
+///   llama.cpp (ik_llama.cpp #555) read it as type LLAMA3 with `ignore_merges`, like `falcon3`;
+/// - `smaug-bpe` (type SMAUG) is "same as llama3" in llama-vocab.cpp, without `ignore_merges`.
+///
+/// llama.cpp's `default` (used when `tokenizer.ggml.pre` is missing) splits by four regexes
+/// (punctuation runs, GPT-2's, `\p{N}+`, `[0-9][0-9][0-9]`) that binllm does not implement, so
+/// it is refused like any other name not listed.
+pub const PRE_TOKENIZERS: &[PreTokenizerName] = &[
+    PreTokenizerName { name: "gpt-2", kind: PreTokenizerKind::Gpt2, ignore_merges: false },
+    PreTokenizerName { name: "smollm", kind: PreTokenizerKind::DigitsThenGpt2, ignore_merges: false },
+    PreTokenizerName { name: "llama-bpe", kind: PreTokenizerKind::Llama3, ignore_merges: true },
+    PreTokenizerName { name: "llama3", kind: PreTokenizerKind::Llama3, ignore_merges: true },
+    PreTokenizerName { name: "llama-v3", kind: PreTokenizerKind::Llama3, ignore_merges: true },
+    PreTokenizerName { name: "falcon3", kind: PreTokenizerKind::Llama3, ignore_merges: true },
+    PreTokenizerName { name: "falcon_e", kind: PreTokenizerKind::Llama3, ignore_merges: true },
+    PreTokenizerName { name: "smaug-bpe", kind: PreTokenizerKind::Llama3, ignore_merges: false },
+];
+
+impl PreTokenizerKind {
+    /// The `tokenizers` pre-tokenizer (tokenizer.json `pre_tokenizer`) that splits text this way.
+    pub fn to_json(self) -> Value {
+        let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+        match self {
+            PreTokenizerKind::Gpt2 => byte_level(true),
+            PreTokenizerKind::DigitsThenGpt2 => json!({
+                "type": "Sequence",
+                "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)],
+            }),
+            PreTokenizerKind::Llama3 => json!({
+                "type": "Sequence",
+                "pretokenizers": [
+                    {"type": "Split", "pattern": {"Regex": LLAMA3_REGEX}, "behavior": "Isolated", "invert": false},
+                    byte_level(false),
+                ],
+            }),
+        }
+    }
+}
+
+/// One step of a pre-tokenizer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PreStep {
+    /// `Digits(individual_digits=true)`.
+    Digits,
+    /// `Split(Regex(LLAMA3_REGEX), Isolated, invert=false)`.
+    SplitLlama3,
+    ByteLevel { add_prefix_space: bool, use_regex: bool },
+}
+
+/// The steps of a tokenizer.json `pre_tokenizer`; anything binllm does not implement exactly is
+/// `Unsupported`. `ByteLevel` comes once, last.
+fn parse_pre_tokenizer(pre: &Value) -> Result<Vec<PreStep>> {
+    fn walk(pre: &Value, out: &mut Vec<PreStep>) -> Result<()> {
+        let kind = pre.get("type").and_then(Value::as_str);
+        match kind {
+            Some("Sequence") => {
+                for p in pre.get("pretokenizers").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]) {
+                    walk(p, out)?;
+                }
+            }
+            Some("Digits") => {
+                if !pre.get("individual_digits").and_then(Value::as_bool).unwrap_or(false) {
+                    crate::bail!(Unsupported, "tokenizer.json: Digits without individual_digits is not supported");
+                }
+                out.push(PreStep::Digits);
+            }
+            Some("Split") => {
+                let regex = pre.get("pattern").and_then(|p| p.get("Regex")).and_then(Value::as_str);
+                let behavior = pre.get("behavior").and_then(Value::as_str);
+                let invert = pre.get("invert").and_then(Value::as_bool).unwrap_or(false);
+                match (regex, behavior, invert) {
+                    (Some(LLAMA3_REGEX), Some("Isolated"), false) => out.push(PreStep::SplitLlama3),
+                    (Some(r), Some("Isolated"), false) => crate::bail!(Unsupported, "tokenizer.json: Split pattern {r:?} is not one binllm implements"),
+                    _ => crate::bail!(Unsupported, "tokenizer.json: only Split by a known regex, Isolated, not inverted, is supported (got {pre})"),
+                }
+            }
+            Some("ByteLevel") => out.push(PreStep::ByteLevel {
+                add_prefix_space: pre.get("add_prefix_space").and_then(Value::as_bool).unwrap_or(false),
+                use_regex: pre.get("use_regex").and_then(Value::as_bool).unwrap_or(true),
+            }),
+            _ => crate::bail!(Unsupported, "tokenizer.json: pre-tokenizer {:?} is not supported (binllm reads byte-level BPE)", kind),
+        }
+        Ok(())
+    }
+    let mut steps = Vec::new();
+    walk(pre, &mut steps)?;
+    let byte_levels = steps.iter().filter(|s| matches!(s, PreStep::ByteLevel { .. })).count();
+    if byte_levels != 1 || !matches!(steps.last(), Some(PreStep::ByteLevel { .. })) {
+        crate::bail!(Unsupported, "tokenizer.json: the pre-tokenizer must end with its one ByteLevel step (binllm reads byte-level BPE)");
+    }
+    Ok(steps)
+}
+
+/// llama.cpp's `tokenizer.ggml.pre` name for a tokenizer.json `pre_tokenizer` (JSON text): the
+/// first name in [`PRE_TOKENIZERS`] that splits text the same way, or None.
+pub fn pre_tokenizer_name(pre_tokenizer_json: &str) -> Option<&'static str> {
+    let pre: Value = serde_json::from_str(pre_tokenizer_json).ok()?;
+    let steps = parse_pre_tokenizer(&pre).ok()?;
+    let kind = match steps.as_slice() {
+        [PreStep::ByteLevel { add_prefix_space: false, use_regex: true }] => PreTokenizerKind::Gpt2,
+        [PreStep::Digits, PreStep::ByteLevel { add_prefix_space: false, use_regex: true }] => PreTokenizerKind::DigitsThenGpt2,
+        [PreStep::SplitLlama3, PreStep::ByteLevel { add_prefix_space: false, use_regex: false }] => PreTokenizerKind::Llama3,
+        _ => return None,
+    };
+    PRE_TOKENIZERS.iter().find(|p| p.kind == kind).map(|p| p.name)
+}
+
+/// The Hugging Face tokenizer.json a GGUF file's metadata describes: its embedded
+/// `tokenizer.huggingface.json` when present, else one built from `tokenizer.ggml.*`.
+pub fn hf_json_from_gguf(file: &GgufFile<'_>) -> Result<String> {
+    hf_json_from_metadata(&file.metadata)
+}
+
+/// [`hf_json_from_gguf`] for metadata as (key, value) pairs.
+///
+/// From `tokenizer.ggml.*`: a BPE model (`tokens` with their ids, `merges`), the pre-tokenizer
+/// that `tokenizer.ggml.pre` names (see [`PRE_TOKENIZERS`]; any other name, `default`, or none
+/// at all is `Unsupported`), a ByteLevel decoder, and control (type 3) and user-defined (type 4)
+/// tokens as special added tokens. BOS handling (`add_bos_token`) is left to the caller.
+pub fn hf_json_from_metadata(meta: &[(String, GgufValue)]) -> Result<String> {
+    let get = |key: &str| meta.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+    if let Some(v) = get("tokenizer.huggingface.json") {
+        let text = v.as_str().ok_or_else(|| Error::Format("tokenizer.huggingface.json is not a string".into()))?;
+        return Ok(text.to_string());
+    }
+    let kind = get("tokenizer.ggml.model").and_then(GgufValue::as_str);
+    let tokens = get("tokenizer.ggml.tokens").and_then(GgufValue::as_string_list);
+    let (Some(kind), Some(tokens)) = (kind, tokens) else {
+        crate::bail!(Unsupported, "the GGUF file carries no tokenizer (no tokenizer.ggml.model / tokens)");
+    };
+    if kind != "gpt2" {
+        crate::bail!(Unsupported, "GGUF tokenizer model '{kind}': binllm reads byte-level BPE ('gpt2') tokenizers");
+    }
+    let pre = match get("tokenizer.ggml.pre") {
+        None => crate::bail!(
+            Unsupported,
+            "the GGUF file has no tokenizer.ggml.pre; llama.cpp then splits text by its 'default' rules, which binllm does not implement"
+        ),
+        Some(v) => v.as_str().ok_or_else(|| Error::Format("tokenizer.ggml.pre is not a string".into()))?,
+    };
+    let Some(pre) = PRE_TOKENIZERS.iter().find(|p| p.name == pre) else {
+        let known: Vec<&str> = PRE_TOKENIZERS.iter().map(|p| p.name).collect();
+        crate::bail!(Unsupported, "GGUF pre-tokenizer (tokenizer.ggml.pre) '{pre}' is not one binllm implements ({})", known.join(", "));
+    };
+    let merges: Vec<Value> = match get("tokenizer.ggml.merges") {
+        None => Vec::new(),
+        Some(v) => v
+            .as_string_list()
+            .ok_or_else(|| Error::Format("tokenizer.ggml.merges is not a list of strings".into()))?
+            .into_iter()
+            .map(|m| match m.split_once(' ') {
+                Some((a, b)) => Ok(json!([a, b])),
+                None => Err(Error::Format(format!("tokenizer merge '{m}' has no space"))),
+            })
+            .collect::<Result<_>>()?,
+    };
+    // A text listed twice maps to its last id, as a Python dict built from the list does.
+    let mut vocab = serde_json::Map::with_capacity(tokens.len());
+    for (id, t) in tokens.iter().enumerate() {
+        vocab.insert(t.to_string(), json!(id));
+    }
+    // Control tokens (type 3) and user-defined ones (type 4) are matched whole, never split.
+    let types = get("tokenizer.ggml.token_type").and_then(GgufValue::as_array).unwrap_or(&[]);
+    let added: Vec<Value> = types
+        .iter()
+        .zip(&tokens)
+        .filter(|(t, text)| matches!(t.as_i64(), Some(3 | 4)) && !text.is_empty())
+        .map(|(_, text)| {
+            let id = &vocab[*text];
+            json!({"id": id, "content": text, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    let spec = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": pre.kind.to_json(),
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {
+            "type": "BPE",
+            "dropout": null,
+            "unk_token": null,
+            "continuing_subword_prefix": null,
+            "end_of_word_suffix": null,
+            "fuse_unk": false,
+            "byte_fallback": false,
+            "ignore_merges": pre.ignore_merges,
+            "vocab": vocab,
+            "merges": merges,
+        },
+    });
+    Ok(spec.to_string())
+}
 
 #[derive(Clone, Debug)]
 struct AddedToken {
@@ -40,9 +274,8 @@ pub struct Tokenizer {
     merges: HashMap<(u32, u32), (u32, u32)>,
     added: Vec<AddedToken>,
     special_ids: Vec<bool>,
-    split_digits: bool,
-    use_regex: bool,
-    add_prefix_space: bool,
+    /// The pre-tokenizer's steps, `ByteLevel` last.
+    pre: Vec<PreStep>,
     ignore_merges: bool,
     /// Ids the post-processor puts around the text (tokenizer.json `TemplateProcessing`).
     prefix: Vec<u32>,
@@ -206,6 +439,82 @@ fn split_digits(text: &str) -> Vec<(usize, usize)> {
     out
 }
 
+/// End of the run of `class` characters starting at `from`.
+fn run_end(chars: &[char], from: usize, class: impl Fn(char) -> bool) -> usize {
+    chars[from..].iter().position(|&c| !class(c)).map_or(chars.len(), |k| from + k)
+}
+
+fn is_newline(c: char) -> bool {
+    c == '\r' || c == '\n'
+}
+
+/// Splits `text` by [`LLAMA3_REGEX`] (`Split` with `Isolated`); returns byte ranges covering all
+/// of `text`. At each position the first alternative that matches wins (leftmost-first, as
+/// Oniguruma and Rust's regex match), each with its greedy extent after backtracking:
+/// 1. `(?i:'s|'t|'re|'ve|'m|'ll|'d)`, any case (and `ſ`, which folds to `s`);
+/// 2. `[^\r\n\p{L}\p{N}]?\p{L}+`: letters, after one optional character that is neither a
+///    newline, a letter nor a number (a space, a tab, punctuation, ...);
+/// 3. `\p{N}{1,3}`: at most three numbers;
+/// 4. ` ?[^\s\p{L}\p{N}]+[\r\n]*`: symbols after an optional space, then any newlines;
+/// 5. `\s*[\r\n]+`: in a run of whitespace that holds newlines, up to its last newline;
+/// 6. `\s+(?!\S)`: a run of whitespace at the end of the text, or all of it but its last
+///    character, which goes to what follows;
+/// 7. `\s+`: one whitespace character before a non-space.
+///
+/// Every character is whitespace, a letter, a number, or none of them, so the matches leave no
+/// gaps.
+fn llama3_split(text: &str) -> Vec<(usize, usize)> {
+    let offsets: Vec<usize> = text.char_indices().map(|(at, _)| at).chain([text.len()]).collect();
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let end = llama3_match(&chars, i);
+        out.push((offsets[i], offsets[end]));
+        i = end;
+    }
+    out
+}
+
+/// Where the [`LLAMA3_REGEX`] match starting at `i` ends (always after `i`).
+fn llama3_match(chars: &[char], i: usize) -> usize {
+    let n = chars.len();
+    let at = |k: usize| chars.get(k).copied();
+    let c = chars[i];
+    if c == '\'' {
+        let lower = |k: usize| at(k).map(|c| if c == 'ſ' { 's' } else { c.to_ascii_lowercase() });
+        match (lower(i + 1), lower(i + 2)) {
+            (Some('s' | 't' | 'm' | 'd'), _) => return i + 2,
+            (Some('r' | 'v'), Some('e')) | (Some('l'), Some('l')) => return i + 3,
+            _ => {}
+        }
+    }
+    if is_letter(c) {
+        return run_end(chars, i, is_letter);
+    }
+    if !is_newline(c) && !c.is_numeric() && at(i + 1).is_some_and(is_letter) {
+        return run_end(chars, i + 1, is_letter);
+    }
+    if c.is_numeric() {
+        return run_end(&chars[..n.min(i + 3)], i, char::is_numeric);
+    }
+    let symbols = if c == ' ' && at(i + 1).is_some_and(is_other) { i + 1 } else { i };
+    if is_other(chars[symbols]) {
+        let end = run_end(chars, symbols, is_other);
+        return run_end(chars, end, is_newline);
+    }
+    // `c` is whitespace.
+    let end = run_end(chars, i, char::is_whitespace);
+    if let Some(last) = (i..end).rev().find(|&k| is_newline(chars[k])) {
+        return last + 1;
+    }
+    if end == n || end - i == 1 {
+        end
+    } else {
+        end - 1
+    }
+}
+
 impl Tokenizer {
     fn new(id_to_token: Vec<String>, merge_pairs: &[(String, String)], mut added: Vec<AddedToken>) -> Result<Tokenizer> {
         // A text listed twice maps to its last id, as a Python dict built from the list does.
@@ -243,9 +552,7 @@ impl Tokenizer {
             merges,
             added,
             special_ids,
-            split_digits: false,
-            use_regex: true,
-            add_prefix_space: false,
+            pre: vec![PreStep::ByteLevel { add_prefix_space: false, use_regex: true }],
             ignore_merges: false,
             prefix: Vec::new(),
             suffix: Vec::new(),
@@ -253,56 +560,22 @@ impl Tokenizer {
         })
     }
 
-    /// The tokenizer a GGUF file describes (`tokenizer.ggml.*`, or an embedded
-    /// `tokenizer.huggingface.json`).
+    /// The tokenizer a GGUF file describes: [`hf_json_from_gguf`] read by [`Tokenizer::from_json`].
+    /// Without an embedded tokenizer.json, `tokenizer.ggml.add_bos_token` makes `encode` put
+    /// `tokenizer.ggml.bos_token_id` first unless the ids start with it.
     pub fn from_gguf(file: &GgufFile<'_>) -> Result<Tokenizer> {
-        if let Some(json) = file.get("tokenizer.huggingface.json").and_then(GgufValue::as_str) {
-            return Tokenizer::from_json(json);
-        }
-        let kind = file.get("tokenizer.ggml.model").and_then(GgufValue::as_str);
-        let tokens = file.get("tokenizer.ggml.tokens").and_then(GgufValue::as_string_list);
-        let (Some(kind), Some(tokens)) = (kind, tokens) else {
-            crate::bail!(Unsupported, "the GGUF file carries no tokenizer (no tokenizer.ggml.model / tokens)");
-        };
-        if kind != "gpt2" {
-            crate::bail!(Unsupported, "GGUF tokenizer model '{kind}': binllm reads byte-level BPE ('gpt2') tokenizers");
-        }
-        let tokens: Vec<String> = tokens.into_iter().map(String::from).collect();
-        let merges = match file.get("tokenizer.ggml.merges") {
-            None => Vec::new(),
-            Some(v) => v
-                .as_string_list()
-                .ok_or_else(|| Error::Format("tokenizer.ggml.merges is not a list of strings".into()))?
-                .into_iter()
-                .map(|m| match m.split_once(' ') {
-                    Some((a, b)) => Ok((a.to_string(), b.to_string())),
-                    None => Err(Error::Format(format!("tokenizer merge '{m}' has no space"))),
-                })
-                .collect::<Result<Vec<_>>>()?,
-        };
-        // Control tokens (type 3) and user-defined ones (type 4) are matched whole, never split.
-        let types = file.get("tokenizer.ggml.token_type").and_then(GgufValue::as_array).unwrap_or(&[]);
-        let added = types
-            .iter()
-            .enumerate()
-            .filter(|(i, t)| *i < tokens.len() && matches!(t.as_i64(), Some(3 | 4)))
-            .map(|(i, _)| AddedToken { content: tokens[i].clone(), id: i as u32, special: true })
-            .filter(|t| !t.content.is_empty())
-            .collect();
-        let mut tok = Tokenizer::new(tokens, &merges, added)?;
-        let pre = file.get("tokenizer.ggml.pre").and_then(GgufValue::as_str).unwrap_or("");
-        tok.split_digits = DIGIT_SPLITTING.contains(&pre);
-        if file.get("tokenizer.ggml.add_bos_token").and_then(GgufValue::as_bool).unwrap_or(false) {
+        let mut tok = Tokenizer::from_json(&hf_json_from_gguf(file)?)?;
+        let embedded = file.get("tokenizer.huggingface.json").is_some();
+        if !embedded && file.get("tokenizer.ggml.add_bos_token").and_then(GgufValue::as_bool).unwrap_or(false) {
             tok.bos_if_missing = file.get("tokenizer.ggml.bos_token_id").and_then(GgufValue::as_u64).map(|v| v as u32);
         }
         Ok(tok)
     }
 
     /// A Hugging Face `tokenizer.json` with a byte-level BPE model. Anything else (a
-    /// normalizer, a regex `Split` pre-tokenizer, WordPiece, ...) is `Unsupported`, never a
-    /// silently different tokenization.
+    /// normalizer, a `Split` by a regex not in [`PRE_TOKENIZERS`], WordPiece, ...) is
+    /// `Unsupported`, never a silently different tokenization.
     pub fn from_json(text: &str) -> Result<Tokenizer> {
-        use serde_json::Value;
         let v: Value = serde_json::from_str(text).map_err(|e| Error::Format(format!("tokenizer.json: {e}")))?;
         let unsupported = |what: &str| Error::Unsupported(format!("tokenizer.json: {what}"));
         let model = v.get("model").ok_or_else(|| Error::Format("tokenizer.json has no model".into()))?;
@@ -353,7 +626,7 @@ impl Tokenizer {
         }
         let mut tok = Tokenizer::new(id_to_token, &merges, added)?;
         tok.ignore_merges = model.get("ignore_merges").and_then(Value::as_bool).unwrap_or(false);
-        tok.configure_pre_tokenizer(v.get("pre_tokenizer").unwrap_or(&Value::Null))?;
+        tok.pre = parse_pre_tokenizer(v.get("pre_tokenizer").unwrap_or(&Value::Null))?;
         tok.configure_post_processor(v.get("post_processor").unwrap_or(&Value::Null))?;
         match v.get("decoder").and_then(|d| d.get("type")).and_then(Value::as_str) {
             None | Some("ByteLevel") => Ok(tok),
@@ -361,39 +634,7 @@ impl Tokenizer {
         }
     }
 
-    fn configure_pre_tokenizer(&mut self, pre: &serde_json::Value) -> Result<()> {
-        use serde_json::Value;
-        let kind = pre.get("type").and_then(Value::as_str);
-        match kind {
-            Some("Sequence") => {
-                let items = pre.get("pretokenizers").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
-                match items {
-                    [one] => self.configure_pre_tokenizer(one),
-                    [digits, byte_level] if digits.get("type").and_then(Value::as_str) == Some("Digits") => {
-                        self.configure_pre_tokenizer(digits)?;
-                        self.configure_pre_tokenizer(byte_level)
-                    }
-                    _ => crate::bail!(Unsupported, "tokenizer.json: this pre-tokenizer sequence is not supported"),
-                }
-            }
-            Some("Digits") => {
-                if !pre.get("individual_digits").and_then(Value::as_bool).unwrap_or(false) {
-                    crate::bail!(Unsupported, "tokenizer.json: Digits without individual_digits is not supported");
-                }
-                self.split_digits = true;
-                Ok(())
-            }
-            Some("ByteLevel") => {
-                self.use_regex = pre.get("use_regex").and_then(Value::as_bool).unwrap_or(true);
-                self.add_prefix_space = pre.get("add_prefix_space").and_then(Value::as_bool).unwrap_or(false);
-                Ok(())
-            }
-            _ => crate::bail!(Unsupported, "tokenizer.json: pre-tokenizer {:?} is not supported (binllm reads byte-level BPE)", kind),
-        }
-    }
-
-    fn configure_post_processor(&mut self, post: &serde_json::Value) -> Result<()> {
-        use serde_json::Value;
+    fn configure_post_processor(&mut self, post: &Value) -> Result<()> {
         match post.get("type").and_then(Value::as_str) {
             None | Some("ByteLevel") => Ok(()),
             Some("Sequence") => {
@@ -487,21 +728,31 @@ impl Tokenizer {
     }
 
     fn encode_plain(&self, text: &str, table: &[char; 256], ids: &mut Vec<u32>) {
-        let prefixed;
-        let text = if self.add_prefix_space && !text.starts_with(' ') {
-            prefixed = format!(" {text}");
-            prefixed.as_str()
-        } else {
-            text
-        };
-        let pieces = if self.split_digits { split_digits(text) } else { vec![(0, text.len())] };
-        for (a, b) in pieces {
-            let piece = &text[a..b];
-            let words = if self.use_regex { gpt2_split(piece) } else { vec![(0, piece.len())] };
-            for (c, d) in words {
-                let mapped: String = piece[c..d].bytes().map(|byte| table[byte as usize]).collect();
-                self.bpe(&mapped, ids);
-            }
+        // Each step splits every piece the steps before it made, as `tokenizers` does.
+        let mut pieces = vec![text.to_string()];
+        for step in &self.pre {
+            let split: fn(&str) -> Vec<(usize, usize)> = match *step {
+                PreStep::Digits => split_digits,
+                PreStep::SplitLlama3 => llama3_split,
+                PreStep::ByteLevel { add_prefix_space, use_regex } => {
+                    for piece in &pieces {
+                        let prefixed;
+                        let piece = if add_prefix_space && !piece.starts_with(' ') {
+                            prefixed = format!(" {piece}");
+                            prefixed.as_str()
+                        } else {
+                            piece.as_str()
+                        };
+                        let words = if use_regex { gpt2_split(piece) } else { vec![(0, piece.len())] };
+                        for (a, b) in words {
+                            let mapped: String = piece[a..b].bytes().map(|byte| table[byte as usize]).collect();
+                            self.bpe(&mapped, ids);
+                        }
+                    }
+                    return;
+                }
+            };
+            pieces = pieces.iter().flat_map(|p| split(p).into_iter().map(|(a, b)| p[a..b].to_string())).collect();
         }
     }
 
@@ -571,6 +822,69 @@ mod tests {
         assert_eq!(split(" \n x"), [" \n", " x"]);
         // Marks are not letters: Devanagari vowel signs and a combining accent break the run.
         assert_eq!(split("नमस्ते e\u{301}x"), ["नमस", "्", "त", "े", " e", "\u{301}", "x"]);
+    }
+
+    fn split3(text: &str) -> Vec<&str> {
+        llama3_split(text).into_iter().map(|(a, b)| &text[a..b]).collect()
+    }
+
+    #[test]
+    fn llama3_regex_splits_like_the_reference() {
+        assert_eq!(split3("I'M you'LL it's ſ'ſ"), ["I", "'M", " you", "'LL", " it", "'s", " ſ", "'ſ"]);
+        assert_eq!(split3("1234567 x1"), ["123", "456", "7", " x", "1"]);
+        assert_eq!(split3("\r\n\r\n"), ["\r\n\r\n"]);
+        assert_eq!(split3("hi  \n  x"), ["hi", "  \n", " ", " x"]);
+        assert_eq!(split3("trailing   "), ["trailing", "   "]);
+        assert_eq!(split3("a...b .com 'hello .x"), ["a", "...", "b", " .", "com", " '", "hello", " .", "x"]);
+        assert_eq!(split3("'hello.com\tx"), ["'hello", ".com", "\tx"]);
+        assert_eq!(split3(" ?!\n\nx\t.y"), [" ?!\n\n", "x", "\t", ".y"]);
+        assert_eq!(split3("$123 don't"), ["$", "123", " don", "'t"]);
+        assert_eq!(split3("日本語 🤖👍🏽!"), ["日本語", " 🤖👍🏽!"]);
+        // Marks are not letters: a combining accent is a symbol and starts the next word.
+        assert_eq!(split3("e\u{301}x"), ["e", "\u{301}x"]);
+    }
+
+    #[test]
+    fn pre_tokenizer_names_round_trip() {
+        for p in PRE_TOKENIZERS {
+            let name = pre_tokenizer_name(&p.kind.to_json().to_string()).unwrap();
+            assert_eq!(PRE_TOKENIZERS.iter().find(|q| q.name == name).unwrap().kind, p.kind);
+        }
+        assert_eq!(pre_tokenizer_name(r#"{"type":"ByteLevel","add_prefix_space":true}"#), None);
+        let other = json!({"type": "Split", "pattern": {"Regex": "\\s+"}, "behavior": "Isolated", "invert": false});
+        assert_eq!(pre_tokenizer_name(&other.to_string()), None);
+        assert!(matches!(parse_pre_tokenizer(&other), Err(Error::Unsupported(_))));
+    }
+
+    #[test]
+    fn gguf_metadata_maps_pre_tokenizer_names() {
+        let table = byte_to_char_table();
+        let mut tokens: Vec<String> = table.iter().map(|c| c.to_string()).collect();
+        tokens.extend(["12", "123", "<s>", "'S"].map(String::from));
+        let meta = |pre: Option<&str>| {
+            let mut m = vec![
+                ("tokenizer.ggml.model".to_string(), GgufValue::String("gpt2".into())),
+                ("tokenizer.ggml.tokens".to_string(), GgufValue::Array(tokens.iter().map(|t| GgufValue::String(t.clone())).collect())),
+                ("tokenizer.ggml.merges".to_string(), GgufValue::Array(["1 2", "12 3", "' S"].map(|m| GgufValue::String(m.into())).to_vec())),
+                (
+                    "tokenizer.ggml.token_type".to_string(),
+                    GgufValue::Array((0..tokens.len()).map(|i| GgufValue::I32(if i == 258 { 3 } else { 1 })).collect()),
+                ),
+            ];
+            if let Some(pre) = pre {
+                m.push(("tokenizer.ggml.pre".to_string(), GgufValue::String(pre.into())));
+            }
+            m
+        };
+        let encode = |pre: &str| Tokenizer::from_json(&hf_json_from_metadata(&meta(Some(pre))).unwrap()).unwrap().encode("1234'S<s>", false);
+        // Byte b is token b; 256 = "12", 257 = "123", 258 = "<s>", 259 = "'S".
+        assert_eq!(encode("gpt-2"), [257, b'4' as u32, b'\'' as u32, b'S' as u32, 258]);
+        assert_eq!(encode("smollm"), [b'1', b'2', b'3', b'4', b'\'', b'S'].map(u32::from).into_iter().chain([258]).collect::<Vec<_>>());
+        assert_eq!(encode("llama-bpe"), [257, b'4' as u32, 259, 258]);
+        for bad in [Some("default"), Some("qwen2"), None] {
+            let err = hf_json_from_metadata(&meta(bad)).unwrap_err();
+            assert!(matches!(&err, Error::Unsupported(m) if m.contains(bad.unwrap_or("no tokenizer.ggml.pre"))), "{err}");
+        }
     }
 
     #[test]
