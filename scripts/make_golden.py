@@ -368,11 +368,11 @@ def make_config(layout: str) -> dict:
         "vocab_size": c["vocab_size"],
     }
     if layout == "llama_bitnet":
-        # mirrors 1bitLLM/bitnet_b1_58-large: custom arch name on a llama model_type plus
-        # weight_bits / input_bits; no quantization_config there.
-        cfg["architectures"] = ["BitnetForCausalLM"]
-        cfg["input_bits"] = 8
-        cfg["weight_bits"] = 1
+        # A Llama whose linears transformers' BitNet quantizer runs from latent weights:
+        # AutoBitLinear in online mode (absmean ternary weights and int8 activations each call).
+        # (1bitLLM's own BitnetForCausalLM adds SubLN norms; tests/families.py replicates it.)
+        cfg["quantization_config"] = {"quant_method": "bitnet", "linear_class": "autobitlinear",
+                                      "quantization_mode": "online"}
         cfg["torch_dtype"] = "bfloat16"
         del cfg["mlp_bias"]
     else:
@@ -1152,15 +1152,14 @@ def describe_layout(layout: str) -> dict:
     elif layout == "llama_bitnet":
         d.update(
             architecture="Llama (model_type llama), SiLU gate, no sub-norms, untied lm_head, rope_theta 10000",
-            layout=("1bitLLM/bitnet_b1_58-large style: bf16 latent weights; BitNet-ness is marked as in those checkpoints by "
-                    "architectures ['BitnetForCausalLM'] (lower-case n) + 'weight_bits': 1 + 'input_bits': 8 on a llama "
-                    "model_type; no quantization_config (transformers' bitnet quantizer with linear_class 'bitlinear' would "
-                    "expect uint8 packed weights and cannot load latent weights)"),
+            layout=("Llama with bf16 latent weights and quantization_config {quant_method bitnet, linear_class autobitlinear, "
+                    "quantization_mode online}: transformers' AutoBitLinear ternarizes the weights (absmean) and quantizes "
+                    "the activations each call"),
             reference_route=("LlamaForCausalLM.from_pretrained(folder, dtype=float32), then the 14 decoder nn.Linear are replaced by "
                              "GoldenBitLinear (make_golden.py) built from the stored latent weights; embed_tokens and lm_head stay float"),
             actq_on="GoldenBitLinear(act_quant=True): recipe.act_quant",
             actq_off="GoldenBitLinear(act_quant=False): recipe.actq_off",
-            binllm_keys="model_type 'llama' with architectures == ['BitnetForCausalLM'] and/or weight_bits == 1 (input_bits 8)",
+            binllm_keys="LlamaForCausalLM with quantization_config.quant_method 'bitnet' (autobitlinear, online)",
         )
     elif layout == "llama_float":
         d.update(

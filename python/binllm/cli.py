@@ -109,7 +109,13 @@ def cmd_info(ns) -> int:
     print(f"model          {info['source']}")
     print(f"architecture   {c['architecture']} ({'BitNet b1.58 linears' if c['bitnet'] else 'float linears'}, {c['hidden_act']}, sub-norms {c['sub_norms']})")
     print(f"shape          hidden {c['hidden_size']}, {c['num_hidden_layers']} layers, {c['num_attention_heads']} heads ({c['num_key_value_heads']} KV), intermediate {c['intermediate_size']}, vocab {c['vocab_size']}")
-    print(f"context        {c['max_position_embeddings']} tokens, RoPE theta {c['rope_theta']:g} ({c['rope_style']})")
+    print(f"context        {c['max_position_embeddings']} tokens, head size {c['head_dim']}, rms_norm_eps {c['rms_norm_eps']:g}")
+    print(f"RoPE           theta {c['rope_theta']:g}, {c['rope_style']} pairs, scaling {c['rope_scaling']}")
+    if c["bitnet"]:
+        scale = ", packed weight_scale multiplies (AutoBitLinear)" if c["weight_scale"] == "multiply" else ""
+        print(f"linears        ternary weights, int8 activations {'on' if c['act_quant'] else 'off'}{scale}")
+    t = info["tokenizer"]
+    print(f"tokenizer      {t['model']}, pre-tokenizer {t['pre_tokenizer']}, {t['vocab_size']} tokens" + (f", normalizer {t['normalizer']}" if t["normalizer"] else ""))
     print(f"parameters     {info['parameters'] / 1e6:.1f} M")
     print(f"memory         {info['bytes'] / 2**20:.1f} MiB of weights")
     print(f"compute        backend {info['backend']}, {info['threads']} threads")

@@ -7,6 +7,8 @@ streaming.
 
 from __future__ import annotations
 
+import json
+
 import os
 import re
 from collections import defaultdict
@@ -269,8 +271,25 @@ class Model:
             "parameters": sum(t["parameters"] for t in tensors),
             "bytes": self._core.nbytes,
             "tensors": tensors,
+            "tokenizer": self._tokenizer_info(),
             "backend": kernels.backend(),
             "threads": kernels.num_threads(),
+        }
+
+    def _tokenizer_info(self) -> dict[str, Any]:
+        """The tokenizer's kind and pre-tokenizer: llama.cpp's name for it where it has one
+        (llama-bpe, smollm, gpt-2, ...), else the tokenizers step types."""
+        spec = json.loads(self.tokenizer.to_str())
+        pre = spec.get("pre_tokenizer")
+        name = _core.pre_tokenizer_name(json.dumps(pre)) if pre else None
+        if name is None and pre:
+            steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+            name = "+".join(str(step.get("type")) for step in steps)
+        return {
+            "model": (spec.get("model") or {}).get("type"),
+            "pre_tokenizer": name,
+            "normalizer": (spec.get("normalizer") or {}).get("type"),
+            "vocab_size": self.tokenizer.get_vocab_size(),
         }
 
     def __repr__(self) -> str:

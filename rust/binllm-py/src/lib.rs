@@ -355,9 +355,11 @@ impl PyModel {
         d.set_item("rope_style", format!("{:?}", c.rope_style).to_lowercase())?;
         d.set_item("rms_norm_eps", c.rms_eps)?;
         d.set_item("hidden_act", c.activation.name())?;
-        d.set_item("sub_norms", c.sub_norms)?;
+        d.set_item("sub_norms", c.sub_norms.any())?;
+        d.set_item("rope_scaling", c.rope_scaling.describe())?;
         d.set_item("tie_word_embeddings", c.tie_embeddings)?;
         d.set_item("bitnet", c.linear == binllm_core::model::LinearKind::BitNet)?;
+        d.set_item("weight_scale", format!("{:?}", c.weight_scale).to_lowercase())?;
         d.set_item("act_quant", self.inner.act_quant)?;
         d.set_item("bos_token_id", c.bos_token)?;
         d.set_item("eos_token_ids", c.eos_tokens.clone())?;
@@ -649,6 +651,99 @@ fn export_gguf<'py>(
     Ok(d)
 }
 
+// ---------------------------------------------------------------------------------------
+// Tokenizers: the core's byte-level BPE and its one GGUF-metadata -> tokenizer.json mapping.
+
+/// An untyped Python value (from a `gguf_read_metadata` dict) as a metadata value.
+fn gguf_value_guess_from_py(key: &str, v: &Bound<'_, PyAny>) -> PyResult<binllm_core::loader::GgufValue> {
+    use binllm_core::loader::GgufValue as G;
+    if let Ok(b) = v.cast::<pyo3::types::PyBool>() {
+        return Ok(G::Bool(b.is_true()));
+    }
+    if let Ok(i) = v.extract::<i64>() {
+        return Ok(G::I64(i));
+    }
+    if let Ok(u) = v.extract::<u64>() {
+        return Ok(G::U64(u));
+    }
+    if let Ok(f) = v.cast::<pyo3::types::PyFloat>() {
+        return Ok(G::F64(f.value()));
+    }
+    if let Ok(text) = v.extract::<String>() {
+        return Ok(G::String(text));
+    }
+    if v.is_instance_of::<pyo3::types::PyList>() || v.is_instance_of::<pyo3::types::PyTuple>() {
+        let items: Vec<Bound<'_, PyAny>> = v.try_iter()?.collect::<PyResult<_>>()?;
+        return items.iter().map(|x| gguf_value_guess_from_py(key, x)).collect::<PyResult<Vec<_>>>().map(G::Array);
+    }
+    Err(PyTypeError::new_err(format!("metadata '{key}': cannot hold a {}", v.get_type().name()?)))
+}
+
+/// The Hugging Face tokenizer.json text a GGUF file describes: its embedded
+/// `tokenizer.huggingface.json`, or one built from `tokenizer.ggml.*`. `source` is a GGUF path
+/// or a metadata dict (as `gguf_read_metadata` returns). An unknown `tokenizer.ggml.pre` is an
+/// UnsupportedError.
+#[pyfunction]
+fn gguf_tokenizer_json(source: &Bound<'_, PyAny>) -> PyResult<String> {
+    if let Ok(d) = source.cast::<pyo3::types::PyDict>() {
+        let mut meta = Vec::with_capacity(d.len());
+        for (k, v) in d.iter() {
+            let key: String = k.extract()?;
+            if key.starts_with("tokenizer.") {
+                meta.push((key.clone(), gguf_value_guess_from_py(&key, &v)?));
+            }
+        }
+        return binllm_core::tokenizer::hf_json_from_metadata(&meta).map_err(to_py);
+    }
+    let path: std::path::PathBuf = source.extract()?;
+    let bytes = binllm_core::model::load::map_file(&path).map_err(to_py)?;
+    let file = binllm_core::loader::GgufFile::parse(&bytes).map_err(to_py)?;
+    binllm_core::tokenizer::hf_json_from_gguf(&file).map_err(to_py)
+}
+
+/// llama.cpp's `tokenizer.ggml.pre` name for a tokenizer.json `pre_tokenizer` (JSON text), or
+/// None when no name binllm knows splits text the same way.
+#[pyfunction]
+fn pre_tokenizer_name(pre_tokenizer_json: &str) -> Option<&'static str> {
+    binllm_core::tokenizer::pre_tokenizer_name(pre_tokenizer_json)
+}
+
+/// The core's tokenizer (what the browser build runs), for tests against `tokenizers`.
+#[pyclass(name = "Tokenizer", module = "binllm._core", frozen)]
+struct PyTokenizer {
+    inner: binllm_core::tokenizer::Tokenizer,
+}
+
+#[pymethods]
+impl PyTokenizer {
+    #[staticmethod]
+    fn from_json(text: &str) -> PyResult<Self> {
+        Ok(PyTokenizer { inner: binllm_core::tokenizer::Tokenizer::from_json(text).map_err(to_py)? })
+    }
+
+    #[staticmethod]
+    fn from_gguf(path: std::path::PathBuf) -> PyResult<Self> {
+        let bytes = binllm_core::model::load::map_file(&path).map_err(to_py)?;
+        let file = binllm_core::loader::GgufFile::parse(&bytes).map_err(to_py)?;
+        Ok(PyTokenizer { inner: binllm_core::tokenizer::Tokenizer::from_gguf(&file).map_err(to_py)? })
+    }
+
+    #[pyo3(signature = (text, add_special=false))]
+    fn encode(&self, text: &str, add_special: bool) -> Vec<u32> {
+        self.inner.encode(text, add_special)
+    }
+
+    #[pyo3(signature = (ids, skip_special=false))]
+    fn decode(&self, ids: Vec<u32>, skip_special: bool) -> String {
+        self.inner.decode(&ids, skip_special)
+    }
+
+    #[getter]
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -671,5 +766,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(gguf_read_metadata, m)?)?;
     m.add_function(wrap_pyfunction!(read_tensors, m)?)?;
     m.add_function(wrap_pyfunction!(export_gguf, m)?)?;
+    m.add_function(wrap_pyfunction!(gguf_tokenizer_json, m)?)?;
+    m.add_function(wrap_pyfunction!(pre_tokenizer_name, m)?)?;
+    m.add_class::<PyTokenizer>()?;
     Ok(())
 }

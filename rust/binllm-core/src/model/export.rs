@@ -305,7 +305,7 @@ impl Exporter<'_> {
                 self.opts.linear_type.name()
             );
         }
-        let architecture = if c.sub_norms { "bitnet" } else { "llama" };
+        let architecture = if c.sub_norms.any() { "bitnet" } else { "llama" };
         let rope = llama_cpp_rope(architecture);
         let (q_order, k_order) = if rope != c.rope_style {
             if c.head_dim % 2 != 0 {
@@ -323,6 +323,10 @@ impl Exporter<'_> {
 
         self.embedding("token_embd.weight", &rows_f32(&m.embed, None), c.vocab, c.hidden)?;
         self.vector("output_norm.weight", &m.norm)?;
+        // Any RoPE scaling goes in llama.cpp's form: one divisor per frequency.
+        if let Some(factors) = c.rope_freq_factors() {
+            self.vector("rope_freqs.weight", &factors)?;
+        }
         match &m.lm_head {
             Some(head @ Linear::Packed(_)) => self.linear("output.weight", head, None)?,
             Some(head) => self.embedding("output.weight", &rows_f32(head, None), c.vocab, c.hidden)?,

@@ -3,7 +3,8 @@
 //! mis-shaped tensor is an error naming it.
 //!
 //! Linear weights become packed `t2` matrices when the model is BitNet-style:
-//! - HF packed checkpoints (uint8 [out/4, in], 4 codes per byte, `weight_scale` = 1/mean|W|),
+//! - HF packed checkpoints (uint8 [out/4, in], 4 codes per byte, `weight_scale` = 1/mean|W| for
+//!   `BitLinear`, mean|W| for `AutoBitLinear`),
 //! - HF latent float checkpoints, ternarized on load with absmean per tensor,
 //! - GGUF TQ1_0 / TQ2_0 / I2_S tensors (exact codes and scales; 256-blocks whose scales differ
 //!   within a row become `PerGroup(256)` scales).
@@ -20,7 +21,7 @@
 //! - q8: `P.weight` I8 [n, k], `P.weight_scale` [n, ceil(k / 32)] (`Linear::Q8`); embeddings
 //!   (`model.embed_tokens`) and `lm_head` included.
 
-use super::config::{LinearKind, ModelConfig};
+use super::config::{LinearKind, ModelConfig, RopeScaling, WeightScale};
 use super::{FloatStorage, Layer, Linear, Model};
 use crate::error::{Error, Result};
 use crate::formats::{PackedMatrix, ScaleKind, WeightFormat};
@@ -43,7 +44,15 @@ struct Tensors<'t, 'a> {
     quantized: HashMap<String, QuantizedModule>,
     /// Which of them were read, so that a listed module the model lacks is an error.
     used: RefCell<HashSet<String>>,
+    /// Every tensor the model read: the rest must be on `CARRY_NOTHING` (strict loading).
+    consumed: RefCell<HashSet<String>>,
 }
+
+/// Tensors that checkpoints carry but that hold nothing the model needs, by name suffix: the
+/// RoPE frequencies some transformers versions saved as buffers (binllm computes them from
+/// the config, which is what transformers itself does on load). Any other tensor the model
+/// does not read is an error naming it.
+const CARRY_NOTHING: &[&str] = &[".rotary_emb.inv_freq"];
 
 /// How a module of a binllm PTQ folder is stored (`quantization_config.layers`).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -96,7 +105,32 @@ impl<'t, 'a> Tensors<'t, 'a> {
     }
 
     fn get(&self, name: &str) -> Result<&'t TensorView<'a>> {
-        self.by_name.get(name).copied().ok_or_else(|| Error::Format(format!("missing tensor '{name}'")))
+        self.optional(name).ok_or_else(|| Error::Format(format!("missing tensor '{name}'")))
+    }
+
+    /// A tensor that may be absent; reading it marks it consumed.
+    fn optional(&self, name: &str) -> Option<&'t TensorView<'a>> {
+        let t = self.by_name.get(name).copied()?;
+        self.consumed.borrow_mut().insert(name.to_string());
+        Some(t)
+    }
+
+    /// Strict loading: every tensor of the checkpoint was read, or carries nothing.
+    fn check_all_consumed(&self) -> Result<()> {
+        let consumed = self.consumed.borrow();
+        let mut extra: Vec<&str> = self.by_name.keys().copied().filter(|n| !consumed.contains(*n) && !CARRY_NOTHING.iter().any(|s| n.ends_with(s))).collect();
+        if extra.is_empty() {
+            return Ok(());
+        }
+        extra.sort();
+        let more = if extra.len() > 1 { format!(" (and {} more)", extra.len() - 1) } else { String::new() };
+        crate::bail!(
+            Format,
+            "tensor '{}'{more} is not used by this model ({} {}); binllm refuses tensors it would ignore",
+            extra[0],
+            self.config.architecture,
+            if self.config.sub_norms.any() { "with sub-norms" } else { "without sub-norms" }
+        )
     }
 
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
@@ -163,7 +197,7 @@ impl<'t, 'a> Tensors<'t, 'a> {
             );
         }
         let col_name = format!("{path}.weight_col_scale");
-        let col = match self.by_name.get(col_name.as_str()) {
+        let col = match self.optional(&col_name) {
             Some(c) if c.shape != [k] => crate::bail!(Format, "tensor '{col_name}' has shape {:?}; expected [{k}]", c.shape),
             Some(c) => Some(float_values(c, &col_name)?),
             None => None,
@@ -196,7 +230,7 @@ impl<'t, 'a> Tensors<'t, 'a> {
         };
         let mut matrix = PackedMatrix::from_packed(format, n, k, t.data.to_vec(), kind).map_err(in_file)?;
         let offset_name = format!("{path}.weight_row_offset");
-        if let Some(o) = self.by_name.get(offset_name.as_str()) {
+        if let Some(o) = self.optional(&offset_name) {
             if o.shape != [n] {
                 crate::bail!(Format, "tensor '{offset_name}' has shape {:?}; expected [{n}]", o.shape);
             }
@@ -271,16 +305,18 @@ impl<'t, 'a> Tensors<'t, 'a> {
         Ok(Linear::float(self.matrix_f32(name, n, k)?, n, k, storage))
     }
 
-    /// microsoft/bitnet-b1.58-2B-4T layout: uint8 [n/4, k]; bits 2i..2i+1 of packed row r hold
-    /// output row i * (n/4) + r, value = field - 1; `weight_scale` is 1 / mean|W|.
+    /// transformers' packed BitNet layout (microsoft/bitnet-b1.58-2B-4T, Falcon3-1.58bit,
+    /// HF1BitLLM): uint8 [n/4, k]; bits 2i..2i+1 of packed row r hold output row i * (n/4) + r,
+    /// value = field - 1; `weight_scale` [1] divides or multiplies by `linear_class`
+    /// (`WeightScale`).
     fn hf_packed_linear(&self, name: &str, t: &TensorView<'a>, n: usize, k: usize) -> Result<Linear> {
         if n % 4 != 0 || t.shape != [n / 4, k] {
             crate::bail!(Format, "packed tensor '{name}' has shape {:?}; expected [{}, {k}] (4 rows per byte)", t.shape, n / 4);
         }
         let scale_name = name.strip_suffix(".weight").map(|p| format!("{p}.weight_scale")).unwrap_or_default();
-        let inv = self.vector(&scale_name, 1)?[0];
-        if !(inv.is_finite() && inv > 0.0) {
-            crate::bail!(Format, "tensor '{scale_name}' must be a positive number, got {inv}");
+        let stored = self.vector(&scale_name, 1)?[0];
+        if !(stored.is_finite() && stored > 0.0) {
+            crate::bail!(Format, "tensor '{scale_name}' must be a positive number, got {stored}");
         }
         let quarter = n / 4;
         let mut codes = vec![0i8; n * k];
@@ -295,7 +331,11 @@ impl<'t, 'a> Tensors<'t, 'a> {
                 }
             }
         }
-        Ok(Linear::Packed(PackedMatrix::pack(WeightFormat::Ternary2, &codes, n, k, ScaleKind::PerTensor(1.0 / inv))?))
+        let scale = match self.config.weight_scale {
+            WeightScale::Divide => 1.0 / stored,
+            WeightScale::Multiply => stored,
+        };
+        Ok(Linear::Packed(PackedMatrix::pack(WeightFormat::Ternary2, &codes, n, k, ScaleKind::PerTensor(scale))?))
     }
 
     fn build(&self) -> Result<Model> {
@@ -312,12 +352,15 @@ impl<'t, 'a> Tensors<'t, 'a> {
         let mut layers = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
             let n = |p: &str| self.name(Some(i), p);
-            let sub = |p: &str, len: usize| -> Result<Option<Vec<f32>>> {
-                if c.sub_norms {
-                    self.vector(&n(p), len).map(Some)
-                } else {
-                    Ok(None)
-                }
+            let sub = |attn_side: bool, len: usize| -> Result<Option<Vec<f32>>> {
+                let Some((attn, ffn)) = c.sub_norms.hf_names() else { return Ok(None) };
+                let name = match (hf, attn_side) {
+                    (true, true) => attn,
+                    (true, false) => ffn,
+                    (false, true) => "attn_sub_norm.weight",
+                    (false, false) => "ffn_sub_norm.weight",
+                };
+                self.vector(&n(name), len).map(Some)
             };
             layers.push(Layer {
                 attn_norm: self.vector(&n(part("input_layernorm.weight", "attn_norm.weight")), d)?,
@@ -325,12 +368,12 @@ impl<'t, 'a> Tensors<'t, 'a> {
                 k: self.linear(&n(part("self_attn.k_proj.weight", "attn_k.weight")), c.kv_heads * hd, d)?,
                 v: self.linear(&n(part("self_attn.v_proj.weight", "attn_v.weight")), c.kv_heads * hd, d)?,
                 o: self.linear(&n(part("self_attn.o_proj.weight", "attn_output.weight")), d, c.heads * hd)?,
-                attn_sub_norm: sub(part("self_attn.attn_sub_norm.weight", "attn_sub_norm.weight"), c.heads * hd)?,
+                attn_sub_norm: sub(true, c.heads * hd)?,
                 ffn_norm: self.vector(&n(part("post_attention_layernorm.weight", "ffn_norm.weight")), d)?,
                 gate: self.linear(&n(part("mlp.gate_proj.weight", "ffn_gate.weight")), c.intermediate, d)?,
                 up: self.linear(&n(part("mlp.up_proj.weight", "ffn_up.weight")), c.intermediate, d)?,
                 down: self.linear(&n(part("mlp.down_proj.weight", "ffn_down.weight")), d, c.intermediate)?,
-                ffn_sub_norm: sub(part("mlp.ffn_sub_norm.weight", "ffn_sub_norm.weight"), c.intermediate)?,
+                ffn_sub_norm: sub(false, c.intermediate)?,
             });
         }
         let used = self.used.borrow();
@@ -339,7 +382,14 @@ impl<'t, 'a> Tensors<'t, 'a> {
             unused.sort();
             crate::bail!(Format, "quantization_config lists module '{}', which is not a linear layer or embedding of this model", unused[0]);
         }
-        Ok(Model { config: c.clone(), embed, layers, norm: self.vector(norm_name, d)?, lm_head, act_quant: true })
+        let norm = self.vector(norm_name, d)?;
+        if matches!(c.rope_scaling, RopeScaling::FreqFactors(_)) {
+            // Read by `ModelConfig::from_gguf`.
+            self.get("rope_freqs.weight")?;
+        }
+        drop(used);
+        self.check_all_consumed()?;
+        Ok(Model { config: c.clone(), embed, layers, norm, lm_head, act_quant: true })
     }
 }
 
@@ -387,14 +437,14 @@ impl Model {
             }
         }
         let quantized = quantized_modules(config_json)?;
-        Tensors { by_name, naming: Naming::HuggingFace, config: &config, quantized, used: RefCell::default() }.build()
+        Tensors { by_name, naming: Naming::HuggingFace, config: &config, quantized, used: RefCell::default(), consumed: RefCell::default() }.build()
     }
 
     /// A model from a parsed GGUF file.
     pub fn from_gguf(file: &GgufFile<'_>) -> Result<Model> {
         let config = ModelConfig::from_gguf(file)?;
         let by_name = file.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
-        Tensors { by_name, naming: Naming::Gguf, config: &config, quantized: HashMap::new(), used: RefCell::default() }.build()
+        Tensors { by_name, naming: Naming::Gguf, config: &config, quantized: HashMap::new(), used: RefCell::default(), consumed: RefCell::default() }.build()
     }
 }
 

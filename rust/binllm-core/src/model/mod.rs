@@ -24,7 +24,7 @@ pub mod sampler;
 use crate::error::Result;
 use crate::kernels::float::prefetch_ahead;
 use crate::kernels::{self, Backend};
-pub use config::{Activation, LinearKind, ModelConfig, RopeStyle};
+pub use config::{Activation, LinearKind, ModelConfig, RopeScaling, RopeStyle, SubNorms, WeightScale};
 pub use linear::{FloatStorage, Linear};
 
 pub struct Layer {
@@ -420,8 +420,7 @@ impl Model {
     fn rope(&self, x: &mut [f32], heads: usize, pos0: usize) {
         let hd = self.config.head_dim;
         let half = hd / 2;
-        let inv_freq: Vec<f32> =
-            (0..half).map(|i| 1.0 / self.config.rope_theta.powf((2 * i) as f32 / hd as f32)).collect();
+        let inv_freq = self.config.rope_inv_freq();
         for (t, row) in x.chunks_exact_mut(heads * hd).enumerate() {
             let pos = (pos0 + t) as f32;
             let (cos, sin): (Vec<f32>, Vec<f32>) = inv_freq.iter().map(|f| ((pos * f).cos(), (pos * f).sin())).unzip();
