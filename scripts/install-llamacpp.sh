@@ -29,9 +29,15 @@ done
 LOG=target/llamacpp-build/build.log
 mkdir -p "$(dirname "$LOG")"
 echo "install-llamacpp: building llama-cpp-python==$VERSION from source (log: $LOG)"
-CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
+# AMX stays off: some of these machines list AMX in /proc/cpuinfo while the kernel does not grant
+# the tile state, and ggml's AMX matmul (taken for Q4_1 among others) then dies of SIGILL.
+ARGS="-DGGML_NATIVE=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+# pip caches the wheel it built from the sdist whatever the flags were: a cache of its own per
+# version and flags, so a wheel built with other flags is never reused.
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/binllm/llamacpp-$(echo "$VERSION $ARGS" | sha256sum | cut -c1-12)"
+CMAKE_ARGS="$ARGS" \
 CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
-    "$PY" -m pip install -v "llama-cpp-python==$VERSION" >"$LOG" 2>&1 || {
+    "$PY" -m pip install -v --cache-dir "$CACHE" "llama-cpp-python==$VERSION" >"$LOG" 2>&1 || {
     echo "install-llamacpp: build failed; last lines of $LOG:" >&2
     tail -n 30 "$LOG" >&2
     exit 1
