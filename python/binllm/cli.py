@@ -183,27 +183,83 @@ def cmd_quantize(ns) -> int:
     return 0
 
 
-def cmd_eval(ns) -> int:
-    from binllm.evaluate import evaluate
+def _text_slices(files):
+    """(name, text) per --text file, named by the file (its stem; the path where stems repeat)."""
     from binllm.quantize.calib import read_text
 
-    text = read_text(ns.text)
+    if not files:
+        return None
+    stems = [Path(f).stem for f in files]
+    names = stems if len(set(stems)) == len(stems) else [str(f) for f in files]
+    if len(set(names)) != len(names):
+        raise ValueError("the same --text file is given twice")
+    return [(n, read_text(f)) for n, f in zip(names, files)]
+
+
+def cmd_eval(ns) -> int:
+    from binllm.ab import prepare_out, read_prompts, write_report
+    from binllm.evaluate import evaluate
+
+    ab_mode = ns.base is not None or ns.base_logits is not None
+    if ns.out is not None and not ab_mode:
+        raise ValueError("--out writes the A/B report: give --base or --base-logits")
+    if ns.out is not None:
+        prepare_out(ns.out, ns.force)  # refuse before the work, not after
+    prompts = read_prompts(ns.prompts) if ns.prompts else None
     say, done = _say(ns.quiet or ns.json)
     try:
-        r = evaluate(ns.model, text, ctx=ns.ctx, max_tokens=ns.max_tokens, bench=not ns.no_bench, threads=ns.threads, progress=say)
+        r = evaluate(
+            ns.model,
+            _text_slices(ns.text),
+            ctx=ns.ctx,
+            max_tokens=ns.max_tokens,
+            bench=not ns.no_bench,
+            threads=ns.threads,
+            progress=say,
+            base=ns.base,
+            base_logits=ns.base_logits,
+            save_base_logits=ns.save_base_logits,
+            top_k=ns.top_k,
+            prompts=prompts,
+            gen_tokens=ns.gen_tokens,
+            force=ns.force,
+        )
     finally:
         done()
+    if ns.out is not None:
+        write_report(r, ns.out, force=True)
     if ns.json:
         print(json.dumps(r, indent=2))
         return 0
     print(f"model            {r['model']}")
-    print(f"perplexity       {r['perplexity']:.3f}  ({r['tokens']} tokens, {r['windows']} windows of {r['ctx']})")
+    ppl = f"{r['perplexity']:.3f}" if r["perplexity"] < 1e6 else f"{r['perplexity']:.4g}"
+    print(f"perplexity       {ppl}  ({r['tokens']} tokens, {r['windows']} windows of {r['ctx']})")
+    for s in r.get("slices", []):
+        print(f"  {s['name']:<14} {s['perplexity']:.3f}  ({s['tokens']} tokens)")
+    if "ab" in r:
+        from binllm.ab import fmt
+
+        ab = r["ab"]
+        kind = "exact" if ab["kld_exact"] else f"base top {ab['top_k']}, a lower bound"
+        print(f"against base     {ab['base']}  (KLD = KL(base || model) per token, nats, {kind})")
+        print(f"  {'slice':<14} {'ppl base':>10} {'ppl model':>10} {'ratio':>9} {'KLD mean':>9} {'median':>8} {'p99':>8} {'top-1':>7} {'top-5 miss':>10}")
+        for s in ab["slices"] + [{**ab["pooled"], "name": "pooled"}]:
+            mark = "  <- worst" if s["name"] == ab["worst_slice"] and len(ab["slices"]) > 1 else ""
+            print(
+                f"  {s['name']:<14} {fmt('perplexity', s['base_perplexity']):>10} {fmt('perplexity', s['perplexity']):>10} {fmt('ppl_ratio', s['ppl_ratio']):>9} "
+                f"{fmt('kld_mean', s['kld_mean']):>9} {fmt('kld_median', s['kld_median']):>8} {fmt('kld_p99', s['kld_p99']):>8} {fmt('top1_agreement', s['top1_agreement']):>7} {fmt('top5_miss', s['top5_miss']):>10}{mark}"
+            )
+    for g in r.get("generations", []):
+        div = "identical" if g["first_divergence"] is None else f"first differ at token {g['first_divergence']}"
+        print(f"prompt           {g['prompt']!r}: {div}")
     print(f"bits/weight      {r['linear_bits_per_weight']:.3f} (decoder linears, as held: {'+'.join(r['storage'])}), {r['model_bits_per_weight']:.3f} (whole model)")
     print(f"file             {r['file_bytes'] / 2**20:.1f} MiB")
     if r["resident_bytes"] is not None:
         print(f"resident memory  {r['resident_bytes'] / 2**20:.1f} MiB (weights {r['weight_bytes'] / 2**20:.1f} MiB)")
     if "decode_tok_s" in r:
         print(f"speed            prompt {r['prompt_tok_s']:.1f} tok/s, decode {r['decode_tok_s']:.1f} tok/s ({r['threads']} threads, {r['backend']})")
+    if ns.out is not None:
+        print(f"[binllm] wrote {ns.out}/report.md, report.html, report.json", file=sys.stderr)
     return 0
 
 
@@ -301,11 +357,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(func=cmd_quantize)
 
-    e = sub.add_parser("eval", help="perplexity, bits per weight, size, memory and tokens/s of a model")
+    e = sub.add_parser("eval", help="perplexity, bits per weight, size, memory and tokens/s of a model; A/B against a base model")
     e.add_argument("model")
-    e.add_argument("--text", required=True, help="text file (UTF-8) to measure perplexity on")
+    e.add_argument("--text", nargs="+", action="extend", default=None, metavar="FILE", help="text files (UTF-8), each a slice named by its file")
     e.add_argument("--ctx", type=int, default=512, help="window length in tokens (default 512)")
-    e.add_argument("--max-tokens", type=int, default=None, help="use only the first N tokens of the text")
+    e.add_argument("--max-tokens", type=int, default=None, help="use only the first N tokens of each text")
+    e.add_argument("--base", default=None, help="A/B against this base (float) model: KL divergence, top-1 agreement per slice")
+    e.add_argument("--base-logits", default=None, metavar="F", help="A/B against a base saved with --save-base-logits (instead of --base and --text)")
+    e.add_argument("--save-base-logits", default=None, metavar="F", help="save the base's top-k log-probabilities and tokens for later --base-logits runs")
+    e.add_argument("--top-k", type=int, default=128, help="base log-probabilities kept per position in --save-base-logits (default 128)")
+    e.add_argument("--prompts", default=None, metavar="FILE", help="one prompt per line: both models' greedy continuations side by side (needs --base)")
+    e.add_argument("--gen-tokens", type=int, default=48, help="tokens per greedy continuation (default 48)")
+    e.add_argument("--out", default=None, help="report folder for the A/B: report.md, report.html, report.json")
+    e.add_argument("--force", action="store_true", help="write into a non-empty --out, replace an existing --save-base-logits file")
     e.add_argument("--no-bench", action="store_true", help="skip the speed measurement")
     e.add_argument("--threads", type=int, default=None)
     e.add_argument("--json", action="store_true")

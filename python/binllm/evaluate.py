@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -46,8 +46,9 @@ def perplexity(model, text: str, ctx: int = 512, max_tokens: Optional[int] = Non
         ids = ids[:max_tokens]
     if len(ids) < 2:
         raise ValueError("the text has fewer than 2 tokens")
-    windows = [ids[i : i + ctx] for i in range(0, len(ids), ctx)]
-    windows = [w for w in windows if len(w) >= 2]
+    from binllm.ab import windows as cut
+
+    windows = cut(ids, ctx)
     nll, count = 0.0, 0
     start = time.perf_counter()
     for n, w in enumerate(windows, 1):
@@ -94,9 +95,16 @@ def linear_bits(info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+Slices = Union[str, Sequence[tuple[str, str]]]
+
+
+def _slices(text: Slices) -> list[tuple[str, str]]:
+    return [("text", text)] if isinstance(text, str) else [(str(n), t) for n, t in text]
+
+
 def evaluate(
     path: str | os.PathLike,
-    text: str,
+    text: Optional[Slices] = None,
     ctx: int = 512,
     max_tokens: Optional[int] = None,
     bench: bool = True,
@@ -104,13 +112,40 @@ def evaluate(
     prompt_tokens: int = 128,
     decode_tokens: int = 64,
     progress: Optional[Progress] = None,
+    base: Optional[str | os.PathLike] = None,
+    base_logits: Optional[str | os.PathLike] = None,
+    save_base_logits: Optional[str | os.PathLike] = None,
+    top_k: int = 128,
+    prompts: Optional[Sequence[str]] = None,
+    gen_tokens: int = 48,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Perplexity on `text`, bits per weight, file size, resident memory and tokens/s of the
-    model at `path`."""
+    model at `path`.
+
+    `text` is one string or (name, text) slices: perplexity per slice (``slices``) and pooled
+    (``perplexity``), `max_tokens` counted per slice. With `base` (a model path) or
+    `base_logits` (a file from `save_base_logits`), the A/B numbers against the base model
+    (``ab``: see binllm.ab) replace the plain perplexity; `prompts` adds both models' greedy
+    continuations (``generations``, needs `base`)."""
+    from binllm import ab
     from binllm.bench import bench_model
     from binllm.model import Model
 
     say = progress or (lambda _m: None)
+    if base is not None and base_logits is not None:
+        raise ValueError("give --base or --base-logits, not both")
+    if base_logits is not None and text is not None:
+        raise ValueError("--base-logits holds the tokens it was made from; drop --text")
+    if base_logits is None and text is None:
+        raise ValueError("give --text (or --base-logits)")
+    if save_base_logits is not None and base is None:
+        raise ValueError("--save-base-logits needs --base")
+    if prompts is not None and base is None:
+        raise ValueError("--prompts needs --base (the base model generates too)")
+    if save_base_logits is not None and Path(save_base_logits).exists() and not force:
+        raise FileExistsError(f"{save_base_logits} exists (pass --force to replace it)")
+    record = ab.load_base(base_logits) if base_logits is not None else None
     before = _rss_bytes()
     start = time.perf_counter()
     model = Model.from_pretrained(path, threads=threads)
@@ -133,7 +168,28 @@ def evaluate(
         "resident_bytes": (after - before) if before is not None and after is not None else None,
         "load_s": load_s,
     }
-    result.update(perplexity(model, text, ctx=ctx, max_tokens=max_tokens, progress=say))
+    if base is None and record is None:
+        rows = []
+        for name, body in _slices(text):
+            r = perplexity(model, body, ctx=ctx, max_tokens=max_tokens, progress=lambda m, n=name: say(f"{n}: {m}"))
+            rows.append({"name": name, **r})
+        count = sum(r["tokens"] for r in rows)
+        pooled = math.exp(sum(r["tokens"] * math.log(r["perplexity"]) for r in rows) / count)
+        result.update({"perplexity": pooled, "tokens": count, "windows": sum(r["windows"] for r in rows), "ctx": ctx})
+        if len(rows) > 1:
+            result["slices"] = rows
+    else:
+        base_model = Model.from_pretrained(base, threads=threads) if base is not None else None
+        scores, record = ab.run_ab(model, base_model=base_model, record=record, slices=_slices(text) if text is not None else (), ctx=ctx, max_tokens=max_tokens, top_k=top_k, progress=say)
+        if save_base_logits is not None:
+            ab.save_base(record, save_base_logits, force=force)
+        metrics = ab.ab_metrics(scores, record, exact=base_model is not None)
+        pooled = metrics["pooled"]
+        result.update({"perplexity": pooled["perplexity"], "tokens": pooled["tokens"], "windows": sum(len(s.windows) for s in record.slices), "ctx": record.ctx, "ab": metrics})
+        if prompts:
+            say("greedy continuations")
+            result["generations"] = ab.side_by_side(model, base_model, prompts, max_new_tokens=gen_tokens)
+        del base_model
     if bench:
         say("speed")
         speed = bench_model(model, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens, repeats=3)
