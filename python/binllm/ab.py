@@ -269,6 +269,9 @@ def _write_atomic(path: Path, write: Callable[[Path], None], force: bool) -> Non
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the result is an ordinary file
     try:
         write(Path(tmp))
         os.replace(tmp, path)
@@ -497,6 +500,7 @@ def fmt(key: str, v: Any) -> str:
     if key in ("top1_agreement", "top5_miss"):
         return f"{100 * v:.1f}%"
     if key.startswith("kld"):
+        v = 0.0 if abs(v) < 5e-5 else v  # float rounding of a model against itself
         return f"{v:.4f}" if v < 10 else f"{v:.2f}"
     if key in ("perplexity", "base_perplexity", "ppl_ratio"):
         return f"{v:.2f}" if v < 1e4 else f"{v:.3g}"

@@ -184,16 +184,9 @@ def cmd_quantize(ns) -> int:
 
 
 def _text_slices(files):
-    """(name, text) per --text file, named by the file (its stem; the path where stems repeat)."""
-    from binllm.quantize.calib import read_text
+    from binllm.evaluate import slices_from_files
 
-    if not files:
-        return None
-    stems = [Path(f).stem for f in files]
-    names = stems if len(set(stems)) == len(stems) else [str(f) for f in files]
-    if len(set(names)) != len(names):
-        raise ValueError("the same --text file is given twice")
-    return [(n, read_text(f)) for n, f in zip(names, files)]
+    return slices_from_files(files) if files else None
 
 
 def cmd_eval(ns) -> int:
@@ -269,11 +262,11 @@ def cmd_compare(ns) -> int:
     say, done = _say(ns.quiet)
     labels = ns.labels.split(",") if ns.labels else None
     try:
-        rows = compare(ns.models, ns.text, ns.out, ctx=ns.ctx, max_tokens=ns.max_tokens, labels=labels, threads=ns.threads, plot=not ns.no_plot, progress=say)
+        rows = compare(ns.models, ns.text, ns.out, ctx=ns.ctx, max_tokens=ns.max_tokens, labels=labels, threads=ns.threads, plot=not ns.no_plot, progress=say, top_k=ns.top_k, bench=not ns.no_bench, force=ns.force)
     finally:
         done()
     print((Path(ns.out) / "report.md").read_text(encoding="utf-8"), end="")
-    print(f"[binllm] wrote {ns.out}/report.md, report.csv" + ("" if ns.no_plot else ", report.png") + f" ({len(rows)} models)", file=sys.stderr)
+    print(f"[binllm] wrote {ns.out}/report.md, report.csv, report.json, base-logits.npz" + ("" if ns.no_plot else ", report.png") + f" ({len(rows)} models)", file=sys.stderr)
     return 0
 
 
@@ -376,15 +369,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)
 
-    r = sub.add_parser("compare", help="evaluate several models side by side: report.md, report.csv, report.png")
-    r.add_argument("models", nargs="+", help="models; the first is the baseline the perplexity ratios use")
-    r.add_argument("--text", required=True)
-    r.add_argument("--out", required=True, help="report folder")
+    r = sub.add_parser("compare", help="evaluate several models side by side, A/B against the first: report.md, report.csv, report.png")
+    r.add_argument("models", nargs="+", help="models; the first is the base the perplexity ratios and the A/B (KLD, top-1) use")
+    r.add_argument("--text", required=True, nargs="+", action="extend", metavar="FILE", help="text files, each a slice named by its file")
+    r.add_argument("--out", required=True, help="report folder (new or empty, unless --force)")
     r.add_argument("--labels", default=None, help="comma-separated names, one per model")
     r.add_argument("--ctx", type=int, default=512)
-    r.add_argument("--max-tokens", type=int, default=None)
+    r.add_argument("--max-tokens", type=int, default=None, help="use only the first N tokens of each text")
+    r.add_argument("--top-k", type=int, default=128, help="base log-probabilities kept per position (default 128)")
     r.add_argument("--threads", type=int, default=None)
     r.add_argument("--no-plot", action="store_true")
+    r.add_argument("--no-bench", action="store_true", help="skip the speed measurement")
+    r.add_argument("--force", action="store_true", help="write into a non-empty --out")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_compare)
 

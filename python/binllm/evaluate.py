@@ -10,6 +10,7 @@ ones before it; perplexity = exp(mean negative log-likelihood over all predicted
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -208,14 +209,21 @@ COLUMNS = (
     ("storage", "runs as"),
     ("perplexity", "perplexity"),
     ("ppl_ratio", "x float"),
+    ("kld_mean", "KLD"),
+    ("top1_agreement", "top-1"),
+    ("worst_slice", "worst slice"),
     ("file_bytes", "file MiB"),
     ("resident_bytes", "resident MiB"),
     ("decode_tok_s", "decode tok/s"),
     ("prompt_tok_s", "prompt tok/s"),
 )
+# Per slice, in the second table and the CSV.
+SLICE_KEYS = (("perplexity", "ppl"), ("kld_mean", "KLD"), ("top1_agreement", "top-1"))
 
 
 def _fmt(key: str, v: Any) -> str:
+    from binllm.ab import fmt
+
     if v is None:
         return "-"
     if key in ("file_bytes", "resident_bytes"):
@@ -226,14 +234,27 @@ def _fmt(key: str, v: Any) -> str:
         return f"{v:.2f}" if v < 1e4 else f"{v:.3g}"
     if key == "ppl_ratio":
         return f"{v:.2f}" if v < 1e3 else f"{v:.3g}"
+    if key in ("kld_mean", "top1_agreement", "top5_miss", "kld_median", "kld_p99"):
+        return fmt(key, v)
     if isinstance(v, float):
         return f"{v:.2f}"
     return str(v)
 
 
+def slices_from_files(files: Sequence[str | os.PathLike]) -> list[tuple[str, str]]:
+    """(name, text) per text file, named by the file's stem (by its path where stems repeat)."""
+    from binllm.quantize.calib import read_text
+
+    stems = [Path(f).stem for f in files]
+    names = stems if len(set(stems)) == len(stems) else [str(f) for f in files]
+    if len(set(names)) != len(names):
+        raise ValueError("the same text file is given twice")
+    return [(n, read_text(f)) for n, f in zip(names, files)]
+
+
 def compare(
     models: Sequence[str],
-    text_file: str | os.PathLike,
+    text_file: str | os.PathLike | Sequence[str | os.PathLike],
     out: str | os.PathLike,
     ctx: int = 512,
     max_tokens: Optional[int] = None,
@@ -242,59 +263,110 @@ def compare(
     threads: Optional[int] = None,
     plot: bool = True,
     progress: Optional[Progress] = None,
+    top_k: int = 128,
+    bench: bool = True,
+    force: bool = False,
 ) -> list[dict[str, Any]]:
     """Evaluates each model in its own process (so resident memory is its own) and writes
-    report.md, report.csv and report.png into `out`. `baseline` indexes the model the
-    perplexity ratios are taken against (the float model)."""
+    report.md, report.csv and report.png into `out`. `baseline` indexes the base model (the
+    float model): the perplexity ratios are taken against it, and every model is scored A/B
+    against it (KL divergence, top-1 agreement, per text file and pooled) from its top-`top_k`
+    log-probabilities, saved once as ``out/base-logits.npz``. `text_file` is one file or
+    several (the slices). `out` must be empty or new unless `force`."""
+    from binllm import ab
+    from binllm.model import Model
+
     if not models:
         raise ValueError("no models to compare")
     if labels is not None and len(labels) != len(models):
         raise ValueError("give one label per model")
     if not 0 <= baseline < len(models):
         raise ValueError(f"baseline must index one of the {len(models)} models")
+    files = [text_file] if isinstance(text_file, (str, os.PathLike)) else list(text_file)
+    slices = slices_from_files(files)
+    out = ab.prepare_out(out, force)
     say = progress or (lambda _m: None)
+    base_file = out / "base-logits.npz"
+    say(f"base logits: {models[baseline]}")
+    base_model = Model.from_pretrained(models[baseline], threads=threads)
+    _, record = ab.run_ab(None, base_model=base_model, slices=slices, ctx=ctx, max_tokens=max_tokens, top_k=top_k, progress=say)
+    del base_model
+    ab.save_base(record, base_file, force=True)
     rows = []
     for i, m in enumerate(models):
         say(f"evaluating {i + 1}/{len(models)}: {m}")
-        cmd = [sys.executable, "-m", "binllm.cli", "eval", str(m), "--text", str(text_file), "--ctx", str(ctx), "--json"]
-        if max_tokens is not None:
-            cmd += ["--max-tokens", str(max_tokens)]
+        cmd = [sys.executable, "-m", "binllm.cli", "eval", str(m), "--base-logits", str(base_file), "--json"]
         if threads is not None:
             cmd += ["--threads", str(threads)]
+        if not bench:
+            cmd += ["--no-bench"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             msg = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit code {proc.returncode}"
             raise RuntimeError(f"evaluating {m} failed: {msg}")
         row = json.loads(proc.stdout)
         row["label"] = labels[i] if labels else Path(m).name
+        pooled = row["ab"]["pooled"]
+        row.update({k: pooled[k] for k in ("kld_mean", "kld_median", "kld_p99", "top1_agreement", "top5_miss")})
+        # A model that matches the base everywhere has no worst slice.
+        row["worst_slice"] = row["ab"]["worst_slice"] if pooled["kld_mean"] > 1e-6 else None
         rows.append(row)
     base = rows[baseline]["perplexity"]
     for r in rows:
         r["ppl_ratio"] = r["perplexity"] / base
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_markdown(rows, out / "report.md", text_name=Path(text_file).name, ctx=ctx)
-    with open(out / "report.csv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow([k for k, _ in COLUMNS] + ["model_bits_per_weight", "tokens", "threads", "backend"])
-        for r in rows:
-            w.writerow([("+".join(r[k]) if isinstance(r.get(k), list) else r.get(k)) for k, _ in COLUMNS] + [r.get("model_bits_per_weight"), r.get("tokens"), r.get("threads"), r.get("backend")])
+    names = [n for n, _ in slices]
+    ab.write_text_atomic(out / "report.md", markdown(rows, names, files, ctx=ctx, top_k=record.top_k))
+    ab.write_text_atomic(out / "report.csv", _csv(rows, names))
+    ab.write_text_atomic(out / "report.json", json.dumps(rows, indent=2) + "\n")
     if plot:
         write_plot(rows, out / "report.png")
     return rows
 
 
-def write_markdown(rows: list[dict[str, Any]], path: Path, text_name: str, ctx: int) -> None:
+def _csv(rows: list[dict[str, Any]], names: Sequence[str]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    extra = ["kld_median", "kld_p99", "top5_miss", "model_bits_per_weight", "tokens", "threads", "backend"]
+    per_slice = [f"{n}:{k}" for n in names for k in ("perplexity", "kld_mean", "kld_median", "kld_p99", "top1_agreement", "top5_miss")]
+    w.writerow([k for k, _ in COLUMNS] + extra + per_slice)
+    for r in rows:
+        by_name = {s["name"]: s for s in r["ab"]["slices"]}
+        cells = [("+".join(r[k]) if isinstance(r.get(k), list) else r.get(k)) for k, _ in COLUMNS]
+        cells += [r.get(k) for k in extra]
+        cells += [by_name[n][k.split(":", 1)[1]] for n in names for k in [f"{n}:{key}" for key in ("perplexity", "kld_mean", "kld_median", "kld_p99", "top1_agreement", "top5_miss")]]
+        w.writerow(cells)
+    return buf.getvalue()
+
+
+def markdown(rows: list[dict[str, Any]], names: Sequence[str], files: Sequence, ctx: int, top_k: int) -> str:
+    r0 = rows[0]
+    speed = f"; decode/prompt tokens/s on {r0.get('threads')} thread(s), backend {r0.get('backend')}" if "decode_tok_s" in r0 else ""
+    tokens = ", ".join(f"{s['name']} {s['tokens']}" for s in r0["ab"]["slices"])
     lines = [
-        f"Perplexity on {text_name} (non-overlapping windows of {ctx} tokens, {rows[0].get('tokens')} predicted tokens); "
-        f"decode/prompt tokens/s on {rows[0].get('threads')} thread(s), backend {rows[0].get('backend')}.",
+        f"Perplexity and A/B against {rows[0]['ab']['base']} on {len(names)} slice(s) ({', '.join(Path(f).name for f in files)}), "
+        f"non-overlapping windows of {ctx} tokens (predicted tokens: {tokens}){speed}. "
+        f"KLD = mean KL(base || model) per token in nats (from the base's top {top_k} log-probabilities, tail merged: a lower bound); "
+        "top-1 = share of positions where both pick the same token; pooled over all slices.",
         "",
         "| " + " | ".join(h for _, h in COLUMNS) + " |",
         "|" + "|".join("---" for _ in COLUMNS) + "|",
     ]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(k, r.get(k)) for k, _ in COLUMNS) + " |")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    lines += ["", "Per slice (perplexity / KLD / top-1 agreement):", ""]
+    head = ["model"] + [f"{n} {h}" for n in names for _, h in SLICE_KEYS]
+    lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in rows:
+        by_name = {s["name"]: s for s in r["ab"]["slices"]}
+        cells = [r["label"]]
+        for n in names:
+            for k, _ in SLICE_KEYS:
+                v = _fmt(k, by_name[n][k])
+                cells.append(f"**{v}**" if k == "kld_mean" and n == r.get("worst_slice") and len(names) > 1 else v)
+        lines.append("| " + " | ".join(cells) + " |")
+    if len(names) > 1:
+        lines += ["", "Bold: each model's worst slice (highest mean KLD)."]
+    return "\n".join(lines) + "\n"
 
 
 def write_plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -305,17 +377,26 @@ def write_plot(rows: list[dict[str, Any]], path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise ImportError("the plot needs matplotlib: pip install 'binllm[report]' (or pass --no-plot)") from e
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, (a, k, b) = plt.subplots(1, 3, figsize=(18, 4.8))
     for r in rows:
         # The method's own count where the model says it (a quantized folder), else as held.
         bits = r.get("stated_bits_per_weight") or r["linear_bits_per_weight"]
         a.scatter(bits, r["perplexity"], s=40)
         a.annotate(r["label"], (bits, r["perplexity"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    a.set_xlabel("bits per weight of the decoder linears (the method's count; others as held)")
+        if r.get("kld_mean") is not None and r["kld_mean"] > 0:
+            k.scatter(bits, r["kld_mean"], s=40)
+            k.annotate(r["label"], (bits, r["kld_mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    xlabel = "bits per weight of the decoder linears (the method's count; others as held)"
+    a.set_xlabel(xlabel)
     a.set_ylabel("perplexity (log scale)")
     a.set_yscale("log")
     a.grid(True, alpha=0.3)
     a.set_title("quality against size")
+    k.set_xlabel(xlabel)
+    k.set_ylabel("mean KL(base || model), nats (log scale)")
+    k.set_yscale("log")
+    k.grid(True, alpha=0.3)
+    k.set_title(f"divergence from {rows[0]['label']} against size")
     labels = [r["label"] for r in rows]
     speeds = [r.get("decode_tok_s") or 0.0 for r in rows]
     b.barh(labels, speeds, color="tab:green")
