@@ -87,6 +87,8 @@ export declare class BinLLM {
   stop(): void;
   tokenize(text: string, options?: { addSpecialTokens?: boolean }): Promise<number[]>;
   detokenize(ids: Iterable<number>, options?: { skipSpecialTokens?: boolean }): Promise<string>;
+  /** Teacher-forced logits from position 0: ids.length x vocab floats, or vocab with {all: false}. */
+  logits(ids: Iterable<number>, options?: { all?: boolean }): Promise<Float32Array>;
   bench(options?: { promptTokens?: number; decodeTokens?: number; repeats?: number }): Promise<BenchResult>;
   dispose(): void;
 }

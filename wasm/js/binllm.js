@@ -140,6 +140,15 @@ export class BinLLM {
     return this._request({ type: "decode", ids: Array.from(ids), skipSpecial: skipSpecialTokens });
   }
 
+  /**
+   * Teacher-forced logits of token `ids` from position 0, as `binllm.Model.logits` computes them
+   * natively: a Float32Array of ids.length x vocab values (row-major), or vocab values for the
+   * last position with {all: false}.
+   */
+  logits(ids, { all = true } = {}) {
+    return this._request({ type: "logits", ids: Array.from(ids), all });
+  }
+
   /** Prompt and decode tokens/s on random token ids (one thread), best of `repeats`. */
   bench({ promptTokens = 128, decodeTokens = 64, repeats = 3 } = {}) {
     return this._request({ type: "bench", promptTokens, decodeTokens, repeats });

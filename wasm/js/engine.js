@@ -5,8 +5,21 @@
 // Pointers and sizes cross the boundary as wasm32 i32s: values at or above 2 GiB come back
 // negative and are read with `>>> 0`.
 
-/** A wasm32 memory holds at most 4 GiB; the file and the unpacked model must fit together. */
+/**
+ * A wasm32 memory holds at most 4 GiB. Files that must be in wasm memory whole (safetensors)
+ * share it with the model unpacked from them; GGUF files are read tensor by tensor from outside
+ * wasm memory (`loadGgufFrom`), so only the model (about the file's size for ternary and f16
+ * tensors) and one tensor's bytes must fit.
+ */
 export const MAX_MODEL_FILE_BYTES = 2 ** 31 - 2 ** 26;
+export const MAX_GGUF_FILE_BYTES = 2 ** 31 + 2 ** 30 + 2 ** 28;
+
+/** Bytes of a GGUF file read first for its header; doubled while the header runs past it, up
+ * to the most a header may take here (Llama 3's 128256-token vocabulary takes about 8 MiB). */
+const GGUF_HEADER_BYTES = 16 * 2 ** 20;
+const MAX_GGUF_HEADER_BYTES = 256 * 2 ** 20;
+/** The largest single read from a lazy source (a big tensor is read in pieces this size). */
+const READ_PIECE_BYTES = 16 * 2 ** 20;
 
 export class BinLLMError extends Error {
   constructor(message, name = "BinLLMError") {
@@ -58,11 +71,16 @@ export class Engine {
       if (!response.ok) throw new BinLLMError(`cannot fetch ${wasm}: HTTP ${response.status}`, "Io");
       module = await WebAssembly.compile(await response.arrayBuffer());
     }
-    const instance = await WebAssembly.instantiate(module, {});
-    return new Engine(instance);
+    let engine = null;
+    const imports = { binllm_host: { read_file: (offset, ptr, len) => engine.readSource(offset, ptr >>> 0, len >>> 0) } };
+    const instance = await WebAssembly.instantiate(module, imports);
+    engine = new Engine(instance);
+    return engine;
   }
 
   constructor(instance) {
+    /** The file a lazy GGUF load reads from: {size, read(offset, length) -> Uint8Array}. */
+    this.source = null;
     this.exports = instance.exports;
     this.memory = instance.exports.memory;
     if (this.exports.binllm_backend_available(1) !== 1) {
@@ -151,6 +169,53 @@ export class Engine {
     return new WasmBuffer(this, size);
   }
 
+  /** The host side of `binllm_host.read_file`: copies bytes of `this.source` into wasm memory. */
+  readSource(offset, ptr, len) {
+    try {
+      for (let done = 0; done < len; ) {
+        const n = Math.min(READ_PIECE_BYTES, len - done);
+        const bytes = this.source.read(offset + done, n);
+        if (bytes.length !== n) throw new Error(`read ${bytes.length} of ${n} bytes at ${offset + done}`);
+        new Uint8Array(this.memory.buffer, ptr + done, n).set(bytes);
+        done += n;
+      }
+      return 0;
+    } catch (e) {
+      this.sourceError = e;
+      return -1;
+    }
+  }
+
+  /**
+   * A model from a GGUF file that stays outside wasm memory: `source` is {size, read(offset,
+   * length)} returning a Uint8Array synchronously (`blobSource`, `bytesSource`). The header is
+   * read first, then each tensor as the model is built.
+   */
+  loadGgufFrom(source, name = "the model file") {
+    if (source.size > MAX_GGUF_FILE_BYTES) {
+      throw new BinLLMError(
+        `${name} is ${formatBytes(source.size)}: too large for the browser build, whose 4 GiB of wasm32 memory must hold ` +
+          `the model unpacked from it (GGUF files up to ${formatBytes(MAX_GGUF_FILE_BYTES)} can load)`,
+        "TooLarge",
+      );
+    }
+    this.source = source;
+    this.sourceError = null;
+    try {
+      for (let prefix = Math.min(GGUF_HEADER_BYTES, source.size); ; prefix = Math.min(2 * prefix, source.size)) {
+        const head = source.read(0, prefix);
+        try {
+          return this.withBytes(head, (p, l) => this.call("loading the model", () => this.exports.binllm_model_load_gguf_lazy(p, l, source.size)));
+        } catch (e) {
+          if (this.sourceError) throw new BinLLMError(`cannot read ${name}: ${this.sourceError.message ?? this.sourceError}`, "Io");
+          if (!(e.name === "Format" && /truncated/.test(e.message) && prefix < Math.min(source.size, MAX_GGUF_HEADER_BYTES))) throw e;
+        }
+      }
+    } finally {
+      this.source = null;
+    }
+  }
+
   /** A model from a filled WasmBuffer holding a GGUF file; the buffer is freed. */
   loadGguf(buffer) {
     try {
@@ -218,6 +283,17 @@ export class Engine {
     return { added: status === 1 || status === 2, done: status !== 1, piece: this.resultText() };
   }
 
+  /**
+   * Teacher-forced logits of `ids` from position 0 (what `binllm.Model.logits` gives natively):
+   * a Float32Array of ids.length x vocab values, or of vocab values (the last position) when
+   * `all` is false.
+   */
+  logits(handle, ids, all = true) {
+    const bytes = new Uint8Array(new Uint32Array(ids).buffer);
+    const n = this.withBytes(bytes, (p) => this.call("forward", () => this.exports.binllm_forward_logits(handle, p, ids.length, all ? 1 : 0)));
+    return new Float32Array(this.resultBytes().slice().buffer, 0, n);
+  }
+
   /** Benchmarks: a fresh cache, then forward passes that return the argmax token. */
   forwardReset(handle, capacity) {
     this.call("forward", () => this.exports.binllm_forward_reset(handle, capacity));
@@ -227,4 +303,46 @@ export class Engine {
     const bytes = new Uint8Array(new Uint32Array(ids).buffer);
     return this.withBytes(bytes, (p) => this.call("forward", () => this.exports.binllm_forward_argmax(handle, p, ids.length)));
   }
+}
+
+/** A lazy source over bytes already in JS memory (an ArrayBuffer or a typed array). */
+export function bytesSource(data) {
+  const bytes = data instanceof ArrayBuffer ? new Uint8Array(data) : new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  return { size: bytes.length, read: (offset, length) => bytes.subarray(offset, offset + length) };
+}
+
+/** A lazy source over a file held as consecutive chunks (Uint8Arrays) in JS memory. */
+export function chunksSource(chunks) {
+  const starts = [];
+  let size = 0;
+  for (const c of chunks) {
+    starts.push(size);
+    size += c.length;
+  }
+  const read = (offset, length) => {
+    let lo = 0, hi = chunks.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (starts[mid] <= offset) lo = mid;
+      else hi = mid - 1;
+    }
+    const first = chunks[lo].subarray(offset - starts[lo]);
+    if (first.length >= length) return first.subarray(0, length);
+    const out = new Uint8Array(length);
+    let filled = 0;
+    for (let i = lo; filled < length && i < chunks.length; i++) {
+      const part = i === lo ? first : chunks[i];
+      const n = Math.min(part.length, length - filled);
+      out.set(part.subarray(0, n), filled);
+      filled += n;
+    }
+    return filled === length ? out : out.subarray(0, filled);
+  };
+  return { size, read };
+}
+
+/** A lazy source over a Blob or File, read synchronously (FileReaderSync: Web Workers only). */
+export function blobSource(blob) {
+  const reader = new FileReaderSync();
+  return { size: blob.size, read: (offset, length) => new Uint8Array(reader.readAsArrayBuffer(blob.slice(offset, offset + length))) };
 }

@@ -4,10 +4,11 @@
 //
 // Messages in:  {type: "load", id, source, options}, {type: "generate", id, prompt, options},
 //               {type: "tokenize", id, text, addSpecial}, {type: "decode", id, ids},
-//               {type: "bench", id, promptTokens, decodeTokens, repeats}, {type: "stop"}
+//               {type: "bench", id, promptTokens, decodeTokens, repeats}, {type: "logits", id, ids, all},
+//               {type: "stop"}
 // Messages out: {type: "progress", id, phase, loaded, total}, {type: "token", id, piece, ...stats},
 //               {type: "result", id, value}, {type: "error", id, name, message}
-import { Engine, BinLLMError, formatBytes, MAX_MODEL_FILE_BYTES } from "./engine.js";
+import { Engine, BinLLMError, formatBytes, MAX_MODEL_FILE_BYTES, MAX_GGUF_FILE_BYTES, blobSource, bytesSource, chunksSource } from "./engine.js";
 
 const CACHE_NAME = "binllm-models-v1";
 let engine = null;
@@ -104,6 +105,58 @@ async function readIntoWasm(source, name, useCache, progress) {
   }
 }
 
+/**
+ * A GGUF `source` as a lazy source for `Engine.loadGgufFrom`: the file stays outside wasm memory
+ * (a picked File on disk, an ArrayBuffer, or a download's chunks) and the engine reads it tensor
+ * by tensor.
+ */
+async function openGguf(source, name, useCache, progress) {
+  const tooLarge = (size) => {
+    if (size > MAX_GGUF_FILE_BYTES) {
+      throw new BinLLMError(
+        `${name} is ${formatBytes(size)}: too large for the browser build (GGUF files up to ${formatBytes(MAX_GGUF_FILE_BYTES)} fit in wasm32's 4 GiB)`,
+        "TooLarge",
+      );
+    }
+  };
+  if (source instanceof ArrayBuffer || ArrayBuffer.isView(source)) {
+    const lazy = bytesSource(source);
+    progress("read", lazy.size, lazy.size);
+    return lazy;
+  }
+  if (typeof Blob !== "undefined" && source instanceof Blob) {
+    tooLarge(source.size);
+    progress("read", source.size, source.size);
+    return blobSource(source);
+  }
+  if (typeof source !== "string") throw new BinLLMError("a model source must be a URL, a File/Blob or an ArrayBuffer", "InvalidArgument");
+  const opened = await openUrl(source, useCache, progress);
+  const length = Number(opened.response.headers.get("content-length"));
+  if (length > 0) tooLarge(length);
+  // The body stays in JS memory as its chunks (outside wasm memory) until the model is built.
+  // (A Blob made of them would be the browser's to keep, but Chromium fails to read back
+  // parts of one that large with FileReaderSync.)
+  const phase = opened.fromCache ? "cache" : "download";
+  const reader = opened.response.body.getReader();
+  const chunks = [];
+  let loaded = 0;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      loaded += value.length;
+      tooLarge(loaded);
+      chunks.push(value);
+      progress(phase, loaded, length > 0 ? length : 0);
+    }
+  } catch (e) {
+    reader.cancel().catch(() => {});
+    throw e;
+  }
+  await opened.store;
+  return chunksSource(chunks);
+}
+
 const isGguf = (name) => /\.gguf$/i.test(name);
 
 /** Loads a GGUF (URL/File/bytes) or a Hugging Face folder ({files: File[]} or a URL ending in '/'). */
@@ -117,14 +170,14 @@ async function load({ source, options = {} }, progress) {
   } else if (source && Array.isArray(source.files)) {
     const byName = new Map(source.files.map((f) => [f.webkitRelativePath?.split("/").pop() || f.name, f]));
     const gguf = source.files.find((f) => isGguf(f.name));
-    if (gguf) handle = engine.loadGguf(await readIntoWasm(gguf, gguf.name, false, progress));
+    if (gguf) handle = engine.loadGgufFrom(await openGguf(gguf, gguf.name, false, progress), gguf.name);
     else handle = await loadHfFolder((name) => byName.get(name) ?? null, false, progress);
   } else {
     const name = typeof source === "string" ? source.split("/").pop() : source?.name ?? "the model file";
-    const buffer = await readIntoWasm(source, name, useCache, progress);
-    progress("parse", buffer.size, buffer.size);
+    const lazy = await openGguf(source, name, useCache, progress);
+    progress("parse", lazy.size, lazy.size);
     await yieldToEvents();
-    handle = engine.loadGguf(buffer);
+    handle = engine.loadGgufFrom(lazy, name);
   }
   return { ...engine.info(handle), memory_bytes: engine.memoryBytes() };
 }
@@ -238,6 +291,7 @@ self.onmessage = async ({ data }) => {
     else if (data.type === "tokenize") value = engine.encode(handle, data.text, data.addSpecial !== false);
     else if (data.type === "decode") value = engine.decode(handle, data.ids, data.skipSpecial !== false);
     else if (data.type === "bench") value = bench(data);
+    else if (data.type === "logits") value = engine.logits(handle, data.ids, data.all !== false);
     else throw new BinLLMError(`unknown message type '${data.type}'`, "InvalidArgument");
     post({ type: "result", id, value });
   } catch (e) {

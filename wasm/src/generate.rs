@@ -127,14 +127,62 @@ fn eos_ids(model: &Model, extra: impl IntoIterator<Item = u32>) -> Vec<u32> {
 /// `ptr` must point to `len` readable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn binllm_model_load_gguf(ptr: *const u8, len: usize) -> i32 {
+    handle_or_error((|| loaded_from_gguf(&GgufFile::parse(slice_at(ptr, len))?))())
+}
+
+/// The file a lazy load reads from: the host's `binllm_host.read_file` import, which fills wasm
+/// memory at `dst` with `len` bytes of the file from `offset` (exact in an f64 below 2^53) and
+/// returns 0, or -1 when it cannot.
+struct HostFile;
+
+#[cfg(target_arch = "wasm32")]
+#[link(wasm_import_module = "binllm_host")]
+extern "C" {
+    fn read_file(offset: f64, dst: *mut u8, len: usize) -> i32;
+}
+
+impl binllm_core::loader::TensorSource for HostFile {
+    #[cfg(target_arch = "wasm32")]
+    fn read(&self, offset: u64, dst: &mut [u8]) -> Result<()> {
+        // SAFETY: the host writes exactly `dst.len()` bytes at `dst`, which we own mutably.
+        match unsafe { read_file(offset as f64, dst.as_mut_ptr(), dst.len()) } {
+            0 => Ok(()),
+            _ => Err(Error::Io(std::io::Error::other(format!("the host could not read {} bytes at offset {offset} of the model file", dst.len())))),
+        }
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn read(&self, _offset: u64, _dst: &mut [u8]) -> Result<()> {
+        Err(Error::Unsupported("lazy file reads exist only in the wasm32 build".into()))
+    }
+}
+
+/// Loads a GGUF file of `file_len` bytes that is NOT in wasm memory: `ptr` holds a prefix with
+/// at least its header (metadata and tensor infos), and every tensor is read through the
+/// host's `binllm_host.read_file` as the model is built, so memory holds the model and one
+/// tensor's bytes at a time, never the file. A prefix too short for the header is a Format
+/// error starting "truncated" (retry with a longer one). Returns a model handle, or -1.
+///
+/// # Safety
+/// `ptr` must point to `len` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn binllm_model_load_gguf_lazy(ptr: *const u8, len: usize, file_len: f64) -> i32 {
     handle_or_error((|| {
-        let file = GgufFile::parse(slice_at(ptr, len))?;
-        let tokenizer = Tokenizer::from_gguf(&file)?;
-        let model = prepare(Model::from_gguf(&file)?);
-        let eos_meta = file.get("tokenizer.ggml.eos_token_id").and_then(GgufValue::as_u64).map(|v| v as u32);
-        let eos = eos_ids(&model, eos_meta);
-        Ok(Loaded { model, tokenizer, eos, generation: None, bench_cache: None })
+        if !(file_len >= len as f64 && file_len < 9.0e15) {
+            binllm_core::bail!(InvalidArgument, "file length {file_len} is not a whole number of bytes at least the prefix's {len}");
+        }
+        let source = HostFile;
+        let file = GgufFile::parse_header(slice_at(ptr, len), file_len as u64, &source)?;
+        loaded_from_gguf(&file)
     })())
+}
+
+fn loaded_from_gguf(file: &GgufFile<'_>) -> Result<Loaded> {
+    let tokenizer = Tokenizer::from_gguf(file)?;
+    let model = prepare(Model::from_gguf(file)?);
+    let eos_meta = file.get("tokenizer.ggml.eos_token_id").and_then(GgufValue::as_u64).map(|v| v as u32);
+    let eos = eos_ids(&model, eos_meta);
+    Ok(Loaded { model, tokenizer, eos, generation: None, bench_cache: None })
 }
 
 /// Loads a Hugging Face folder's files: config.json, tokenizer.json, generation_config.json
@@ -369,6 +417,31 @@ pub extern "C" fn binllm_result_ptr() -> *const u8 {
 #[no_mangle]
 pub extern "C" fn binllm_result_len() -> usize {
     RESULT.with(|r| r.borrow().len())
+}
+
+/// Teacher-forced logits: runs `n` ids from position 0 on a fresh cache and leaves the f32
+/// logits (little-endian) in the result buffer: every position's (`n * vocab`) when `all` is
+/// non-zero, else the last one's (`vocab`). Returns the count of floats, or -1. This is what
+/// `binllm.Model.logits` computes natively, so the two can be compared value by value.
+///
+/// # Safety
+/// `ids` must point to `n` readable u32s.
+#[no_mangle]
+pub unsafe extern "C" fn binllm_forward_logits(handle: i32, ids: *const u32, n: usize, all: i32) -> i32 {
+    count_or_error(with_model(handle, |m| {
+        let ids = slice_at(ids, n);
+        if ids.is_empty() {
+            binllm_core::bail!(InvalidArgument, "no token ids");
+        }
+        if ids.len() > m.model.config.max_positions {
+            binllm_core::bail!(InvalidArgument, "{} ids exceed the model's context of {}", ids.len(), m.model.config.max_positions);
+        }
+        let mut cache = m.model.new_cache(ids.len());
+        let logits = m.model.forward(ids, &mut cache, all != 0)?;
+        let count = logits.len();
+        set_result(logits.iter().flat_map(|v| v.to_le_bytes()).collect());
+        Ok(count)
+    }))
 }
 
 /// Starts a fresh KV cache of `capacity` tokens for `binllm_forward_argmax` (benchmarks).

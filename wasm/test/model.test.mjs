@@ -8,8 +8,27 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFile, stat } from "node:fs/promises";
+import { openSync, readSync, fstatSync } from "node:fs";
 import { join } from "node:path";
 import { Engine, BinLLMError } from "../js/engine.js";
+
+/** A lazy source over a file on disk: the engine reads it tensor by tensor, as the worker reads a Blob. */
+function fileSource(path) {
+  const fd = openSync(path, "r");
+  return {
+    size: fstatSync(fd).size,
+    read(offset, length) {
+      const out = new Uint8Array(length);
+      let done = 0;
+      while (done < length) {
+        const n = readSync(fd, out, done, length - done, offset + done);
+        if (n === 0) break;
+        done += n;
+      }
+      return out.subarray(0, done);
+    },
+  };
+}
 
 const expectPath = process.env.BINLLM_WASM_EXPECT;
 const skip = expectPath ? false : "BINLLM_WASM_EXPECT is not set (tests/test_browser.py sets it)";
@@ -24,7 +43,7 @@ async function loaded() {
     return buffer;
   };
   if (!(await stat(expected.model)).isDirectory()) {
-    return { expected, engine, handle: engine.loadGguf(await inWasm(expected.model)) };
+    return { expected, engine, handle: engine.loadGgufFrom(fileSource(expected.model)), inWasm };
   }
   const json = {};
   for (const name of ["config.json", "tokenizer.json", "generation_config.json", "tokenizer_config.json"]) {
@@ -64,6 +83,23 @@ test("greedy generation equals Python's", { skip }, () => {
   }
 });
 
+test("a GGUF read tensor by tensor and one read whole give the same logits", { skip }, async () => {
+  const { expected, engine, handle, inWasm } = state;
+  if (!inWasm) return; // a Hugging Face folder: read whole only
+  const whole = engine.loadGguf(await inWasm(expected.model));
+  try {
+    const ids = expected.tokenize.find((t) => t.ids.length >= 3).ids;
+    const a = engine.logits(handle, ids);
+    const b = engine.logits(whole, ids);
+    assert.equal(a.length, ids.length * engine.info(handle).vocab_size);
+    assert.deepEqual(Array.from(a), Array.from(b));
+    // The last row alone is the last row of all.
+    assert.deepEqual(Array.from(engine.logits(handle, ids, false)), Array.from(a.subarray(a.length - engine.info(handle).vocab_size)));
+  } finally {
+    engine.freeModel(whole);
+  }
+});
+
 test("bad files and arguments are errors with messages, not traps", { skip }, async () => {
   const { engine } = state;
   const garbage = engine.reserveModelFile(64);
@@ -74,6 +110,13 @@ test("bad files and arguments are errors with messages, not traps", { skip }, as
   half.write(gguf ? gguf.subarray(0, 4096) : new Uint8Array(4096));
   assert.throws(() => engine.loadGguf(half), (e) => e instanceof BinLLMError && e.message.length > 0);
   assert.throws(() => engine.reserveModelFile(3 * 2 ** 30), (e) => e.name === "TooLarge" && /4 GiB/.test(e.message));
+  assert.throws(() => engine.loadGgufFrom({ size: 5 * 2 ** 30, read: () => new Uint8Array(0) }), (e) => e.name === "TooLarge");
+  // A lazy source that fails mid-load is an Io error naming the file.
+  if (gguf) {
+    const failing = { size: gguf.length, read: (o, n) => { if (o > 65536) throw new Error("disk gone"); return gguf.subarray(o, o + n); } };
+    assert.throws(() => engine.loadGgufFrom(failing, "flaky.gguf"), (e) => e.name === "Io" && /flaky\.gguf.*disk gone/.test(e.message));
+  }
+  assert.throws(() => engine.logits(state.handle, []), /no token ids/);
   assert.throws(() => engine.generateStart(state.handle, "", {}), /prompt is empty/);
   assert.throws(() => engine.generateStart(state.handle, "hi", { temperature: -1 }), /temperature/);
 });

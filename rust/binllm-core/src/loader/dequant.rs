@@ -654,6 +654,7 @@ mod tests {
             dtype,
             shape: shape.to_vec(),
             data,
+            lazy: None,
         }
         .to_f32()
         .unwrap()
@@ -953,6 +954,7 @@ mod tests {
                     dtype,
                     shape: vec![rows, cols],
                     data: &q,
+                    lazy: None,
                 };
                 let t = v.to_ternary().unwrap();
                 assert_eq!((t.rows, t.cols, t.block_len), (rows, cols, 256));
@@ -975,6 +977,7 @@ mod tests {
                 dtype: DType::I2_S,
                 shape: vec![rows, cols],
                 data: &q,
+                lazy: None,
             };
             let t = v.to_ternary().unwrap();
             assert_eq!(t.codes, codes);
@@ -996,6 +999,7 @@ mod tests {
             dtype: DType::TQ2_0,
             shape: vec![2, 512],
             data: &q,
+            lazy: None,
         };
         match v.to_ternary() {
             Err(Error::Unsupported(m)) => assert!(m.contains("row 1") && m.contains("'w'"), "{m}"),
@@ -1016,6 +1020,7 @@ mod tests {
             dtype: DType::TQ1_0,
             shape: vec![1, 512],
             data: &q,
+            lazy: None,
         };
         assert_eq!(v.to_ternary().unwrap().row_scales, vec![1.5]);
     }
@@ -1029,6 +1034,7 @@ mod tests {
             dtype: DType::TQ2_0,
             shape: vec![256],
             data: &q,
+            lazy: None,
         };
         assert!(matches!(v.to_ternary(), Err(Error::Format(_))));
         assert_eq!(v.to_f32().unwrap()[7], 2.0); // ggml reads (3 - 1) * d
@@ -1039,6 +1045,7 @@ mod tests {
             dtype: DType::I2_S,
             shape: vec![128],
             data: &q,
+            lazy: None,
         };
         assert!(matches!(v.to_ternary(), Err(Error::Format(_))));
         assert_eq!(v.to_f32().unwrap()[0], 0.0); // bitnet.cpp reads code 3 as 0

@@ -14,7 +14,7 @@
 
 use std::io::Write;
 
-use super::{storage_bytes, DType, TensorView};
+use super::{storage_bytes, DType, LazyBytes, TensorSource, TensorView};
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 4] = b"GGUF";
@@ -400,6 +400,22 @@ fn read_tensor_info(r: &mut Reader<'_>, index: usize) -> Result<TensorInfo> {
 
 impl<'a> GgufFile<'a> {
     pub fn parse(bytes: &'a [u8]) -> Result<Self> {
+        Self::parse_with(bytes, bytes.len() as u64, None)
+    }
+
+    /// Parses a file of `file_len` bytes from a prefix that holds at least its header
+    /// (metadata and tensor infos); tensors are lazy views (`TensorView::lazy`) that read their
+    /// bytes from `source` when converted. Ranges are checked against `file_len` exactly as
+    /// `parse` checks them against the whole file. A prefix that ends inside the header is a
+    /// `Format` error starting "truncated" (the caller may retry with a longer prefix).
+    pub fn parse_header(prefix: &'a [u8], file_len: u64, source: &'a dyn TensorSource) -> Result<Self> {
+        if prefix.len() as u64 > file_len {
+            crate::bail!(InvalidArgument, "the header prefix ({} bytes) is longer than the file ({file_len} bytes)", prefix.len());
+        }
+        Self::parse_with(prefix, file_len, Some(source))
+    }
+
+    fn parse_with(bytes: &'a [u8], file_len: u64, source: Option<&'a dyn TensorSource>) -> Result<Self> {
         let mut r = Reader { bytes, pos: 0 };
         let magic = r.take(4, || "the magic".into())?;
         if magic != MAGIC {
@@ -469,16 +485,18 @@ impl<'a> GgufFile<'a> {
             let range = usize::try_from(t.offset)
                 .ok()
                 .and_then(|o| data_offset.checked_add(o))
-                .and_then(|start| Some((start, start.checked_add(t.size)?)));
-            let Some(data) = range.and_then(|(start, end)| bytes.get(start..end)) else {
-                crate::bail!(
+                .and_then(|start| Some((start, start.checked_add(t.size)?)))
+                .filter(|&(_, end)| end as u64 <= file_len);
+            let (data, lazy) = match (range, source) {
+                (Some((start, _)), Some(source)) => (&[][..], Some(LazyBytes { source, offset: start as u64, len: t.size })),
+                (Some((start, end)), None) => (&bytes[start..end], None),
+                (None, _) => crate::bail!(
                     Format,
-                    "tensor '{}' data ({} bytes at data offset {}) lies outside the file ({} bytes, data section at {data_offset})",
+                    "tensor '{}' data ({} bytes at data offset {}) lies outside the file ({file_len} bytes, data section at {data_offset})",
                     t.name,
                     t.size,
-                    t.offset,
-                    bytes.len()
-                );
+                    t.offset
+                ),
             };
             if let Some((start, end)) = range {
                 if end > start {
@@ -490,6 +508,7 @@ impl<'a> GgufFile<'a> {
                 dtype: t.dtype,
                 shape: t.shape,
                 data,
+                lazy,
             });
         }
         ranges.sort_unstable();
@@ -834,6 +853,58 @@ mod tests {
         assert_eq!(f.tensor("tq1").unwrap().to_ternary().unwrap().rows, 3);
         assert_eq!(bytes.len() % 32, 0);
         assert!(f.tensor("nope").is_none());
+    }
+
+    /// A file "outside memory": reads are served from `bytes` and counted.
+    struct CountingSource<'b> {
+        bytes: &'b [u8],
+        reads: std::cell::Cell<usize>,
+    }
+
+    impl TensorSource for CountingSource<'_> {
+        fn read(&self, offset: u64, dst: &mut [u8]) -> Result<()> {
+            self.reads.set(self.reads.get() + 1);
+            let start = offset as usize;
+            let src = self.bytes.get(start..start + dst.len()).ok_or_else(|| Error::Io(std::io::Error::other("short read")))?;
+            dst.copy_from_slice(src);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn header_parse_gives_lazy_views_equal_to_a_whole_parse() {
+        let mut rng = Rng::new(3);
+        let mut w = sample_writer(&mut rng);
+        let halves: Vec<u8> = (0..6u16).flat_map(|i| half::f16::from_f32(i as f32 - 2.5).to_bits().to_le_bytes()).collect();
+        w.add_tensor("h", DType::F16, &[2, 3], halves).unwrap();
+        let bytes = w.to_bytes().unwrap();
+        let whole = GgufFile::parse(&bytes).unwrap();
+        let source = CountingSource { bytes: &bytes, reads: Default::default() };
+        let header = whole.data_offset;
+        let lazy = GgufFile::parse_header(&bytes[..header], bytes.len() as u64, &source).unwrap();
+        assert_eq!(lazy.metadata, whole.metadata);
+        assert_eq!(source.reads.get(), 0, "parsing the header reads no tensor");
+        for (l, t) in lazy.tensors.iter().zip(&whole.tensors) {
+            assert!(l.data.is_empty() && l.lazy.is_some());
+            assert_eq!((&l.name, l.dtype, &l.shape, l.byte_len()), (&t.name, t.dtype, &t.shape, t.data.len()));
+            assert_eq!(l.bytes().unwrap().as_ref(), t.data);
+            assert_eq!(l.to_f32().unwrap(), t.to_f32().unwrap());
+            if t.dtype.is_ternary() {
+                assert_eq!(l.to_ternary_block_scaled().unwrap(), t.to_ternary_block_scaled().unwrap());
+            }
+        }
+        let h = lazy.tensor("h").unwrap().to_f16().unwrap();
+        assert_eq!(h.iter().map(|v| v.to_f32()).collect::<Vec<_>>(), whole.tensor("h").unwrap().to_f32().unwrap());
+        // A prefix that ends inside the header says "truncated"; a file shorter than its tensors
+        // is refused as `parse` refuses it; a failed read is an error, not a panic.
+        match GgufFile::parse_header(&bytes[..header / 2], bytes.len() as u64, &source) {
+            Err(Error::Format(m)) => assert!(m.contains("truncated"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(GgufFile::parse_header(&bytes[..header], bytes.len() as u64 - 40, &source), Err(Error::Format(_))));
+        let short = CountingSource { bytes: &bytes[..header + 8], reads: Default::default() };
+        let lazy = GgufFile::parse_header(&bytes[..header], bytes.len() as u64, &short).unwrap();
+        assert!(lazy.tensors.iter().all(|t| t.to_f32().is_err()));
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub use dequant::{f32_to_f16_bytes, quantize_i2_s, quantize_q8_0, quantize_tq1_0
 pub use gguf::{GgufFile, GgufValue, GgufWriter};
 pub use safetensors::SafetensorsFile;
 
+
 use crate::error::{Error, Result};
 
 /// Storage type of a tensor in a model file.
@@ -221,7 +222,8 @@ pub(crate) fn checked_numel(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
 }
 
-/// A tensor inside a parsed file: its bytes are borrowed from the file buffer.
+/// A tensor inside a parsed file: its bytes are borrowed from the file buffer, or, for a file
+/// parsed from its header alone (`GgufFile::parse_header`), read from `lazy` when converted.
 ///
 /// `shape` is in numpy order (outermost first). For GGUF this is `ne[]` reversed, so a weight
 /// matrix is `[rows, row_len]` and `row_len` is the dimension that blocks run along.
@@ -230,7 +232,31 @@ pub struct TensorView<'a> {
     pub name: String,
     pub dtype: DType,
     pub shape: Vec<usize>,
+    /// The bytes; empty when `lazy` says where they are instead.
     pub data: &'a [u8],
+    pub lazy: Option<LazyBytes<'a>>,
+}
+
+/// Reads byte ranges of a model file that is not in memory as a whole. The browser build
+/// reads a GGUF file tensor by tensor from a `Blob` this way, so that wasm memory never holds
+/// the file and the model unpacked from it at once.
+pub trait TensorSource {
+    /// Fills `dst` with the file's bytes from `offset` on.
+    fn read(&self, offset: u64, dst: &mut [u8]) -> Result<()>;
+}
+
+/// `len` bytes at `offset` of the file behind `source`.
+#[derive(Clone, Copy)]
+pub struct LazyBytes<'a> {
+    pub source: &'a dyn TensorSource,
+    pub offset: u64,
+    pub len: usize,
+}
+
+impl PartialEq for LazyBytes<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::addr_eq(self.source, other.source) && self.offset == other.offset && self.len == other.len
+    }
 }
 
 /// Shows the byte count, not the bytes (a view can span hundreds of megabytes).
@@ -240,7 +266,7 @@ impl std::fmt::Debug for TensorView<'_> {
             .field("name", &self.name)
             .field("dtype", &self.dtype)
             .field("shape", &self.shape)
-            .field("data", &format_args!("<{} bytes>", self.data.len()))
+            .field("data", &format_args!("<{} bytes{}>", self.byte_len(), if self.lazy.is_some() { ", not read" } else { "" }))
             .finish()
     }
 }
@@ -264,7 +290,7 @@ pub struct TernaryTensor {
     pub block_len: usize,
 }
 
-impl TensorView<'_> {
+impl<'a> TensorView<'a> {
     /// Number of elements (product of `shape`; saturates at `usize::MAX` for a hand-built view
     /// whose shape overflows, which every conversion below then rejects).
     pub fn numel(&self) -> usize {
@@ -275,8 +301,58 @@ impl TensorView<'_> {
     /// Ternary types give `code * scale`.
     pub fn to_f32(&self) -> Result<Vec<f32>> {
         let numel = self.checked_size()?;
-        dequant::dequantize(self.dtype, self.data, numel)
+        dequant::dequantize(self.dtype, &self.bytes()?, numel)
             .map_err(|reason| Error::Format(format!("tensor '{}': {reason}", self.name)))
+    }
+
+    /// An F16 or BF16 tensor as f16 values in row-major order, without an f32 copy: F16 is
+    /// taken as stored, BF16 converted value by value as `f16::from_f32` of its exact f32 (what
+    /// `to_f32` then an f16 conversion gives).
+    pub fn to_f16(&self) -> Result<Vec<half::f16>> {
+        let numel = self.checked_size()?;
+        let mut out = vec![half::f16::ZERO; numel];
+        match self.dtype {
+            DType::F16 => {
+                // SAFETY: f16 is 2 plain bytes; `out` holds exactly numel * 2 of them.
+                let bytes = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, numel * 2) };
+                match &self.lazy {
+                    Some(lazy) => lazy.source.read(lazy.offset, bytes)?,
+                    None => bytes.copy_from_slice(self.data),
+                }
+                if cfg!(target_endian = "big") {
+                    out.iter_mut().for_each(|v| *v = half::f16::from_bits(u16::from_le(v.to_bits())));
+                }
+            }
+            DType::BF16 => {
+                let bytes = self.bytes()?;
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = half::f16::from_f32(half::bf16::from_le_bytes([b[0], b[1]]).to_f32());
+                }
+            }
+            other => crate::bail!(InvalidArgument, "tensor '{}' is {}, not F16 or BF16", self.name, other.name()),
+        }
+        Ok(out)
+    }
+
+    /// Bytes the tensor occupies in its file.
+    pub fn byte_len(&self) -> usize {
+        self.lazy.map_or(self.data.len(), |l| l.len)
+    }
+
+    /// The tensor's bytes: borrowed, or read from the file for a lazy view (then they live
+    /// only as long as the conversion that asked for them).
+    pub fn bytes(&self) -> Result<std::borrow::Cow<'a, [u8]>> {
+        match &self.lazy {
+            None => Ok(std::borrow::Cow::Borrowed(self.data)),
+            Some(lazy) => {
+                let mut out = vec![0u8; lazy.len];
+                lazy.source.read(lazy.offset, &mut out).map_err(|e| match e {
+                    Error::Io(io) => Error::Io(std::io::Error::new(io.kind(), format!("reading tensor '{}': {io}", self.name))),
+                    other => other,
+                })?;
+                Ok(std::borrow::Cow::Owned(out))
+            }
+        }
     }
 
     /// Exact ternary codes and scales of a TQ1_0, TQ2_0 or I2_S tensor.
@@ -314,7 +390,7 @@ impl TensorView<'_> {
         self.checked_size()?;
         let cols = self.shape.last().copied().unwrap_or(1);
         let rows = self.numel().checked_div(cols).unwrap_or(0);
-        dequant::unpack_ternary(self.dtype, self.data, rows, cols)
+        dequant::unpack_ternary(self.dtype, &self.bytes()?, rows, cols)
             .map_err(|reason| Error::Format(format!("tensor '{}': {reason}", self.name)))
     }
 
@@ -323,13 +399,13 @@ impl TensorView<'_> {
     fn checked_size(&self) -> Result<usize> {
         let expected = storage_bytes(self.dtype, &self.shape)
             .map_err(|reason| Error::Format(format!("tensor '{}': {reason}", self.name)))?;
-        if self.data.len() != expected {
+        if self.byte_len() != expected {
             return Err(Error::Format(format!(
                 "tensor '{}' ({} {:?}) holds {} bytes, expected {expected}",
                 self.name,
                 self.dtype.name(),
                 self.shape,
-                self.data.len()
+                self.byte_len()
             )));
         }
         Ok(self.numel())
@@ -419,6 +495,7 @@ mod tests {
             dtype: DType::F32,
             shape: vec![2, 2],
             data: &bytes,
+            lazy: None,
         };
         assert!(matches!(v.to_f32(), Err(Error::Format(_))));
         let v = TensorView {
@@ -426,6 +503,7 @@ mod tests {
             dtype: DType::F32,
             shape: vec![3],
             data: &bytes,
+            lazy: None,
         };
         assert_eq!(v.to_f32().unwrap(), vec![0.0; 3]);
         assert!(format!("{v:?}").contains("data: <12 bytes>"));
@@ -435,6 +513,7 @@ mod tests {
             dtype: DType::F32,
             shape: vec![usize::MAX, usize::MAX],
             data: &bytes,
+            lazy: None,
         };
         assert_eq!(v.numel(), usize::MAX);
         assert!(v.to_f32().is_err());

@@ -89,6 +89,7 @@ impl<'a> SafetensorsFile<'a> {
                 dtype,
                 shape,
                 data,
+                lazy: None,
             });
         }
         ranges.sort_unstable();
