@@ -297,3 +297,47 @@ def test_relaxed_simd_kernels_match_scalar_in_chromium(chromium, tmp_path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])["first"]["bench"]
     assert result and "error" not in result, result
     assert result["cases"] == 21 and result["bad"] == [], result
+
+
+# A user's page after `npm install binllm-wasm`: the bare specifier resolves through an import
+# map to the installed package, which must carry both modules and the worker.
+NPM_PAGE = """<!doctype html><meta charset="utf-8"><body data-state="running"><pre id="out"></pre>
+<script type="importmap">{"imports": {"binllm-wasm": "./node_modules/binllm-wasm/js/binllm.js"}}</script>
+<script type="module">
+import { BinLLM, defaultWasmUrl } from "binllm-wasm";
+try {
+  const model = await BinLLM.load("model.gguf", { cache: false });
+  const { text } = await model.generate(PROMPT, { maxNewTokens: 16 });
+  window.benchResult = { text, wasm: defaultWasmUrl().split("/").slice(-3).join("/"), info: model.info() };
+} catch (e) { window.benchResult = { error: `${e.name}: ${e.message}` }; }
+document.getElementById("out").textContent = JSON.stringify(window.benchResult);
+</script>
+"""
+
+
+def test_npm_package_installs_and_generates_in_chromium(chromium, bitnet_gguf, tmp_path):
+    """`npm pack`, then `npm install` of the tarball into a scratch project (offline: it has no
+    dependencies), and a page that imports the installed package generates Python's text."""
+    import binllm
+
+    if shutil.which("npm") is None:
+        skip_or_fail("npm is missing")
+    want = binllm.Model.from_pretrained(bitnet_gguf).generate(PROMPT, max_new_tokens=16, temperature=0.0)
+    packed = run(["npm", "pack", "--json", "--pack-destination", str(tmp_path)], timeout=600, cwd=WASM)
+    tarball = tmp_path / json.loads(packed.stdout)[0]["filename"]
+    files = {f["path"] for f in json.loads(packed.stdout)[0]["files"]}
+    assert {"pkg/binllm_wasm.wasm", "pkg/binllm_wasm_relaxed.wasm", "js/worker.js", "js/engine.js", "js/binllm.js"} <= files, files
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "package.json").write_text(json.dumps({"name": "scratch", "version": "1.0.0", "private": True}))
+    run(["npm", "install", "--offline", "--no-audit", "--no-fund", str(tarball)], timeout=300, cwd=site)
+    assert (site / "node_modules" / "binllm-wasm" / "pkg" / "binllm_wasm_relaxed.wasm").stat().st_size > 0
+    (site / "index.html").write_text(NPM_PAGE.replace("PROMPT", json.dumps(PROMPT)))
+    (site / "model.gguf").symlink_to(bitnet_gguf.resolve())
+    with serve_folder(site) as base:
+        proc = run(["node", "tools/run-in-chromium.mjs", f"{base}/index.html", "--timeout", "300"], timeout=400, cwd=WASM)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])["first"]["bench"]
+    assert result and "error" not in result, result
+    # Chromium runs relaxed SIMD, so the package's default is its relaxed module.
+    assert result["wasm"] == "binllm-wasm/pkg/binllm_wasm_relaxed.wasm", result
+    assert result["text"] == want, (result["text"], want)
