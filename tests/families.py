@@ -465,10 +465,11 @@ def _act_quant(x):
     return np.clip(np.round(x * s), -128, 127).astype(np.float32), s
 
 
-def reference_logits(folder: str | Path, input_ids, act_quant: bool = True, head: np.ndarray | None = None) -> np.ndarray:
+def reference_logits(folder: str | Path, input_ids, act_quant: bool = True, head: np.ndarray | None = None, embed: np.ndarray | None = None) -> np.ndarray:
     """Logits [T, vocab] of a replica folder, computed in numpy from config.json and the
     safetensors alone (never binllm), following each family's published modeling code.
-    `head` replaces the output layer (a GGUF replica's untied `output.weight`)."""
+    `head` replaces the output layer (a GGUF replica's untied `output.weight`), `embed` the
+    embedding matrix (and with it a tied output layer)."""
     folder = Path(folder)
     cfg = json.loads((folder / "config.json").read_text())
     t = read_safetensors(folder / "model.safetensors")
@@ -508,6 +509,8 @@ def reference_logits(folder: str | Path, input_ids, act_quant: bool = True, head
         x1, x2 = x[..., : hd // 2], x[..., hd // 2 :]
         return x * cos + np.concatenate([-x2, x1], axis=-1) * sin
 
+    if embed is not None:
+        t["model.embed_tokens.weight"] = embed
     x = t["model.embed_tokens.weight"][ids].astype(np.float32)
     mask = np.triu(np.full((T, T), -np.inf, dtype=np.float32), k=1)
     act = cfg.get("hidden_act", "silu")

@@ -80,18 +80,27 @@ class Model:
         self.eos_token_ids = sorted(eos)
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, threads: int | None = None, act_quant: bool = True, revision: str | None = None) -> "Model":
+    def from_pretrained(
+        cls,
+        path_or_id: str | os.PathLike,
+        threads: int | None = None,
+        act_quant: bool = True,
+        revision: str | None = None,
+        output_type: str | None = None,
+    ) -> "Model":
         """Loads a Hugging Face folder (config.json + safetensors), a ``.gguf`` file, or a model
         id from the Hugging Face hub (needs ``huggingface_hub`` and a network).
 
         ``threads`` sets the kernels' worker threads (default: all cores). ``act_quant=False``
         runs BitNet linears with float activations (a reference mode, not for speed).
+        ``output_type`` ("f16", "q8_0" or "f32") re-stores the output layer (the embeddings
+        when tied): "q8_0" halves what each decoded token reads there against f16.
         """
         if threads is not None:
             kernels.set_num_threads(threads)
         path = _resolve(path_or_id, revision)
         if path.is_dir():
-            core = _core.Model.load(str(path), act_quant)
+            core = _core.Model.load(str(path), act_quant, output_type)
             tok = _tok.from_folder(path)
             tok_cfg = _tok.read_json(path / "tokenizer_config.json")
             gen_cfg = _tok.read_json(path / "generation_config.json")
@@ -99,7 +108,7 @@ class Model:
         else:
             if path.suffix.lower() != ".gguf":
                 raise BinllmError(f"{path}: binllm loads Hugging Face folders and .gguf files")
-            core = _core.Model.load(str(path), act_quant)
+            core = _core.Model.load(str(path), act_quant, output_type)
             meta, _ = _core.gguf_read_metadata(str(path))
             tok = _tok.from_gguf_metadata(meta)
             tok_cfg = {}

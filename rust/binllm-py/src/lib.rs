@@ -294,12 +294,17 @@ fn num_threads() -> usize {
     binllm_core::threads::num_threads()
 }
 
-/// Sum of every byte of ``buf`` (uint8, 1-D), read by all worker threads: a streaming-read
-/// probe whose GB/s is the ceiling for kernels that stream as many bytes (benches/).
+/// Sum of every byte of ``buf`` (uint8, 1-D), read by all worker threads, each as ``streams``
+/// interleaved prefetched streams (1: one plain sequential stream): a streaming-read probe
+/// whose GB/s, best over patterns, is the ceiling for kernels that stream as many bytes.
 #[pyfunction]
-fn sum_bytes(py: Python<'_>, buf: PyReadonlyArray1<'_, u8>) -> PyResult<u64> {
+#[pyo3(signature = (buf, streams=1))]
+fn sum_bytes(py: Python<'_>, buf: PyReadonlyArray1<'_, u8>, streams: usize) -> PyResult<u64> {
     let bytes = buf.as_slice().map_err(|_| PyValueError::new_err("buf must be C-contiguous"))?;
-    Ok(py.detach(|| kernels::bandwidth::sum_bytes_parallel(bytes)))
+    if streams == 0 || streams > 64 {
+        return Err(PyValueError::new_err(format!("streams must be 1..=64, got {streams}")));
+    }
+    Ok(py.detach(|| if streams == 1 { kernels::bandwidth::sum_bytes_parallel(bytes) } else { kernels::bandwidth::sum_bytes_streams_parallel(bytes, streams) }))
 }
 
 
@@ -320,9 +325,18 @@ struct PyModel {
 impl PyModel {
     /// Loads a Hugging Face folder or a .gguf file.
     #[staticmethod]
-    #[pyo3(signature = (path, act_quant=true))]
-    fn load(py: Python<'_>, path: std::path::PathBuf, act_quant: bool) -> PyResult<Self> {
-        let mut model = py.detach(|| binllm_core::model::load::load_path(&path)).map_err(to_py)?;
+    #[pyo3(signature = (path, act_quant=true, output_type=None))]
+    fn load(py: Python<'_>, path: std::path::PathBuf, act_quant: bool, output_type: Option<&str>) -> PyResult<Self> {
+        let storage = output_type.map(binllm_core::model::FloatStorage::from_name).transpose().map_err(to_py)?;
+        let mut model = py
+            .detach(|| {
+                let mut model = binllm_core::model::load::load_path(&path)?;
+                if let Some(storage) = storage {
+                    model.set_output_storage(storage)?;
+                }
+                Ok::<_, Error>(model)
+            })
+            .map_err(to_py)?;
         model.act_quant = act_quant;
         Ok(PyModel { inner: Arc::new(model) })
     }
@@ -569,7 +583,8 @@ fn read_tensors<'py>(py: Python<'py>, path: std::path::PathBuf, names: Option<Ve
         }
     }
     for t in views.iter().filter(|t| wanted(&t.name)) {
-        let data = py.detach(|| t.to_f32()).map_err(to_py)?;
+        // Tensor views may read lazily through a `TensorSource` (not Sync), so no GIL release here.
+        let data = t.to_f32().map_err(to_py)?;
         d.set_item(&t.name, PyArray1::from_vec(py, data).reshape(t.shape.clone())?)?;
     }
     Ok(d)

@@ -216,6 +216,44 @@ mod x86_512 {
         total
     }
 
+    /// `dot_q8` in 512-bit lanes: each 32-weight block is two 16-wide FMAs into a block sum,
+    /// which its scale multiplies into one of four accumulators (four blocks in flight, so the
+    /// dependent FMAs never stall the loads), with software prefetch as in `dot_f16`. Weights
+    /// are read as 9 bits each (int8 plus a quarter of a byte of scale), half of f16's bytes.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn dot_q8(q: &[i8], scales: &[f32], x: &[f32]) -> f32 {
+        let n = q.len().min(x.len());
+        let full = n / Q8_BLOCK;
+        let (pq, px) = (q.as_ptr(), x.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let block = |b: usize| {
+            let (qp, xp) = (pq.add(b * Q8_BLOCK), px.add(b * Q8_BLOCK));
+            let q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(qp as *const __m128i)));
+            let q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(qp.add(16) as *const __m128i)));
+            _mm512_fmadd_ps(q1, _mm512_loadu_ps(xp.add(16)), _mm512_mul_ps(q0, _mm512_loadu_ps(xp)))
+        };
+        let mut b = 0;
+        while b + 4 <= full {
+            prefetch_ahead(pq.add(b * Q8_BLOCK));
+            prefetch_ahead(pq.add(b * Q8_BLOCK + 64));
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(block(b + j), _mm512_set1_ps(*scales.get_unchecked(b + j)), *a);
+            }
+            b += 4;
+        }
+        while b < full {
+            acc[0] = _mm512_fmadd_ps(block(b), _mm512_set1_ps(*scales.get_unchecked(b)), acc[0]);
+            b += 1;
+        }
+        let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        let mut total = _mm512_reduce_add_ps(sum);
+        if full * Q8_BLOCK < n {
+            let tail: f32 = q[full * Q8_BLOCK..n].iter().zip(&x[full * Q8_BLOCK..n]).map(|(&w, &v)| w as f32 * v).sum();
+            total += tail * scales[full];
+        }
+        total
+    }
+
     /// `dot_f16` with four 512-bit accumulators (two chains of dependent FMAs at 32 bytes of
     /// weights each would cap a row near 32 GB/s) and software prefetch (`prefetch_ahead`).
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
@@ -339,7 +377,7 @@ pub fn dots() -> Dots {
             // just above.
             return Dots {
                 f32: if avx512 { |a, b| unsafe { x86_512::dot_f32(a, b) } } else { |a, b| unsafe { x86::dot_f32(a, b) } },
-                q8: |q, s, x| unsafe { x86::dot_q8(q, s, x) },
+                q8: if avx512 { |q, s, x| unsafe { x86_512::dot_q8(q, s, x) } } else { |q, s, x| unsafe { x86::dot_q8(q, s, x) } },
                 f16: if avx512 { |w, x| unsafe { x86_512::dot_f16(w, x) } } else { |w, x| unsafe { x86::dot_f16(w, x) } },
             };
         }
@@ -430,6 +468,41 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every Q8 dot product this CPU can run against an f64 sum of the same values.
+    #[test]
+    fn q8_dots_match_a_wide_sum() {
+        let mut seed = 5u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as u32
+        };
+        let mut variants: Vec<(&str, fn(&[i8], &[f32], &[f32]) -> f32)> = vec![("baseline", |q, s, x| dot_q8_lanes(q, s, x, false)), ("chosen", dots().q8)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("f16c");
+            if avx2 {
+                // SAFETY: the features were checked just above.
+                variants.push(("avx2", |q, s, x| unsafe { x86::dot_q8(q, s, x) }));
+            }
+            if avx2 && std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: as above.
+                variants.push(("avx512", |q, s, x| unsafe { x86_512::dot_q8(q, s, x) }));
+            }
+        }
+        for n in [1usize, 31, 32, 33, 95, 128, 129, 1023, 2560, 4099] {
+            let q: Vec<i8> = (0..n).map(|_| (next() % 255) as i8).collect();
+            let scales: Vec<f32> = (0..n.div_ceil(Q8_BLOCK)).map(|_| (next() % 1000) as f32 * 1e-4).collect();
+            let x: Vec<f32> = (0..n).map(|_| (next() % 2001) as f32 / 1000.0 - 1.0).collect();
+            let term = |i: usize| q[i] as f64 * scales[i / Q8_BLOCK] as f64 * x[i] as f64;
+            let exact: f64 = (0..n).map(term).sum();
+            let scale: f64 = (0..n).map(|i| term(i).abs()).sum();
+            for (name, dot) in &variants {
+                let got = dot(&q, &scales, &x) as f64;
+                assert!((got - exact).abs() <= 1e-6 * scale + 1e-7, "{name} n {n}: {got} vs {exact}");
+            }
+        }
+    }
 
     /// Every f16 dot product this CPU can run (the baseline, AVX2, AVX-512) against an f64 sum,
     /// on odd lengths and on lengths that cross the unrolled and prefetched steps.

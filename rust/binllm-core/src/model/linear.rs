@@ -34,20 +34,50 @@ impl Linear {
             FloatStorage::F16 => Linear::Half { w: w.iter().map(|&v| f16::from_f32(v)).collect(), n, k },
             FloatStorage::Q8 => {
                 let blocks = k.div_ceil(Q8_BLOCK);
-                let mut q = Vec::with_capacity(n * k);
-                let mut scales = Vec::with_capacity(n * blocks);
+                let (mut q, mut scales) = (Vec::with_capacity(n * k), Vec::with_capacity(n * blocks));
                 for row in w.chunks_exact(k) {
-                    for block in row.chunks(Q8_BLOCK) {
-                        let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
-                        let d = amax / 127.0;
-                        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-                        scales.push(d);
-                        q.extend(block.iter().map(|v| (v * inv).round().clamp(-127.0, 127.0) as i8));
-                    }
+                    push_q8_row(row, &mut q, &mut scales);
                 }
                 Linear::Q8 { q, scales, n, k }
             }
         }
+    }
+
+    /// The same matrix in another float storage, converted row by row (no full f32 copy).
+    /// Packed matrices have no float storage to change.
+    pub fn restored(&self, storage: FloatStorage) -> Result<Linear> {
+        let (n, k) = self.shape();
+        if matches!(self, Linear::Packed(_)) {
+            crate::bail!(InvalidArgument, "a packed {} matrix has no float storage to change", self.storage());
+        }
+        let mut row = Vec::with_capacity(k);
+        Ok(match storage {
+            FloatStorage::F32 | FloatStorage::F16 => {
+                let mut w32 = Vec::new();
+                let mut w16 = Vec::new();
+                for r in 0..n {
+                    self.row_f32(r, &mut row);
+                    if storage == FloatStorage::F32 {
+                        w32.extend_from_slice(&row);
+                    } else {
+                        w16.extend(row.iter().map(|&v| f16::from_f32(v)));
+                    }
+                }
+                if storage == FloatStorage::F32 {
+                    Linear::Float { w: w32, n, k }
+                } else {
+                    Linear::Half { w: w16, n, k }
+                }
+            }
+            FloatStorage::Q8 => {
+                let (mut q, mut scales) = (Vec::with_capacity(n * k), Vec::with_capacity(n * k.div_ceil(Q8_BLOCK)));
+                for r in 0..n {
+                    self.row_f32(r, &mut row);
+                    push_q8_row(&row, &mut q, &mut scales);
+                }
+                Linear::Q8 { q, scales, n, k }
+            }
+        })
     }
 
     /// (out features, in features).
@@ -149,10 +179,34 @@ pub fn forward_shared_input(layers: &[&Linear], backend: Backend, x: &[f32], m: 
     Ok(())
 }
 
+/// One row as `Q8_BLOCK`-weight blocks: int8 codes `round(v / d)` with `d = max|v| / 127`.
+fn push_q8_row(row: &[f32], q: &mut Vec<i8>, scales: &mut Vec<f32>) {
+    for block in row.chunks(Q8_BLOCK) {
+        let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+        scales.push(d);
+        q.extend(block.iter().map(|v| (v * inv).round().clamp(-127.0, 127.0) as i8));
+    }
+}
+
 /// How float-valued tensors are kept in memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FloatStorage {
     F32,
     F16,
     Q8,
+}
+
+impl FloatStorage {
+    /// `f32`, `f16`, or `q8_0` (binllm's 8-bit blocks of 32, GGUF Q8_0's grid), as the
+    /// `--output-type` option names them.
+    pub fn from_name(name: &str) -> Result<FloatStorage> {
+        match name {
+            "f32" => Ok(FloatStorage::F32),
+            "f16" => Ok(FloatStorage::F16),
+            "q8_0" | "q8" => Ok(FloatStorage::Q8),
+            other => crate::bail!(InvalidArgument, "output type '{other}' (binllm keeps the output layer as f32, f16 or q8_0)"),
+        }
+    }
 }

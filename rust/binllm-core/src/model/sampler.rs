@@ -102,9 +102,12 @@ impl Sampler {
         if p.temperature == 0.0 {
             return argmax(logits);
         }
-        // Candidates sorted by logit, best first; NaN logits are never chosen.
-        let mut cand: Vec<(u32, f32)> =
-            logits.iter().enumerate().filter(|(_, l)| !l.is_nan()).map(|(i, &l)| (i as u32, l / p.temperature)).collect();
+        // Candidates sorted by logit, best first; NaN logits are never chosen. Scaled in f64:
+        // an f32 logit over the smallest positive f32 temperature stays finite there, so a tiny
+        // temperature converges on greedy instead of overflowing to inf - inf = NaN.
+        let temperature = p.temperature as f64;
+        let mut cand: Vec<(u32, f64)> =
+            logits.iter().enumerate().filter(|(_, l)| !l.is_nan()).map(|(i, &l)| (i as u32, l as f64 / temperature)).collect();
         if cand.is_empty() {
             return 0;
         }
@@ -113,7 +116,8 @@ impl Sampler {
             cand.truncate(p.top_k);
         }
         let max = cand[0].1;
-        let mut probs: Vec<f64> = cand.iter().map(|c| ((c.1 - max) as f64).exp()).collect();
+        // An infinite best logit takes all the mass, shared by the logits equal to it.
+        let mut probs: Vec<f64> = cand.iter().map(|c| if c.1 == max { 1.0 } else { (c.1 - max).exp() }).collect();
         let total: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|q| *q /= total);
         if p.top_p < 1.0 {
@@ -161,6 +165,24 @@ pub fn argmax(logits: &[f32]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tiny temperature converges on greedy, and an infinite logit takes all the mass (before,
+    /// logits / temperature overflowed and the draw fell through to the least likely token).
+    #[test]
+    fn tiny_temperatures_and_infinite_logits_pick_the_best_token() {
+        for temperature in [f32::MIN_POSITIVE, 1e-40, 1e-30, 1e-8] {
+            for seed in 0..20 {
+                let mut s = Sampler::new(SamplingParams { temperature, seed, ..Default::default() }).unwrap();
+                assert_eq!(s.sample(&mut [1.0, 30.0, -5.0, 29.9, f32::NEG_INFINITY], &[]), 1, "temperature {temperature}");
+            }
+        }
+        for seed in 0..20 {
+            let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_p: 0.9, seed, ..Default::default() }).unwrap();
+            assert_eq!(s.sample(&mut [1.0, f32::INFINITY, 3.0, f32::NAN], &[]), 1);
+            let two = s.sample(&mut [f32::INFINITY, 0.0, f32::INFINITY], &[]);
+            assert!(two == 0 || two == 2, "{two}");
+        }
+    }
 
     #[test]
     fn greedy_is_argmax_and_seeds_repeat() {

@@ -1,0 +1,74 @@
+"""The output layer's storage chosen at load (`output_type`) and at conversion (`--output-type`):
+q8_0 keeps 8-bit blocks of 32 (half the bytes a decoded token reads there against f16) and
+computes what the dequantized weights say."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import families as F
+from binllm import Model
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("output-type")
+    return {"tied": F.build("bitnet_2b4t", root / "tied"), "untied": F.build("hf1bitllm", root / "untied")}
+
+
+def q8_rows(w: np.ndarray) -> np.ndarray:
+    """numpy's Q8 of rows: blocks of 32, d = max|v| / 127, codes v * (1 / d) rounded half away
+    from zero (binllm's Q8 blocks, as llama.cpp's Q8_0 rounds)."""
+    n, k = w.shape
+    out = np.empty_like(w)
+    for start in range(0, k, 32):
+        block = w[:, start : start + 32]
+        d = np.abs(block).max(axis=1, keepdims=True) / np.float32(127)
+        inv = np.where(d > 0, np.float32(1) / np.where(d > 0, d, 1), 0).astype(np.float32)
+        v = block * inv
+        out[:, start : start + 32] = np.clip(np.trunc(v + np.copysign(np.float32(0.5), v)), -127, 127) * d
+    return out
+
+
+@pytest.mark.parametrize("kind", ["tied", "untied"])
+def test_q8_output_computes_its_dequantized_weights(folders, kind):
+    folder = folders[kind]
+    f16 = Model.from_pretrained(folder, act_quant=False)
+    q8 = Model.from_pretrained(folder, act_quant=False, output_type="q8_0")
+    rows = {t["kind"]: t for t in q8.info()["tensors"]}
+    head = "embedding" if kind == "tied" else "output"
+    assert rows[head]["storage"] == "q8" and rows[head]["bits_per_weight"] == 9.0
+    assert q8._core.nbytes < f16._core.nbytes
+    ids = f16.encode(F.TEXT)[:24]
+    t = F.read_safetensors(folder / "model.safetensors")
+    w = t["model.embed_tokens.weight"] if kind == "tied" else t["lm_head.weight"]
+    # Tied: the one matrix is both the embeddings and the output layer, so both read q8.
+    replaced = {"embed": q8_rows(w)} if kind == "tied" else {"head": q8_rows(w)}
+    want = F.reference_logits(folder, ids, act_quant=False, **replaced)
+    got = q8.logits(ids)
+    scale = np.abs(want).max()
+    assert np.abs(got - want).max() <= 2e-5 * scale
+    # 8 bits cost a little: the logits move by well under a percent of their range.
+    assert 0 < np.abs(got - f16.logits(ids)).max() < 0.01 * scale
+
+
+def test_bad_output_type_is_one_clear_error(folders):
+    with pytest.raises(ValueError, match="output type 'q4'"):
+        Model.from_pretrained(folders["tied"], output_type="q4")
+
+
+def test_convert_writes_a_q8_0_output_that_loads_as_q8(folders, tmp_path):
+    dst = tmp_path / "m.gguf"
+    out = subprocess.run([sys.executable, "-m", "binllm", "convert", str(folders["untied"]), str(dst), "--output-type", "q8_0", "--quiet"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    from binllm import _core
+
+    _, tensors = _core.gguf_read_metadata(str(dst))
+    types = {name: dtype for name, dtype, _ in tensors}
+    assert types["output.weight"] == "Q8_0" and types["token_embd.weight"] == "Q8_0"
+    rows = {t["kind"]: t["storage"] for t in Model.from_pretrained(dst).info()["tensors"]}
+    assert rows["output"] == "q8" and rows["embedding"] == "q8"
