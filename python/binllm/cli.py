@@ -20,12 +20,12 @@ EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 
 
-def _load(model_arg: str | None, threads: int | None, quiet: bool = False):
+def _load(model_arg: str | None, threads: int | None, quiet: bool = False, output_type: str | None = None):
     from binllm.model import Model, default_model_path
 
     path = model_arg or default_model_path()
     start = time.perf_counter()
-    model = Model.from_pretrained(path, threads=threads)
+    model = Model.from_pretrained(path, threads=threads, output_type=output_type)
     if not quiet:
         print(f"[binllm] loaded {model.source.name} in {time.perf_counter() - start:.2f} s", file=sys.stderr)
     return model
@@ -41,6 +41,16 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     p.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
+    _output_type_arg(p)
+
+
+def _output_type_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--output-type",
+        choices=["f16", "q8_0", "f32"],
+        default=None,
+        help="keep the output layer (the embeddings when tied) as this type; q8_0 halves what each token reads there",
+    )
 
 
 def _sampling(ns) -> dict:
@@ -60,7 +70,7 @@ def cmd_generate(ns) -> int:
     if len(ns.args) > 2:
         raise ValueError("usage: binllm generate [MODEL] PROMPT")
     model_arg, prompt = (ns.args[0], ns.args[1]) if len(ns.args) == 2 else (None, ns.args[0])
-    model = _load(model_arg, ns.threads)
+    model = _load(model_arg, ns.threads, output_type=ns.output_type)
     if ns.chat:
         prompt = [{"role": "user", "content": prompt}]
     start = time.perf_counter()
@@ -76,7 +86,7 @@ def cmd_generate(ns) -> int:
 
 
 def cmd_chat(ns) -> int:
-    model = _load(ns.model, ns.threads)
+    model = _load(ns.model, ns.threads, output_type=ns.output_type)
     messages = []
     if ns.system:
         messages.append({"role": "system", "content": ns.system})
@@ -100,7 +110,7 @@ def cmd_chat(ns) -> int:
 
 
 def cmd_info(ns) -> int:
-    model = _load(ns.model, ns.threads, quiet=True)
+    model = _load(ns.model, ns.threads, quiet=True, output_type=ns.output_type)
     info = model.info()
     if ns.json:
         print(json.dumps(info, indent=2))
@@ -134,7 +144,7 @@ def cmd_convert(ns) -> int:
         if not ns.quiet or message.startswith("warning:"):
             print(f"[binllm] {message}", file=sys.stderr)
 
-    summary = convert(ns.src, ns.dst, type=ns.type, progress=say)
+    summary = convert(ns.src, ns.dst, type=ns.type, embedding_type=ns.output_type, progress=say)
     if not ns.quiet:
         print(json.dumps(summary, indent=2, default=str))
     return 0
@@ -273,7 +283,7 @@ def cmd_compare(ns) -> int:
 def cmd_bench(ns) -> int:
     from binllm.bench import bench_model
 
-    model = _load(ns.model, ns.threads)
+    model = _load(ns.model, ns.threads, output_type=ns.output_type)
     result = bench_model(model, prompt_tokens=ns.prompt_tokens, decode_tokens=ns.decode_tokens, repeats=ns.repeats, progress=True)
     print(f"prompt  {result['prompt_tokens']:>5} tokens  {result['prompt_tok_s']:>9.1f} tok/s")
     print(f"decode  {result['decode_tokens']:>5} tokens  {result['decode_tok_s']:>9.1f} tok/s")
@@ -318,12 +328,19 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", nargs="?", default=None)
     i.add_argument("--json", action="store_true")
     i.add_argument("--threads", type=int, default=None)
+    _output_type_arg(i)
     i.set_defaults(func=cmd_info)
 
     v = sub.add_parser("convert", help="write a model as GGUF (tq2_0, tq1_0 or f16) that binllm and llama.cpp load")
     v.add_argument("src")
     v.add_argument("dst")
     v.add_argument("--type", default="tq2_0", choices=["tq2_0", "tq1_0", "f16"])
+    v.add_argument(
+        "--output-type",
+        default="f16",
+        choices=["f16", "q8_0"],
+        help="token embeddings and output layer: f16 (default) or q8_0 (half the bytes; llama.cpp reads both)",
+    )
     v.add_argument("--quiet", action="store_true")
     v.set_defaults(func=cmd_convert)
 
@@ -333,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--decode-tokens", type=int, default=128)
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--threads", type=int, default=None)
+    _output_type_arg(b)
     b.set_defaults(func=cmd_bench)
 
     q = sub.add_parser("quantize", help="binarize a float model after training (PTQ): absmean, sign, onebit, billm, arb, gptq-ternary")
