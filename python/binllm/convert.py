@@ -132,12 +132,14 @@ def convert(
     type: str = "tq2_0",
     progress: Union[bool, Progress, None] = None,
     embedding_type: str = "f16",
+    force: bool = False,
 ) -> dict:
     """Loads SRC (a Hugging Face folder or a GGUF file) with binllm and writes it to DST as GGUF.
 
     ``type``: storage of the decoder's linear layers: ``tq2_0`` (2.06 bits/weight), ``tq1_0``
     (1.69) or ``f16``. Ternary types need a BitNet-style model; a float model is refused
-    rather than silently ternarized. ``embedding_type``: ``f16`` or ``q8_0``.
+    rather than silently ternarized. ``embedding_type``: ``f16`` or ``q8_0``. An existing DST is
+    replaced only with ``force=True`` (and then only once the new file is complete).
     ``progress``: a callable ``progress(message)`` called at each stage, or True to print the
     stages to stderr.
 
@@ -163,6 +165,8 @@ def convert(
         raise IsADirectoryError(f"destination '{dst}' is a folder; give the .gguf file to write")
     if dst.suffix.lower() != ".gguf":
         raise ValueError(f"destination '{dst}' must be a .gguf file")
+    if dst.exists() and not force:
+        raise FileExistsError(f"destination '{dst}' exists; pass force=True (--force) to replace it")
 
     from binllm.model import Model
 

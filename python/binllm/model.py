@@ -29,6 +29,10 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 def _resolve(path_or_id: str | os.PathLike, revision: str | None) -> Path:
     """A local folder or .gguf file, or a Hugging Face model id downloaded (when online)."""
+    if not isinstance(path_or_id, (str, os.PathLike)):
+        raise TypeError(f"a model is named by a path or a hub id, got {type(path_or_id).__name__}")
+    if str(path_or_id).strip() == "":
+        raise ValueError("the model path is empty (use binllm.model.default_model_path() for the embedded model)")
     path = Path(path_or_id).expanduser()
     if path.exists():
         return path
@@ -44,6 +48,13 @@ def _resolve(path_or_id: str | os.PathLike, revision: str | None) -> Path:
         return Path(snapshot_download(repo_id=text, revision=revision, allow_patterns=patterns))
     except Exception as e:
         raise BinllmError(f"could not download '{text}' from the Hugging Face hub: {e}") from e
+
+
+def _token_id(t: Any) -> int:
+    """A token id as an int; floats (1.7) and bools are refused, never truncated."""
+    if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)):
+        raise ValueError(f"token ids are integers, got {t!r} ({type(t).__name__})")
+    return int(t)
 
 
 DEFAULT_MODEL = Path(__file__).parent / "default_model"
@@ -155,7 +166,7 @@ class Model:
 
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
         """Float32 logits (len(token_ids), vocab) for the whole sequence."""
-        ids = [int(t) for t in token_ids]
+        ids = [_token_id(t) for t in token_ids]
         if not ids:
             raise ValueError("token_ids is empty")
         session = self._core.session(len(ids))

@@ -468,6 +468,11 @@ mod native {
     /// Memory-maps a file read-only. The map is dropped once the model is built, so only the
     /// packed weights stay resident.
     pub fn map_file(path: &Path) -> Result<memmap2::Mmap> {
+        // Opening a FIFO blocks until a writer comes: only regular files are models.
+        let meta = std::fs::metadata(path).map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))))?;
+        if !meta.is_file() {
+            crate::bail!(Format, "{} is not a regular file", path.display());
+        }
         let f = std::fs::File::open(path).map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))))?;
         // SAFETY: the map is read-only and lives only while the model is being built; a file
         // truncated meanwhile by another process could fault, as with any mmap reader.
