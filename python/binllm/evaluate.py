@@ -263,15 +263,17 @@ def compare(
     threads: Optional[int] = None,
     plot: bool = True,
     progress: Optional[Progress] = None,
-    top_k: int = 128,
+    top_k: Optional[int] = None,
     bench: bool = True,
     force: bool = False,
 ) -> list[dict[str, Any]]:
     """Evaluates each model in its own process (so resident memory is its own) and writes
-    report.md, report.csv and report.png into `out`. `baseline` indexes the base model (the
-    float model): the perplexity ratios are taken against it, and every model is scored A/B
-    against it (KL divergence, top-1 agreement, per text file and pooled) from its top-`top_k`
-    log-probabilities, saved once as ``out/base-logits.npz``. `text_file` is one file or
+    report.md, report.csv, report.json and report.png into `out`. `baseline` indexes the base
+    model (the float model): the perplexity ratios are taken against it, and every model is
+    scored A/B against it (KL divergence, top-1 agreement, per text file and pooled). By
+    default the base runs beside each model (exact KL divergence); with `top_k` its top-k
+    log-probabilities are saved once as ``out/base-logits.npz`` and each model is scored
+    against them (faster; the KL divergence is then a lower bound). `text_file` is one file or
     several (the slices). `out` must be empty or new unless `force`."""
     from binllm import ab
     from binllm.model import Model
@@ -286,16 +288,22 @@ def compare(
     slices = slices_from_files(files)
     out = ab.prepare_out(out, force)
     say = progress or (lambda _m: None)
-    base_file = out / "base-logits.npz"
-    say(f"base logits: {models[baseline]}")
-    base_model = Model.from_pretrained(models[baseline], threads=threads)
-    _, record = ab.run_ab(None, base_model=base_model, slices=slices, ctx=ctx, max_tokens=max_tokens, top_k=top_k, progress=say)
-    del base_model
-    ab.save_base(record, base_file, force=True)
+    if top_k is not None:
+        base_file = out / "base-logits.npz"
+        say(f"base logits: {models[baseline]}")
+        base_model = Model.from_pretrained(models[baseline], threads=threads)
+        _, record = ab.run_ab(None, base_model=base_model, slices=slices, ctx=ctx, max_tokens=max_tokens, top_k=top_k, progress=say)
+        del base_model
+        ab.save_base(record, base_file, force=True)
+        against = ["--base-logits", str(base_file)]
+    else:
+        against = ["--base", str(models[baseline]), "--text", *map(str, files), "--ctx", str(ctx)]
+        if max_tokens is not None:
+            against += ["--max-tokens", str(max_tokens)]
     rows = []
     for i, m in enumerate(models):
         say(f"evaluating {i + 1}/{len(models)}: {m}")
-        cmd = [sys.executable, "-m", "binllm.cli", "eval", str(m), "--base-logits", str(base_file), "--json"]
+        cmd = [sys.executable, "-m", "binllm.cli", "eval", str(m), *against, "--json"]
         if threads is not None:
             cmd += ["--threads", str(threads)]
         if not bench:
@@ -315,7 +323,7 @@ def compare(
     for r in rows:
         r["ppl_ratio"] = r["perplexity"] / base
     names = [n for n, _ in slices]
-    ab.write_text_atomic(out / "report.md", markdown(rows, names, files, ctx=ctx, top_k=record.top_k))
+    ab.write_text_atomic(out / "report.md", markdown(rows, names, files, ctx=ctx, top_k=top_k))
     ab.write_text_atomic(out / "report.csv", _csv(rows, names))
     ab.write_text_atomic(out / "report.json", json.dumps(rows, indent=2) + "\n")
     if plot:
@@ -338,14 +346,16 @@ def _csv(rows: list[dict[str, Any]], names: Sequence[str]) -> str:
     return buf.getvalue()
 
 
-def markdown(rows: list[dict[str, Any]], names: Sequence[str], files: Sequence, ctx: int, top_k: int) -> str:
+def markdown(rows: list[dict[str, Any]], names: Sequence[str], files: Sequence, ctx: int, top_k: Optional[int]) -> str:
     r0 = rows[0]
     speed = f"; decode/prompt tokens/s on {r0.get('threads')} thread(s), backend {r0.get('backend')}" if "decode_tok_s" in r0 else ""
     tokens = ", ".join(f"{s['name']} {s['tokens']}" for s in r0["ab"]["slices"])
     lines = [
         f"Perplexity and A/B against {rows[0]['ab']['base']} on {len(names)} slice(s) ({', '.join(Path(f).name for f in files)}), "
         f"non-overlapping windows of {ctx} tokens (predicted tokens: {tokens}){speed}. "
-        f"KLD = mean KL(base || model) per token in nats (from the base's top {top_k} log-probabilities, tail merged: a lower bound); "
+        "KLD = mean KL(base || model) per token in nats ("
+        + ("exact, full vocabulary" if top_k is None else f"from the base's top {top_k} log-probabilities, tail merged: a lower bound")
+        + "); "
         "top-1 = share of positions where both pick the same token; pooled over all slices.",
         "",
         "| " + " | ".join(h for _, h in COLUMNS) + " |",
