@@ -113,10 +113,10 @@ def read_bandwidth(threads: int, nbytes: int = 1 << 30, repeats: int = 3) -> flo
 
 
 class Binllm:
-    def __init__(self, path: Path, output_type: str | None):
+    def __init__(self, path: Path, output_type: str | None, ternary_format: str | None = None):
         import binllm
 
-        self.model = binllm.Model.from_pretrained(path, output_type=output_type)
+        self.model = binllm.Model.from_pretrained(path, output_type=output_type, ternary_format=ternary_format)
 
     def bytes_per_token(self, kv_values: float) -> float:
         return self.model._core.nbytes + 4 * kv_values
@@ -225,7 +225,7 @@ def main() -> None:
         engines: list[tuple[str, object]] = [
             ("binllm t2 (TQ2_0), f16 output", Binllm(files["t2"], None)),
             ("binllm t2 (TQ2_0), q8_0 output", Binllm(files["t2"], "q8_0")),
-            ("binllm t1.6 (TQ1_0)", Binllm(files["t1.6"], None)),
+            ("binllm t1.6 (TQ1_0)", Binllm(files["t1.6"], None, "t1.6")),
         ]
         if have_llama:
             engines.append(("llama.cpp TQ2_0", LlamaCpp(files["t2"])))

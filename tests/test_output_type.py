@@ -72,3 +72,15 @@ def test_convert_writes_a_q8_0_output_that_loads_as_q8(folders, tmp_path):
     assert types["output.weight"] == "Q8_0" and types["token_embd.weight"] == "Q8_0"
     rows = {t["kind"]: t["storage"] for t in Model.from_pretrained(dst).info()["tensors"]}
     assert rows["output"] == "q8" and rows["embedding"] == "q8"
+
+
+def test_ternary_linears_repacked_as_t1_6_compute_the_same(folders):
+    t2 = Model.from_pretrained(folders["untied"])
+    t16 = Model.from_pretrained(folders["untied"], ternary_format="t1.6")
+    storages = {t["kind"]: t["storage"] for t in t16.info()["tensors"]}
+    assert storages["attention"] == "t1.6" and storages["mlp"] == "t1.6"
+    assert t16._core.nbytes <= t2._core.nbytes  # k = 256 and 384 pad to the same bytes in both
+    ids = t2.encode(F.TEXT)[:24]
+    np.testing.assert_array_equal(t16.logits(ids), t2.logits(ids))
+    with pytest.raises(ValueError, match="t2 or t1.6"):
+        Model.from_pretrained(folders["untied"], ternary_format="b1")

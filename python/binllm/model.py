@@ -98,6 +98,7 @@ class Model:
         act_quant: bool = True,
         revision: str | None = None,
         output_type: str | None = None,
+        ternary_format: str | None = None,
     ) -> "Model":
         """Loads a Hugging Face folder (config.json + safetensors), a ``.gguf`` file, or a model
         id from the Hugging Face hub (needs ``huggingface_hub`` and a network).
@@ -106,12 +107,14 @@ class Model:
         runs BitNet linears with float activations (a reference mode, not for speed).
         ``output_type`` ("f16", "q8_0" or "f32") re-stores the output layer (the embeddings
         when tied): "q8_0" halves what each decoded token reads there against f16.
+        ``ternary_format`` ("t2" or "t1.6") re-packs ternary linears: t1.6 holds 1.6 bits a
+        weight (TQ1_0's density) against t2's 2.
         """
         if threads is not None:
             kernels.set_num_threads(threads)
         path = _resolve(path_or_id, revision)
         if path.is_dir():
-            core = _core.Model.load(str(path), act_quant, output_type)
+            core = _core.Model.load(str(path), act_quant, output_type, ternary_format)
             tok = _tok.from_folder(path)
             tok_cfg = _tok.read_json(path / "tokenizer_config.json")
             gen_cfg = _tok.read_json(path / "generation_config.json")
@@ -119,7 +122,7 @@ class Model:
         else:
             if path.suffix.lower() != ".gguf":
                 raise BinllmError(f"{path}: binllm loads Hugging Face folders and .gguf files")
-            core = _core.Model.load(str(path), act_quant, output_type)
+            core = _core.Model.load(str(path), act_quant, output_type, ternary_format)
             meta, _ = _core.gguf_read_metadata(str(path))
             tok = _tok.from_gguf_metadata(meta)
             tok_cfg = {}

@@ -325,14 +325,25 @@ struct PyModel {
 impl PyModel {
     /// Loads a Hugging Face folder or a .gguf file.
     #[staticmethod]
-    #[pyo3(signature = (path, act_quant=true, output_type=None))]
-    fn load(py: Python<'_>, path: std::path::PathBuf, act_quant: bool, output_type: Option<&str>) -> PyResult<Self> {
+    #[pyo3(signature = (path, act_quant=true, output_type=None, ternary_format=None))]
+    fn load(py: Python<'_>, path: std::path::PathBuf, act_quant: bool, output_type: Option<&str>, ternary_format: Option<&str>) -> PyResult<Self> {
         let storage = output_type.map(binllm_core::model::FloatStorage::from_name).transpose().map_err(to_py)?;
+        let format = match ternary_format {
+            None => None,
+            Some(name) => Some(
+                WeightFormat::from_name(name)
+                    .filter(|f| matches!(f, WeightFormat::Ternary2 | WeightFormat::Ternary1_6))
+                    .ok_or_else(|| PyValueError::new_err(format!("ternary_format '{name}' (binllm stores ternary linears as t2 or t1.6)")))?,
+            ),
+        };
         let mut model = py
             .detach(|| {
                 let mut model = binllm_core::model::load::load_path(&path)?;
                 if let Some(storage) = storage {
                     model.set_output_storage(storage)?;
+                }
+                if let Some(format) = format {
+                    model.set_ternary_format(format)?;
                 }
                 Ok::<_, Error>(model)
             })

@@ -69,6 +69,33 @@ impl Model {
     }
 }
 
+impl Model {
+    /// Re-packs every ternary decoder linear in `format` (`Ternary2` or `Ternary1_6`), same
+    /// codes and scales: t1.6 holds 1.6 bits a weight against t2's 2 (TQ1_0 files load as t2
+    /// unless asked). Binary linears and float ones stay as they are.
+    pub fn set_ternary_format(&mut self, format: crate::formats::WeightFormat) -> Result<()> {
+        use crate::formats::{PackedMatrix, WeightFormat};
+        if !matches!(format, WeightFormat::Ternary2 | WeightFormat::Ternary1_6) {
+            crate::bail!(InvalidArgument, "ternary linears are stored as t2 or t1.6, not {}", format.name());
+        }
+        for layer in &mut self.layers {
+            for l in [&mut layer.q, &mut layer.k, &mut layer.v, &mut layer.o, &mut layer.gate, &mut layer.up, &mut layer.down] {
+                let Linear::Packed(p) = l else { continue };
+                if p.format() == format || !matches!(p.format(), WeightFormat::Ternary2 | WeightFormat::Ternary1_6) {
+                    continue;
+                }
+                let (n, k) = p.shape();
+                let mut repacked = PackedMatrix::pack(format, &p.unpack(), n, k, p.scale().clone())?;
+                if let Some(offset) = p.row_offset() {
+                    repacked = repacked.with_row_offset(offset.to_vec())?;
+                }
+                *l = Linear::Packed(repacked);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Keys and values of every layer for the tokens seen so far.
 ///
 /// Values are stored a position per row (`kv_dim` floats). Keys are stored in blocks of
@@ -143,6 +170,19 @@ fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 fn rmsnorm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
     let copy = x.to_vec();
     rmsnorm(&copy, weight, eps, x);
+}
+
+/// `exp`, `cos` and `sin` of an f32 computed in f64 and rounded once: the same f32 on every
+/// platform (wasm32's libm and glibc differ in the last bit of their f32 functions; int8
+/// activation quantization turns such bits into different codes, which 30 layers grew to 4% of
+/// the logits of a 2B4T-shaped model). Native results move by at most a few 1e-5 logits.
+fn exp_f32(x: f32) -> f32 {
+    (x as f64).exp() as f32
+}
+
+fn cos_sin_f32(x: f32) -> (f32, f32) {
+    let (s, c) = (x as f64).sin_cos();
+    (c as f32, s as f32)
 }
 
 /// Keys scored together by `key_scores` (positions per block of the key cache).
@@ -242,7 +282,7 @@ fn attend_generic(t: &AttentionTask, o: &mut [f32]) {
     for (t, row) in scores.chunks_exact_mut(visible).enumerate() {
         let mut total = 0f32;
         for s in row.iter_mut() {
-            *s = (*s - max[t]).exp();
+            *s = exp_f32(*s - max[t]);
             total += *s;
         }
         for s in row.iter_mut() {
@@ -438,7 +478,7 @@ impl Model {
         let inv_freq = self.config.rope_inv_freq();
         for (t, row) in x.chunks_exact_mut(heads * hd).enumerate() {
             let pos = (pos0 + t) as f32;
-            let (cos, sin): (Vec<f32>, Vec<f32>) = inv_freq.iter().map(|f| ((pos * f).cos(), (pos * f).sin())).unzip();
+            let (cos, sin): (Vec<f32>, Vec<f32>) = inv_freq.iter().map(|f| cos_sin_f32(pos * f)).unzip();
             for head in row.chunks_exact_mut(hd) {
                 for i in 0..half {
                     let (a, b) = match self.config.rope_style {
