@@ -341,3 +341,106 @@ def test_npm_package_installs_and_generates_in_chromium(chromium, bitnet_gguf, t
     # Chromium runs relaxed SIMD, so the package's default is its relaxed module.
     assert result["wasm"] == "binllm-wasm/pkg/binllm_wasm_relaxed.wasm", result
     assert result["text"] == want, (result["text"], want)
+
+
+# Browser logits against native logits of the same file, compared in the page (vocab-sized rows
+# are too many to ship back as JSON): native.bin holds Python's float32 logits, row-major.
+LOGITS_PAGE = """<!doctype html><meta charset="utf-8"><body data-state="running"><pre id="out"></pre>
+<script type="module">
+import { BinLLM } from "../js/binllm.js";
+try {
+  const ids = IDS;
+  const model = await BinLLM.load("model.gguf", { cache: false });
+  const memoryBytes = model.info().memory_bytes;
+  const got = await model.logits(ids);
+  const want = new Float32Array(await (await fetch("native.bin")).arrayBuffer());
+  const vocab = want.length / ids.length;
+  let maxDiff = 0, maxAbs = 0, sameTop = 0, nonFinite = 0;
+  for (let p = 0; p < ids.length; p++) {
+    let [bg, bw] = [0, 0];
+    for (let v = 0; v < vocab; v++) {
+      const i = p * vocab + v;
+      if (!Number.isFinite(got[i])) nonFinite++;
+      maxDiff = Math.max(maxDiff, Math.abs(got[i] - want[i]));
+      maxAbs = Math.max(maxAbs, Math.abs(want[i]));
+      if (got[i] > got[p * vocab + bg]) bg = v;
+      if (want[i] > want[p * vocab + bw]) bw = v;
+    }
+    if (bg === bw) sameTop++;
+  }
+  window.benchResult = { length: got.length, expected: want.length, maxDiff, maxAbs, sameTop, positions: ids.length, nonFinite, memoryBytes, info: model.info() };
+} catch (e) { window.benchResult = { error: `${e.name}: ${e.message}` }; }
+document.getElementById("out").textContent = JSON.stringify(window.benchResult);
+</script>
+"""
+
+
+def browser_vs_native_logits(model_path: Path, tmp_path: Path, positions: int = 8) -> dict:
+    """Teacher-forced logits of `positions` seeded random ids, in Chromium (relaxed-SIMD module)
+    and natively; returns the page's comparison."""
+    import numpy as np
+
+    import binllm
+
+    model = binllm.Model.from_pretrained(model_path)
+    ids = [int(i) for i in np.random.default_rng(7).integers(2, model.config["vocab_size"], positions)]
+    native = np.ascontiguousarray(model.logits(ids), dtype="<f4")
+    del model
+    site = tmp_path / "site"
+    (site / "www").mkdir(parents=True)
+    (site / "js").symlink_to(WASM / "js")
+    (site / "pkg").symlink_to(WASM / "pkg")
+    (site / "www" / "model.gguf").symlink_to(model_path.resolve())
+    (site / "www" / "native.bin").write_bytes(native.tobytes())
+    (site / "www" / "logits.html").write_text(LOGITS_PAGE.replace("IDS", json.dumps(ids)))
+    with serve_folder(site) as base:
+        proc = run(["node", "tools/run-in-chromium.mjs", f"{base}/www/logits.html", "--timeout", "900"], timeout=1000, cwd=WASM)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])["first"]["bench"]
+    assert result and "error" not in result, result
+    assert result["length"] == result["expected"] == native.size and result["nonFinite"] == 0, result
+    return result
+
+
+# Measured 2026-12-06 (Chromium 156, relaxed-SIMD module, against native AVX-512; 8 seeded
+# random ids): the largest |browser - native| logit relative to the largest |logit| was 2.1e-7
+# at the 2B4T shape (8.4e-5 of 396) and 2.0e-7 at the 729M-like small shape: the f16 output
+# layer's dot products sum in another order. The bound is ~50x that. (Before exp, sin, cos and
+# powf were computed in f64 and rounded once, wasm's libm differed from glibc in last bits,
+# activation quantization turned those into other int8 codes, and the 2B4T-shape logits
+# differed by up to 14.7 = 3.7% from position 3 on: that was the "browser differs from the
+# second token" of issue 13.)
+LOGITS_RELATIVE_TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def bitnet_2b4t_vocab_gguf(tmp_path_factory) -> Path:
+    """BitNet 2B4T's vocabulary (128256, tied f16 output), GQA 4/1 and relu2 at a small width:
+    the 2B4T code paths in CI time."""
+    convert = pytest.importorskip("binllm.convert")
+    folder = tmp_path_factory.mktemp("bitnet_2b4t_vocab")
+    src = make_random_hf_model(folder / "hf", layout="bitnet_packed", hidden=256, heads=4, kv_heads=1, intermediate=768, layers=2, vocab=128256)
+    dst = folder / "model.tq2_0.gguf"
+    convert.convert(src, dst, type="tq2_0")
+    return dst
+
+
+def test_browser_logits_equal_native_logits(chromium, bitnet_2b4t_vocab_gguf, tmp_path):
+    r = browser_vs_native_logits(bitnet_2b4t_vocab_gguf, tmp_path)
+    assert r["maxDiff"] <= LOGITS_RELATIVE_TOLERANCE * r["maxAbs"], r
+    assert r["sameTop"] == r["positions"], r
+
+
+@pytest.mark.skipif(os.environ.get("BINLLM_BROWSER_FULL_SIZE", "") in ("", "0"), reason="opt-in tier: BINLLM_BROWSER_FULL_SIZE=1 (a 2B4T-shaped model, 1.2 GB, minutes)")
+def test_browser_logits_equal_native_logits_at_2b4t_shape(chromium, tmp_path):
+    """BitNet b1.58 2B4T's shape (hidden 2560, 30 layers, 20/5 heads, ff 6912, vocab 128256, tied
+    f16 output) with random weights: browser logits equal native ones, and the model fits in
+    1.5 GiB of wasm memory (the file is never in wasm memory)."""
+    convert = pytest.importorskip("binllm.convert")
+    src = make_random_hf_model(tmp_path / "hf", layout="bitnet_packed", hidden=2560, heads=20, kv_heads=5, intermediate=6912, layers=30, vocab=128256, max_positions=4096)
+    gguf = tmp_path / "2b4t.tq2_0.gguf"
+    convert.convert(src, gguf, type="tq2_0")
+    shutil.rmtree(src)
+    r = browser_vs_native_logits(gguf, tmp_path)
+    assert r["maxDiff"] <= LOGITS_RELATIVE_TOLERANCE * r["maxAbs"], r
+    assert r["sameTop"] == r["positions"], r
+    assert r["memoryBytes"] <= 1.5 * 2**30, r

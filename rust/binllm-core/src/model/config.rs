@@ -260,7 +260,9 @@ impl ModelConfig {
     /// transformers computes it: `theta^(-2i / head_dim)`, then the scaling's divisor.
     pub fn rope_inv_freq(&self) -> Vec<f32> {
         let hd = self.head_dim;
-        let base: Vec<f32> = (0..hd / 2).map(|i| 1.0 / self.rope_theta.powf((2 * i) as f32 / hd as f32)).collect();
+        // The power in f64, rounded once: the same on every platform (see `model::exp_f32`),
+        // and the f32 that transformers' float32 `pow` gives wherever that is correctly rounded.
+        let base: Vec<f32> = (0..hd / 2).map(|i| 1.0 / (self.rope_theta as f64).powf(((2 * i) as f32 / hd as f32) as f64) as f32).collect();
         match &self.rope_scaling {
             RopeScaling::None => base,
             RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
