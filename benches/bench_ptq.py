@@ -15,7 +15,9 @@ PTQ results table.
   all of them in one run (perplexity over non-overlapping 512-token windows of the first
   `--eval-tokens` tokens of each slice, A/B against the float model per slice: KL divergence
   and top-1 agreement; bits per weight, size, resident memory, tokens/s) and writes
-  report.md / report.csv / report.png into --out.
+  report.md / report.csv / report.png into --out. A run again resumes: models already written
+  and rows already evaluated with the same command are kept (`--quantize-only` stops after
+  writing the models).
 - GPTQ-style methods (gptq-ternary, billm, arb) calibrate sequentially: block l's Hessians come
   from the model whose blocks before l are already quantized.
 """
@@ -125,6 +127,7 @@ def main() -> None:
     p.add_argument("--calib-tokens", type=int, default=4096, help="calibration tokens (default 4096: sequential calibration runs blocks 0..l for each block l)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-bench", action="store_true", help="skip the speed measurement (a shared machine)")
+    p.add_argument("--quantize-only", action="store_true", help="write the quantized models and stop (evaluate in a later run)")
     args = p.parse_args()
     smollm2, calib, held_out = inputs(args.out / "texts")
     wanted = set(args.methods.split(",")) if args.methods else None
@@ -140,7 +143,9 @@ def main() -> None:
             print(f"\n[ptq] {label}: {report['linear_bits_per_weight']:.3f} bits/weight, {time.perf_counter() - start:.0f} s", file=sys.stderr)
         models.append(str(dst))
         labels.append(label)
-    rows = compare(models, held_out, args.out / "report", max_tokens=args.eval_tokens, labels=labels, threads=args.threads, progress=stderr_progress, bench=not args.no_bench, force=True)
+    if args.quantize_only:
+        return
+    rows = compare(models, held_out, args.out / "report", max_tokens=args.eval_tokens, labels=labels, threads=args.threads, progress=stderr_progress, bench=not args.no_bench, resume=True)
     print(file=sys.stderr)
     print((args.out / "report" / "report.md").read_text(), end="")
     best = {}

@@ -206,7 +206,15 @@ def test_compare_has_ab_columns_and_the_kld_plot(models, texts, tmp_path):
     header = (out / "report.csv").read_text().splitlines()[0].split(",")
     assert {"kld_mean", "top1_agreement", "worst_slice", "fox:kld_mean", "words:top1_agreement"} <= set(header)
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # The same folder again: refused, and what is there stays.
+    # Resumed: rows made by the same command are kept, not run again.
+    from binllm.evaluate import compare
+
+    kept = {f: f.stat().st_mtime_ns for f in (out / "rows").iterdir()}
+    said = []
+    again = compare([str(base_path), str(model_path)], list(texts), out, ctx=CTX, max_tokens=TOKENS, labels=["float", "absmean"], bench=False, plot=False, resume=True, progress=said.append)
+    assert [r["kld_mean"] for r in again] == [r["kld_mean"] for r in rows]
+    assert {f: f.stat().st_mtime_ns for f in (out / "rows").iterdir()} == kept and sum("kept" in m for m in said) == 2
+    # The same folder again without --force: refused, and what is there stays.
     before = (out / "report.md").read_text()
     r = run_cli("compare", base_path, model_path, "--text", *texts, "--ctx", CTX, "--out", out, "--no-bench", "--quiet")
     assert r.returncode == 1 and "--force" in r.stderr and "Traceback" not in r.stderr

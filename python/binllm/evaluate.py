@@ -266,6 +266,7 @@ def compare(
     top_k: Optional[int] = None,
     bench: bool = True,
     force: bool = False,
+    resume: bool = False,
 ) -> list[dict[str, Any]]:
     """Evaluates each model in its own process (so resident memory is its own) and writes
     report.md, report.csv, report.json and report.png into `out`. `baseline` indexes the base
@@ -274,7 +275,9 @@ def compare(
     default the base runs beside each model (exact KL divergence); with `top_k` its top-k
     log-probabilities are saved once as ``out/base-logits.npz`` and each model is scored
     against them (faster; the KL divergence is then a lower bound). `text_file` is one file or
-    several (the slices). `out` must be empty or new unless `force`."""
+    several (the slices). `out` must be empty or new unless `force`. Each model's result is
+    kept in ``out/rows/``; with `resume` (a long sweep run again), a model whose row was made
+    by the same command is not evaluated again, and an existing base-logits file is reused."""
     from binllm import ab
     from binllm.model import Model
 
@@ -286,10 +289,11 @@ def compare(
         raise ValueError(f"baseline must index one of the {len(models)} models")
     files = [text_file] if isinstance(text_file, (str, os.PathLike)) else list(text_file)
     slices = slices_from_files(files)
-    out = ab.prepare_out(out, force)
+    out = ab.prepare_out(out, force or resume)
     say = progress or (lambda _m: None)
     if top_k is not None:
         base_file = out / "base-logits.npz"
+    if top_k is not None and not (resume and base_file.is_file()):
         say(f"base logits: {models[baseline]}")
         base_model = Model.from_pretrained(models[baseline], threads=threads)
         _, record = ab.run_ab(None, base_model=base_model, slices=slices, ctx=ctx, max_tokens=max_tokens, top_k=top_k, progress=say)
@@ -301,18 +305,26 @@ def compare(
         if max_tokens is not None:
             against += ["--max-tokens", str(max_tokens)]
     rows = []
+    (out / "rows").mkdir(exist_ok=True)
     for i, m in enumerate(models):
-        say(f"evaluating {i + 1}/{len(models)}: {m}")
-        cmd = [sys.executable, "-m", "binllm.cli", "eval", str(m), *against, "--json"]
+        cmd = ["eval", str(m), *against, "--json"]
         if threads is not None:
             cmd += ["--threads", str(threads)]
         if not bench:
             cmd += ["--no-bench"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            msg = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit code {proc.returncode}"
-            raise RuntimeError(f"evaluating {m} failed: {msg}")
-        row = json.loads(proc.stdout)
+        kept = out / "rows" / f"{i:02d}.json"
+        old = json.loads(kept.read_text(encoding="utf-8")) if resume and kept.is_file() else None
+        if old is not None and old.get("command") == cmd:
+            say(f"kept {i + 1}/{len(models)}: {m}")
+            row = old
+        else:
+            say(f"evaluating {i + 1}/{len(models)}: {m}")
+            proc = subprocess.run([sys.executable, "-m", "binllm.cli", *cmd], capture_output=True, text=True)
+            if proc.returncode != 0:
+                msg = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit code {proc.returncode}"
+                raise RuntimeError(f"evaluating {m} failed: {msg}")
+            row = {**json.loads(proc.stdout), "command": cmd}
+            ab.write_text_atomic(kept, json.dumps(row, indent=2) + "\n")
         row["label"] = labels[i] if labels else Path(m).name
         pooled = row["ab"]["pooled"]
         row.update({k: pooled[k] for k in ("kld_mean", "kld_median", "kld_p99", "top1_agreement", "top5_miss")})
