@@ -44,3 +44,27 @@ def test_an_empty_model_path_is_not_the_current_folder():
 def test_version():
     out = subprocess.run([sys.executable, "-m", "binllm", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("binllm ")
+
+
+def test_the_embedded_model_by_name_or_no_argument():
+    assert Model.from_pretrained().source == default_model_path() == Model.from_pretrained("default").source
+
+
+def test_not_a_model_is_a_model_format_error(tmp_path):
+    from binllm import ModelFormatError
+
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ModelFormatError, match="Hugging Face folders and .gguf files"):
+        Model.from_pretrained(tmp_path / "notes.txt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelFormatError, match="no config.json"):
+        Model.from_pretrained(tmp_path / "empty")
+
+
+def test_options_may_stand_between_model_and_prompt():
+    args = ["generate", str(default_model_path()), "-n", "4", "--seed", "3", "ROMEO:"]
+    out = subprocess.run([sys.executable, "-m", "binllm", *args], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    want = Model.from_pretrained().generate("ROMEO:", max_new_tokens=4, seed=3)
+    assert out.stdout.rstrip("\n") == want
+    assert "generated" in out.stderr

@@ -81,7 +81,8 @@ def cmd_generate(ns) -> int:
         pieces += 1
     elapsed = time.perf_counter() - start
     sys.stdout.write("\n")
-    print(f"[binllm] {elapsed:.2f} s", file=sys.stderr)
+    rate = f", {pieces / elapsed:.1f} pieces/s" if elapsed > 0 else ""
+    print(f"[binllm] generated {pieces} text pieces in {elapsed:.2f} s{rate}", file=sys.stderr)
     return 0
 
 
@@ -320,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     _sampling_args(g)
     g.set_defaults(func=cmd_generate)
+    # Options may stand between MODEL and PROMPT (`generate MODEL -n 40 "prompt"`): main
+    # parses generate's arguments intermixed.
+    p.set_defaults(_generate_parser=g)
 
     c = sub.add_parser("chat", help="chat with a model in the terminal")
     c.add_argument("model", nargs="?", default=None)
@@ -419,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "train":
         ns = argparse.Namespace(func=cmd_train, train_args=argv[1:])
+    elif argv and argv[0] == "generate":
+        ns = build_parser().get_default("_generate_parser").parse_intermixed_args(argv[1:])
     else:
         ns = build_parser().parse_args(argv)
     try:

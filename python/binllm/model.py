@@ -19,7 +19,7 @@ import numpy as np
 
 from binllm import _core, kernels
 from binllm import tokenizer as _tok
-from binllm._core import BinllmError
+from binllm._core import BinllmError, ModelFormatError
 
 Messages = Sequence[dict]
 Prompt = Union[str, Messages]
@@ -29,6 +29,8 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 def _resolve(path_or_id: str | os.PathLike, revision: str | None) -> Path:
     """A local folder or .gguf file, or a Hugging Face model id downloaded (when online)."""
+    if path_or_id is None or (path_or_id == "default" and not Path("default").exists()):
+        return default_model_path()
     if not isinstance(path_or_id, (str, os.PathLike)):
         raise TypeError(f"a model is named by a path or a hub id, got {type(path_or_id).__name__}")
     if str(path_or_id).strip() == "":
@@ -93,7 +95,7 @@ class Model:
     @classmethod
     def from_pretrained(
         cls,
-        path_or_id: str | os.PathLike,
+        path_or_id: str | os.PathLike | None = None,
         threads: int | None = None,
         act_quant: bool = True,
         revision: str | None = None,
@@ -101,7 +103,8 @@ class Model:
         ternary_format: str | None = None,
     ) -> "Model":
         """Loads a Hugging Face folder (config.json + safetensors), a ``.gguf`` file, or a model
-        id from the Hugging Face hub (needs ``huggingface_hub`` and a network).
+        id from the Hugging Face hub (needs ``huggingface_hub`` and a network). No argument (or
+        ``"default"``) loads the embedded model (``binllm/default_model``).
 
         ``threads`` sets the kernels' worker threads (default: all cores). ``act_quant=False``
         runs BitNet linears with float activations (a reference mode, not for speed).
@@ -113,6 +116,8 @@ class Model:
         if threads is not None:
             kernels.set_num_threads(threads)
         path = _resolve(path_or_id, revision)
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise ModelFormatError(f"{path} is not a model folder: it has no config.json")
         if path.is_dir():
             core = _core.Model.load(str(path), act_quant, output_type, ternary_format)
             tok = _tok.from_folder(path)
@@ -121,7 +126,7 @@ class Model:
             add_bos = False  # tokenizer.json's post-processor adds BOS where the model wants it
         else:
             if path.suffix.lower() != ".gguf":
-                raise BinllmError(f"{path}: binllm loads Hugging Face folders and .gguf files")
+                raise ModelFormatError(f"{path}: binllm loads Hugging Face folders and .gguf files")
             core = _core.Model.load(str(path), act_quant, output_type, ternary_format)
             meta, _ = _core.gguf_read_metadata(str(path))
             tok = _tok.from_gguf_metadata(meta)
