@@ -10,6 +10,7 @@ ones before it; perplexity = exp(mean negative log-likelihood over all predicted
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -312,7 +313,7 @@ def compare(
             cmd += ["--threads", str(threads)]
         if not bench:
             cmd += ["--no-bench"]
-        kept = out / "rows" / f"{i:02d}.json"
+        kept = out / "rows" / (hashlib.sha256(json.dumps(cmd).encode()).hexdigest()[:16] + ".json")
         old = json.loads(kept.read_text(encoding="utf-8")) if resume and kept.is_file() else None
         if old is not None and old.get("command") == cmd:
             say(f"kept {i + 1}/{len(models)}: {m}")
