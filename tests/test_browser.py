@@ -259,7 +259,7 @@ RELAXED_KERNELS_PAGE = """<!doctype html><meta charset="utf-8"><body data-state=
 <script type="module">
 try {
   const bytes = await (await fetch("../pkg/binllm_wasm_relaxed.wasm")).arrayBuffer();
-  const { instance } = await WebAssembly.instantiate(bytes, {});
+  const { instance } = await WebAssembly.instantiate(bytes, { binllm_host: { read_file: () => -1 } });
   const w = instance.exports;
   let s = 12345;
   const next = () => { s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0; return s; };
