@@ -1,5 +1,5 @@
 """The ``binllm`` command: generate, chat, info, convert, bench, demo, train, quantize, eval,
-compare.
+compare, lm-eval.
 
 Every error is printed as one clear line (``binllm: error: ...``) with a non-zero exit code,
 never a traceback (set BINLLM_DEBUG=1 to see one).
@@ -277,8 +277,17 @@ def cmd_compare(ns) -> int:
     finally:
         done()
     print((Path(ns.out) / "report.md").read_text(encoding="utf-8"), end="")
-    print(f"[binllm] wrote {ns.out}/report.md, report.csv, report.json, base-logits.npz" + ("" if ns.no_plot else ", report.png") + f" ({len(rows)} models)", file=sys.stderr)
+    extra = (", base-logits.npz" if ns.top_k is not None else "") + ("" if ns.no_plot else ", report.png")
+    print(f"[binllm] wrote {ns.out}/report.md, report.csv, report.json{extra} ({len(rows)} models)", file=sys.stderr)
     return 0
+
+
+def cmd_lm_eval(ns) -> int:
+    try:
+        from binllm.harness import main as harness_main
+    except ImportError as e:
+        raise BinllmError("lm-eval needs the harness: pip install 'binllm[eval]'") from e
+    return harness_main(ns.lm_eval_args)
 
 
 def cmd_bench(ns) -> int:
@@ -402,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--labels", default=None, help="comma-separated names, one per model")
     r.add_argument("--ctx", type=int, default=512)
     r.add_argument("--max-tokens", type=int, default=None, help="use only the first N tokens of each text")
-    r.add_argument("--top-k", type=int, default=128, help="base log-probabilities kept per position (default 128)")
+    r.add_argument("--top-k", type=int, default=None, help="score against the base's top K log-probabilities, saved once (faster; KLD a lower bound); default: the base runs beside each model (exact)")
     r.add_argument("--threads", type=int, default=None)
     r.add_argument("--no-plot", action="store_true")
     r.add_argument("--no-bench", action="store_true", help="skip the speed measurement")
@@ -412,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # `binllm train ...` hands all its arguments to binllm.train's own parser (see main).
     sub.add_parser("train", help="train a ternary (BitNet b1.58) model on text files (needs binllm[train])", add_help=False)
+    # `binllm lm-eval ...` is lm-evaluation-harness's command line with the binllm backend (see main).
+    sub.add_parser("lm-eval", help="task accuracy with lm-evaluation-harness: --model binllm --model_args pretrained=PATH (needs binllm[eval])", add_help=False)
 
     d = sub.add_parser("demo", help="kernel demo: ternary GEMV against numpy float32 on a BitNet-2B layer")
     d.add_argument("--threads", type=int, default=None)
@@ -423,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "train":
         ns = argparse.Namespace(func=cmd_train, train_args=argv[1:])
+    elif argv and argv[0] == "lm-eval":
+        ns = argparse.Namespace(func=cmd_lm_eval, lm_eval_args=argv[1:])
     elif argv and argv[0] == "generate":
         ns = build_parser().get_default("_generate_parser").parse_intermixed_args(argv[1:])
     else:
