@@ -180,6 +180,32 @@ pub unsafe extern "C" fn binllm_integer_sums(
     })())
 }
 
+/// `y (m x n) = x (m x k) W^T` for f16 weights (`w`: n x k values as u16 bits): the kernel
+/// models run (`reference` 0: `kernels::float::gemm_f16`) or the scalar reference dot product
+/// row by row (`reference` 1), for tests that hold the two equal bit for bit.
+///
+/// # Safety
+/// `w` must hold `n * k` u16s, `x` `m * k` f32s and `y` `m * n` writable f32s.
+#[no_mangle]
+pub unsafe extern "C" fn binllm_gemm_f16(w: *const u16, n: usize, k: usize, x: *const f32, m: usize, y: *mut f32, reference: i32) -> i32 {
+    status((|| {
+        let size = |a: usize, b: usize| a.checked_mul(b).ok_or_else(|| Error::InvalidArgument("shape overflows".into()));
+        let w: &[half::f16] = slice_at(w as *const half::f16, size(n, k)?);
+        let x = slice_at(x, size(m, k)?);
+        let y = std::slice::from_raw_parts_mut(y, size(m, n)?);
+        if reference == 0 {
+            binllm_core::kernels::float::gemm_f16(w, n, k, x, m, y);
+        } else {
+            for i in 0..m {
+                for r in 0..n {
+                    y[i * n + r] = binllm_core::kernels::float::dot_f16_reference(&w[r * k..(r + 1) * k], &x[i * k..(i + 1) * k]);
+                }
+            }
+        }
+        Ok(())
+    })())
+}
+
 /// Already quantized activations, zero-padded to the matrix's row length (scales unused).
 fn padded_activations(x: &[i8], m: usize, k: usize, padded_k: usize) -> QuantizedActivations {
     let mut q = vec![0i8; m * padded_k];

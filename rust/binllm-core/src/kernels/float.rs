@@ -48,8 +48,13 @@ fn dot_q8_lanes(q: &[i8], scales: &[f32], x: &[f32], fma: bool) -> f32 {
     total
 }
 
+/// The reference f16 dot product (no FMA): what every wasm f16 kernel equals bit for bit
+/// (checked in wasm/test/kernels.test.mjs through `binllm_gemm_f16`).
+pub fn dot_f16_reference(w: &[f16], x: &[f32]) -> f32 {
+    dot_f16_lanes(w, x, false)
+}
+
 #[inline(always)]
-#[cfg_attr(all(target_arch = "wasm32", target_feature = "simd128"), allow(dead_code))] // wasm::dot_f16 replaces it there
 fn dot_f16_lanes(w: &[f16], x: &[f32], fma: bool) -> f32 {
     let mut acc = [0f32; 16];
     let chunks = w.len() / 16;
