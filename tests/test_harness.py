@@ -190,11 +190,10 @@ def test_harness_accuracy_equals_direct_scoring(lm, tmp_path):
 
 
 def test_lm_eval_command_line(model_dir, tmp_path):
-    """`python -m binllm.harness` (what `binllm lm-eval` runs) is lm-eval's command line with
-    the binllm backend."""
+    """`binllm lm-eval` is lm-eval's command line with the binllm backend."""
     out = tmp_path / "results"
     r = subprocess.run(
-        [sys.executable, "-m", "binllm.harness", "--model", "binllm", "--model_args", f"pretrained={model_dir},threads=1", "--tasks", "binllm_lastword", "--include_path", str(TASKS), "--limit", "4", "--output_path", str(out)],
+        [sys.executable, "-m", "binllm", "lm-eval", "--model", "binllm", "--model_args", f"pretrained={model_dir},threads=1", "--tasks", "binllm_lastword", "--include_path", str(TASKS), "--limit", "4", "--output_path", str(out)],
         capture_output=True,
         text=True,
         env={**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"},
