@@ -210,6 +210,9 @@ def test_demo_page_in_chromium_generates_python_text(chromium, model_file, tmp_p
     assert 0 < first["result"]["tokens"] <= 32, first["result"]
     assert "tokens/s" in first["stats"] and "wasm memory" in first["stats"], first["stats"]
     assert "download" in first["phases"], first["phases"]
+    if not model_file.is_dir():
+        # A GGUF file's size (and the memory it will take) is shown before it is downloaded.
+        assert first["phases"].index("size") < first["phases"].index("download"), first["phases"]
     # The reload finds the model in the Cache API and downloads nothing.
     assert second["state"] == "done" and second["output"] == want, second
     assert "cache" in second["phases"] and "download" not in second["phases"], second["phases"]
@@ -224,6 +227,21 @@ def test_demo_page_reports_a_bad_model_file(chromium, tmp_path):
     first = json.loads(proc.stdout.strip().splitlines()[-1])["first"]
     assert first["state"] == "error", first
     assert "malformed model file" in first["error"], first["error"]
+
+
+def test_demo_page_refuses_a_file_too_large_before_downloading_it(chromium, tmp_path):
+    """A 5 GiB GGUF (sparse: no disk used) cannot fit in wasm32's 4 GiB: the page says so from
+    the response's Content-Length, without reading the body."""
+    big = tmp_path / "big.gguf"
+    with open(big, "wb") as f:
+        f.write(b"GGUF")
+        f.truncate(5 * 2**30)
+    with serve_demo(big, tmp_path / "site") as base:
+        proc = run(["node", "tools/run-in-chromium.mjs", f"{base}/www/", "--timeout", "120"], timeout=300, cwd=WASM)
+    first = json.loads(proc.stdout.strip().splitlines()[-1])["first"]
+    assert first["state"] == "error", first
+    assert first["error"].startswith("TooLarge:") and "5.00 GiB" in first["error"], first["error"]
+    assert "download" not in first["phases"], first["phases"]
 
 
 def test_demo_page_stop_button_ends_generation(chromium, smollm2_path, tmp_path):

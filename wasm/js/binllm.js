@@ -45,10 +45,25 @@ export function defaultWasmUrl() {
   return hasRelaxedSimd() ? RELAXED_WASM : SIMD128_WASM;
 }
 
+/** The largest GGUF file the browser build loads (js/engine.js holds the reasons). */
+export const MAX_GGUF_FILE_BYTES = 2 ** 31 + 2 ** 30 + 2 ** 28;
+
+/**
+ * About how much wasm memory a GGUF file of `fileBytes` takes once loaded: ternary (TQ2_0,
+ * TQ1_0, I2_S) and f16 tensors unpack to about their size in the file (measured: a 1.14 GiB
+ * 2B4T-shaped TQ2_0 file loads in 1.20 GiB), plus the largest tensor read at a time and buffers.
+ * Files with 4- to 6-bit float tensors (Q4_0, Q6_K, ...) take more: those become 8-bit.
+ */
+export function memoryEstimate(fileBytes) {
+  return Math.ceil(fileBytes * 1.05) + 64 * 2 ** 20;
+}
+
 export class BinLLM {
   /**
    * Loads a model in a new worker. Options: onProgress({phase, loaded, total}) with phase
-   * "download" | "cache" | "read" | "parse"; cache (default true); wasmUrl; workerUrl.
+   * "size" (a GGUF file's size in total, before it is read; `memoryEstimate(total)` is what it
+   * will take) | "download" | "cache" | "read" | "parse"; cache (default true); wasmUrl;
+   * workerUrl. GGUF files over `MAX_GGUF_FILE_BYTES` are refused (TooLarge) before download.
    */
   static async load(source, { onProgress, cache = true, wasmUrl = defaultWasmUrl(), workerUrl } = {}) {
     const worker = new Worker(workerUrl ?? new URL("./worker.js", import.meta.url), { type: "module" });

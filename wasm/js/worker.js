@@ -6,7 +6,8 @@
 //               {type: "tokenize", id, text, addSpecial}, {type: "decode", id, ids},
 //               {type: "bench", id, promptTokens, decodeTokens, repeats}, {type: "logits", id, ids, all},
 //               {type: "stop"}
-// Messages out: {type: "progress", id, phase, loaded, total}, {type: "token", id, piece, ...stats},
+// Messages out: {type: "progress", id, phase, loaded, total} (phase "size" first, with the file's
+//               size in total, where it is known before reading), {type: "token", id, piece, ...stats},
 //               {type: "result", id, value}, {type: "error", id, name, message}
 import { Engine, BinLLMError, formatBytes, MAX_MODEL_FILE_BYTES, MAX_GGUF_FILE_BYTES, blobSource, bytesSource, chunksSource } from "./engine.js";
 
@@ -42,7 +43,6 @@ async function openUrl(url, useCache, progress) {
       cache = null; // private windows and file:// pages have no usable cache
     }
   }
-  progress("download", 0, 0);
   let response;
   try {
     response = await fetch(url);
@@ -125,6 +125,7 @@ async function openGguf(source, name, useCache, progress) {
     return lazy;
   }
   if (typeof Blob !== "undefined" && source instanceof Blob) {
+    progress("size", 0, source.size);
     tooLarge(source.size);
     progress("read", source.size, source.size);
     return blobSource(source);
@@ -132,7 +133,17 @@ async function openGguf(source, name, useCache, progress) {
   if (typeof source !== "string") throw new BinLLMError("a model source must be a URL, a File/Blob or an ArrayBuffer", "InvalidArgument");
   const opened = await openUrl(source, useCache, progress);
   const length = Number(opened.response.headers.get("content-length"));
-  if (length > 0) tooLarge(length);
+  // Before the body is read: the page can state the size (and the memory it will take), and a
+  // file that cannot fit is refused without downloading it.
+  if (length > 0) progress("size", 0, length);
+  if (length > 0) {
+    try {
+      tooLarge(length);
+    } catch (e) {
+      opened.response.body?.cancel().catch(() => {});
+      throw e;
+    }
+  }
   // The body stays in JS memory as its chunks (outside wasm memory) until the model is built.
   // (A Blob made of them would be the browser's to keep, but Chromium fails to read back
   // parts of one that large with FileReaderSync.)

@@ -10,7 +10,7 @@
 use crate::{set_error, slice_at};
 use binllm_core::loader::{GgufFile, GgufValue, SafetensorsFile};
 use binllm_core::model::sampler::{Sampler, SamplingParams};
-use binllm_core::model::{KvCache, Linear, Model};
+use binllm_core::model::{KvCache, Model};
 use binllm_core::tokenizer::Tokenizer;
 use binllm_core::{Error, Result};
 use std::cell::RefCell;
@@ -90,29 +90,6 @@ unsafe fn text_at<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a str>
     std::str::from_utf8(slice_at(ptr, len)).map_err(|e| Error::InvalidArgument(format!("{what} is not UTF-8: {e}")))
 }
 
-/// f16 matrices at most this large are widened to f32 on load (see `widen_half`).
-const WIDEN_HALF_MAX_BYTES: usize = 256 << 20;
-
-/// wasm32 has no f16 conversion instruction, so every f16 weight costs a software conversion
-/// on each use: for a tied f16 output layer that is most of a decode step. f32 gives the very
-/// same products (the conversion is exact, and the wasm f16 and f32 dot products sum in the
-/// same order), for twice the memory, so small enough matrices are widened.
-fn widen_half(linear: &mut Linear) {
-    if let Linear::Half { w, n, k } = linear {
-        if w.len() * 4 <= WIDEN_HALF_MAX_BYTES {
-            *linear = Linear::Float { w: w.iter().map(|v| v.to_f32()).collect(), n: *n, k: *k };
-        }
-    }
-}
-
-fn prepare(mut model: Model) -> Model {
-    widen_half(&mut model.embed);
-    if let Some(head) = model.lm_head.as_mut() {
-        widen_half(head);
-    }
-    model
-}
-
 fn eos_ids(model: &Model, extra: impl IntoIterator<Item = u32>) -> Vec<u32> {
     let mut eos: Vec<u32> = model.config.eos_tokens.iter().copied().chain(extra).collect();
     eos.sort_unstable();
@@ -179,7 +156,7 @@ pub unsafe extern "C" fn binllm_model_load_gguf_lazy(ptr: *const u8, len: usize,
 
 fn loaded_from_gguf(file: &GgufFile<'_>) -> Result<Loaded> {
     let tokenizer = Tokenizer::from_gguf(file)?;
-    let model = prepare(Model::from_gguf(file)?);
+    let model = Model::from_gguf(file)?;
     let eos_meta = file.get("tokenizer.ggml.eos_token_id").and_then(GgufValue::as_u64).map(|v| v as u32);
     let eos = eos_ids(&model, eos_meta);
     Ok(Loaded { model, tokenizer, eos, generation: None, bench_cache: None })
@@ -213,7 +190,7 @@ pub unsafe extern "C" fn binllm_model_load_hf(
             .chunks_exact(2)
             .map(|p| SafetensorsFile::parse(slice_at(p[0] as usize as *const u8, p[1] as usize)))
             .collect::<Result<Vec<_>>>()?;
-        let model = prepare(Model::from_hf(config, &files)?);
+        let model = Model::from_hf(config, &files)?;
         let mut extra = Vec::new();
         let generation = text_at(generation_config, generation_config_len, "generation_config.json")?;
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(generation) {
@@ -471,24 +448,6 @@ pub unsafe extern "C" fn binllm_forward_argmax(handle: i32, ids: *const u32, n: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use binllm_core::model::FloatStorage;
-
-    #[test]
-    fn widening_f16_keeps_every_value_and_products() {
-        let w: Vec<f32> = (0..3 * 40).map(|i| (i as f32 - 60.0) * 0.37).collect();
-        let mut half = Linear::float(w.clone(), 3, 40, FloatStorage::F16);
-        let x: Vec<f32> = (0..40).map(|i| (i as f32 * 0.11).sin()).collect();
-        let backend = binllm_core::kernels::active_backend().unwrap();
-        let (mut before, mut after) = (vec![0f32; 3], vec![0f32; 3]);
-        half.forward(backend, &x, 1, &mut before, false).unwrap();
-        widen_half(&mut half);
-        assert!(matches!(half, Linear::Float { n: 3, k: 40, .. }));
-        half.forward(backend, &x, 1, &mut after, false).unwrap();
-        // On the host the f16 path may use F16C and another summation order: equal to rounding.
-        for (a, b) in before.iter().zip(&after) {
-            assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{a} vs {b}");
-        }
-    }
 
     #[test]
     fn unknown_handles_are_errors() {

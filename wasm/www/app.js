@@ -5,7 +5,7 @@
 // Query parameters (the browser test uses them): model, prompt, maxNewTokens, temperature,
 // autorun=1 (load, then generate once). The body's data-state goes idle -> loading -> ready ->
 // generating -> done (or error).
-import { BinLLM } from "../js/binllm.js";
+import { BinLLM, MAX_GGUF_FILE_BYTES, memoryEstimate } from "../js/binllm.js";
 
 const $ = (id) => document.getElementById(id);
 const query = new URLSearchParams(location.search);
@@ -28,6 +28,14 @@ const PHASES = { download: "downloading", cache: "reading from cache", read: "re
 
 function onProgress({ phase, loaded, total }) {
   window.binllmPhases = [...new Set([...(window.binllmPhases ?? []), phase])];
+  if (phase === "size") {
+    // Known before the file is read: what it is and what it will take.
+    $("model-facts").textContent =
+      total > MAX_GGUF_FILE_BYTES
+        ? `file ${formatBytes(total)}: too large for the browser (GGUF files up to ${formatBytes(MAX_GGUF_FILE_BYTES)})`
+        : `file ${formatBytes(total)}; needs about ${formatBytes(memoryEstimate(total))} of wasm memory (a tab can have 4 GiB)`;
+    return;
+  }
   $("progress").value = total ? loaded / total : phase === "parse" ? 1 : 0;
   if (!total && phase !== "parse") $("progress").removeAttribute("value");
   const amount = total ? `${formatBytes(loaded)} of ${formatBytes(total)}` : loaded ? formatBytes(loaded) : "";
