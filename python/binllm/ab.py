@@ -17,8 +17,8 @@ model's:
 The base's side can be saved once and reused (``save_base`` / ``load_base``): full logits are
 vocab x tokens floats (49152 x 16384 x 4 bytes = 3.2 GB for SmolLM2 on four 4096-token
 slices), so the file keeps, per position, the base's ``top_k`` largest log-probabilities and
-their token ids, its top token, and the log-probability of the actual next token (all float32,
-exact). From such a file the KL divergence is computed with the base's tail (the tokens outside
+their token ids, the log of the mass outside them, its top token, and the log-probability of the
+actual next token (all float32). From such a file the KL divergence is computed with the base's tail (the tokens outside
 its top k) merged into one outcome: ``sum_{v in top k} p(v) log(p(v)/q(v)) + P log(P/Q)`` with
 ``P``, ``Q`` the tail mass under each model. Merging outcomes never increases KL divergence, so
 this is a lower bound of the exact value, equal to it when the tail holds at most one token;
@@ -32,7 +32,9 @@ File format (``numpy.savez_compressed``, a zip of .npy arrays, ``format_version`
 array                 dtype, shape    meaning
 ====================  ==============  ==============================================================
 ``meta``              uint8 (bytes,)  UTF-8 JSON: format_version, top_k, ctx, vocab, base (its path),
-                                      slices: [{name, windows: [token counts]}]
+                                      probe (the base's token ids of ``PROBE``: a model that splits
+                                      it differently is refused), slices: [{name, windows: [token
+                                      counts]}]
 ``tokens``            int32 (T,)      every window's tokens, slices and windows back to back
 ``target_logp``       float32 (N,)    log p(actual next token), one per predicted position
 ``top1``              int32 (N,)      argmax p (first index on ties, as numpy's argmax)
