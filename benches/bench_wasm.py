@@ -43,7 +43,8 @@ const q = new URLSearchParams(location.search);
 try {
   // ?wasm=FILE picks one of wasm/pkg's modules; without it BinLLM.load picks (relaxed SIMD where the engine has it).
   const wasm = q.get("wasm");
-  const model = await BinLLM.load("model.gguf", { cache: false, ...(wasm ? { wasmUrl: new URL(`../pkg/${wasm}`, location.href).href } : {}) });
+  const threads = +(q.get("threads") ?? 1);
+  const model = await BinLLM.load("model.gguf", { cache: false, threads, ...(wasm ? { wasmUrl: new URL(`../pkg/${wasm}`, location.href).href } : {}) });
   const r = await model.bench({ promptTokens: +q.get("prompt"), decodeTokens: +q.get("decode"), repeats: +q.get("repeats") });
   window.benchResult = { ...r, info: model.info() };
 } catch (e) { window.benchResult = { error: `${e.name}: ${e.message}` }; }
@@ -85,7 +86,8 @@ def serve(model: Path, folder: Path):
     (folder / "www" / "bench.html").write_text(BINLLM_PAGE)
     (folder / "www" / "wllama.html").write_text(WLLAMA_PAGE)
     (folder / "www" / "model.gguf").symlink_to(model.resolve())
-    with serve_folder(folder) as base:
+    # Cross-origin isolated (COOP/COEP), so the threaded module can run.
+    with serve_folder(folder, isolated=True) as base:
         yield f"{base}/www"
 
 

@@ -42,4 +42,17 @@ else
     url="http://localhost:$port/www/"
 fi
 echo "serve-demo: $url  (model: $model)"
-exec python3 -m http.server "$port" --bind 127.0.0.1 --directory "$root"
+# COOP/COEP make the page cross-origin isolated: SharedArrayBuffer, so the threaded module runs
+# (without them BinLLM.load falls back to one thread).
+exec python3 - "$port" "$root" <<'PY'
+import functools, http.server, sys
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def end_headers(self):
+        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        super().end_headers()
+
+port, root = int(sys.argv[1]), sys.argv[2]
+http.server.ThreadingHTTPServer(("127.0.0.1", port), functools.partial(Handler, directory=root)).serve_forever()
+PY

@@ -165,10 +165,21 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _IsolatedHandler(_QuietHandler):
+    """Sends the headers that make a page cross-origin isolated (SharedArrayBuffer, so wasm
+    threads), as scripts/serve-demo.sh does."""
+
+    def end_headers(self):
+        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        super().end_headers()
+
+
 @contextlib.contextmanager
-def serve_folder(folder: Path):
-    """Serves `folder` over HTTP on a free localhost port; yields the base URL."""
-    handler = partial(_QuietHandler, directory=str(folder))
+def serve_folder(folder: Path, isolated: bool = False):
+    """Serves `folder` over HTTP on a free localhost port; yields the base URL. `isolated` adds
+    the COOP/COEP headers that let the page run wasm threads."""
+    handler = partial(_IsolatedHandler if isolated else _QuietHandler, directory=str(folder))
     with socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler) as server:
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
@@ -187,7 +198,8 @@ def serve_demo(model_path: Path, folder: Path):
     for f in (WASM / "www").iterdir():
         (folder / "www" / f.name).symlink_to(f)
     (folder / "www" / ("model" if model_path.is_dir() else "model.gguf")).symlink_to(model_path.resolve())
-    return serve_folder(folder)
+    # With COOP/COEP, as serve-demo.sh: the page runs the threaded module on every core.
+    return serve_folder(folder, isolated=True)
 
 
 def test_demo_page_in_chromium_generates_python_text(chromium, model_file, tmp_path, request):
@@ -209,6 +221,8 @@ def test_demo_page_in_chromium_generates_python_text(chromium, model_file, tmp_p
     assert first["output"] == want, (first["output"], want)
     assert 0 < first["result"]["tokens"] <= 32, first["result"]
     assert "tokens/s" in first["stats"] and "wasm memory" in first["stats"], first["stats"]
+    # Cross-origin isolated with 2+ cores: kernels ran on the threaded module's threads.
+    assert ", 2 threads" in first["facts"] or (os.cpu_count() or 1) < 2, first["facts"]
     assert "download" in first["phases"], first["phases"]
     if not model_file.is_dir():
         # A GGUF file's size (and the memory it will take) is shown before it is downloaded.
@@ -368,7 +382,7 @@ LOGITS_PAGE = """<!doctype html><meta charset="utf-8"><body data-state="running"
 import { BinLLM } from "../js/binllm.js";
 try {
   const ids = IDS;
-  const model = await BinLLM.load("model.gguf", { cache: false });
+  const model = await BinLLM.load("model.gguf", { cache: false, threads: THREADS });
   const memoryBytes = model.info().memory_bytes;
   const got = await model.logits(ids);
   const want = new Float32Array(await (await fetch("native.bin")).arrayBuffer());
@@ -393,9 +407,10 @@ document.getElementById("out").textContent = JSON.stringify(window.benchResult);
 """
 
 
-def browser_vs_native_logits(model_path: Path, tmp_path: Path, positions: int = 8) -> dict:
-    """Teacher-forced logits of `positions` seeded random ids, in Chromium (relaxed-SIMD module)
-    and natively; returns the page's comparison."""
+def browser_vs_native_logits(model_path: Path, tmp_path: Path, positions: int = 8, threads: int = 1) -> dict:
+    """Teacher-forced logits of `positions` seeded random ids, in Chromium (the relaxed-SIMD
+    module, or with `threads` > 1 the threaded one on a cross-origin isolated page) and natively;
+    returns the page's comparison."""
     import numpy as np
 
     import binllm
@@ -410,8 +425,8 @@ def browser_vs_native_logits(model_path: Path, tmp_path: Path, positions: int = 
     (site / "pkg").symlink_to(WASM / "pkg")
     (site / "www" / "model.gguf").symlink_to(model_path.resolve())
     (site / "www" / "native.bin").write_bytes(native.tobytes())
-    (site / "www" / "logits.html").write_text(LOGITS_PAGE.replace("IDS", json.dumps(ids)))
-    with serve_folder(site) as base:
+    (site / "www" / "logits.html").write_text(LOGITS_PAGE.replace("IDS", json.dumps(ids)).replace("THREADS", str(threads)))
+    with serve_folder(site, isolated=threads > 1) as base:
         proc = run(["node", "tools/run-in-chromium.mjs", f"{base}/www/logits.html", "--timeout", "900"], timeout=1000, cwd=WASM)
     result = json.loads(proc.stdout.strip().splitlines()[-1])["first"]["bench"]
     assert result and "error" not in result, result
@@ -442,8 +457,10 @@ def bitnet_2b4t_vocab_gguf(tmp_path_factory) -> Path:
     return dst
 
 
-def test_browser_logits_equal_native_logits(chromium, bitnet_2b4t_vocab_gguf, tmp_path):
-    r = browser_vs_native_logits(bitnet_2b4t_vocab_gguf, tmp_path)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_browser_logits_equal_native_logits(chromium, bitnet_2b4t_vocab_gguf, tmp_path, threads):
+    r = browser_vs_native_logits(bitnet_2b4t_vocab_gguf, tmp_path, threads=threads)
+    assert r["info"]["threads"] == threads, r["info"]
     assert r["maxDiff"] <= LOGITS_RELATIVE_TOLERANCE * r["maxAbs"], r
     assert r["sameTop"] == r["positions"], r
 

@@ -19,6 +19,7 @@ export class BinLLMError extends Error {
 
 const SIMD128_WASM = new URL("../pkg/binllm_wasm.wasm", import.meta.url).href;
 const RELAXED_WASM = new URL("../pkg/binllm_wasm_relaxed.wasm", import.meta.url).href;
+const RELAXED_THREADS_WASM = new URL("../pkg/binllm_wasm_relaxed_threads.wasm", import.meta.url).href;
 
 // A module whose one function runs i32x4.relaxed_dot_i8x16_i7x16_add_s on three zero vectors:
 // it validates exactly where the engine has relaxed SIMD.
@@ -40,8 +41,26 @@ export function hasRelaxedSimd() {
   }
 }
 
-/** The module `BinLLM.load` uses by default: relaxed SIMD where the engine has it. */
-export function defaultWasmUrl() {
+/**
+ * Whether this page can run the threaded module: SharedArrayBuffer, which browsers give only to
+ * cross-origin isolated pages (served with `Cross-Origin-Opener-Policy: same-origin` and
+ * `Cross-Origin-Embedder-Policy: require-corp`), and relaxed SIMD (the threaded build has it).
+ */
+export function canUseThreads() {
+  return typeof SharedArrayBuffer !== "undefined" && globalThis.crossOriginIsolated === true && hasRelaxedSimd();
+}
+
+/** Threads `BinLLM.load` uses by default: every core (at most 8) where threads can run, else 1. */
+export function defaultThreads() {
+  return canUseThreads() ? Math.max(1, Math.min(navigator.hardwareConcurrency || 1, 8)) : 1;
+}
+
+/**
+ * The module `BinLLM.load` uses: the threaded one for more than one thread (where the page can
+ * run it), else relaxed SIMD where the engine has it, else SIMD128.
+ */
+export function defaultWasmUrl(threads = defaultThreads()) {
+  if (threads > 1 && canUseThreads()) return RELAXED_THREADS_WASM;
   return hasRelaxedSimd() ? RELAXED_WASM : SIMD128_WASM;
 }
 
@@ -63,15 +82,17 @@ export class BinLLM {
    * Loads a model in a new worker. Options: onProgress({phase, loaded, total}) with phase
    * "size" (a GGUF file's size in total, before it is read; `memoryEstimate(total)` is what it
    * will take) | "download" | "cache" | "read" | "parse"; cache (default true); wasmUrl;
-   * workerUrl. GGUF files over `MAX_GGUF_FILE_BYTES` are refused (TooLarge) before download.
+   * workerUrl; threads (default `defaultThreads()`: the cores, where `canUseThreads()`; a
+   * single-threaded module otherwise). GGUF files over `MAX_GGUF_FILE_BYTES` are refused
+   * (TooLarge) before download.
    */
-  static async load(source, { onProgress, cache = true, wasmUrl = defaultWasmUrl(), workerUrl } = {}) {
+  static async load(source, { onProgress, cache = true, threads = defaultThreads(), wasmUrl = defaultWasmUrl(threads), workerUrl } = {}) {
     const worker = new Worker(workerUrl ?? new URL("./worker.js", import.meta.url), { type: "module" });
     const model = new BinLLM(worker);
     if (typeof source === "string") source = new URL(source, globalThis.location?.href).href;
     else if (source instanceof URL) source = source.href;
     try {
-      model._info = await model._request({ type: "load", source, options: { cache, wasmUrl } }, { onProgress });
+      model._info = await model._request({ type: "load", source, options: { cache, wasmUrl, threads } }, { onProgress });
     } catch (e) {
       worker.terminate();
       throw e;
@@ -164,7 +185,7 @@ export class BinLLM {
     return this._request({ type: "logits", ids: Array.from(ids), all });
   }
 
-  /** Prompt and decode tokens/s on random token ids (one thread), best of `repeats`. */
+  /** Prompt and decode tokens/s on random token ids (the model's threads), best of `repeats`. */
   bench({ promptTokens = 128, decodeTokens = 64, repeats = 3 } = {}) {
     return this._request({ type: "bench", promptTokens, decodeTokens, repeats });
   }

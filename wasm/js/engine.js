@@ -60,9 +60,17 @@ export class WasmBuffer {
   }
 }
 
+/** Stack of each extra kernel thread of a threaded build (the main thread has the linker's 1 MiB). */
+const THREAD_STACK_BYTES = 2 * 2 ** 20;
+
 export class Engine {
-  /** `wasm`: the module's bytes, a URL, or a compiled WebAssembly.Module. */
-  static async create(wasm) {
+  /**
+   * `wasm`: the module's bytes, a URL, or a compiled WebAssembly.Module. A threaded module (one
+   * that imports its memory: binllm_wasm_relaxed_threads.wasm) gets a shared memory and
+   * `threads - 1` Web Workers (js/thread.js) that run kernels beside the calling thread; that
+   * needs SharedArrayBuffer (a cross-origin isolated page: COOP/COEP headers) and Worker.
+   */
+  static async create(wasm, { threads = 1 } = {}) {
     let module;
     if (wasm instanceof WebAssembly.Module) module = wasm;
     else if (wasm instanceof ArrayBuffer || ArrayBuffer.isView(wasm)) module = await WebAssembly.compile(wasm);
@@ -73,16 +81,53 @@ export class Engine {
     }
     let engine = null;
     const imports = { binllm_host: { read_file: (offset, ptr, len) => engine.readSource(offset, ptr >>> 0, len >>> 0) } };
+    const shared = WebAssembly.Module.imports(module).some((i) => i.module === "env" && i.name === "memory");
+    let memory = null;
+    if (shared) {
+      if (typeof SharedArrayBuffer === "undefined") {
+        throw new BinLLMError("the threaded module needs SharedArrayBuffer (serve the page with COOP/COEP headers), or load a single-threaded one", "Backend");
+      }
+      memory = new WebAssembly.Memory({ initial: 256, maximum: 65536, shared: true });
+      imports.env = { memory };
+    }
     const instance = await WebAssembly.instantiate(module, imports);
-    engine = new Engine(instance);
+    engine = new Engine(instance, memory);
+    if (shared) await engine.startThreads(module, threads);
     return engine;
   }
 
-  constructor(instance) {
+  /** Starts `threads - 1` kernel threads (Web Workers on this shared memory); resolves once they run. */
+  async startThreads(module, threads) {
+    const n = Math.max(1, Math.min(Math.floor(threads) || 1, 64));
+    if (n > 1 && typeof Worker === "undefined") throw new BinLLMError("threads need Web Workers", "Backend");
+    this.call("starting threads", () => this.exports.binllm_set_threads(n));
+    const e = this.exports;
+    const tlsSize = e.__tls_size.value;
+    const started = [];
+    this.threadWorkers = [];
+    for (let i = 1; i < n; i++) {
+      const stack = this.alloc(THREAD_STACK_BYTES);
+      const tls = this.alloc(Math.max(tlsSize, 1));
+      const worker = new Worker(new URL("./thread.js", import.meta.url), { type: "module" });
+      this.threadWorkers.push(worker);
+      started.push(
+        new Promise((resolve, reject) => {
+          worker.onmessage = ({ data }) => (data.type === "started" ? resolve() : data.type === "error" ? reject(new BinLLMError(`kernel thread ${i}: ${data.message}`, "Backend")) : null);
+          worker.onerror = (ev) => reject(new BinLLMError(`kernel thread ${i} failed: ${ev.message ?? "unknown error"}`, "Backend"));
+        }),
+      );
+      worker.postMessage({ module, memory: this.memory, stackTop: (stack + THREAD_STACK_BYTES) & ~15, tls });
+    }
+    await Promise.all(started);
+    this.threads = n;
+  }
+
+  constructor(instance, memory = null) {
     /** The file a lazy GGUF load reads from: {size, read(offset, length) -> Uint8Array}. */
     this.source = null;
     this.exports = instance.exports;
-    this.memory = instance.exports.memory;
+    this.memory = memory ?? instance.exports.memory;
+    this.threads = 1;
     if (this.exports.binllm_backend_available(1) !== 1) {
       throw new BinLLMError("this browser runs WebAssembly without SIMD128, which binllm's build needs", "Backend");
     }
@@ -95,7 +140,7 @@ export class Engine {
 
   lastError() {
     const e = this.exports;
-    const text = decoder.decode(new Uint8Array(this.memory.buffer, e.binllm_last_error_ptr() >>> 0, e.binllm_last_error_len() >>> 0));
+    const text = decoder.decode(new Uint8Array(this.memory.buffer, e.binllm_last_error_ptr() >>> 0, e.binllm_last_error_len() >>> 0).slice());
     const colon = text.indexOf(": ");
     return colon > 0 ? new BinLLMError(text.slice(colon + 2), text.slice(0, colon)) : new BinLLMError(text);
   }
@@ -106,7 +151,8 @@ export class Engine {
   }
 
   resultText() {
-    return decoder.decode(this.resultBytes());
+    // A copy: TextDecoder does not read views of a threaded build's SharedArrayBuffer.
+    return decoder.decode(this.resultBytes().slice());
   }
 
   /** Runs a wasm call; a trap (out of memory, a bug) becomes a BinLLMError that says so. */

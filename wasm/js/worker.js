@@ -26,8 +26,8 @@ const yieldToEvents = () =>
     channel.port2.postMessage(0);
   });
 
-async function getEngine(wasmUrl) {
-  engine ??= await Engine.create(wasmUrl);
+async function getEngine(wasmUrl, threads) {
+  engine ??= await Engine.create(wasmUrl, { threads });
   return engine;
 }
 
@@ -172,7 +172,7 @@ const isGguf = (name) => /\.gguf$/i.test(name);
 
 /** Loads a GGUF (URL/File/bytes) or a Hugging Face folder ({files: File[]} or a URL ending in '/'). */
 async function load({ source, options = {} }, progress) {
-  await getEngine(options.wasmUrl);
+  await getEngine(options.wasmUrl, options.threads);
   if (handle) engine.freeModel(handle);
   handle = 0;
   const useCache = options.cache !== false;

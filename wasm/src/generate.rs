@@ -243,7 +243,7 @@ pub extern "C" fn binllm_model_info(handle: i32) -> i32 {
             "eos_token_ids": m.eos,
             "weight_bytes": m.model.nbytes(),
             "backend": backend,
-            "threads": 1,
+            "threads": binllm_core::threads::num_threads(),
         });
         let bytes = info.to_string().into_bytes();
         let n = bytes.len();

@@ -118,6 +118,28 @@ pub extern "C" fn binllm_last_error_len() -> usize {
     LAST_ERROR.with(|last| last.borrow().len())
 }
 
+/// Threads the kernels use: 1 in builds without threads; in a threaded build, `n` (the host
+/// then starts `n - 1` Web Workers that call `binllm_thread_main`). Returns 0, or -1.
+#[no_mangle]
+pub extern "C" fn binllm_set_threads(n: u32) -> i32 {
+    status(binllm_core::threads::set_num_threads(n as usize))
+}
+
+/// The threads the kernels use now.
+#[no_mangle]
+pub extern "C" fn binllm_threads() -> u32 {
+    binllm_core::threads::num_threads() as u32
+}
+
+/// A Web Worker's life as a kernel thread of a threaded build: joins the pool and works until
+/// the pool is replaced (`binllm_set_threads`). The host sets this instance's stack pointer
+/// and thread-local block first (js/thread.js).
+#[no_mangle]
+pub extern "C" fn binllm_thread_main() {
+    #[cfg(all(feature = "threads", target_arch = "wasm32"))]
+    binllm_core::threads::run_worker();
+}
+
 /// 1 if the backend at `backend` (index into `ALL_BACKENDS`) runs in this build, else 0.
 #[no_mangle]
 pub extern "C" fn binllm_backend_available(backend: u32) -> i32 {

@@ -60,6 +60,7 @@ async function visit(page) {
     state: document.body.dataset.state,
     output: document.getElementById("output")?.textContent ?? null,
     stats: document.getElementById("stats")?.textContent ?? null,
+    facts: document.getElementById("model-facts")?.textContent ?? null,
     error: document.getElementById("error")?.textContent ?? null,
     progress: document.getElementById("progress-text")?.textContent ?? null,
     phases: window.binllmPhases ?? [],

@@ -61,7 +61,7 @@ async function load(source, name) {
   $("model-name").textContent = name;
   $("model-facts").textContent =
     `${info.architecture}, ${info.num_hidden_layers} layers, hidden ${info.hidden_size}, vocab ${info.vocab_size}, ` +
-    `weights ${formatBytes(info.weight_bytes)}, ${info.backend}`;
+    `weights ${formatBytes(info.weight_bytes)}, ${info.backend}, ${info.threads} thread${info.threads === 1 ? "" : "s"}`;
   $("progress").value = 1;
   $("progress-text").textContent = `loaded in ${seconds} s; wasm memory ${formatBytes(info.memory_bytes)}`;
   $("generate").disabled = false;

@@ -11,15 +11,43 @@ mod pool {
     //! so the next job starts without a wake-up through the kernel. The caller works too and
     //! waits only for workers that joined the job: a worker the OS has not scheduled yet finds
     //! the job closed and skips it, so nobody waits on a thread that is not running.
-    use crate::error::{Error, Result};
+    use crate::error::Result;
     use std::cell::UnsafeCell;
     use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
     use std::sync::{Arc, Condvar, Mutex, OnceLock};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
+    #[cfg(not(target_arch = "wasm32"))]
+    use std::time::Instant;
 
     /// How long an idle worker spins before it sleeps: longer than the gaps between the
     /// parallel regions of one decoded token, shorter than a person notices on a shared machine.
     const SPIN: Duration = Duration::from_micros(300);
+
+    /// When an idle worker has spun long enough. wasm32's std has no clock: there workers spin
+    /// a fixed count instead (about `SPIN` on a desktop core).
+    #[cfg(not(target_arch = "wasm32"))]
+    struct SpinClock(Instant);
+    #[cfg(not(target_arch = "wasm32"))]
+    impl SpinClock {
+        fn start() -> Self {
+            SpinClock(Instant::now())
+        }
+        fn done(&self, _spins: u32) -> bool {
+            self.0.elapsed() > SPIN
+        }
+    }
+    #[cfg(target_arch = "wasm32")]
+    struct SpinClock;
+    #[cfg(target_arch = "wasm32")]
+    impl SpinClock {
+        fn start() -> Self {
+            SpinClock
+        }
+        fn done(&self, spins: u32) -> bool {
+            let _ = SPIN;
+            spins >= 1 << 17
+        }
+    }
 
     type Job = *const (dyn Fn() + Sync);
 
@@ -61,7 +89,7 @@ mod pool {
     fn worker(shared: Arc<Shared>) {
         let mut seen = shared.generation.load(SeqCst);
         loop {
-            let start = Instant::now();
+            let start = SpinClock::start();
             let mut spins = 0u32;
             loop {
                 if shared.shutdown.load(SeqCst) {
@@ -71,7 +99,7 @@ mod pool {
                     break;
                 }
                 spins = spins.wrapping_add(1);
-                if spins % 64 == 0 && start.elapsed() > SPIN {
+                if spins % 64 == 0 && start.done(spins) {
                     let guard = shared.sleep.lock().unwrap_or_else(|e| e.into_inner());
                     shared.sleepers.fetch_add(1, SeqCst);
                     let guard = if shared.generation.load(SeqCst) == seen && !shared.shutdown.load(SeqCst) {
@@ -161,12 +189,16 @@ mod pool {
             shutdown: AtomicBool::new(false),
             submit: Mutex::new(()),
         });
+        // wasm32 cannot start threads itself: the host starts n - 1 Web Workers that share the
+        // module's memory and each call `run_worker` (the wasm crate's `binllm_thread_main`).
+        // Until they arrive the caller does the work alone (a job waits only for who joined).
+        #[cfg(not(target_arch = "wasm32"))]
         for i in 0..n.saturating_sub(1) {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("binllm-worker-{i}"))
                 .spawn(move || worker(shared))
-                .map_err(|e| Error::InvalidArgument(format!("cannot start {n} threads: {e}")))?;
+                .map_err(|e| crate::error::Error::InvalidArgument(format!("cannot start {n} threads: {e}")))?;
         }
         Ok(Arc::new(Workers { threads: n, shared }))
     }
@@ -187,12 +219,27 @@ mod pool {
         cell.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Runs one pool worker on the calling thread until the pool is replaced (wasm32: the
+    /// host's Web Workers call this).
+    #[cfg(target_arch = "wasm32")]
+    pub fn run_worker() {
+        let shared = current().shared.clone();
+        worker(shared);
+    }
+
     pub fn set(n: usize) -> Result<()> {
         let new = build(n)?;
         let cell = WORKERS.get_or_init(|| Mutex::new(new.clone()));
         *cell.lock().unwrap_or_else(|e| e.into_inner()) = new;
         Ok(())
     }
+}
+
+/// wasm32 builds with threads (atomics and shared memory): runs one pool worker on the calling
+/// thread (a Web Worker the host started) until the pool is replaced.
+#[cfg(all(feature = "threads", target_arch = "wasm32"))]
+pub fn run_worker() {
+    pool::run_worker()
 }
 
 /// Sets the number of worker threads used by every kernel from now on.
