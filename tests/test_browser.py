@@ -118,6 +118,28 @@ def bitnet_gguf(bitnet_hf) -> Path:
     return dst
 
 
+# Llama 3's pre-tokenizer (BitNet 2B4T's): a regex Split, then ByteLevel without its own regex.
+LLAMA3_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+
+
+@pytest.fixture(scope="module")
+def bitnet_llama3_tokenizer(tmp_path_factory) -> Path:
+    """A random BitNet folder whose tokenizer.json pre-tokenizes as Llama 3 / BitNet 2B4T do."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from helpers import TEXT
+
+    folder = make_random_hf_model(tmp_path_factory.mktemp("llama3_tokenizer") / "hf", layout="bitnet_packed", hidden=256, heads=4, kv_heads=1, intermediate=512, layers=1, vocab=1000)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=["<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([TEXT + " 1234567890 it's THEY'RE don't\n\n  tabs\t"], trainer)
+    tok.add_tokens([f"<extra_{i}>" for i in range(1000 - tok.get_vocab_size())])
+    tok.save(str(folder / "tokenizer.json"))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def default_model() -> Path:
     """binllm's embedded ternary model (an HF folder), which the demo serves by default."""
@@ -126,10 +148,10 @@ def default_model() -> Path:
     return DEFAULT_MODEL
 
 
-@pytest.fixture(scope="module", params=["default", "smollm2", "bitnet_tq2", "bitnet_hf"])
+@pytest.fixture(scope="module", params=["default", "smollm2", "bitnet_tq2", "bitnet_hf", "llama3_tokenizer"])
 def model_file(request) -> Path:
     """A GGUF file, or a Hugging Face folder (loaded from its files, as a URL ending in '/')."""
-    names = {"default": "default_model", "smollm2": "smollm2_path", "bitnet_tq2": "bitnet_gguf", "bitnet_hf": "bitnet_hf"}
+    names = {"default": "default_model", "smollm2": "smollm2_path", "bitnet_tq2": "bitnet_gguf", "bitnet_hf": "bitnet_hf", "llama3_tokenizer": "bitnet_llama3_tokenizer"}
     return request.getfixturevalue(names[request.param])
 
 

@@ -64,8 +64,9 @@ export function defaultWasmUrl(threads = defaultThreads()) {
   return hasRelaxedSimd() ? RELAXED_WASM : SIMD128_WASM;
 }
 
-/** The largest GGUF file the browser build loads (js/engine.js holds the reasons). */
-export const MAX_GGUF_FILE_BYTES = 2 ** 31 + 2 ** 30 + 2 ** 28;
+// The largest GGUF file the browser build loads (js/engine.js holds the reasons).
+import { MAX_GGUF_FILE_BYTES } from "./engine.js";
+export { MAX_GGUF_FILE_BYTES };
 
 /**
  * About how much wasm memory a GGUF file of `fileBytes` takes once loaded: ternary (TQ2_0,

@@ -12,7 +12,7 @@
  * tensors) and one tensor's bytes must fit.
  */
 export const MAX_MODEL_FILE_BYTES = 2 ** 31 - 2 ** 26;
-export const MAX_GGUF_FILE_BYTES = 2 ** 31 + 2 ** 30 + 2 ** 28; // also in js/binllm.js
+export const MAX_GGUF_FILE_BYTES = 2 ** 31 + 2 ** 30 + 2 ** 28;
 
 /** Bytes of a GGUF file read first for its header; doubled while the header runs past it, up
  * to the most a header may take here (Llama 3's 128256-token vocabulary takes about 8 MiB). */

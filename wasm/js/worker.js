@@ -309,6 +309,7 @@ self.onmessage = async ({ data }) => {
     post({ type: "error", id, name: e.name ?? "Error", message: e.message ?? String(e) });
     // A trap leaves the wasm instance unusable: start afresh on the next load.
     if (e.name === "OutOfMemory") {
+      engine?.threadWorkers?.forEach((w) => w.terminate());
       engine = null;
       handle = 0;
     }
