@@ -1,8 +1,8 @@
 """binllm's WebAssembly build in headless Chromium against native binllm on one thread, and
 against wllama (llama.cpp in WebAssembly, npm @wllama/wllama) on the same GGUF file.
 
-    .venv/bin/python benches/bench_wasm.py [--model FILE.gguf] [--shape large|small]
-                                           [--prompt 128] [--decode 64] [--repeats 3]
+    .venv/bin/python benches/bench_wasm.py [--model FILE.gguf] [--shape large|small|2b4t]
+                                           [--prompt 128] [--decode 64] [--repeats 3] [--threads 2]
                                            [--wllama-repeats 1] [--no-wllama]
 
 Without --model it writes a seeded random BitNet b1.58 model (bitnet_b1_58-large's shape by
@@ -10,7 +10,9 @@ default: hidden 1536, 24 layers, vocab 32002), converted to TQ2_0 with binllm.co
 tokens/s is one batched forward pass over `--prompt` random ids; decode tokens/s is `--decode`
 single-token passes with greedy feedback, best of `--repeats`, as `binllm bench` measures.
 wllama's numbers are llama.cpp's own timings of a completion (prompt, then decode), one
-thread. Results are ratios against native binllm, measured in the same run.
+thread. binllm's wasm runs also report wasm memory after load and after the run; the threaded
+module runs on a cross-origin isolated page. Results are ratios against native binllm on one
+thread, measured in the same run, and threads against one thread for wasm and native.
 
 Needs what tests/test_browser.py needs: scripts/build-wasm.sh's toolchain, /usr/bin/chromium
 and `npm install` in wasm/ (playwright-core, @wllama/wllama).
@@ -34,6 +36,8 @@ SHAPES = {
     # microsoft/bitnet_b1_58-large (729M): the shape FIELD-NOTES' peer numbers were measured on.
     "large": dict(hidden=1536, heads=16, kv_heads=16, intermediate=4096, layers=24, vocab=32002, max_positions=2048),
     "small": dict(hidden=768, heads=12, kv_heads=12, intermediate=2048, layers=12, vocab=32002, max_positions=2048),
+    # microsoft/bitnet-b1.58-2B-4T: GQA 20/5, relu2, the Llama 3 vocabulary, tied f16 output (1.2 GB TQ2_0).
+    "2b4t": dict(hidden=2560, heads=20, kv_heads=5, intermediate=6912, layers=30, vocab=128256, max_positions=4096),
 }
 
 BINLLM_PAGE = """<!doctype html><meta charset="utf-8"><body data-state="running"><pre id="out"></pre>
@@ -103,18 +107,18 @@ NATIVE = """
 import json, sys
 import binllm
 from binllm.bench import bench_model
-model = binllm.Model.from_pretrained(sys.argv[1], threads=1)
+model = binllm.Model.from_pretrained(sys.argv[1], threads=int(sys.argv[5]))
 print(json.dumps(bench_model(model, prompt_tokens=int(sys.argv[2]), decode_tokens=int(sys.argv[3]), repeats=int(sys.argv[4]))))
 """
 
 
-def native(model_path: Path, prompt: int, decode: int, repeats: int, backend: str = "") -> dict:
-    """Native binllm on one thread, in a fresh process (the kernel backend is chosen once per
-    process; `backend` forces one through BINLLM_BACKEND, "" takes the best)."""
+def native(model_path: Path, prompt: int, decode: int, repeats: int, backend: str = "", threads: int = 1) -> dict:
+    """Native binllm on `threads` threads, in a fresh process (the kernel backend is chosen once
+    per process; `backend` forces one through BINLLM_BACKEND, "" takes the best)."""
     import os
 
     env = {**os.environ, "BINLLM_BACKEND": backend}
-    proc = subprocess.run([sys.executable, "-c", NATIVE, str(model_path), str(prompt), str(decode), str(repeats)], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-c", NATIVE, str(model_path), str(prompt), str(decode), str(repeats), str(threads)], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -140,6 +144,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--wllama-repeats", type=int, default=1, help="wllama is slow; its runs are fewer")
     ap.add_argument("--no-wllama", action="store_true")
+    ap.add_argument("--threads", type=int, default=2, help="threads of the multi-threaded runs (native and wasm)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     if not all((WASM / "pkg" / name).exists() for name in ("binllm_wasm.wasm", "binllm_wasm_relaxed.wasm")):
@@ -156,9 +161,13 @@ def main() -> None:
         if best not in ("avx2", "?"):
             # The common x86 baseline, for reference: most machines lack AVX-512.
             results["native binllm avx2 (1 thread)"] = native(model, args.prompt, args.decode, args.repeats, backend="avx2")
+        results[f"native binllm ({args.threads} threads)"] = native(model, args.prompt, args.decode, args.repeats, threads=args.threads)
         with serve(model, tmp / "site") as base:
             results["binllm wasm SIMD128 (Chromium)"] = in_chromium(f"{base}/bench.html{query}&wasm=binllm_wasm.wasm")
             results["binllm wasm relaxed SIMD (Chromium)"] = in_chromium(f"{base}/bench.html{query}&wasm=binllm_wasm_relaxed.wasm")
+            results[f"binllm wasm relaxed SIMD, {args.threads} threads (Chromium)"] = in_chromium(
+                f"{base}/bench.html{query}&wasm=binllm_wasm_relaxed_threads.wasm&threads={args.threads}"
+            )
             if not args.no_wllama:
                 wllama_query = f"?prompt={args.prompt}&decode={args.decode}&repeats={args.wllama_repeats}"
                 results["wllama (Chromium, 1 thread)"] = in_chromium(f"{base}/wllama.html{wllama_query}")
@@ -166,16 +175,26 @@ def main() -> None:
     if "error" in base:
         sys.exit(f"native binllm failed: {base['error']}")
     print(f"\n{model.name}: prompt {args.prompt} tokens, decode {args.decode} tokens, best of {args.repeats}; native backend {best}\n")
-    print("| engine | prompt tok/s | decode tok/s | prompt vs native | decode vs native |")
-    print("|---|---:|---:|---:|---:|")
+    print("| engine | prompt tok/s | decode tok/s | prompt vs native | decode vs native | wasm memory after load / after the run |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         if not r or "error" in r:
-            print(f"| {name} | failed: {(r or {}).get('error', 'no result')} | | | |")
+            print(f"| {name} | failed: {(r or {}).get('error', 'no result')} | | | | |")
             continue
+        memory = ""
+        if "memory_bytes" in r and "info" in r:
+            memory = f"{r['info']['memory_bytes'] / 2**30:.2f} / {r['memory_bytes'] / 2**30:.2f} GiB"
         print(
             f"| {name} | {r['prompt_tok_s']:.1f} | {r['decode_tok_s']:.1f} | "
-            f"{r['prompt_tok_s'] / base['prompt_tok_s']:.2f}x | {r['decode_tok_s'] / base['decode_tok_s']:.2f}x |"
+            f"{r['prompt_tok_s'] / base['prompt_tok_s']:.2f}x | {r['decode_tok_s'] / base['decode_tok_s']:.2f}x | {memory} |"
         )
+    one = results.get("binllm wasm relaxed SIMD (Chromium)")
+    many = results.get(f"binllm wasm relaxed SIMD, {args.threads} threads (Chromium)")
+    if one and many and "error" not in one and "error" not in many:
+        print(f"\nwasm {args.threads} threads vs 1: prompt {many['prompt_tok_s'] / one['prompt_tok_s']:.2f}x, decode {many['decode_tok_s'] / one['decode_tok_s']:.2f}x")
+    n1, nn = base, results.get(f"native binllm ({args.threads} threads)")
+    if nn and "error" not in nn:
+        print(f"native {args.threads} threads vs 1: prompt {nn['prompt_tok_s'] / n1['prompt_tok_s']:.2f}x, decode {nn['decode_tok_s'] / n1['decode_tok_s']:.2f}x")
     wl = results.get("wllama (Chromium, 1 thread)")
     for name in ("binllm wasm SIMD128 (Chromium)", "binllm wasm relaxed SIMD (Chromium)"):
         wasm = results.get(name)
