@@ -7,8 +7,8 @@
 #   LLAMACPP_VERSION=0.3.36 bash scripts/install-llamacpp.sh
 #
 # The build compiles llama.cpp (about 25 minutes on 2 cores); the log goes to
-# target/llamacpp-build/build.log. GGML_NATIVE=ON tunes it for this CPU, which is what a fair
-# speed comparison wants (binllm picks its SIMD kernels at run time).
+# target/llamacpp-build/build.log. It is built for this CPU's SIMD features (what a fair speed
+# comparison wants; binllm picks its SIMD kernels at run time), AMX excepted (below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,9 +29,15 @@ done
 LOG=target/llamacpp-build/build.log
 mkdir -p "$(dirname "$LOG")"
 echo "install-llamacpp: building llama-cpp-python==$VERSION from source (log: $LOG)"
-# AMX stays off: some of these machines list AMX in /proc/cpuinfo while the kernel does not grant
-# the tile state, and ggml's AMX matmul (taken for Q4_1 among others) then dies of SIGILL.
-ARGS="-DGGML_NATIVE=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+# The CPU's features are named one by one instead of GGML_NATIVE: some of these machines list
+# AMX in /proc/cpuinfo while the kernel does not grant the tile state, and -march=native then
+# compiles ggml's AMX matmul (taken for Q4_1 among others), which dies of SIGILL. AMX stays off.
+cpu_flags=" $(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2) "
+on() { case "$cpu_flags" in *" $1 "*) echo ON ;; *) echo OFF ;; esac; }
+ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=$(on avx) -DGGML_AVX2=$(on avx2) -DGGML_FMA=$(on fma) -DGGML_F16C=$(on f16c)"
+ARGS="$ARGS -DGGML_AVX512=$(on avx512f) -DGGML_AVX512_VBMI=$(on avx512vbmi) -DGGML_AVX512_VNNI=$(on avx512_vnni)"
+ARGS="$ARGS -DGGML_AVX512_BF16=$(on avx512_bf16) -DGGML_AVX_VNNI=$(on avx_vnni) -DGGML_BMI2=$(on bmi2)"
+ARGS="$ARGS -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
 # pip caches the wheel it built from the sdist whatever the flags were: a cache of its own per
 # version and flags, so a wheel built with other flags is never reused.
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/binllm/llamacpp-$(echo "$VERSION $ARGS" | sha256sum | cut -c1-12)"
