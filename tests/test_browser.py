@@ -501,3 +501,23 @@ def test_browser_logits_equal_native_logits_at_2b4t_shape(chromium, tmp_path):
     assert r["maxDiff"] <= LOGITS_RELATIVE_TOLERANCE * r["maxAbs"], r
     assert r["sameTop"] == r["positions"], r
     assert r["memoryBytes"] <= 1.5 * 2**30, r
+
+
+@pytest.mark.skipif(os.environ.get("BINLLM_BROWSER_FULL_SIZE", "") in ("", "0"), reason="opt-in tier: BINLLM_BROWSER_FULL_SIZE=1 (a 729M model, minutes)")
+def test_demo_greedy_text_equals_python_at_729m_shape(chromium, tmp_path):
+    """bitnet_b1_58-large's shape (hidden 1536, 24 layers, vocab 32002) with random weights: the
+    demo page (threaded module where isolated) generates Python's greedy text token for token."""
+    import binllm
+
+    convert = pytest.importorskip("binllm.convert")
+    src = make_random_hf_model(tmp_path / "hf", layout="bitnet_packed", hidden=1536, heads=16, kv_heads=16, intermediate=4096, layers=24, vocab=32002, max_positions=2048)
+    gguf = tmp_path / "729m.tq2_0.gguf"
+    convert.convert(src, gguf, type="tq2_0")
+    shutil.rmtree(src)
+    want = binllm.Model.from_pretrained(gguf).generate(PROMPT, max_new_tokens=32, temperature=0.0)
+    with serve_demo(gguf, tmp_path / "site") as base:
+        url = f"{base}/www/?prompt={PROMPT.replace(' ', '%20')}&maxNewTokens=32&autorun=1"
+        proc = run(["node", "tools/run-in-chromium.mjs", url, "--timeout", "600"], timeout=900, cwd=WASM)
+    first = json.loads(proc.stdout.strip().splitlines()[-1])["first"]
+    assert first["state"] == "done", first
+    assert first["output"] == want, (first["output"], want)
