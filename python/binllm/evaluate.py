@@ -400,14 +400,18 @@ def write_plot(rows: list[dict[str, Any]], path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise ImportError("the plot needs matplotlib: pip install 'binllm[report]' (or pass --no-plot)") from e
-    fig, (a, k, b) = plt.subplots(1, 3, figsize=(18, 4.8))
-    for r in rows:
+    speed = any(r.get("decode_tok_s") for r in rows)
+    fig, axes = plt.subplots(1, 3 if speed else 2, figsize=(18 if speed else 12, 4.8))
+    a, k = axes[0], axes[1]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, r in enumerate(rows):
+        color = colors[i % len(colors)]  # one color per model in every panel
         # The method's own count where the model says it (a quantized folder), else as held.
         bits = r.get("stated_bits_per_weight") or r["linear_bits_per_weight"]
-        a.scatter(bits, r["perplexity"], s=40)
+        a.scatter(bits, r["perplexity"], s=40, color=color)
         a.annotate(r["label"], (bits, r["perplexity"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
-        if r.get("kld_mean") is not None and r["kld_mean"] > 0:
-            k.scatter(bits, r["kld_mean"], s=40)
+        if r.get("kld_mean") is not None and r["kld_mean"] > 1e-6:
+            k.scatter(bits, r["kld_mean"], s=40, color=color)
             k.annotate(r["label"], (bits, r["kld_mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
     xlabel = "bits per weight of the decoder linears (the method's count; others as held)"
     a.set_xlabel(xlabel)
@@ -420,13 +424,15 @@ def write_plot(rows: list[dict[str, Any]], path: Path) -> None:
     k.set_yscale("log")
     k.grid(True, alpha=0.3)
     k.set_title(f"divergence from {rows[0]['label']} against size")
-    labels = [r["label"] for r in rows]
-    speeds = [r.get("decode_tok_s") or 0.0 for r in rows]
-    b.barh(labels, speeds, color="tab:green")
-    b.invert_yaxis()
-    b.set_xlabel("decode tokens/s")
-    b.set_title(f"speed ({rows[0].get('threads')} thread(s))")
-    b.grid(True, axis="x", alpha=0.3)
+    if speed:
+        b = axes[2]
+        labels = [r["label"] for r in rows]
+        speeds = [r.get("decode_tok_s") or 0.0 for r in rows]
+        b.barh(labels, speeds, color=[colors[i % len(colors)] for i in range(len(rows))])
+        b.invert_yaxis()
+        b.set_xlabel("decode tokens/s")
+        b.set_title(f"speed ({rows[0].get('threads')} thread(s))")
+        b.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
