@@ -420,13 +420,14 @@ impl Model {
         let mut proj = vec![0f32; m * d];
         let (mut gate, mut up) = (vec![0f32; m * cfg.intermediate], vec![0f32; m * cfg.intermediate]);
         let pos0 = cache.len;
+        let inv_freq = cfg.rope_inv_freq();
 
         for (li, layer) in self.layers.iter().enumerate() {
             rmsnorm(&x, &layer.attn_norm, cfg.rms_eps, &mut h);
             seen(li, "attn_in", &h);
             linear::forward_shared_input(&[&layer.q, &layer.k, &layer.v], backend, &h, m, &mut [&mut q, &mut k, &mut v], self.act_quant)?;
-            self.rope(&mut q, cfg.heads, pos0);
-            self.rope(&mut k, cfg.kv_heads, pos0);
+            self.rope(&mut q, cfg.heads, pos0, &inv_freq);
+            self.rope(&mut k, cfg.kv_heads, pos0, &inv_freq);
             cache.append(li, &k, &v);
             self.attention(&q, &cache.k[li], &cache.v[li], pos0, m, &mut attn);
             if let Some(w) = &layer.attn_sub_norm {
@@ -471,11 +472,11 @@ impl Model {
         l.forward(backend, x, m, y, self.act_quant)
     }
 
-    /// Rotates q or k (m rows of `heads` heads) for positions pos0, pos0 + 1, ...
-    fn rope(&self, x: &mut [f32], heads: usize, pos0: usize) {
+    /// Rotates q or k (m rows of `heads` heads) for positions pos0, pos0 + 1, ... with the
+    /// frequencies `ModelConfig::rope_inv_freq` gives (computed once a forward pass).
+    fn rope(&self, x: &mut [f32], heads: usize, pos0: usize, inv_freq: &[f32]) {
         let hd = self.config.head_dim;
         let half = hd / 2;
-        let inv_freq = self.config.rope_inv_freq();
         for (t, row) in x.chunks_exact_mut(heads * hd).enumerate() {
             let pos = (pos0 + t) as f32;
             let (cos, sin): (Vec<f32>, Vec<f32>) = inv_freq.iter().map(|f| cos_sin_f32(pos * f)).unzip();
