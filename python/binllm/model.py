@@ -244,6 +244,13 @@ class Model:
         return ids, params, stops
 
     def _pieces(self, ids: list[int], max_new_tokens: int, params: dict, stops: list[str]) -> Iterator[str]:
+        for piece, _ in self._steps(ids, max_new_tokens, params, stops):
+            if piece:
+                yield piece
+
+    def _steps(self, ids: list[int], max_new_tokens: int, params: dict, stops: list[str]):
+        """Yields (text piece, tokens generated so far) once a token and at the end; returns
+        the finish reason: "stop" (EOS or a stop string) or "length"."""
         context = self.config["max_position_embeddings"]
         session = self._core.session(min(context, len(ids) + max_new_tokens))
         sampler = _core.Sampler(**params)
@@ -253,31 +260,34 @@ class Model:
         emitted = 0
         hold = max((len(s) for s in stops), default=1) - 1
         logits = session.forward(ids)
+        reason = "length"
         while True:
             token = sampler.sample(logits, history)
             if token in eos:
+                reason = "stop"
                 break
             new.append(token)
             history.append(token)
             text = self.decode(new)
             cut = min((text.find(s) for s in stops if s in text), default=-1)
             if cut >= 0:
-                if cut > emitted:
-                    yield text[emitted:cut]
-                return
+                yield (text[emitted:cut] if cut > emitted else ""), len(new)
+                return "stop"
             # Hold back an unfinished UTF-8 character and anything that may start a stop string.
             ready = len(text) - hold if stops else len(text)
             if text.endswith("\ufffd"):
                 ready = min(ready, len(text) - 1)
+            piece = ""
             if ready > emitted:
-                yield text[emitted:ready]
+                piece = text[emitted:ready]
                 emitted = ready
+            yield piece, len(new)
             if len(new) >= max_new_tokens or session.length >= session.capacity:
                 break
             logits = session.forward([token])
         text = self.decode(new)
-        if len(text) > emitted:
-            yield text[emitted:]
+        yield text[emitted:], len(new)
+        return reason
 
     # ------------------------------------------------------------------ facts
 

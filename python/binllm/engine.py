@@ -1,0 +1,196 @@
+"""``binllm.Engine``: several generations at once on one model, for servers and batch jobs.
+
+Any number of Python threads submit requests; one engine thread admits them into a running
+batch (at most ``max_batch`` sequences), steps the batch a token at a time and hands each request
+its text pieces as they are ready. A request that finishes, is cancelled or fails leaves the
+batch at the next step and a queued one takes its place (continuous batching).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+from binllm._core import BinllmError
+
+_DONE = object()
+
+
+class QueueFullError(BinllmError):
+    """The engine's queue holds ``max_queue`` requests already (a server answers 429)."""
+
+
+class EngineClosedError(BinllmError):
+    """The engine was closed."""
+
+
+class Request:
+    """One submitted generation. Iterate it for text pieces (blocks until each is ready), or
+    call :meth:`text`. ``finish_reason`` is "stop" (end-of-sequence token or a stop string),
+    "length" (``max_new_tokens`` or the context is full), "cancelled" or "error" once done."""
+
+    def __init__(self, prompt_tokens: int, listener: Optional[Callable[[Optional[str]], None]]):
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = 0
+        self.finish_reason: Optional[str] = None
+        self.error: Optional[BaseException] = None
+        self._listener = listener
+        self._pieces: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._cancelled = threading.Event()
+        self._done = threading.Event()
+
+    # called by the engine thread
+    def _emit(self, piece: str) -> None:
+        if self._listener is not None:
+            self._listener(piece)
+        else:
+            self._pieces.put(piece)
+
+    def _finish(self, reason: str, error: Optional[BaseException] = None) -> None:
+        self.finish_reason, self.error = reason, error
+        self._done.set()
+        if self._listener is not None:
+            self._listener(None)
+        else:
+            self._pieces.put(_DONE)
+
+    # called by users
+    def cancel(self) -> None:
+        """Stops the generation at the next step; its sequence leaves the batch."""
+        self._cancelled.set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        return self._done.wait(timeout)
+
+    def __iter__(self) -> Iterator[str]:
+        if self._listener is not None:
+            raise BinllmError("this request hands its pieces to its listener")
+        while True:
+            piece = self._pieces.get()
+            if piece is _DONE:
+                if self.error is not None:
+                    raise self.error
+                return
+            yield piece
+
+    def text(self) -> str:
+        return "".join(self)
+
+
+class Engine:
+    """Runs many requests on one :class:`binllm.Model`, batched.
+
+    ``max_batch`` sequences decode together; up to ``max_queue`` more wait. Thread-safe:
+    :meth:`submit` from any thread. Use as a context manager, or call :meth:`close`."""
+
+    def __init__(self, model, max_batch: int = 8, max_queue: int = 64):
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
+        if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 0:
+            raise ValueError(f"max_queue must be an int >= 0, got {max_queue!r}")
+        self.model = model
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self._lock = threading.Condition()
+        self._queue: deque = deque()
+        self._running: list = []
+        self._closed = False
+        self._counters = {"requests_total": 0, "requests_finished": 0, "prompt_tokens_total": 0, "generated_tokens_total": 0, "steps_total": 0}
+        self._thread = threading.Thread(target=self._loop, name="binllm-engine", daemon=True)
+        self._thread.start()
+
+    def submit(
+        self,
+        prompt,
+        max_new_tokens: int = 128,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
+        seed: int = 0,
+        stop: str | Sequence[str] | None = None,
+        listener: Optional[Callable[[Optional[str]], None]] = None,
+    ) -> Request:
+        """Queues a generation (same arguments as :meth:`Model.generate`; ``prompt`` may also be
+        a list of token ids). Bad values raise here, before anything is queued. ``listener``,
+        when given, receives each text piece and then ``None`` on the engine thread (it must not
+        block) instead of the request queueing them for iteration."""
+        ids, params, stops = self.model._prepare(prompt, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop)
+        request = Request(len(ids), listener)
+        with self._lock:
+            if self._closed:
+                raise EngineClosedError("the engine is closed")
+            if len(self._queue) >= self.max_queue and len(self._running) >= self.max_batch:
+                raise QueueFullError(f"the engine's queue is full ({self.max_queue} requests waiting)")
+            self._queue.append((request, ids, max_new_tokens, params, stops))
+            self._counters["requests_total"] += 1
+            self._counters["prompt_tokens_total"] += len(ids)
+            self._lock.notify()
+        return request
+
+    def stats(self) -> dict[str, int]:
+        """Counters for metrics: running and queued sequences, totals since start."""
+        with self._lock:
+            return {"running": len(self._running), "queued": len(self._queue), "max_batch": self.max_batch, **self._counters}
+
+    def close(self) -> None:
+        """Cancels what is queued or running and stops the engine thread."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        self._thread.join()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ engine thread
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._closed and not self._queue and not self._running:
+                    self._lock.wait()
+                if self._closed:
+                    for request, *_ in self._queue:
+                        request._finish("cancelled")
+                    for request, _ in self._running:
+                        request._finish("cancelled")
+                    self._queue.clear()
+                    self._running.clear()
+                    return
+                while self._queue and len(self._running) < self.max_batch:
+                    request, ids, max_new, params, stops = self._queue.popleft()
+                    self._running.append((request, self.model._steps(ids, max_new, params, stops)))
+                running = list(self._running)
+            finished = []
+            for request, pieces in running:
+                if request._cancelled.is_set():
+                    finished.append((request, "cancelled", None))
+                    continue
+                try:
+                    piece, request.completion_tokens = next(pieces)
+                except StopIteration as stop:
+                    finished.append((request, stop.value, None))
+                    continue
+                except Exception as e:  # reported to the request's owner, never kills the engine
+                    finished.append((request, "error", e))
+                    continue
+                if piece:
+                    request._emit(piece)
+            with self._lock:
+                self._counters["steps_total"] += 1
+                for request, reason, error in finished:
+                    self._running = [r for r in self._running if r[0] is not request]
+                    self._counters["requests_finished"] += 1
+                    self._counters["generated_tokens_total"] += request.completion_tokens
+                    request._finish(reason, error)
