@@ -127,7 +127,7 @@ class Engine:
         with self._lock:
             if self._closed:
                 raise EngineClosedError("the engine is closed")
-            if len(self._queue) >= self.max_queue and len(self._running) >= self.max_batch:
+            if len(self._queue) + len(self._running) >= self.max_batch + self.max_queue:
                 raise QueueFullError(f"the engine's queue is full ({self.max_queue} requests waiting)")
             self._queue.append((request, ids, max_new_tokens, params, stops))
             self._counters["requests_total"] += 1
@@ -156,41 +156,53 @@ class Engine:
     # ------------------------------------------------------------------ engine thread
 
     def _loop(self) -> None:
+        core = self.model._engine()
+        running: dict[int, Request] = {}
         while True:
             with self._lock:
-                while not self._closed and not self._queue and not self._running:
+                while not self._closed and not self._queue and not running:
                     self._lock.wait()
                 if self._closed:
-                    for request, *_ in self._queue:
-                        request._finish("cancelled")
-                    for request, _ in self._running:
-                        request._finish("cancelled")
+                    leftover = [r for r, *_ in self._queue] + list(running.values())
                     self._queue.clear()
-                    self._running.clear()
+                    self._running = []
+                    for request in leftover:
+                        request._finish("cancelled")
                     return
-                while self._queue and len(self._running) < self.max_batch:
-                    request, ids, max_new, params, stops = self._queue.popleft()
-                    self._running.append((request, self.model._steps(ids, max_new, params, stops)))
-                running = list(self._running)
-            finished = []
-            for request, pieces in running:
-                if request._cancelled.is_set():
-                    finished.append((request, "cancelled", None))
-                    continue
+                admitted = []
+                while self._queue and len(running) + len(admitted) < self.max_batch:
+                    admitted.append(self._queue.popleft())
+            ended: list[tuple[Request, str, Optional[BaseException]]] = []
+            for request, ids, max_new, params, stops in admitted:
                 try:
-                    piece, request.completion_tokens = next(pieces)
-                except StopIteration as stop:
-                    finished.append((request, stop.value, None))
-                    continue
-                except Exception as e:  # reported to the request's owner, never kills the engine
-                    finished.append((request, "error", e))
-                    continue
-                if piece:
-                    request._emit(piece)
+                    running[core.add(ids, max_new, stop=stops, **params)] = request
+                except Exception as e:  # checked at submit already; reported, never fatal
+                    ended.append((request, "error", e))
+            for sid, request in list(running.items()):
+                if request._cancelled.is_set():
+                    core.cancel(sid)
+                    del running[sid]
+                    ended.append((request, "cancelled", None))
+            events = []
+            if running:
+                try:
+                    events = core.step()
+                except Exception as e:  # a failing step ends the running requests, not the engine
+                    ended += [(request, "error", e) for request in running.values()]
+                    running.clear()
+                    core = self.model._engine()
+            for sid, text, tokens, reason, _ in events:
+                request = running[sid]
+                request.completion_tokens = tokens
+                if text:
+                    request._emit(text)
+                if reason is not None:
+                    del running[sid]
+                    ended.append((request, reason, None))
             with self._lock:
-                self._counters["steps_total"] += 1
-                for request, reason, error in finished:
-                    self._running = [r for r in self._running if r[0] is not request]
-                    self._counters["requests_finished"] += 1
-                    self._counters["generated_tokens_total"] += request.completion_tokens
-                    request._finish(reason, error)
+                self._counters["steps_total"] += 1 if events else 0
+                self._counters["requests_finished"] += len(ended)
+                self._counters["generated_tokens_total"] += sum(r.completion_tokens for r, *_ in ended)
+                self._running = list(running.values())
+            for request, reason, error in ended:
+                request._finish(reason, error)

@@ -91,6 +91,7 @@ class Model:
         if isinstance(name, str) and tokenizer.token_to_id(name) is not None:
             eos.add(tokenizer.token_to_id(name))
         self.eos_token_ids = sorted(eos)
+        self._detokenizer = None  # built from tokenizer.json on first use (generation)
 
     @classmethod
     def from_pretrained(
@@ -249,45 +250,21 @@ class Model:
                 yield piece
 
     def _steps(self, ids: list[int], max_new_tokens: int, params: dict, stops: list[str]):
-        """Yields (text piece, tokens generated so far) once a token and at the end; returns
-        the finish reason: "stop" (EOS or a stop string) or "length"."""
-        context = self.config["max_position_embeddings"]
-        session = self._core.session(min(context, len(ids) + max_new_tokens))
-        sampler = _core.Sampler(**params)
-        eos = set(self.eos_token_ids)
-        history = list(ids)
-        new: list[int] = []
-        emitted = 0
-        hold = max((len(s) for s in stops), default=1) - 1
-        logits = session.forward(ids)
-        reason = "length"
+        """Yields (text piece, tokens generated so far) once a token; returns the finish
+        reason: "stop" (EOS or a stop string) or "length". The loop is the core engine's."""
+        engine = self._engine()
+        engine.add(ids, max_new_tokens, stop=stops, **params)
         while True:
-            token = sampler.sample(logits, history)
-            if token in eos:
-                reason = "stop"
-                break
-            new.append(token)
-            history.append(token)
-            text = self.decode(new)
-            cut = min((text.find(s) for s in stops if s in text), default=-1)
-            if cut >= 0:
-                yield (text[emitted:cut] if cut > emitted else ""), len(new)
-                return "stop"
-            # Hold back an unfinished UTF-8 character and anything that may start a stop string.
-            ready = len(text) - hold if stops else len(text)
-            if text.endswith("\ufffd"):
-                ready = min(ready, len(text) - 1)
-            piece = ""
-            if ready > emitted:
-                piece = text[emitted:ready]
-                emitted = ready
-            yield piece, len(new)
-            if len(new) >= max_new_tokens or session.length >= session.capacity:
-                break
-            logits = session.forward([token])
-        text = self.decode(new)
-        yield text[emitted:], len(new)
-        return reason
+            for _, text, tokens, reason, _ in engine.step():
+                yield text, tokens
+                if reason is not None:
+                    return reason
+
+    def _engine(self) -> "_core.Engine":
+        """A core engine (sequences stepping together) for this model."""
+        if self._detokenizer is None:
+            self._detokenizer = _core.Detokenizer(self.tokenizer.to_str())
+        return _core.Engine(self._core, self._detokenizer, self.eos_token_ids)
 
     # ------------------------------------------------------------------ facts
 

@@ -4,6 +4,7 @@
 //!
 //! Data flows one way: file bytes -> `loader` -> `model` -> `kernels`.
 
+pub mod engine;
 pub mod error;
 pub mod formats;
 pub mod kernels;

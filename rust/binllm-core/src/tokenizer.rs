@@ -286,6 +286,11 @@ pub struct Tokenizer {
 
 /// GPT-2's map from bytes to printable characters: printable Latin-1 maps to itself, the rest
 /// to 256, 257, ... in byte order.
+/// GPT-2's byte alphabet read backwards: the byte each of its 256 characters stands for.
+pub(crate) fn char_to_byte_table() -> HashMap<char, u8> {
+    byte_to_char_table().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect()
+}
+
 fn byte_to_char_table() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut next = 256u32;
@@ -782,11 +787,7 @@ impl Tokenizer {
 
     /// Text of `ids`; special added tokens are left out when `skip_special` is set.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> String {
-        let table = byte_to_char_table();
-        let mut char_to_byte = HashMap::with_capacity(256);
-        for (b, c) in table.iter().enumerate() {
-            char_to_byte.insert(*c, b as u8);
-        }
+        let char_to_byte = char_to_byte_table();
         let mut bytes = Vec::new();
         for &id in ids {
             if skip_special && self.special_ids.get(id as usize).copied().unwrap_or(false) {

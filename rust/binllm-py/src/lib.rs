@@ -420,6 +420,24 @@ impl PyModel {
         self.inner.nbytes()
     }
 
+    /// Last-token logits of several prompts run together in one batched forward pass (fresh
+    /// caches), as `Engine.step` runs them: a list of float32 arrays (vocab,).
+    fn forward_batch<'py>(&self, py: Python<'py>, prompts: Vec<Vec<u32>>) -> PyResult<Vec<Bound<'py, PyArray1<f32>>>> {
+        let model = &self.inner;
+        let logits = py
+            .detach(|| {
+                let mut caches: Vec<KvCache> = prompts.iter().map(|p| model.new_cache(p.len())).collect();
+                let mut segments: Vec<binllm_core::model::Segment<'_>> = prompts
+                    .iter()
+                    .zip(caches.iter_mut())
+                    .map(|(p, cache)| binllm_core::model::Segment { tokens: p, cache, all_logits: false })
+                    .collect();
+                model.forward_batch(&mut segments)
+            })
+            .map_err(to_py)?;
+        Ok(logits.into_iter().map(|l| PyArray1::from_vec(py, l)).collect())
+    }
+
     /// A generation session with room for `capacity` tokens (capped at the model's context).
     fn session(&self, capacity: usize) -> PyResult<PySession> {
         if capacity == 0 {
@@ -770,6 +788,98 @@ impl PyTokenizer {
     }
 }
 
+/// Each token's bytes in decoded text (the core's `engine::Detokenizer`), from tokenizer.json.
+#[pyclass(name = "Detokenizer", module = "binllm._core", frozen)]
+struct PyDetokenizer {
+    inner: Arc<binllm_core::engine::Detokenizer>,
+}
+
+#[pymethods]
+impl PyDetokenizer {
+    #[new]
+    fn new(tokenizer_json: &str) -> PyResult<Self> {
+        Ok(PyDetokenizer { inner: Arc::new(binllm_core::engine::Detokenizer::from_json(tokenizer_json).map_err(to_py)?) })
+    }
+
+    /// Text of `ids`, special tokens left out, as the engine streams it.
+    fn decode(&self, ids: Vec<u32>) -> String {
+        self.inner.decode(&ids)
+    }
+}
+
+/// The core's generation engine (`binllm_core::engine::Engine`): sequences of one model that
+/// step together. `binllm.Model.generate` and `binllm.Engine` drive it from one thread.
+#[pyclass(name = "Engine", module = "binllm._core", frozen)]
+struct PyEngine {
+    inner: std::sync::Mutex<binllm_core::engine::Engine>,
+}
+
+fn generation_params(
+    max_new_tokens: usize,
+    temperature: f32,
+    top_k: usize,
+    top_p: f32,
+    min_p: f32,
+    repetition_penalty: f32,
+    seed: u64,
+    stop: Vec<String>,
+) -> binllm_core::engine::GenerationParams {
+    binllm_core::engine::GenerationParams {
+        sampling: SamplingParams { temperature, top_k, top_p, min_p, repetition_penalty, seed },
+        max_new_tokens,
+        stop,
+    }
+}
+
+impl PyEngine {
+    fn lock(&self) -> std::sync::MutexGuard<'_, binllm_core::engine::Engine> {
+        // A panic inside a step is caught by PyO3; the engine's state is still whole.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[pymethods]
+impl PyEngine {
+    #[new]
+    fn new(model: &PyModel, detokenizer: &PyDetokenizer, eos: Vec<u32>) -> Self {
+        let engine = binllm_core::engine::Engine::new(model.inner.clone(), detokenizer.inner.clone(), eos);
+        PyEngine { inner: std::sync::Mutex::new(engine) }
+    }
+
+    /// Checks a prompt and its parameters as `add` does; raises ValueError.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (prompt, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0, seed=0, stop=Vec::new()))]
+    fn validate(&self, prompt: Vec<u32>, max_new_tokens: usize, temperature: f32, top_k: usize, top_p: f32, min_p: f32, repetition_penalty: f32, seed: u64, stop: Vec<String>) -> PyResult<()> {
+        let params = generation_params(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop);
+        self.lock().validate(&prompt, &params).map_err(to_py)
+    }
+
+    /// Adds a sequence; it runs from the next step. Returns its id.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (prompt, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0, seed=0, stop=Vec::new()))]
+    fn add(&self, prompt: Vec<u32>, max_new_tokens: usize, temperature: f32, top_k: usize, top_p: f32, min_p: f32, repetition_penalty: f32, seed: u64, stop: Vec<String>) -> PyResult<u64> {
+        let params = generation_params(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop);
+        self.lock().add(&prompt, params).map_err(to_py)
+    }
+
+    /// Removes a sequence; False when none has that id.
+    fn cancel(&self, id: u64) -> bool {
+        self.lock().cancel(id)
+    }
+
+    /// Runs every sequence one token further (without the GIL). Returns a list of
+    /// (id, text, tokens generated, finish reason or None, detail or None).
+    #[allow(clippy::type_complexity)]
+    fn step(&self, py: Python<'_>) -> PyResult<Vec<(u64, String, usize, Option<&'static str>, Option<&'static str>)>> {
+        let events = py.detach(|| self.lock().step()).map_err(to_py)?;
+        Ok(events.into_iter().map(|e| (e.id, e.text, e.tokens, e.finished.map(|f| f.name()), e.finished.map(|f| f.detail()))).collect())
+    }
+
+    fn __len__(&self) -> usize {
+        self.lock().len()
+    }
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -795,5 +905,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(gguf_tokenizer_json, m)?)?;
     m.add_function(wrap_pyfunction!(pre_tokenizer_name, m)?)?;
     m.add_class::<PyTokenizer>()?;
+    m.add_class::<PyDetokenizer>()?;
+    m.add_class::<PyEngine>()?;
     Ok(())
 }

@@ -96,6 +96,14 @@ impl Model {
     }
 }
 
+/// One sequence of a batched forward pass (`Model::forward_batch`): tokens to run after what
+/// its cache holds, and whether logits are wanted for every token or the last one.
+pub struct Segment<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
+    pub all_logits: bool,
+}
+
 /// Keys and values of every layer for the tokens seen so far.
 ///
 /// Values are stored a position per row (`kv_dim` floats). Keys are stored in blocks of
@@ -367,50 +375,61 @@ impl Model {
         all_logits: bool,
         observe: Option<&mut dyn FnMut(usize, &'static str, &[f32])>,
     ) -> Result<Vec<f32>> {
-        let logits = self.run(tokens, cache, all_logits, observe);
-        if tokens.len() > 1 {
-            // After the prompt's buffers are dropped.
-            release_freed_memory();
-        }
-        logits
+        let mut segments = [Segment { tokens, cache, all_logits }];
+        let mut logits = self.run(&mut segments, observe)?;
+        Ok(logits.pop().unwrap_or_default())
     }
 
-    fn run(
-        &self,
-        tokens: &[u32],
-        cache: &mut KvCache,
-        all_logits: bool,
-        mut observe: Option<&mut dyn FnMut(usize, &'static str, &[f32])>,
-    ) -> Result<Vec<f32>> {
+    /// Runs several sequences in one pass: each segment's tokens after what its own cache
+    /// holds (a decode step's one token, or a prompt). Rows of every segment go through each
+    /// linear layer together (the GEMM path: weights are read once for all), attention runs
+    /// per segment over its cache. Logits per segment as `forward` returns them, and equal to
+    /// what `forward` gives each segment alone, bit for bit: every row's arithmetic is the same.
+    pub fn forward_batch(&self, segments: &mut [Segment<'_>]) -> Result<Vec<Vec<f32>>> {
+        self.run(segments, None)
+    }
+
+    fn run(&self, segments: &mut [Segment<'_>], mut observe: Option<&mut dyn FnMut(usize, &'static str, &[f32])>) -> Result<Vec<Vec<f32>>> {
         let mut seen = |layer: usize, site: &'static str, x: &[f32]| {
             if let Some(f) = observe.as_mut() {
                 f(layer, site, x)
             }
         };
         let cfg = &self.config;
-        let m = tokens.len();
-        if m == 0 {
-            crate::bail!(InvalidArgument, "no tokens to run");
+        if segments.is_empty() {
+            crate::bail!(InvalidArgument, "no sequences to run");
         }
-        if cache.len + m > cache.capacity {
-            crate::bail!(
-                InvalidArgument,
-                "{} tokens do not fit in the context: {} already cached, room for {}",
-                m,
-                cache.len,
-                cache.capacity
-            );
-        }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= cfg.vocab) {
-            crate::bail!(InvalidArgument, "token id {bad} is outside the vocabulary (size {})", cfg.vocab);
+        for seg in segments.iter() {
+            let m = seg.tokens.len();
+            if m == 0 {
+                crate::bail!(InvalidArgument, "no tokens to run");
+            }
+            if seg.cache.len + m > seg.cache.capacity {
+                crate::bail!(
+                    InvalidArgument,
+                    "{} tokens do not fit in the context: {} already cached, room for {}",
+                    m,
+                    seg.cache.len,
+                    seg.cache.capacity
+                );
+            }
+            if let Some(&bad) = seg.tokens.iter().find(|&&t| t as usize >= cfg.vocab) {
+                crate::bail!(InvalidArgument, "token id {bad} is outside the vocabulary (size {})", cfg.vocab);
+            }
         }
         let backend = kernels::active_backend()?;
         let (d, hd) = (cfg.hidden, cfg.head_dim);
         let (q_dim, kv_dim) = (cfg.heads * hd, cfg.kv_heads * hd);
+        // Rows of all segments, one after the other: segment s holds rows starts[s]..starts[s + 1].
+        let mut starts = vec![0usize];
+        for seg in segments.iter() {
+            starts.push(starts.last().unwrap() + seg.tokens.len());
+        }
+        let m = *starts.last().unwrap();
 
         let mut x = Vec::with_capacity(m * d);
         let mut row = Vec::with_capacity(d);
-        for &t in tokens {
+        for &t in segments.iter().flat_map(|s| s.tokens) {
             self.embed.row_f32(t as usize, &mut row);
             x.extend_from_slice(&row);
         }
@@ -419,17 +438,21 @@ impl Model {
         let mut attn = vec![0f32; m * q_dim];
         let mut proj = vec![0f32; m * d];
         let (mut gate, mut up) = (vec![0f32; m * cfg.intermediate], vec![0f32; m * cfg.intermediate]);
-        let pos0 = cache.len;
         let inv_freq = cfg.rope_inv_freq();
 
         for (li, layer) in self.layers.iter().enumerate() {
             rmsnorm(&x, &layer.attn_norm, cfg.rms_eps, &mut h);
             seen(li, "attn_in", &h);
             linear::forward_shared_input(&[&layer.q, &layer.k, &layer.v], backend, &h, m, &mut [&mut q, &mut k, &mut v], self.act_quant)?;
-            self.rope(&mut q, cfg.heads, pos0, &inv_freq);
-            self.rope(&mut k, cfg.kv_heads, pos0, &inv_freq);
-            cache.append(li, &k, &v);
-            self.attention(&q, &cache.k[li], &cache.v[li], pos0, m, &mut attn);
+            for (s, seg) in segments.iter_mut().enumerate() {
+                let (r0, r1) = (starts[s], starts[s + 1]);
+                let pos0 = seg.cache.len;
+                self.rope(&mut q[r0 * q_dim..r1 * q_dim], cfg.heads, pos0, &inv_freq);
+                self.rope(&mut k[r0 * kv_dim..r1 * kv_dim], cfg.kv_heads, pos0, &inv_freq);
+                seg.cache.append(li, &k[r0 * kv_dim..r1 * kv_dim], &v[r0 * kv_dim..r1 * kv_dim]);
+                let cache = &*seg.cache;
+                self.attention(&q[r0 * q_dim..r1 * q_dim], &cache.k[li], &cache.v[li], pos0, r1 - r0, &mut attn[r0 * q_dim..r1 * q_dim]);
+            }
             if let Some(w) = &layer.attn_sub_norm {
                 rmsnorm_in_place(&mut attn, w, cfg.rms_eps);
             }
@@ -454,18 +477,44 @@ impl Model {
             self.linear(&layer.down, backend, &gate, m, &mut proj)?;
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
         }
-        cache.len += m;
+        for (s, seg) in segments.iter_mut().enumerate() {
+            seg.cache.len += starts[s + 1] - starts[s];
+        }
 
-        // Only the rows whose logits are wanted go through the (large) output layer.
-        let rows = if all_logits { m } else { 1 };
-        let last = &x[(m - rows) * d..];
+        // Only the rows whose logits are wanted go through the (large) output layer, all
+        // segments' rows in one pass.
+        let wanted: Vec<(usize, usize)> = segments
+            .iter()
+            .enumerate()
+            .map(|(s, seg)| if seg.all_logits { (starts[s], starts[s + 1]) } else { (starts[s + 1] - 1, starts[s + 1]) })
+            .collect();
+        let rows: usize = wanted.iter().map(|(a, b)| b - a).sum();
         let mut normed = vec![0f32; rows * d];
-        rmsnorm(last, &self.norm, cfg.rms_eps, &mut normed);
+        let mut at = 0;
+        for &(a, b) in &wanted {
+            rmsnorm(&x[a * d..b * d], &self.norm, cfg.rms_eps, &mut normed[at * d..(at + b - a) * d]);
+            at += b - a;
+        }
         let mut logits = vec![0f32; rows * cfg.vocab];
         // The output layer runs on float activations (it is never BitNet-quantized).
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         head.forward(backend, &normed, rows, &mut logits, false)?;
-        Ok(logits)
+        drop((x, h, q, k, v, attn, proj, gate, up, normed));
+        if m > segments.len() {
+            // After a prompt's buffers are dropped.
+            release_freed_memory();
+        }
+        if segments.len() == 1 {
+            return Ok(vec![logits]);
+        }
+        let mut out = Vec::with_capacity(segments.len());
+        let mut rest = &logits[..];
+        for &(a, b) in &wanted {
+            let (mine, tail) = rest.split_at((b - a) * cfg.vocab);
+            out.push(mine.to_vec());
+            rest = tail;
+        }
+        Ok(out)
     }
 
     fn linear(&self, l: &Linear, backend: Backend, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {

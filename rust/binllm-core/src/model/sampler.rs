@@ -88,12 +88,21 @@ impl Sampler {
 
     /// Picks a token from `logits` (modified in place), given the tokens seen so far.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
-        let p = &self.params;
-        if p.repetition_penalty != 1.0 {
-            let mut seen = history.to_vec();
+        let mut seen = Vec::new();
+        if self.params.repetition_penalty != 1.0 {
+            seen = history.to_vec();
             seen.sort_unstable();
             seen.dedup();
-            for t in seen {
+        }
+        self.sample_distinct(logits, &seen)
+    }
+
+    /// `sample` given the distinct tokens seen so far (in any order), which a generation
+    /// keeps as it goes instead of sorting its history every token.
+    pub fn sample_distinct(&mut self, logits: &mut [f32], seen: &[u32]) -> u32 {
+        let p = &self.params;
+        if p.repetition_penalty != 1.0 {
+            for &t in seen {
                 if let Some(l) = logits.get_mut(t as usize) {
                     *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
                 }
