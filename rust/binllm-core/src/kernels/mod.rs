@@ -130,13 +130,15 @@ pub enum Backend {
     Avx512,
     /// AVX-512 with VNNI (vpdpbusd).
     Avx512Vnni,
+    /// Intel AMX tiles (tdpbusd) for several activation rows; AVX-512 VNNI for one.
+    Amx,
     Neon,
     Simd128,
 }
 
 /// Every backend binllm knows, best last.
-pub const ALL_BACKENDS: [Backend; 6] =
-    [Backend::Scalar, Backend::Simd128, Backend::Neon, Backend::Avx2, Backend::Avx512, Backend::Avx512Vnni];
+pub const ALL_BACKENDS: [Backend; 7] =
+    [Backend::Scalar, Backend::Simd128, Backend::Neon, Backend::Avx2, Backend::Avx512, Backend::Avx512Vnni, Backend::Amx];
 
 impl Backend {
     pub fn name(self) -> &'static str {
@@ -145,6 +147,7 @@ impl Backend {
             Backend::Avx2 => "avx2",
             Backend::Avx512 => "avx512",
             Backend::Avx512Vnni => "avx512vnni",
+            Backend::Amx => "amx",
             Backend::Neon => "neon",
             Backend::Simd128 => "simd128",
         }
@@ -169,6 +172,8 @@ impl Backend {
             }
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512Vnni => Backend::Avx512.is_available() && std::arch::is_x86_feature_detected!("avx512vnni"),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Amx => Backend::Avx512Vnni.is_available() && x86::amx::available(),
             #[cfg(target_arch = "aarch64")]
             Backend::Neon => std::arch::is_aarch64_feature_detected!("neon"),
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
@@ -232,7 +237,7 @@ fn grouped_gemv_for(backend: Backend, format: WeightFormat) -> Option<GroupedGem
         #[cfg(target_arch = "x86_64")]
         Backend::Avx512 => x86::avx512::grouped_gemv(format, false),
         #[cfg(target_arch = "x86_64")]
-        Backend::Avx512Vnni => x86::avx512::grouped_gemv(format, true),
+        Backend::Avx512Vnni | Backend::Amx => x86::avx512::grouped_gemv(format, true),
         _ => None,
     }
 }
@@ -245,6 +250,8 @@ fn kernel_for(backend: Backend, format: WeightFormat) -> GemmKernel {
         Backend::Avx512 => x86::avx512::kernel(format, false),
         #[cfg(target_arch = "x86_64")]
         Backend::Avx512Vnni => x86::avx512::kernel(format, true),
+        #[cfg(target_arch = "x86_64")]
+        Backend::Amx => x86::amx::kernel(format),
         #[cfg(target_arch = "aarch64")]
         Backend::Neon => aarch64::neon::kernel(format),
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]

@@ -175,7 +175,7 @@ unsafe fn decode_plane<const F: u8>(v: __m512i, p: usize) -> __m512i {
 /// activations' order: plane p of block b lands at `b * block_weights + 64 p`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn decode_row<const F: u8>(w: *const u8, row_bytes: usize, out: *mut u8) {
+pub(super) unsafe fn decode_row<const F: u8>(w: *const u8, row_bytes: usize, out: *mut u8) {
     for b in 0..row_bytes / 64 {
         let v = _mm512_loadu_si512(w.add(b * 64) as *const _);
         let dst = out.add(b * block_weights(F));

@@ -4,6 +4,7 @@
 //! int8 activations by `u8 x i8` instructions; the signed sum is recovered as
 //! `sum(u * x) - sum(x)` (ternary) or `2 * sum(u * x) - sum(x)` (binary).
 
+pub mod amx;
 pub mod avx2;
 pub mod avx512;
 
@@ -42,7 +43,7 @@ mod tests {
 
     fn check(w: &PackedMatrix, act: &QuantizedActivations, what: &str) {
         let want = w.integer_sums(Backend::Scalar, act).unwrap();
-        for b in ALL_BACKENDS.into_iter().filter(|b| matches!(b, Backend::Avx2 | Backend::Avx512 | Backend::Avx512Vnni) && b.is_available()) {
+        for b in ALL_BACKENDS.into_iter().filter(|b| matches!(b, Backend::Avx2 | Backend::Avx512 | Backend::Avx512Vnni | Backend::Amx) && b.is_available()) {
             assert_eq!(w.integer_sums(b, act).unwrap(), want, "{} {what}", b.name());
         }
     }

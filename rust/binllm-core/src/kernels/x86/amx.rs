@@ -1,0 +1,258 @@
+//! Intel AMX (Advanced Matrix Extensions, Sapphire Rapids and later Xeons) for products with
+//! several activation rows: batched decode (one row per sequence) and prompts.
+//!
+//! AMX multiplies 16 x 64 u8 tiles by 64 x 16 i8 tiles into 16 x 16 i32 sums in one
+//! instruction (`tdpbusd`, 16384 multiply-adds), 16 times the work of an AVX-512 VNNI
+//! instruction. The packed weights are decoded to unsigned codes (t2, t1.6: code + 1; b1: bit;
+//! the AVX-512 `decode_row` layout) a tile of 16 rows and a K-chunk at a time, which keeps them
+//! in L1; activations are laid out once per call in the tiles' "VNNI" order (4 consecutive k of
+//! one row side by side). Sums are exact integers, so results equal every other backend's.
+//!
+//! Fewer rows (decode of one to eight sequences) stay on AVX-512 VNNI (`MIN_ROWS`): the GEMV
+//! reads the packed weights once at memory speed, and decoding to bytes costs more than
+//! VNNI's multiplies until about 8 rows.
+//!
+//! Linux hands AMX's tile state to a process only after it asks (`arch_prctl`
+//! `ARCH_REQ_XCOMP_PERM`); [`available`] asks once and reports whether it may.
+
+use super::{block_weights, planes, signed_sum, B1, T16, T2};
+use crate::formats::WeightFormat;
+use crate::kernels::GemmKernel;
+use std::arch::asm;
+use std::arch::x86_64::*;
+use std::sync::OnceLock;
+
+/// Tile rows (weight rows per tile, and k / 4 per activation tile).
+const ROWS: usize = 16;
+/// Bytes per tile row: 64 k of one weight row, or 4 k of 16 activation rows.
+const COLSB: usize = 64;
+/// Activation rows from which AMX is used. Decoding the weights to bytes costs AMX the same
+/// for 1 to 16 rows, about what AVX-512 VNNI spends on 8 (6912 x 2560 t2 on one Xeon core,
+/// 2026-12-06: 0.83-1.2 ms for AMX at 2 to 16 rows; VNNI 0.36-0.49 at 2, 0.83-0.99 at 8,
+/// 1.6-1.9 at 16, 7.6-8.4 at 64 against AMX's 3.0-3.6).
+const MIN_ROWS: usize = 16;
+
+/// Weights of a row decoded per K-chunk: 16 rows of ~2048 codes are 32 KiB, in L1 with the
+/// activation tiles they meet.
+const CHUNK_WEIGHTS: usize = 2048;
+
+/// Whether this CPU has AMX-INT8 and this process may use it (asked once).
+pub fn available() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        if !(std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") && std::arch::is_x86_feature_detected!("xsave")) {
+            return false;
+        }
+        // CPUID.(EAX=7, ECX=0):EDX bit 24 AMX-TILE, bit 25 AMX-INT8.
+        // CPUID leaf 7 exists on every CPU with AVX-512.
+        let edx = __cpuid_count(7, 0).edx;
+        if edx & (1 << 24) == 0 || edx & (1 << 25) == 0 {
+            return false;
+        }
+        request_tile_permission() && os_enables_tiles()
+    })
+}
+
+#[cfg(target_os = "linux")]
+fn request_tile_permission() -> bool {
+    extern "C" {
+        fn syscall(number: i64, ...) -> i64;
+    }
+    const SYS_ARCH_PRCTL: i64 = 158;
+    const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+    const XFEATURE_XTILEDATA: i64 = 18;
+    // SAFETY: arch_prctl with these arguments only changes which XSAVE features the process
+    // may use; it fails cleanly (non-zero) where the kernel does not support AMX.
+    unsafe { syscall(SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn request_tile_permission() -> bool {
+    false
+}
+
+/// XCR0 bits 17 (XTILECFG) and 18 (XTILEDATA): the OS saves tile state across switches.
+fn os_enables_tiles() -> bool {
+    #[target_feature(enable = "xsave")]
+    unsafe fn xcr0() -> u64 {
+        _xgetbv(0)
+    }
+    // SAFETY: `available` checked the CPU for XSAVE first.
+    let x = unsafe { xcr0() };
+    x & (3 << 17) == 3 << 17
+}
+
+/// The tile configuration: palette 1, eight tiles of 16 rows of 64 bytes: tmm0 and tmm1 sums
+/// of two tiles of weight rows; tmm2, tmm3 (and tmm5, tmm6) those weight rows, tmm4 (tmm7)
+/// activations.
+#[repr(C, align(64))]
+struct TileConfig([u8; 64]);
+
+impl TileConfig {
+    fn new() -> TileConfig {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        for t in 0..8 {
+            c[16 + 2 * t..18 + 2 * t].copy_from_slice(&(COLSB as u16).to_le_bytes());
+            c[48 + t] = ROWS as u8;
+        }
+        TileConfig(c)
+    }
+}
+
+/// Decodes blocks `b0..b0 + nb` of packed row `w` as unsigned codes (AVX-512 `decode_row`'s
+/// layout) into `out`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn decode_blocks<const F: u8>(w: *const u8, b0: usize, nb: usize, out: *mut u8) {
+    super::avx512::decode_row::<F>(w.add(b0 * 64), nb * 64, out);
+}
+
+/// `out[r * m + i]` = signed integer sum of weight row r and activation row i (`GemmKernel`).
+///
+/// # Safety
+/// [`available`] is true, and the lengths `GemmKernel` documents hold.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn gemm<const F: u8>(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32]) {
+    let bw = block_weights(F);
+    debug_assert!(planes(F) * 64 == bw && kp % bw == 0 && row_bytes == kp / bw * 64);
+    let groups = m.div_ceil(ROWS); // activation tiles of up to 16 rows
+    let ktiles = kp / COLSB;
+    // Activations in tile order: [group][k tile][k / 4 within the tile][row in group][k % 4].
+    let mut xb = vec![0i8; groups * ktiles * ROWS * COLSB];
+    for i in 0..m {
+        let (g, c) = (i / ROWS, i % ROWS);
+        let row = &x[i * kp..(i + 1) * kp];
+        for t in 0..ktiles {
+            let tile = &mut xb[(g * ktiles + t) * ROWS * COLSB..];
+            for r in 0..ROWS {
+                tile[r * COLSB + 4 * c..r * COLSB + 4 * c + 4].copy_from_slice(&row[t * COLSB + 4 * r..t * COLSB + 4 * r + 4]);
+            }
+        }
+    }
+    let chunk_blocks = (CHUNK_WEIGHTS / bw).max(1);
+    let blocks = kp / bw;
+    // Decoded rows sit `stride` bytes apart: a chunk's length plus one line, so the rows of a
+    // tile do not all fall in the same few L1 sets (2048 apart they would).
+    let stride = chunk_blocks * bw + COLSB;
+    // Two tiles of weight rows (32 rows) share each activation tile.
+    let mut codes = vec![0u8; 2 * ROWS * stride];
+    // Sums being built: [group][weight tile][16 weight rows][16 activation rows].
+    let mut sums = vec![0i32; groups * 2 * ROWS * ROWS];
+    let cfg = TileConfig::new();
+    asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+    for r0 in (0..n_rows).step_by(2 * ROWS) {
+        let rows = (2 * ROWS).min(n_rows - r0);
+        sums.fill(0);
+        for b0 in (0..blocks).step_by(chunk_blocks) {
+            let nb = chunk_blocks.min(blocks - b0);
+            for r in 0..2 * ROWS {
+                let dst = codes.as_mut_ptr().add(r * stride);
+                if r < rows {
+                    decode_blocks::<F>(w.as_ptr().add((r0 + r) * row_bytes), b0, nb, dst);
+                } else {
+                    std::ptr::write_bytes(dst, 0, nb * bw);
+                }
+            }
+            let tiles = nb * bw / COLSB;
+            let (a0, a1) = (codes.as_ptr(), codes.as_ptr().add(ROWS * stride));
+            for g in 0..groups {
+                let acc = sums.as_mut_ptr().add(g * 2 * ROWS * ROWS);
+                let acc1 = acc.add(ROWS * ROWS);
+                asm!(
+                    "tileloadd tmm0, [{p} + {s}]",
+                    "tileloadd tmm1, [{q} + {s}]",
+                    p = in(reg) acc, q = in(reg) acc1, s = in(reg) ROWS * 4,
+                    options(nostack, readonly)
+                );
+                let xg = xb.as_ptr().add((g * ktiles + b0 * bw / COLSB) * ROWS * COLSB);
+                // Tiles are not renamed: a load into a tile waits for the products still
+                // reading it. Even and odd k tiles use two sets (tmm2-4, tmm5-7), so the next
+                // loads overlap the current products.
+                let mut t = 0;
+                while t + 2 <= tiles {
+                    asm!(
+                        "tileloadd tmm4, [{b} + {sb}]",
+                        "tileloadd tmm2, [{a0} + {sa}]",
+                        "tileloadd tmm3, [{a1} + {sa}]",
+                        "tdpbusd tmm0, tmm2, tmm4",
+                        "tdpbusd tmm1, tmm3, tmm4",
+                        "tileloadd tmm7, [{b2} + {sb}]",
+                        "tileloadd tmm5, [{c0} + {sa}]",
+                        "tileloadd tmm6, [{c1} + {sa}]",
+                        "tdpbusd tmm0, tmm5, tmm7",
+                        "tdpbusd tmm1, tmm6, tmm7",
+                        a0 = in(reg) a0.add(t * COLSB),
+                        a1 = in(reg) a1.add(t * COLSB),
+                        c0 = in(reg) a0.add((t + 1) * COLSB),
+                        c1 = in(reg) a1.add((t + 1) * COLSB),
+                        b = in(reg) xg.add(t * ROWS * COLSB),
+                        b2 = in(reg) xg.add((t + 1) * ROWS * COLSB),
+                        sa = in(reg) stride, sb = in(reg) COLSB,
+                        options(nostack, readonly)
+                    );
+                    t += 2;
+                }
+                if t < tiles {
+                    asm!(
+                        "tileloadd tmm4, [{b} + {sb}]",
+                        "tileloadd tmm2, [{a0} + {sa}]",
+                        "tileloadd tmm3, [{a1} + {sa}]",
+                        "tdpbusd tmm0, tmm2, tmm4",
+                        "tdpbusd tmm1, tmm3, tmm4",
+                        a0 = in(reg) a0.add(t * COLSB),
+                        a1 = in(reg) a1.add(t * COLSB),
+                        b = in(reg) xg.add(t * ROWS * COLSB),
+                        sa = in(reg) stride, sb = in(reg) COLSB,
+                        options(nostack, readonly)
+                    );
+                }
+                asm!(
+                    "tilestored [{p} + {s}], tmm0",
+                    "tilestored [{q} + {s}], tmm1",
+                    p = in(reg) acc, q = in(reg) acc1, s = in(reg) ROWS * 4,
+                    options(nostack)
+                );
+            }
+        }
+        for r in 0..rows {
+            for i in 0..m {
+                let (g, c) = (i / ROWS, i % ROWS);
+                out[(r0 + r) * m + i] = signed_sum(F, sums[(g * 2 * ROWS + r) * ROWS + c], x_sums[i]);
+            }
+        }
+    }
+    asm!("tilerelease", options(nostack, nomem));
+}
+
+macro_rules! entry {
+    ($name:ident, $f:ident, $format:expr) => {
+        /// AMX kernel (module docs); fewer than `MIN_ROWS` activation rows go to AVX-512 VNNI.
+        ///
+        /// # Safety
+        /// [`available`] is true (it implies AVX-512 VNNI here), and the lengths `GemmKernel`
+        /// documents hold.
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe fn $name(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32]) {
+            if m < MIN_ROWS {
+                super::avx512::kernel($format, true)(w, n_rows, row_bytes, x, x_sums, m, kp, out)
+            } else {
+                gemm::<$f>(w, n_rows, row_bytes, x, x_sums, m, kp, out)
+            }
+        }
+    };
+}
+
+entry!(gemm_t2_i8_amx, T2, WeightFormat::Ternary2);
+entry!(gemm_t16_i8_amx, T16, WeightFormat::Ternary1_6);
+entry!(gemm_b1_i8_amx, B1, WeightFormat::Binary1);
+
+/// The AMX kernel of `format`.
+pub fn kernel(format: WeightFormat) -> GemmKernel {
+    match format {
+        WeightFormat::Ternary2 => gemm_t2_i8_amx,
+        WeightFormat::Ternary1_6 => gemm_t16_i8_amx,
+        WeightFormat::Binary1 => gemm_b1_i8_amx,
+    }
+}
+
