@@ -225,3 +225,20 @@ def test_unsupported_decoders_are_refused_by_name():
     tok.decoder = decoders.WordPiece()
     with pytest.raises(_core.UnsupportedError, match="WordPiece"):
         _core.Detokenizer(tok.to_str())
+
+
+def test_token_id_prompts_and_a_failing_listener(default):
+    ids = default.encode("ROMEO:")
+    assert default.generate(ids, max_new_tokens=5, **GREEDY) == default.generate("ROMEO:", max_new_tokens=5, **GREEDY)
+    with pytest.raises(ValueError, match="token ids"):
+        default.generate([0, 10**9], max_new_tokens=2)
+
+    def bad_listener(piece):
+        raise RuntimeError("listener broke")
+
+    with Engine(default) as engine:
+        r = engine.submit(ids, max_new_tokens=50, listener=bad_listener)
+        assert r.wait(30) and r.finish_reason == "error" and "listener broke" in str(r.error)
+        # The engine still serves.
+        assert engine.submit(ids, max_new_tokens=3, **GREEDY).text() == default.generate(ids, max_new_tokens=3, **GREEDY)
+        assert engine.stats()["running"] == 0

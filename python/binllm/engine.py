@@ -29,7 +29,9 @@ class EngineClosedError(BinllmError):
 class Request:
     """One submitted generation. Iterate it for text pieces (blocks until each is ready), or
     call :meth:`text`. ``finish_reason`` is "stop" (end-of-sequence token or a stop string),
-    "length" (``max_new_tokens`` or the context is full), "cancelled" or "error" once done."""
+    "length" (``max_new_tokens`` or the context is full), "cancelled" or "error" (then
+    ``error`` holds the exception, also raised by iteration) once done. ``completion_tokens``
+    counts the tokens generated so far and grows every step."""
 
     def __init__(self, prompt_tokens: int, listener: Optional[Callable[[Optional[str]], None]]):
         self.prompt_tokens = prompt_tokens
@@ -43,18 +45,27 @@ class Request:
 
     # called by the engine thread
     def _emit(self, piece: str) -> None:
-        if self._listener is not None:
-            self._listener(piece)
-        else:
+        if self._listener is None:
             self._pieces.put(piece)
+            return
+        try:
+            self._listener(piece)
+        except Exception as e:  # a failing listener ends its own request, not the engine
+            self.error = e
+            self._cancelled.set()
 
     def _finish(self, reason: str, error: Optional[BaseException] = None) -> None:
+        if self.error is not None and reason == "cancelled":
+            reason, error = "error", self.error
         self.finish_reason, self.error = reason, error
         self._done.set()
-        if self._listener is not None:
-            self._listener(None)
-        else:
+        if self._listener is None:
             self._pieces.put(_DONE)
+            return
+        try:
+            self._listener(None)
+        except Exception:  # nothing left to tell it
+            pass
 
     # called by users
     def cancel(self) -> None:
@@ -118,8 +129,9 @@ class Engine:
         stop: str | Sequence[str] | None = None,
         listener: Optional[Callable[[Optional[str]], None]] = None,
     ) -> Request:
-        """Queues a generation (same arguments as :meth:`Model.generate`; ``prompt`` may also be
-        a list of token ids). Bad values raise here, before anything is queued. ``listener``,
+        """Queues a generation (same arguments as :meth:`Model.generate`: ``prompt`` is a
+        string, chat messages or a list of token ids). Bad values raise here, before anything
+        is queued. ``listener``,
         when given, receives each text piece and then ``None`` on the engine thread (it must not
         block) instead of the request queueing them for iteration."""
         ids, params, stops = self.model._prepare(prompt, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop)
@@ -172,6 +184,8 @@ class Engine:
                 admitted = []
                 while self._queue and len(running) + len(admitted) < self.max_batch:
                     admitted.append(self._queue.popleft())
+                # Admitted requests count as running from the moment they leave the queue.
+                self._running = list(running.values()) + [job[0] for job in admitted]
             ended: list[tuple[Request, str, Optional[BaseException]]] = []
             for request, ids, max_new, params, stops in admitted:
                 try:

@@ -196,8 +196,8 @@ class Model:
         stop: str | Sequence[str] | None = None,
         stream: bool = False,
     ) -> Union[str, Iterator[str]]:
-        """Generates a continuation of ``prompt`` (a string, or chat messages rendered with the
-        model's chat template).
+        """Generates a continuation of ``prompt`` (a string, chat messages rendered with the
+        model's chat template, or a list of token ids used as they are).
 
         Greedy when ``temperature`` is 0 (the default, unless generation_config.json asks for
         sampling). Stops at an end-of-sequence token, at any of the ``stop`` strings (not
@@ -211,17 +211,23 @@ class Model:
     def _prepare(self, prompt, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop):
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-        if isinstance(prompt, str):
-            text = prompt
-        elif isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) for m in prompt):
-            text = self.apply_chat_template(prompt)
+        if isinstance(prompt, (list, tuple)) and prompt and not any(isinstance(m, dict) for m in prompt):
+            ids = [_token_id(t) for t in prompt]  # token ids, as given
         else:
-            raise TypeError("prompt must be a string or a list of chat messages ({'role': ..., 'content': ...})")
-        if not text:
-            raise ValueError("prompt is empty")
-        ids = self.encode(text)
+            if isinstance(prompt, str):
+                text = prompt
+            elif isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) for m in prompt):
+                text = self.apply_chat_template(prompt)
+            else:
+                raise TypeError("prompt must be a string, a list of chat messages ({'role': ..., 'content': ...}) or a list of token ids")
+            if not text:
+                raise ValueError("prompt is empty")
+            ids = self.encode(text)
         if not ids:
             raise ValueError("prompt is empty after tokenization")
+        vocab = self.config["vocab_size"]
+        if any(t < 0 or t >= vocab for t in ids):
+            raise ValueError(f"token ids must be in [0, {vocab})")
         context = self.config["max_position_embeddings"]
         if len(ids) >= context:
             raise ValueError(f"prompt is {len(ids)} tokens; the model's context is {context} (leave room for at least one new token)")
