@@ -242,3 +242,12 @@ def test_token_id_prompts_and_a_failing_listener(default):
         # The engine still serves.
         assert engine.submit(ids, max_new_tokens=3, **GREEDY).text() == default.generate(ids, max_new_tokens=3, **GREEDY)
         assert engine.stats()["running"] == 0
+
+
+def test_generate_batch_equals_generate_one_by_one(default, models):
+    for m in (default, models["llama_bitnet"]):
+        kw = {"max_new_tokens": 15, "temperature": 0.7, "top_k": 30, "seed": 4, "stop": ["\n\n"]}
+        assert m.generate_batch(PROMPTS, **kw) == [m.generate(p, **kw) for p in PROMPTS]
+    assert default.generate_batch([]) == []
+    with pytest.raises(TypeError):
+        default.generate_batch("one prompt")

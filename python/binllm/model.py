@@ -255,6 +255,33 @@ class Model:
             if piece:
                 yield piece
 
+    def generate_batch(
+        self,
+        prompts: Sequence[Prompt],
+        max_new_tokens: int = 128,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
+        seed: int = 0,
+        stop: str | Sequence[str] | None = None,
+    ) -> list[str]:
+        """Generates a continuation of every prompt, all decoding together (one batched forward
+        pass a step; a sequence that finishes leaves the batch). The same arguments as
+        :meth:`generate`, for every prompt; each text equals what :meth:`generate` gives its
+        prompt alone. For requests that arrive over time, use :class:`binllm.Engine`."""
+        if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
+            raise TypeError("prompts must be a list of prompts")
+        jobs = [self._prepare(p, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop) for p in prompts]
+        engine = self._engine()
+        order = {engine.add(ids, max_new_tokens, stop=stops, **params): i for i, (ids, params, stops) in enumerate(jobs)}
+        texts = [""] * len(jobs)
+        while len(engine):
+            for sid, text, *_ in engine.step():
+                texts[order[sid]] += text
+        return texts
+
     def _steps(self, ids: list[int], max_new_tokens: int, params: dict, stops: list[str]):
         """Yields (text piece, tokens generated so far) once a token; returns the finish
         reason: "stop" (EOS or a stop string) or "length". The loop is the core engine's."""
