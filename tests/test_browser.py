@@ -2,7 +2,9 @@
 generate exactly what the Python package does on the same model file.
 
 - In node: wasm/test/model.test.mjs holds the engine (js/engine.js, the code the worker runs)
-  to Python's ids, decoded text and greedy generations, and checks that bad files are errors.
+  to Python's ids, decoded text and generations (greedy, seeded sampling with every option,
+  stop strings; text, token count and finish reason), and checks that bad files and options
+  are errors.
 - In headless Chromium (Debian's /usr/bin/chromium, driven by playwright-core from
   wasm/node_modules): the demo page served on localhost loads the model in its worker,
   generates 32 tokens greedily, and shows Python's text; a reload reads the model from the
@@ -28,6 +30,7 @@ import subprocess
 import threading
 from functools import partial
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 
@@ -155,6 +158,29 @@ def model_file(request) -> Path:
     return request.getfixturevalue(names[request.param])
 
 
+# Python's keyword -> the option's name in js/engine.js.
+JS_OPTION_NAMES = {"max_new_tokens": "maxNewTokens", "temperature": "temperature", "top_k": "topK", "top_p": "topP", "min_p": "minP", "repetition_penalty": "repetitionPenalty", "seed": "seed", "stop": "stop"}
+
+
+def native_generation(model, prompt: str, options: dict) -> dict:
+    """`model.generate(prompt, **options)`, with the token count and finish reason of the same
+    run read from the core engine that `Model.generate` drives."""
+    text = model.generate(prompt, **options)
+    defaults = {"max_new_tokens": 128, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0, "seed": 0, "stop": None}
+    ids, params, stops = model._prepare(prompt, **{**defaults, **options})
+    engine = model._engine()
+    engine.add(ids, options["max_new_tokens"], stop=stops, **params)
+    pieces, finished = [], None
+    while finished is None:
+        for _, piece, tokens, reason, detail in engine.step():
+            pieces.append(piece)
+            finished = (tokens, reason, detail) if reason is not None else None
+    assert "".join(pieces) == text
+    tokens, reason, detail = finished
+    js_options = {JS_OPTION_NAMES[k]: v for k, v in options.items()}
+    return {"prompt": prompt, "options": js_options, "text": text, "tokens": tokens, "finish_reason": reason, "finish_detail": detail}
+
+
 def python_expectations(model_path: Path, out: Path) -> dict:
     import binllm
 
@@ -165,10 +191,28 @@ def python_expectations(model_path: Path, out: Path) -> dict:
         # model.encode is the tokenizers library's ids (plus BOS where the GGUF asks for it).
         assert ids[len(ids) - len(model.tokenizer.encode(text).ids):] == model.tokenizer.encode(text).ids
         tokenize.append({"text": text, "ids": ids, "decoded": model.decode(ids)})
-    generate = [
-        {"prompt": prompt, "max_new_tokens": n, "text": model.generate(prompt, max_new_tokens=n, temperature=0.0)}
-        for prompt, n in [(PROMPT, 32), ("Once upon a time, 3 cats", 12)]
+    greedy = model.generate(PROMPT, max_new_tokens=32, temperature=0.0)
+    # A stop string from the middle of the greedy text: the same run must end before it.
+    middle = len(greedy) // 2
+    stop = greedy[middle : middle + 3] if greedy[middle : middle + 3].strip() else "\n"
+    sampled = {"temperature": 0.9, "top_k": 50, "top_p": 0.95, "min_p": 0.02, "repetition_penalty": 1.15, "seed": 1234}
+    runs = [
+        (PROMPT, {"max_new_tokens": 32, "temperature": 0.0}),
+        ("Once upon a time, 3 cats", {"max_new_tokens": 12, "temperature": 0.0}),
+        (PROMPT, {"max_new_tokens": 24, **sampled}),
+        (PROMPT, {"max_new_tokens": 32, "temperature": 0.0, "stop": [stop, "never\u0000"]}),
+        ("Once upon a time, 3 cats", {"max_new_tokens": 16, "stop": "\n", **sampled}),
     ]
+    context = model.config["max_position_embeddings"]
+    if context <= 1024:
+        # A prompt that leaves room for a few tokens: the run ends when the context is full.
+        words = ["the"]
+        while len(model.encode(" ".join(words))) < context - 4:
+            words.append("the")
+        runs.append((" ".join(words), {"max_new_tokens": 16, "temperature": 0.0}))
+    generate = [native_generation(model, prompt, options) for prompt, options in runs]
+    if stop in greedy:
+        assert generate[3]["finish_detail"] == "stop_string" and generate[3]["text"] == greedy[: greedy.index(stop)], generate[3]
     expected = {"model": str(model_path), "tokenize": tokenize, "generate": generate}
     out.write_text(json.dumps(expected, ensure_ascii=False, indent=1), encoding="utf-8")
     return expected
@@ -288,6 +332,24 @@ def test_demo_page_stop_button_ends_generation(chromium, smollm2_path, tmp_path)
     assert first["state"] == "done", first
     assert first["result"]["stopped"] is True and first["result"]["tokens"] < 100, first["result"]
     assert "(stopped)" in first["stats"]
+
+
+def test_demo_page_passes_every_generation_option(chromium, smollm2_path, tmp_path):
+    """The page's sampling options and stop string (query parameters here) reach the engine
+    through BinLLM and the worker: Python's text for the same options, and its finish reason."""
+    import binllm
+
+    options = {"max_new_tokens": 24, "temperature": 0.9, "top_k": 50, "top_p": 0.95, "min_p": 0.02, "repetition_penalty": 1.15, "seed": 1234, "stop": "\n"}
+    want = native_generation(binllm.Model.from_pretrained(smollm2_path), PROMPT, options)
+    query = {JS_OPTION_NAMES[k]: v for k, v in options.items()} | {"stop": "\\n", "prompt": PROMPT, "autorun": 1}
+    with serve_demo(smollm2_path, tmp_path / "site") as base:
+        proc = run(["node", "tools/run-in-chromium.mjs", f"{base}/www/?{urlencode(query)}", "--timeout", "300"], timeout=400, cwd=WASM)
+    first = json.loads(proc.stdout.strip().splitlines()[-1])["first"]
+    assert first["state"] == "done", first
+    assert first["output"] == want["text"], (first["output"], want)
+    result = first["result"]
+    assert (result["tokens"], result["finishReason"], result["finishDetail"]) == (want["tokens"], want["finish_reason"], want["finish_detail"]), (result, want)
+    assert f"finished: {want['finish_reason']} ({want['finish_detail']})" in first["stats"], first["stats"]
 
 
 def test_demo_page_reads_a_picked_file_after_a_bad_one(chromium, smollm2_path, tmp_path):

@@ -54,16 +54,32 @@ export interface GenerationStats {
 
 export interface GenerationResult extends GenerationStats {
   text: string;
+  /** True when `stop()` ended the generation (then finishReason is null). */
   stopped: boolean;
+  /** OpenAI's finish reason: "stop" (end of sequence, a stop string) or "length". */
+  finishReason: "stop" | "length" | null;
+  /** Why exactly: an end-of-sequence token, a stop string, maxNewTokens, or a full context. */
+  finishDetail: "eos" | "stop_string" | "max_tokens" | "context" | null;
 }
 
+/** The options of Python's `binllm.Model.generate`, camel-cased. */
 export interface GenerateOptions {
+  /** Default 128. */
   maxNewTokens?: number;
   /** 0 (default) is greedy. */
   temperature?: number;
+  /** Keep the k most likely tokens; 0 (default) is off. */
   topK?: number;
+  /** Nucleus sampling; 1 (default) is off. */
   topP?: number;
+  /** Drop tokens below minP times the top probability; 0 (default) is off. */
+  minP?: number;
+  /** CTRL-style penalty on tokens of the prompt and output; 1 (default) is off. */
+  repetitionPenalty?: number;
+  /** Seed of the sampler (an integer below 2^53); the same seed gives Python's text. */
   seed?: number;
+  /** Text ends before the first of these strings (not included). */
+  stop?: string | string[];
   onToken?: (piece: string, stats: GenerationStats) => void;
 }
 

@@ -154,13 +154,17 @@ export class BinLLM {
   }
 
   /**
-   * Generates a continuation of `prompt`. Greedy by default (temperature 0). onToken(piece,
-   * stats) receives text as it is decoded. Resolves to {text, stopped, tokens, promptTokens,
-   * promptMs, decodeMs, tokensPerSecond, memoryBytes}.
+   * Generates a continuation of `prompt`, with the options of Python's `binllm.Model.generate`:
+   * maxNewTokens (default 128); temperature (default 0: greedy), topK (0: off), topP (1: off),
+   * minP (0: off), repetitionPenalty (1: off), seed (0); stop (a string or a list: the text
+   * ends before the first one, which is not included). onToken(piece, stats) receives text as
+   * it is decoded. Resolves to {text, stopped, finishReason, finishDetail, tokens, promptTokens,
+   * promptMs, decodeMs, tokensPerSecond, memoryBytes}: finishReason "stop" (finishDetail "eos"
+   * or "stop_string") or "length" ("max_tokens" or "context"), null after `stop()`.
    */
-  generate(prompt, { maxNewTokens = 128, temperature = 0, topK = 0, topP = 1, seed = 0, onToken } = {}) {
+  generate(prompt, { maxNewTokens = 128, temperature = 0, topK = 0, topP = 1, minP = 0, repetitionPenalty = 1, seed = 0, stop, onToken } = {}) {
     if (typeof prompt !== "string") return Promise.reject(new BinLLMError("prompt must be a string", "InvalidArgument"));
-    const options = { maxNewTokens, temperature, topK, topP, seed };
+    const options = { maxNewTokens, temperature, topK, topP, minP, repetitionPenalty, seed, stop };
     return this._request({ type: "generate", prompt, options }, { onToken });
   }
 

@@ -60,6 +60,17 @@ export class WasmBuffer {
   }
 }
 
+/** Generation options of `Engine.generateStart` and their names in the module (Python's). */
+const GENERATION_OPTIONS = {
+  temperature: "temperature",
+  topK: "top_k",
+  topP: "top_p",
+  minP: "min_p",
+  repetitionPenalty: "repetition_penalty",
+  seed: "seed",
+  stop: "stop",
+};
+
 /** Stack of each extra kernel thread of a threaded build (the main thread has the linker's 1 MiB). */
 const THREAD_STACK_BYTES = 2 * 2 ** 20;
 
@@ -313,20 +324,47 @@ export class Engine {
     return this.resultText();
   }
 
-  /** Tokenizes and runs the prompt; returns its token count. */
-  generateStart(handle, prompt, { maxNewTokens = 128, temperature = 0, topK = 0, topP = 1, seed = 0 } = {}) {
-    for (const [name, v] of Object.entries({ maxNewTokens, topK, seed })) {
-      if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) throw new BinLLMError(`${name} must be a non-negative integer, got ${v}`, "InvalidArgument");
+  /**
+   * Starts generating after `prompt`, ending any generation in progress; returns the prompt's
+   * token count. Options are `binllm.Model.generate`'s, camel-cased: maxNewTokens (default 128),
+   * temperature (0: greedy), topK (0: off), topP (1: off), minP (0: off), repetitionPenalty
+   * (1: off), seed (an integer below 2^53), stop (a string or a list of them). The module
+   * checks the values; the first `generateStep` runs the prompt.
+   */
+  generateStart(handle, prompt, { maxNewTokens = 128, ...rest } = {}) {
+    const options = { max_new_tokens: maxNewTokens };
+    for (const [name, value] of Object.entries(rest)) {
+      if (value === undefined) continue;
+      if (!(name in GENERATION_OPTIONS)) throw new BinLLMError(`unknown generation option '${name}'`, "InvalidArgument");
+      options[GENERATION_OPTIONS[name]] = name === "stop" && typeof value === "string" ? [value] : value;
     }
     return this.withBytes(prompt, (p, l) =>
-      this.call("reading the prompt", () => this.exports.binllm_generate_start(handle, p, l, maxNewTokens, temperature, topK, topP, seed)),
+      this.withBytes(JSON.stringify(options), (o, ol) => this.call("reading the prompt", () => this.exports.binllm_generate_start(handle, p, l, o, ol))),
     );
   }
 
-  /** One token: {added, done, piece}. */
+  /**
+   * One token (the first call runs the prompt): {piece, tokens, done, added, finishReason,
+   * finishDetail}. `piece` is the text ready since the last step, `tokens` the tokens generated
+   * so far; on the last step `done` is true and finishReason is "stop" or "length", with
+   * finishDetail "eos", "stop_string", "max_tokens" or "context" (null before).
+   */
   generateStep(handle) {
-    const status = this.call("generating", () => this.exports.binllm_generate_step(handle));
-    return { added: status === 1 || status === 2, done: status !== 1, piece: this.resultText() };
+    const finished = this.call("generating", () => this.exports.binllm_generate_step(handle));
+    const event = JSON.parse(this.resultText());
+    return {
+      piece: event.text,
+      tokens: event.tokens,
+      done: finished === 1,
+      added: event.finish_detail !== "eos",
+      finishReason: event.finish_reason,
+      finishDetail: event.finish_detail,
+    };
+  }
+
+  /** Ends the generation in progress (if any) and frees its memory. */
+  generateCancel(handle) {
+    this.call("cancelling", () => this.exports.binllm_generate_cancel(handle));
   }
 
   /**

@@ -9,6 +9,8 @@
 // Messages out: {type: "progress", id, phase, loaded, total} (phase "size" first, with the file's
 //               size in total, where it is known before reading), {type: "token", id, piece, ...stats},
 //               {type: "result", id, value}, {type: "error", id, name, message}
+// A generate's options are Engine.generateStart's (maxNewTokens, temperature, topK, topP, minP,
+// repetitionPenalty, seed, stop); its result adds finishReason and finishDetail to the stats.
 import { Engine, BinLLMError, formatBytes, MAX_MODEL_FILE_BYTES, MAX_GGUF_FILE_BYTES, blobSource, bytesSource, chunksSource } from "./engine.js";
 
 const CACHE_NAME = "binllm-models-v1";
@@ -236,32 +238,43 @@ async function loadHfFolder(locate, useCache, progress) {
   return engine.loadHf(json, weights);
 }
 
+/**
+ * Runs one generation, posting each piece of text. The first step runs the prompt and samples
+ * the first token (promptMs); later steps one token each (decodeMs, tokensPerSecond).
+ */
 async function generate({ id, prompt, options = {} }) {
   if (!handle) throw new BinLLMError("no model is loaded", "InvalidArgument");
   stopRequested = false;
   const started = performance.now();
   const promptTokens = engine.generateStart(handle, prompt, options);
-  const promptMs = performance.now() - started;
   let text = "";
   let tokens = 0;
+  let promptMs = 0;
   let decodeMs = 0;
+  let decodeSteps = 0;
   let lastYield = performance.now();
-  for (;;) {
+  for (let first = true; ; first = false) {
     const t0 = performance.now();
     const step = engine.generateStep(handle);
-    decodeMs += performance.now() - t0;
-    if (step.added) tokens += 1;
+    if (first) promptMs = performance.now() - started;
+    else {
+      decodeMs += performance.now() - t0;
+      decodeSteps += 1;
+    }
+    tokens = step.tokens;
     text += step.piece;
-    const stats = { tokens, promptTokens, promptMs, decodeMs, tokensPerSecond: tokens / (decodeMs / 1000 || Infinity), memoryBytes: engine.memoryBytes() };
+    const stats = { tokens, promptTokens, promptMs, decodeMs, tokensPerSecond: decodeSteps / (decodeMs / 1000 || Infinity), memoryBytes: engine.memoryBytes() };
     if (step.piece || step.done) post({ type: "token", id, piece: step.piece, ...stats });
-    if (step.done) return { text, stopped: false, ...stats };
+    if (step.done) return { text, stopped: false, finishReason: step.finishReason, finishDetail: step.finishDetail, ...stats };
     if (performance.now() - lastYield > 20) {
       await yieldToEvents();
       lastYield = performance.now();
     }
     if (stopRequested) {
-      // Flush what is held back (a half character decodes as U+FFFD, as in Python).
-      return { text, stopped: true, ...stats };
+      // Text held back (half a character, a possible start of a stop string) is dropped, as
+      // when a Python caller stops reading a stream.
+      engine.generateCancel(handle);
+      return { text, stopped: true, finishReason: null, finishDetail: null, ...stats };
     }
   }
 }

@@ -2,37 +2,49 @@
 //!
 //! A loaded model is a handle (a positive i32). Calls that produce bytes (text, ids, JSON)
 //! leave them in one result buffer (`binllm_result_ptr` / `binllm_result_len`), valid until the
-//! next call. Generation is a loop the caller drives one token at a time
-//! (`binllm_generate_start`, then `binllm_generate_step` until it says done), so a worker can
-//! stream text and stop between tokens. The loop follows `binllm.Model._pieces` in Python:
-//! the same EOS set, context limit and rule for holding back a half-decoded UTF-8 character.
+//! next call. Generation is the core's [`Engine`] with one sequence, driven one token at a
+//! time by the caller (`binllm_generate_start`, then `binllm_generate_step` until it says
+//! done, or `binllm_generate_cancel`), so a worker can stream text and stop between tokens.
+//! Sampling, stop strings, the context limit, incremental detokenization and the finish
+//! reason are the engine's, as in Python's `binllm.Model.generate`; this file only reads the
+//! options and writes the events.
 
 use crate::{set_error, slice_at};
+use binllm_core::engine::{Detokenizer, Engine, GenerationParams, StepEvent};
 use binllm_core::loader::{GgufFile, GgufValue, SafetensorsFile};
-use binllm_core::model::sampler::{Sampler, SamplingParams};
+use binllm_core::model::sampler::SamplingParams;
 use binllm_core::model::{KvCache, Model};
 use binllm_core::tokenizer::Tokenizer;
 use binllm_core::{Error, Result};
+use serde_json::Value;
 use std::cell::RefCell;
-
-struct Generation {
-    cache: KvCache,
-    sampler: Sampler,
-    logits: Vec<f32>,
-    history: Vec<u32>,
-    new: Vec<u32>,
-    /// Bytes of the decoded new text already handed out.
-    emitted: usize,
-    max_new_tokens: usize,
-}
+use std::sync::Arc;
 
 struct Loaded {
-    model: Model,
+    model: Arc<Model>,
     tokenizer: Tokenizer,
     eos: Vec<u32>,
-    generation: Option<Generation>,
+    /// The core's generation engine over `model`; it holds at most one sequence here.
+    engine: Engine,
+    /// The sequence `binllm_generate_step` runs.
+    sequence: Option<u64>,
     /// A bare KV cache for timing forward passes (`binllm_forward_*`), as `binllm bench` does.
     bench_cache: Option<KvCache>,
+}
+
+impl Loaded {
+    fn new(model: Model, tokenizer: Tokenizer, tokenizer_json: &str, eos: Vec<u32>) -> Result<Loaded> {
+        let model = Arc::new(model);
+        let engine = Engine::new(model.clone(), Arc::new(Detokenizer::from_json(tokenizer_json)?), eos.clone());
+        Ok(Loaded { model, tokenizer, eos, engine, sequence: None, bench_cache: None })
+    }
+
+    /// Ends the running generation, if any, and frees its KV cache.
+    fn cancel_generation(&mut self) {
+        if let Some(id) = self.sequence.take() {
+            self.engine.cancel(id);
+        }
+    }
 }
 
 thread_local! {
@@ -159,7 +171,7 @@ fn loaded_from_gguf(file: &GgufFile<'_>) -> Result<Loaded> {
     let model = Model::from_gguf(file)?;
     let eos_meta = file.get("tokenizer.ggml.eos_token_id").and_then(GgufValue::as_u64).map(|v| v as u32);
     let eos = eos_ids(&model, eos_meta);
-    Ok(Loaded { model, tokenizer, eos, generation: None, bench_cache: None })
+    Loaded::new(model, tokenizer, &binllm_core::tokenizer::hf_json_from_gguf(file)?, eos)
 }
 
 /// Loads a Hugging Face folder's files: config.json, tokenizer.json, generation_config.json
@@ -184,7 +196,8 @@ pub unsafe extern "C" fn binllm_model_load_hf(
 ) -> i32 {
     handle_or_error((|| {
         let config = text_at(config, config_len, "config.json")?;
-        let tokenizer = Tokenizer::from_json(text_at(tokenizer, tokenizer_len, "tokenizer.json")?)?;
+        let tokenizer_json = text_at(tokenizer, tokenizer_len, "tokenizer.json")?;
+        let tokenizer = Tokenizer::from_json(tokenizer_json)?;
         let pairs = slice_at(files, n_files.checked_mul(2).ok_or_else(|| Error::InvalidArgument("too many files".into()))?);
         let files = pairs
             .chunks_exact(2)
@@ -193,20 +206,20 @@ pub unsafe extern "C" fn binllm_model_load_hf(
         let model = Model::from_hf(config, &files)?;
         let mut extra = Vec::new();
         let generation = text_at(generation_config, generation_config_len, "generation_config.json")?;
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(generation) {
+        if let Ok(v) = serde_json::from_str::<Value>(generation) {
             match v.get("eos_token_id") {
-                Some(serde_json::Value::Array(a)) => extra.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32)),
+                Some(Value::Array(a)) => extra.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32)),
                 Some(x) => extra.extend(x.as_u64().map(|x| x as u32)),
                 None => {}
             }
         }
         let tokenizer_config = text_at(tokenizer_config, tokenizer_config_len, "tokenizer_config.json")?;
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(tokenizer_config) {
+        if let Ok(v) = serde_json::from_str::<Value>(tokenizer_config) {
             let name = v.get("eos_token").and_then(|e| e.as_str().or_else(|| e.get("content").and_then(|c| c.as_str())));
             extra.extend(name.and_then(|n| tokenizer.token_to_id(n)));
         }
         let eos = eos_ids(&model, extra);
-        Ok(Loaded { model, tokenizer, eos, generation: None, bench_cache: None })
+        Loaded::new(model, tokenizer, tokenizer_json, eos)
     })())
 }
 
@@ -282,106 +295,114 @@ pub unsafe extern "C" fn binllm_decode(handle: i32, ids: *const u32, n: usize, s
     }))
 }
 
-/// Starts generating after `prompt` (UTF-8): tokenizes it, runs it through the model and
-/// keeps the state for `binllm_generate_step`. Returns the prompt's token count, or -1.
-/// `temperature` 0 is greedy; `top_k` 0 and `top_p` 1 turn those filters off.
+/// Starts generating after `prompt` (UTF-8), ending any generation in progress: tokenizes it
+/// (with the tokenizer's special tokens, as `binllm.Model.encode`) and adds it to the engine;
+/// the first `binllm_generate_step` runs it. `options` is a JSON object with Python's names:
+/// `max_new_tokens` (required), `temperature` (0: greedy), `top_k` (0: off), `top_p` (1: off),
+/// `min_p` (0: off), `repetition_penalty` (1: off), `seed`, `stop` (a list of strings); a
+/// missing key has the core's default. Returns the prompt's token count, or -1.
 ///
 /// # Safety
-/// `prompt` must point to `len` readable bytes.
+/// `prompt` and `options` must point to `len` and `options_len` readable bytes.
 #[no_mangle]
-pub unsafe extern "C" fn binllm_generate_start(
-    handle: i32,
-    prompt: *const u8,
-    len: usize,
-    max_new_tokens: u32,
-    temperature: f32,
-    top_k: u32,
-    top_p: f32,
-    seed: u32,
-) -> i32 {
+pub unsafe extern "C" fn binllm_generate_start(handle: i32, prompt: *const u8, len: usize, options: *const u8, options_len: usize) -> i32 {
     count_or_error(with_model(handle, |m| {
-        m.generation = None;
-        if max_new_tokens == 0 {
-            binllm_core::bail!(InvalidArgument, "maxNewTokens must be at least 1");
-        }
+        m.cancel_generation();
+        let params = generation_params(text_at(options, options_len, "the generation options")?)?;
         let text = text_at(prompt, len, "prompt")?;
         if text.is_empty() {
             binllm_core::bail!(InvalidArgument, "prompt is empty");
         }
-        // What `binllm.Model.encode` gives: the tokenizer's ids with its special tokens.
         let ids = m.tokenizer.encode(text, true);
-        if ids.is_empty() {
-            binllm_core::bail!(InvalidArgument, "prompt is empty after tokenization");
-        }
-        let context = m.model.config.max_positions;
-        if ids.len() >= context {
-            binllm_core::bail!(
-                InvalidArgument,
-                "prompt is {} tokens; the model's context is {context} (leave room for at least one new token)",
-                ids.len()
-            );
-        }
-        let params = SamplingParams { temperature, top_k: top_k as usize, top_p, seed: seed.into(), ..Default::default() };
-        let sampler = Sampler::new(params)?;
-        let mut cache = m.model.new_cache(context.min(ids.len() + max_new_tokens as usize));
-        let logits = m.model.forward(&ids, &mut cache, false)?;
-        let n = ids.len();
-        m.generation =
-            Some(Generation { cache, sampler, logits, history: ids, new: Vec::new(), emitted: 0, max_new_tokens: max_new_tokens as usize });
-        set_result(Vec::new());
-        Ok(n)
+        m.sequence = Some(m.engine.add(&ids, params)?);
+        Ok(ids.len())
     }))
 }
 
-/// One step of generation. Returns 1 when a token was added and more may follow, 2 when a
-/// token was added and generation is over (length or context), 0 when it is over without a
-/// new token (end of sequence, or nothing started), -1 on error. The text ready to show
-/// (possibly empty) is in the result buffer.
+/// Reads `binllm_generate_start`'s options (JSON); a key it does not know is an error naming it.
+fn generation_params(json: &str) -> Result<GenerationParams> {
+    let bad = |what: String| Error::InvalidArgument(format!("generation options: {what}"));
+    let value: Value = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+    let Value::Object(options) = value else {
+        return Err(bad("not a JSON object".into()));
+    };
+    let mut params = GenerationParams { sampling: SamplingParams::default(), max_new_tokens: 0, stop: Vec::new() };
+    let whole = |key: &str, v: &Value| v.as_u64().ok_or_else(|| bad(format!("{key} must be an integer >= 0, got {v}")));
+    let number = |key: &str, v: &Value| v.as_f64().map(|x| x as f32).ok_or_else(|| bad(format!("{key} must be a number, got {v}")));
+    for (key, v) in &options {
+        match key.as_str() {
+            "max_new_tokens" => params.max_new_tokens = usize::try_from(whole(key, v)?).unwrap_or(usize::MAX),
+            "temperature" => params.sampling.temperature = number(key, v)?,
+            "top_k" => params.sampling.top_k = usize::try_from(whole(key, v)?).unwrap_or(usize::MAX),
+            "top_p" => params.sampling.top_p = number(key, v)?,
+            "min_p" => params.sampling.min_p = number(key, v)?,
+            "repetition_penalty" => params.sampling.repetition_penalty = number(key, v)?,
+            "seed" => params.sampling.seed = whole(key, v)?,
+            "stop" => {
+                let list = v.as_array().ok_or_else(|| bad(format!("stop must be a list of strings, got {v}")))?;
+                params.stop = list
+                    .iter()
+                    .map(|s| s.as_str().map(str::to_string).ok_or_else(|| bad(format!("stop must be a list of strings, got {s} in it"))))
+                    .collect::<Result<_>>()?;
+            }
+            _ => return Err(bad(format!("unknown option '{key}'"))),
+        }
+    }
+    if !options.contains_key("max_new_tokens") {
+        return Err(bad("max_new_tokens is missing".into()));
+    }
+    Ok(params)
+}
+
+/// Runs the generation one token further (the prompt first). The result buffer holds the
+/// step's event as JSON: `{"text", "tokens", "finish_reason", "finish_detail"}`, with the text
+/// ready since the last step (possibly empty), the tokens generated so far, and on the last
+/// step the reason (`"stop"` or `"length"`) and its detail (`"eos"`, `"stop_string"`,
+/// `"max_tokens"` or `"context"`), null before. Returns 0 while the generation goes on, 1 when
+/// it has finished, -1 on error (none running, or a failed forward pass, which ends it).
 #[no_mangle]
 pub extern "C" fn binllm_generate_step(handle: i32) -> i32 {
-    let status = with_model(handle, |m| {
-        let Some(g) = m.generation.as_mut() else {
-            set_result(Vec::new());
-            return Ok(0);
-        };
-        let token = g.sampler.sample(&mut g.logits, &g.history);
-        if m.eos.contains(&token) {
-            let text = m.tokenizer.decode(&g.new, true);
-            set_result(text.as_bytes()[g.emitted.min(text.len())..].to_vec());
-            m.generation = None;
-            return Ok(0);
-        }
-        g.new.push(token);
-        g.history.push(token);
-        let text = m.tokenizer.decode(&g.new, true);
-        let done = g.new.len() >= g.max_new_tokens || g.cache.len() >= g.cache.capacity();
-        // Hold back an unfinished UTF-8 character (decoded as U+FFFD) until it completes.
-        let ready = if done { text.len() } else { text.strip_suffix('\u{fffd}').unwrap_or(&text).len() };
-        let piece = if ready > g.emitted && text.is_char_boundary(g.emitted) { text.as_bytes()[g.emitted..ready].to_vec() } else { Vec::new() };
-        g.emitted = g.emitted.max(ready);
-        set_result(piece);
-        if done {
-            m.generation = None;
-            return Ok(2);
-        }
-        match m.model.forward(&[token], &mut g.cache, false) {
-            Ok(logits) => {
-                g.logits = logits;
-                Ok(1)
-            }
+    let event = with_model(handle, |m| {
+        let id = m.sequence.ok_or_else(|| Error::InvalidArgument("no generation is running (call binllm_generate_start)".into()))?;
+        let event = match m.engine.step() {
+            Ok(events) => events.into_iter().find(|e| e.id == id),
             Err(e) => {
-                m.generation = None;
-                Err(e)
+                m.cancel_generation();
+                return Err(e);
             }
+        };
+        let event = event.ok_or_else(|| Error::InvalidArgument(format!("the engine lost sequence {id}")))?;
+        if event.finished.is_some() {
+            m.sequence = None;
         }
+        Ok(event)
     });
-    match status {
-        Ok(s) => s,
+    match event {
+        Ok(StepEvent { text, tokens, finished, .. }) => {
+            let json = serde_json::json!({
+                "text": text,
+                "tokens": tokens,
+                "finish_reason": finished.map(|f| f.name()),
+                "finish_detail": finished.map(|f| f.detail()),
+            });
+            set_result(json.to_string().into_bytes());
+            i32::from(finished.is_some())
+        }
         Err(e) => {
             set_error(&e);
             -1
         }
     }
+}
+
+/// Ends the generation in progress (the caller stopped it) and frees its KV cache. Returns 0,
+/// or -1 for an unknown handle.
+#[no_mangle]
+pub extern "C" fn binllm_generate_cancel(handle: i32) -> i32 {
+    count_or_error(with_model(handle, |m| {
+        m.cancel_generation();
+        Ok(0)
+    }))
 }
 
 /// Pointer to the result buffer.
@@ -453,5 +474,29 @@ mod tests {
     fn unknown_handles_are_errors() {
         assert_eq!(binllm_model_info(12345), -1);
         assert_eq!(binllm_generate_step(0), -1);
+        assert_eq!(binllm_generate_cancel(0), -1);
+    }
+
+    #[test]
+    fn options_read_python_names_and_refuse_unknown_ones() {
+        let p = generation_params(r#"{"max_new_tokens": 5, "temperature": 0.5, "top_k": 3, "top_p": 0.9, "min_p": 0.1, "repetition_penalty": 1.2, "seed": 9007199254740993, "stop": ["a", "\n"]}"#).unwrap();
+        assert_eq!((p.max_new_tokens, p.sampling.top_k, p.sampling.seed), (5, 3, 9007199254740993));
+        assert_eq!((p.sampling.temperature, p.sampling.top_p, p.sampling.min_p, p.sampling.repetition_penalty), (0.5, 0.9, 0.1, 1.2));
+        assert_eq!(p.stop, ["a", "\n"]);
+        let defaults = generation_params(r#"{"max_new_tokens": 1}"#).unwrap();
+        assert_eq!(defaults.sampling.temperature, SamplingParams::default().temperature);
+        for (json, message) in [
+            (r#"{"max_new_tokens": 1, "maxNewTokens": 2}"#, "unknown option 'maxNewTokens'"),
+            (r#"{"temperature": 1}"#, "max_new_tokens is missing"),
+            (r#"{"max_new_tokens": 1.5}"#, "max_new_tokens must be an integer"),
+            (r#"{"max_new_tokens": 1, "seed": -1}"#, "seed must be an integer"),
+            (r#"{"max_new_tokens": 1, "top_p": null}"#, "top_p must be a number"),
+            (r#"{"max_new_tokens": 1, "stop": "x"}"#, "stop must be a list"),
+            (r#"{"max_new_tokens": 1, "stop": [1]}"#, "stop must be a list"),
+            ("[]", "not a JSON object"),
+        ] {
+            let err = generation_params(json).unwrap_err().to_string();
+            assert!(err.contains(message), "{json}: {err}");
+        }
     }
 }

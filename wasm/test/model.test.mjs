@@ -1,8 +1,10 @@
 // The engine the worker runs (js/engine.js) against the Python package on the same model file:
-// token ids of many strings, decoded text, and greedy generations must all be equal.
+// token ids of many strings, decoded text, and generations (greedy, seeded sampling, stop
+// strings: text, token count and finish reason) must all be equal.
 //
 // tests/test_browser.py writes the expectations with Python and sets BINLLM_WASM_EXPECT to
-// their JSON file: {model, tokenize: [{text, ids}], generate: [{prompt, max_new_tokens, text}]}.
+// their JSON file: {model, tokenize: [{text, ids, decoded}], generate: [{prompt, options, text,
+// tokens, finish_reason, finish_detail}]}, `options` named as `Engine.generateStart` names them.
 // `model` is a GGUF file or a Hugging Face folder (config.json, tokenizer.json, model.safetensors).
 // Without it these tests are skipped (`node --test wasm/test/` runs the kernel tests alone).
 import { test } from "node:test";
@@ -69,18 +71,33 @@ test("decoding ids gives Python's text back", { skip }, () => {
   }
 });
 
-test("greedy generation equals Python's", { skip }, () => {
-  const { expected, engine, handle } = state;
-  for (const { prompt, max_new_tokens, text } of expected.generate) {
-    engine.generateStart(handle, prompt, { maxNewTokens: max_new_tokens });
-    let out = "";
-    for (;;) {
-      const step = engine.generateStep(handle);
-      out += step.piece;
-      if (step.done) break;
-    }
-    assert.equal(out, text, `generation after ${JSON.stringify(prompt)}`);
+/** Runs a generation to its end: {text, tokens, finishReason, finishDetail}. */
+function generateAll(engine, handle, prompt, options) {
+  engine.generateStart(handle, prompt, options);
+  let text = "";
+  for (;;) {
+    const step = engine.generateStep(handle);
+    text += step.piece;
+    if (step.done) return { text, tokens: step.tokens, finishReason: step.finishReason, finishDetail: step.finishDetail };
+    assert.equal(step.finishReason, null);
   }
+}
+
+test("generation equals Python's: greedy, sampled, stop strings, finish reason", { skip }, () => {
+  const { expected, engine, handle } = state;
+  for (const { prompt, options, text, tokens, finish_reason, finish_detail } of expected.generate) {
+    const got = generateAll(engine, handle, prompt, options);
+    const what = `generation after ${JSON.stringify(prompt)} with ${JSON.stringify(options)}`;
+    assert.equal(got.text, text, what);
+    assert.deepEqual([got.tokens, got.finishReason, got.finishDetail], [tokens, finish_reason, finish_detail], what);
+  }
+  // A cancelled generation frees its sequence: stepping it is an error, a new one starts clean.
+  const { prompt, options, text } = expected.generate[0];
+  engine.generateStart(handle, prompt, options);
+  engine.generateStep(handle);
+  engine.generateCancel(handle);
+  assert.throws(() => engine.generateStep(handle), (e) => e.name === "InvalidArgument" && /no generation is running/.test(e.message));
+  assert.equal(generateAll(engine, handle, prompt, options).text, text);
 });
 
 test("a GGUF read tensor by tensor and one read whole give the same logits", { skip }, async () => {
@@ -119,4 +136,18 @@ test("bad files and arguments are errors with messages, not traps", { skip }, as
   assert.throws(() => engine.logits(state.handle, []), /no token ids/);
   assert.throws(() => engine.generateStart(state.handle, "", {}), /prompt is empty/);
   assert.throws(() => engine.generateStart(state.handle, "hi", { temperature: -1 }), /temperature/);
+  for (const [options, message] of [
+    [{ maxNewTokens: 0 }, /max_new_tokens must be at least 1/],
+    [{ maxNewTokens: 1.5 }, /max_new_tokens must be an integer/],
+    [{ topK: -1 }, /top_k must be an integer/],
+    [{ topP: 0 }, /top_p/],
+    [{ minP: 2 }, /min_p/],
+    [{ repetitionPenalty: 0 }, /repetition_penalty/],
+    [{ seed: NaN }, /seed must be an integer/],
+    [{ stop: [""] }, /stop string is empty/],
+    [{ stop: [1] }, /stop must be a list of strings/],
+    [{ max_tokens: 3 }, /unknown generation option 'max_tokens'/],
+  ]) {
+    assert.throws(() => engine.generateStart(state.handle, "hi", options), (e) => e.name === "InvalidArgument" && message.test(e.message), JSON.stringify(options));
+  }
 });

@@ -2,9 +2,9 @@
 // picked file or folder), then stream generated text with tokens/s and memory use. All the
 // work happens in binllm's worker; this file only wires the page to the BinLLM API.
 //
-// Query parameters (the browser test uses them): model, prompt, maxNewTokens, temperature,
-// autorun=1 (load, then generate once). The body's data-state goes idle -> loading -> ready ->
-// generating -> done (or error).
+// Query parameters (the browser test uses them): model, prompt, maxNewTokens, temperature, topK,
+// topP, minP, repetitionPenalty, seed, stop, autorun=1 (load, then generate once). The body's
+// data-state goes idle -> loading -> ready -> generating -> done (or error).
 import { BinLLM, MAX_GGUF_FILE_BYTES, memoryEstimate } from "../js/binllm.js";
 
 const $ = (id) => document.getElementById(id);
@@ -69,6 +69,13 @@ async function load(source, name) {
   return true;
 }
 
+/** The stop field: a JSON list of strings, or one string where \n and \t are escapes. */
+function stopStrings(value) {
+  if (!value) return [];
+  if (value.startsWith("[")) return JSON.parse(value);
+  return [value.replace(/\\n/g, "\n").replace(/\\t/g, "\t")];
+}
+
 async function generate() {
   if (!model) return;
   $("error").textContent = "";
@@ -81,7 +88,8 @@ async function generate() {
     const promptRate = s.promptMs > 0 ? (s.promptTokens / (s.promptMs / 1000)).toFixed(1) : "-";
     $("stats").textContent =
       `${s.tokens} tokens, ${s.tokensPerSecond.toFixed(1)} tokens/s (prompt: ${s.promptTokens} tokens, ${promptRate} tokens/s), ` +
-      `wasm memory ${formatBytes(s.memoryBytes)}${jsHeap()}${final && s.stopped ? " (stopped)" : ""}`;
+      `wasm memory ${formatBytes(s.memoryBytes)}${jsHeap()}${final && s.stopped ? " (stopped)" : ""}` +
+      `${final && s.finishReason ? `; finished: ${s.finishReason} (${s.finishDetail})` : ""}`;
   };
   try {
     const result = await model.generate($("prompt").value, {
@@ -89,7 +97,10 @@ async function generate() {
       temperature: Number($("temperature").value),
       topK: Number($("top-k").value),
       topP: Number($("top-p").value),
+      minP: Number($("min-p").value),
+      repetitionPenalty: Number($("repetition-penalty").value),
       seed: Number($("seed").value),
+      stop: stopStrings($("stop-strings").value),
       onToken: (piece, stats) => {
         $("output").textContent += piece;
         showStats(stats, false);
@@ -115,7 +126,11 @@ $("model-folder").onchange = (e) => {
 };
 $("generate").onclick = generate;
 $("stop").onclick = () => model?.stop();
-for (const [param, id] of [["prompt", "prompt"], ["maxNewTokens", "max-new-tokens"], ["temperature", "temperature"]]) {
+const PARAMETERS = [
+  ["prompt", "prompt"], ["maxNewTokens", "max-new-tokens"], ["temperature", "temperature"], ["topK", "top-k"], ["topP", "top-p"],
+  ["minP", "min-p"], ["repetitionPenalty", "repetition-penalty"], ["seed", "seed"], ["stop", "stop-strings"],
+];
+for (const [param, id] of PARAMETERS) {
   if (query.has(param)) $(id).value = query.get(param);
 }
 
