@@ -6,16 +6,17 @@
 //! a buffer of the weight matrix's size, read again and again, it is the cache-resident limit.
 //! The sum is returned so the compiler cannot drop the reads; it is exact (u64).
 
-/// Sum of all bytes of `buf` on the calling thread, with the widest SIMD this CPU has.
+/// Sum of all bytes of `buf` on the calling thread, with the widest SIMD of the backend in use.
 pub fn sum_bytes(buf: &[u8]) -> u64 {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512bw") {
-            // SAFETY: the CPU has AVX-512 BW (checked just above).
+        let backend = crate::kernels::dispatch_backend();
+        if backend.uses_avx512() {
+            // SAFETY: the backend is available, so the CPU has AVX-512 BW.
             return unsafe { x86::sum_bytes_avx512(buf) };
         }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
+        if backend.uses_avx2() {
+            // SAFETY: the backend is available, so the CPU has AVX2.
             return unsafe { x86::sum_bytes_avx2(buf) };
         }
     }
@@ -35,8 +36,8 @@ pub fn sum_bytes_streams(buf: &[u8], streams: usize) -> u64 {
     }
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512bw") {
-            // SAFETY: the CPU has AVX-512 BW (checked just above); parts lie within `buf`.
+        if crate::kernels::dispatch_backend().uses_avx512() {
+            // SAFETY: the backend is available, so the CPU has AVX-512 BW; parts lie within `buf`.
             let head = unsafe { x86::sum_streams_avx512(buf, streams, part) };
             return head + sum_bytes_scalar(&buf[streams * part..]);
         }

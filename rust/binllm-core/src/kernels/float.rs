@@ -357,7 +357,8 @@ mod wasm {
     }
 }
 
-/// The dot products chosen for this CPU.
+/// The dot products of the backend in use (`kernels::dispatch_backend`: `BINLLM_BACKEND`, or
+/// the best this CPU has).
 #[derive(Clone, Copy)]
 pub struct Dots {
     pub f32: fn(&[f32], &[f32]) -> f32,
@@ -368,22 +369,21 @@ pub struct Dots {
 pub fn dots() -> Dots {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::sync::OnceLock;
-        static FAST: OnceLock<bool> = OnceLock::new();
-        let fast = *FAST.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-                && std::arch::is_x86_feature_detected!("f16c")
-        });
-        static AVX512: OnceLock<bool> = OnceLock::new();
-        let avx512 = *AVX512.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"));
-        if fast {
-            // SAFETY: the CPU was checked for AVX2, FMA and F16C (and AVX-512 F where used)
-            // just above.
+        let backend = crate::kernels::dispatch_backend();
+        if backend.uses_avx512() {
+            // SAFETY: the backend is available, so the CPU has AVX-512 F, AVX2, FMA and F16C.
             return Dots {
-                f32: if avx512 { |a, b| unsafe { x86_512::dot_f32(a, b) } } else { |a, b| unsafe { x86::dot_f32(a, b) } },
-                q8: if avx512 { |q, s, x| unsafe { x86_512::dot_q8(q, s, x) } } else { |q, s, x| unsafe { x86::dot_q8(q, s, x) } },
-                f16: if avx512 { |w, x| unsafe { x86_512::dot_f16(w, x) } } else { |w, x| unsafe { x86::dot_f16(w, x) } },
+                f32: |a, b| unsafe { x86_512::dot_f32(a, b) },
+                q8: |q, s, x| unsafe { x86_512::dot_q8(q, s, x) },
+                f16: |w, x| unsafe { x86_512::dot_f16(w, x) },
+            };
+        }
+        if backend.uses_avx2() {
+            // SAFETY: the backend is available, so the CPU has AVX2, FMA and F16C.
+            return Dots {
+                f32: |a, b| unsafe { x86::dot_f32(a, b) },
+                q8: |q, s, x| unsafe { x86::dot_q8(q, s, x) },
+                f16: |w, x| unsafe { x86::dot_f16(w, x) },
             };
         }
     }

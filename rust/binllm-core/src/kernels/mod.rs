@@ -165,10 +165,17 @@ impl Backend {
         match self {
             Backend::Scalar => true,
             #[cfg(target_arch = "x86_64")]
-            Backend::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            Backend::Avx2 => {
+                // The float dots of this backend use FMA and F16C too (every AVX2 CPU has them).
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c")
+            }
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512 => {
-                std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw")
+                Backend::Avx2.is_available()
+                    && std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
             }
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512Vnni => Backend::Avx512.is_available() && std::arch::is_x86_feature_detected!("avx512vnni"),
@@ -182,6 +189,27 @@ impl Backend {
             _ => false,
         }
     }
+}
+
+impl Backend {
+    /// Whether the backend runs 512-bit x86 code (AVX-512 F and BW with AVX2, FMA and F16C):
+    /// the float dots, attention and the bandwidth probe follow the integer kernels' backend,
+    /// so `BINLLM_BACKEND` decides for all of them. CPU features are read only in
+    /// `is_available` (and AMX's own check).
+    pub fn uses_avx512(self) -> bool {
+        matches!(self, Backend::Avx512 | Backend::Avx512Vnni | Backend::Amx)
+    }
+
+    /// Whether the backend runs at least AVX2 code (with FMA and F16C on x86).
+    pub fn uses_avx2(self) -> bool {
+        self == Backend::Avx2 || self.uses_avx512()
+    }
+}
+
+/// The backend every kernel family follows: `active_backend`, or scalar when it cannot be had
+/// (the error itself is reported by the integer kernels, which return `Result`).
+pub fn dispatch_backend() -> Backend {
+    active_backend().unwrap_or(Backend::Scalar)
 }
 
 /// Backends usable here, best last.

@@ -72,7 +72,13 @@ fn every_backend_is_bit_exact_with_scalar() {
 fn x86_backends_are_detected_where_the_cpu_has_them() {
     #[cfg(target_arch = "x86_64")]
     {
-        assert_eq!(Backend::Avx2.is_available(), std::arch::is_x86_feature_detected!("avx2"));
+        let avx2 = ["avx2", "fma", "f16c"].iter().all(|f| match *f {
+            "avx2" => std::arch::is_x86_feature_detected!("avx2"),
+            "fma" => std::arch::is_x86_feature_detected!("fma"),
+            _ => std::arch::is_x86_feature_detected!("f16c"),
+        });
+        assert_eq!(Backend::Avx2.is_available(), avx2);
+        assert!(!Backend::Amx.is_available() || Backend::Avx512Vnni.is_available());
         assert_eq!(Backend::Avx512Vnni.is_available(), std::arch::is_x86_feature_detected!("avx512vnni"));
     }
     assert!(!Backend::Simd128.is_available() || cfg!(target_arch = "wasm32"));

@@ -317,17 +317,13 @@ unsafe fn attend_avx2(t: &AttentionTask, o: &mut [f32]) {
     attend_generic(t, o)
 }
 
-/// `attend_generic` with the widest vectors this CPU has (no FMA: sums stay those of the
-/// plain loop).
+/// `attend_generic` compiled for AVX2 where the backend in use has it (no FMA: sums stay those
+/// of the plain loop, so results do not depend on the backend).
 fn attend(t: &AttentionTask, o: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static AVX2: OnceLock<bool> = OnceLock::new();
-        if *AVX2.get_or_init(|| std::arch::is_x86_feature_detected!("avx2")) {
-            // SAFETY: the CPU was checked for AVX2 just above.
-            return unsafe { attend_avx2(t, o) };
-        }
+    if kernels::dispatch_backend().uses_avx2() {
+        // SAFETY: the backend is available, so the CPU has AVX2.
+        return unsafe { attend_avx2(t, o) };
     }
     attend_generic(t, o)
 }
