@@ -100,7 +100,7 @@ class BinllmLM(TemplateLM):
     def chat_template(self, chat_template: bool | str = False) -> Optional[str]:
         if chat_template is False or chat_template is None:
             return None
-        return self.model.tokenizer_config.get("chat_template")
+        return self.model.chat_template
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         return self.model.apply_chat_template(chat_history, add_generation_prompt=add_generation_prompt)

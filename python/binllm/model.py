@@ -73,24 +73,16 @@ def default_model_path() -> Path:
 class Model:
     """A model ready to generate. Build it with :meth:`from_pretrained`."""
 
-    def __init__(self, core: _core.Model, tokenizer, source: Path, tokenizer_config: dict, generation_config: dict, add_bos: bool):
+    def __init__(self, core: _core.Model, tokenizer, source: Path, defaults: dict):
         self._core = core
         self.tokenizer = tokenizer
         self.source = source
         self.config = core.config()
-        self.tokenizer_config = tokenizer_config
-        self.generation_config = generation_config
-        self._add_bos = add_bos
-        eos = set(self.config["eos_token_ids"])
-        for key in ("eos_token_id",):
-            v = generation_config.get(key)
-            eos.update(v if isinstance(v, list) else [v] if isinstance(v, int) else [])
-        name = tokenizer_config.get("eos_token")
-        if isinstance(name, dict):
-            name = name.get("content")
-        if isinstance(name, str) and tokenizer.token_to_id(name) is not None:
-            eos.add(tokenizer.token_to_id(name))
-        self.eos_token_ids = sorted(eos)
+        # What the checkpoint says about generating (the core reads it with the model): EOS set,
+        # BOS, chat template, and the sampling generation_config.json asks for.
+        self.generation_defaults = defaults
+        self.eos_token_ids = list(defaults["eos_token_ids"])
+        self.chat_template = defaults["chat_template"]
         self._detokenizer = None  # built from tokenizer.json on first use (generation)
 
     @classmethod
@@ -119,32 +111,19 @@ class Model:
         path = _resolve(path_or_id, revision)
         if path.is_dir() and not (path / "config.json").is_file():
             raise ModelFormatError(f"{path} is not a model folder: it has no config.json")
-        if path.is_dir():
-            core = _core.Model.load(str(path), act_quant, output_type, ternary_format)
-            tok = _tok.from_folder(path)
-            tok_cfg = _tok.read_json(path / "tokenizer_config.json")
-            gen_cfg = _tok.read_json(path / "generation_config.json")
-            add_bos = False  # tokenizer.json's post-processor adds BOS where the model wants it
-        else:
-            if path.suffix.lower() != ".gguf":
-                raise ModelFormatError(f"{path}: binllm loads Hugging Face folders and .gguf files")
-            core = _core.Model.load(str(path), act_quant, output_type, ternary_format)
-            meta, _ = _core.gguf_read_metadata(str(path))
-            tok = _tok.from_gguf_metadata(meta)
-            tok_cfg = {}
-            if "tokenizer.chat_template" in meta:
-                tok_cfg["chat_template"] = meta["tokenizer.chat_template"]
-            eos = meta.get("tokenizer.ggml.eos_token_id")
-            gen_cfg = {"eos_token_id": eos} if eos is not None else {}
-            add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False))
-        return cls(core, tok, path, tok_cfg, gen_cfg, add_bos)
+        if not path.is_dir() and path.suffix.lower() != ".gguf":
+            raise ModelFormatError(f"{path}: binllm loads Hugging Face folders and .gguf files")
+        core, tokenizer_json, defaults = _core.load_model(str(path), act_quant, output_type, ternary_format)
+        if tokenizer_json is None:
+            raise FileNotFoundError(f"{path} has no tokenizer.json")
+        return cls(core, _tok.from_json(tokenizer_json), path, defaults)
 
     # ------------------------------------------------------------------ tokens and text
 
     def encode(self, text: str) -> list[int]:
         ids = self.tokenizer.encode(text).ids
-        bos = self.config.get("bos_token_id")
-        if self._add_bos and bos is not None and (not ids or ids[0] != bos):
+        bos = self.generation_defaults["bos_token_id"]
+        if self.generation_defaults["add_bos"] and bos is not None and (not ids or ids[0] != bos):
             ids = [bos] + ids
         return ids
 
@@ -152,8 +131,9 @@ class Model:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def apply_chat_template(self, messages: Messages, add_generation_prompt: bool = True) -> str:
-        """Renders chat messages with the model's chat template (tokenizer_config.json or GGUF)."""
-        template = self.tokenizer_config.get("chat_template")
+        """Renders chat messages with the model's chat template (chat_template.jinja,
+        tokenizer_config.json or GGUF)."""
+        template = self.chat_template
         if not template:
             raise BinllmError("this model has no chat template")
         try:
@@ -165,10 +145,7 @@ class Model:
         def raise_exception(msg):
             raise BinllmError(f"chat template: {msg}")
 
-        special = {}
-        for key in ("bos_token", "eos_token"):
-            v = self.tokenizer_config.get(key, "")
-            special[key] = v.get("content", "") if isinstance(v, dict) else (v or "")
+        special = {key: self.generation_defaults[key] or "" for key in ("bos_token", "eos_token")}
         return env.from_string(template).render(messages=list(messages), add_generation_prompt=add_generation_prompt, raise_exception=raise_exception, **special)
 
     # ------------------------------------------------------------------ compute
@@ -231,14 +208,18 @@ class Model:
         context = self.config["max_position_embeddings"]
         if len(ids) >= context:
             raise ValueError(f"prompt is {len(ids)} tokens; the model's context is {context} (leave room for at least one new token)")
-        gc = self.generation_config
-        sampling = bool(gc.get("do_sample", False))
+        gd = self.generation_defaults
+        sampling = gd["do_sample"]
+
+        def default(key, sampled, otherwise):
+            return (sampled if gd[key] is None else gd[key]) if sampling else otherwise
+
         if temperature is None:
-            temperature = float(gc.get("temperature", 1.0)) if sampling else 0.0
+            temperature = default("temperature", 1.0, 0.0)
         if top_k is None:
-            top_k = int(gc.get("top_k", 0)) if sampling else 0
+            top_k = default("top_k", 0, 0)
         if top_p is None:
-            top_p = float(gc.get("top_p", 1.0)) if sampling else 1.0
+            top_p = default("top_p", 1.0, 1.0)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
             raise ValueError(f"top_k must be an int >= 0, got {top_k!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:

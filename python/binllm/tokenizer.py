@@ -28,15 +28,9 @@ def from_gguf(path: Union[str, "os.PathLike[str]"]) -> Tokenizer:
     return Tokenizer.from_str(_core.gguf_tokenizer_json(str(path)))
 
 
-def from_folder(path: Path) -> Tokenizer:
-    f = path / "tokenizer.json"
-    if not f.is_file():
-        raise FileNotFoundError(f"{path} has no tokenizer.json")
-    return Tokenizer.from_file(str(f))
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+def from_json(text: str) -> Tokenizer:
+    """A tokenizer from tokenizer.json's text (what ``_core.load_model`` returns with a model)."""
+    try:
+        return Tokenizer.from_str(text)
+    except Exception as e:  # tokenizers raises a bare Exception for malformed files
+        raise _core.ModelFormatError(f"tokenizer.json: {e}") from e

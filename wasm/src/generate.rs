@@ -11,9 +11,9 @@
 
 use crate::{set_error, slice_at};
 use binllm_core::engine::{Detokenizer, Engine, GenerationParams, StepEvent};
-use binllm_core::loader::{GgufFile, GgufValue, SafetensorsFile};
+use binllm_core::loader::{GgufFile, SafetensorsFile};
 use binllm_core::model::sampler::SamplingParams;
-use binllm_core::model::{KvCache, Model};
+use binllm_core::model::{GenerationDefaults, KvCache, Model};
 use binllm_core::tokenizer::Tokenizer;
 use binllm_core::{Error, Result};
 use serde_json::Value;
@@ -102,12 +102,6 @@ unsafe fn text_at<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a str>
     std::str::from_utf8(slice_at(ptr, len)).map_err(|e| Error::InvalidArgument(format!("{what} is not UTF-8: {e}")))
 }
 
-fn eos_ids(model: &Model, extra: impl IntoIterator<Item = u32>) -> Vec<u32> {
-    let mut eos: Vec<u32> = model.config.eos_tokens.iter().copied().chain(extra).collect();
-    eos.sort_unstable();
-    eos.dedup();
-    eos
-}
 
 /// Loads a GGUF file (the whole file's bytes; the caller may free them afterwards). Returns a
 /// model handle, or -1.
@@ -169,9 +163,8 @@ pub unsafe extern "C" fn binllm_model_load_gguf_lazy(ptr: *const u8, len: usize,
 fn loaded_from_gguf(file: &GgufFile<'_>) -> Result<Loaded> {
     let tokenizer = Tokenizer::from_gguf(file)?;
     let model = Model::from_gguf(file)?;
-    let eos_meta = file.get("tokenizer.ggml.eos_token_id").and_then(GgufValue::as_u64).map(|v| v as u32);
-    let eos = eos_ids(&model, eos_meta);
-    Loaded::new(model, tokenizer, &binllm_core::tokenizer::hf_json_from_gguf(file)?, eos)
+    let defaults = GenerationDefaults::from_gguf(&model.config, file)?;
+    Loaded::new(model, tokenizer, &binllm_core::tokenizer::hf_json_from_gguf(file)?, defaults.eos)
 }
 
 /// Loads a Hugging Face folder's files: config.json, tokenizer.json, generation_config.json
@@ -204,21 +197,10 @@ pub unsafe extern "C" fn binllm_model_load_hf(
             .map(|p| SafetensorsFile::parse(slice_at(p[0] as usize as *const u8, p[1] as usize)))
             .collect::<Result<Vec<_>>>()?;
         let model = Model::from_hf(config, &files)?;
-        let mut extra = Vec::new();
         let generation = text_at(generation_config, generation_config_len, "generation_config.json")?;
-        if let Ok(v) = serde_json::from_str::<Value>(generation) {
-            match v.get("eos_token_id") {
-                Some(Value::Array(a)) => extra.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32)),
-                Some(x) => extra.extend(x.as_u64().map(|x| x as u32)),
-                None => {}
-            }
-        }
         let tokenizer_config = text_at(tokenizer_config, tokenizer_config_len, "tokenizer_config.json")?;
-        if let Ok(v) = serde_json::from_str::<Value>(tokenizer_config) {
-            let name = v.get("eos_token").and_then(|e| e.as_str().or_else(|| e.get("content").and_then(|c| c.as_str())));
-            extra.extend(name.and_then(|n| tokenizer.token_to_id(n)));
-        }
-        let eos = eos_ids(&model, extra);
+        let defaults = GenerationDefaults::from_hf(&model.config, Some(tokenizer_json), Some(generation), Some(tokenizer_config), None)?;
+        let eos = defaults.eos;
         Loaded::new(model, tokenizer, tokenizer_json, eos)
     })())
 }

@@ -316,6 +316,72 @@ use binllm_core::model::{KvCache, Model};
 use std::sync::Arc;
 
 /// A loaded model (weights only; generation state lives in a `Session`).
+/// How a loaded model is stored: activation quantization, the output layer's storage, the
+/// ternary linears' format.
+struct LoadOptions {
+    act_quant: bool,
+    storage: Option<binllm_core::model::FloatStorage>,
+    format: Option<WeightFormat>,
+}
+
+impl LoadOptions {
+    fn parse(act_quant: bool, output_type: Option<&str>, ternary_format: Option<&str>) -> PyResult<Self> {
+        let storage = output_type.map(binllm_core::model::FloatStorage::from_name).transpose().map_err(to_py)?;
+        let format = match ternary_format {
+            None => None,
+            Some(name) => Some(
+                WeightFormat::from_name(name)
+                    .filter(|f| matches!(f, WeightFormat::Ternary2 | WeightFormat::Ternary1_6))
+                    .ok_or_else(|| PyValueError::new_err(format!("ternary_format '{name}' (binllm stores ternary linears as t2 or t1.6)")))?,
+            ),
+        };
+        Ok(LoadOptions { act_quant, storage, format })
+    }
+
+    fn apply(&self, mut model: Model) -> Result<Model, Error> {
+        if let Some(storage) = self.storage {
+            model.set_output_storage(storage)?;
+        }
+        if let Some(format) = self.format {
+            model.set_ternary_format(format)?;
+        }
+        model.act_quant = self.act_quant;
+        Ok(model)
+    }
+}
+
+/// Loads a Hugging Face folder or a .gguf file with its tokenizer and generation defaults,
+/// each file parsed once (`binllm_core::model::load::load_with_defaults`): returns (model,
+/// tokenizer.json text or None, defaults dict).
+#[pyfunction]
+#[pyo3(signature = (path, act_quant=true, output_type=None, ternary_format=None))]
+fn load_model<'py>(
+    py: Python<'py>,
+    path: std::path::PathBuf,
+    act_quant: bool,
+    output_type: Option<&str>,
+    ternary_format: Option<&str>,
+) -> PyResult<(PyModel, Option<String>, Bound<'py, pyo3::types::PyDict>)> {
+    let options = LoadOptions::parse(act_quant, output_type, ternary_format)?;
+    let loaded = py.detach(|| binllm_core::model::load::load_with_defaults(&path)).map_err(to_py)?;
+    let model = py.detach(|| options.apply(loaded.model)).map_err(to_py)?;
+    let g = &loaded.defaults;
+    let d = pyo3::types::PyDict::new(py);
+    d.set_item("eos_token_ids", g.eos.clone())?;
+    d.set_item("bos_token_id", g.bos)?;
+    d.set_item("add_bos", g.add_bos)?;
+    d.set_item("chat_template", g.chat_template.clone())?;
+    d.set_item("bos_token", g.bos_token.clone())?;
+    d.set_item("eos_token", g.eos_token.clone())?;
+    d.set_item("do_sample", g.do_sample)?;
+    d.set_item("temperature", g.temperature)?;
+    d.set_item("top_k", g.top_k)?;
+    d.set_item("top_p", g.top_p)?;
+    d.set_item("min_p", g.min_p)?;
+    d.set_item("repetition_penalty", g.repetition_penalty)?;
+    Ok((PyModel { inner: Arc::new(model) }, loaded.tokenizer_json, d))
+}
+
 #[pyclass(name = "Model", module = "binllm._core", frozen)]
 struct PyModel {
     inner: Arc<Model>,
@@ -327,28 +393,8 @@ impl PyModel {
     #[staticmethod]
     #[pyo3(signature = (path, act_quant=true, output_type=None, ternary_format=None))]
     fn load(py: Python<'_>, path: std::path::PathBuf, act_quant: bool, output_type: Option<&str>, ternary_format: Option<&str>) -> PyResult<Self> {
-        let storage = output_type.map(binllm_core::model::FloatStorage::from_name).transpose().map_err(to_py)?;
-        let format = match ternary_format {
-            None => None,
-            Some(name) => Some(
-                WeightFormat::from_name(name)
-                    .filter(|f| matches!(f, WeightFormat::Ternary2 | WeightFormat::Ternary1_6))
-                    .ok_or_else(|| PyValueError::new_err(format!("ternary_format '{name}' (binllm stores ternary linears as t2 or t1.6)")))?,
-            ),
-        };
-        let mut model = py
-            .detach(|| {
-                let mut model = binllm_core::model::load::load_path(&path)?;
-                if let Some(storage) = storage {
-                    model.set_output_storage(storage)?;
-                }
-                if let Some(format) = format {
-                    model.set_ternary_format(format)?;
-                }
-                Ok::<_, Error>(model)
-            })
-            .map_err(to_py)?;
-        model.act_quant = act_quant;
+        let options = LoadOptions::parse(act_quant, output_type, ternary_format)?;
+        let model = py.detach(|| options.apply(binllm_core::model::load::load_path(&path)?)).map_err(to_py)?;
         Ok(PyModel { inner: Arc::new(model) })
     }
 
@@ -897,6 +943,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(sum_bytes, m)?)?;
     m.add_class::<PyModel>()?;
+    m.add_function(wrap_pyfunction!(load_model, m)?)?;
     m.add_class::<PySession>()?;
     m.add_class::<PySampler>()?;
     m.add_function(wrap_pyfunction!(gguf_read_metadata, m)?)?;

@@ -463,6 +463,7 @@ pub use native::*;
 #[cfg(not(target_arch = "wasm32"))]
 mod native {
     use super::*;
+    use crate::model::defaults::GenerationDefaults;
     use std::path::{Path, PathBuf};
 
     /// Memory-maps a file read-only. The map is dropped once the model is built, so only the
@@ -507,6 +508,52 @@ mod native {
             return Ok(out);
         }
         crate::bail!(Format, "{} has neither model.safetensors nor model.safetensors.index.json", dir.display())
+    }
+
+    /// A model with what generation needs beside it (`load_with_defaults`).
+    pub struct Loaded {
+        pub model: Model,
+        /// The tokenizer as a Hugging Face tokenizer.json: the folder's file, or the one a
+        /// GGUF file's metadata describes (`tokenizer::hf_json_from_gguf`); `None` for a
+        /// folder without one.
+        pub tokenizer_json: Option<String>,
+        pub defaults: GenerationDefaults,
+    }
+
+    /// A text file of a model folder, `None` when absent; only regular files are read (a FIFO
+    /// would block).
+    fn read_optional(path: &Path) -> Result<Option<String>> {
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))),
+            Ok(m) if !m.is_file() => crate::bail!(Format, "{} is not a regular file", path.display()),
+            Ok(_) => std::fs::read_to_string(path).map(Some).map_err(|e| Error::Format(format!("{}: {e}", path.display()))),
+        }
+    }
+
+    /// Loads a model from a Hugging Face folder or a `.gguf` file with its tokenizer and
+    /// generation defaults, each file read and parsed once.
+    pub fn load_with_defaults(path: &Path) -> Result<Loaded> {
+        if path.is_dir() {
+            let model = load_path(path)?;
+            let text = |name: &str| read_optional(&path.join(name));
+            let tokenizer_json = text("tokenizer.json")?;
+            let defaults = GenerationDefaults::from_hf(
+                &model.config,
+                tokenizer_json.as_deref(),
+                text("generation_config.json")?.as_deref(),
+                text("tokenizer_config.json")?.as_deref(),
+                text("chat_template.jinja")?.as_deref(),
+            )?;
+            Ok(Loaded { model, tokenizer_json, defaults })
+        } else {
+            let m = map_file(path)?;
+            let file = GgufFile::parse(&m)?;
+            let model = Model::from_gguf(&file)?;
+            let tokenizer_json = Some(crate::tokenizer::hf_json_from_gguf(&file)?);
+            let defaults = GenerationDefaults::from_gguf(&model.config, &file)?;
+            Ok(Loaded { model, tokenizer_json, defaults })
+        }
     }
 
     /// Loads a model from a Hugging Face folder or a `.gguf` file.

@@ -16,6 +16,7 @@
 //! through the GEMV kernels. Attention heads are split over the thread pool.
 
 pub mod config;
+pub mod defaults;
 pub mod export;
 pub mod linear;
 pub mod load;
@@ -24,6 +25,7 @@ pub mod sampler;
 use crate::error::Result;
 use crate::kernels::float::prefetch_ahead;
 use crate::kernels::{self, Backend};
+pub use defaults::GenerationDefaults;
 pub use config::{Activation, LinearKind, ModelConfig, RopeScaling, RopeStyle, SubNorms, WeightScale};
 pub use linear::{FloatStorage, Linear};
 
