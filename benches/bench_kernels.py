@@ -16,10 +16,9 @@ from __future__ import annotations
 import functools
 import time
 
+import kernel_cases as kc
 import numpy as np
 import pytest
-
-import kernel_cases as kc
 
 CASES = [(shape, fmt, t) for shape in kc.SHAPES for fmt in kc.FORMATS for t in kc.THREAD_COUNTS]
 BASELINES = [(shape, t) for shape in kc.SHAPES for t in kc.THREAD_COUNTS]

@@ -65,9 +65,8 @@ def make_files(folder: Path, shape: str) -> dict[str, Path]:
     ik_llama.cpp is present, as its IQ2_BN and IQ1_BN (from an F16 export, then deleted)."""
     import warnings
 
-    from helpers import make_random_hf_model
-
     from binllm.convert import convert
+    from helpers import make_random_hf_model
 
     folder.mkdir(parents=True, exist_ok=True)
     files = {"t2": folder / "model.tq2_0.gguf", "t1.6": folder / "model.tq1_0.gguf", "iq2_bn": folder / "ik-model.iq2_bn.gguf", "iq1_bn": folder / "ik-model.iq1_bn.gguf"}

@@ -103,7 +103,6 @@ def reference_quantizer(kind: str, opts: dict):
 
 def main() -> None:
     from bench_ptq import inputs
-
     from binllm.evaluate import perplexity
     from binllm.model import Model
     from binllm.quantize import quantize_model

@@ -172,7 +172,9 @@ def run_level(one, clients: int, requests: int, duration: float, max_tokens: int
     tokens = sum(r[2] for r in results)
     ttft = np.array([r[0] for r in results]) * 1e3
     per_token = np.array([r[1] for r in results]) * 1e3
-    pct = lambda a, q: float(np.nanpercentile(a, q)) if np.isfinite(a).any() else float("nan")
+    def pct(a, q):
+        return float(np.nanpercentile(a, q)) if np.isfinite(a).any() else float("nan")
+
     return {
         "clients": clients, "requests": len(results), "errors": len(errors), "first_error": errors[0] if errors else None,
         "tokens": tokens, "wall_s": wall, "tok_s": tokens / wall if wall > 0 else 0.0,

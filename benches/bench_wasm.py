@@ -125,9 +125,8 @@ def native(model_path: Path, prompt: int, decode: int, repeats: int, backend: st
 
 
 def random_bitnet_gguf(shape: str, folder: Path) -> Path:
-    from helpers import make_random_hf_model
-
     from binllm.convert import convert
+    from helpers import make_random_hf_model
 
     src = make_random_hf_model(folder / "hf", layout="bitnet_packed", seed=0, **SHAPES[shape])
     dst = folder / f"bitnet-{shape}.tq2_0.gguf"

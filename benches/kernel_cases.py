@@ -27,7 +27,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-
 from binllm import _core, kernels
 
 FORMATS = ["t2", "t1.6", "b1"]

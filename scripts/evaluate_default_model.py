@@ -15,9 +15,8 @@ import json
 import math
 import time
 
-import numpy as np
-
 import binllm
+import numpy as np
 from binllm.train import data
 
 

@@ -1037,7 +1037,7 @@ def layerwise_bitlinear_check(ref: "ReferenceModel", folder: Path, input_ids: np
     to the numpy BitLinear built from the FILE (unpacked uint8 + weight_scale, or ternarized latent
     weights) and return max |y_numpy - y_transformers| over all 14 linears. This is the sharp check
     that transformers really runs ternary weights + int8 activations as in the recipe."""
-    torch = _torch()
+    _torch()  # torch and transformers must be importable
     tensors = {k: v for k, (_, v) in read_safetensors(Path(folder) / "model.safetensors").items()}
     packed = LAYOUTS[ref.layout]["weights"] == "packed"
     rec, hooks = [], []
@@ -1114,7 +1114,6 @@ _SPECS = dict(LAYOUTS, _bitnet_float=dict(family="bitnet", act="relu2", tied=Tru
 
 
 def describe_layout(layout: str) -> dict:
-    spec = LAYOUTS[layout]
     d = {"architecture": None, "layout": None, "actq_on": None, "actq_off": None, "reference_route": None,
          "binllm_keys": None}
     if layout == "bitnet_packed":

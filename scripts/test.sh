@@ -7,6 +7,12 @@ if [ "${CI:-}" = true ]; then
   export BINLLM_REQUIRE_WASM=1 BINLLM_REQUIRE_LLAMACPP=1
 fi
 bash scripts/setup.sh --test
+# Style first (rustfmt.toml, clippy.toml, pyproject.toml's [tool.ruff]): warnings are errors.
+cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+.venv/bin/ruff check python tests benches scripts
 cargo test --workspace --release
 # NEON kernels: type-checked for aarch64 and run bit-exact against scalar under qemu.
 bash scripts/check-neon.sh --test kernels

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from helpers import find_smollm2
 
 

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import TEXT, make_random_hf_model
-
 from binllm import ab
 from binllm.model import Model
 from binllm.quantize import quantize_model
+from helpers import TEXT, make_random_hf_model
 
 SHAPE = dict(hidden=320, heads=5, kv_heads=1, intermediate=768, layers=2, vocab=1000)
 CTX = 64

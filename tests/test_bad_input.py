@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from binllm import Model
 from binllm.model import default_model_path
 

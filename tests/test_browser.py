@@ -33,7 +33,6 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
-
 from helpers import make_random_hf_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,9 +127,8 @@ LLAMA3_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3
 @pytest.fixture(scope="module")
 def bitnet_llama3_tokenizer(tmp_path_factory) -> Path:
     """A random BitNet folder whose tokenizer.json pre-tokenizes as Llama 3 / BitNet 2B4T do."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-
     from helpers import TEXT
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     folder = make_random_hf_model(tmp_path_factory.mktemp("llama3_tokenizer") / "hf", layout="bitnet_packed", hidden=256, heads=4, kv_heads=1, intermediate=512, layers=1, vocab=1000)
     tok = Tokenizer(models.BPE())
@@ -495,9 +493,8 @@ def browser_vs_native_logits(model_path: Path, tmp_path: Path, positions: int = 
     """Teacher-forced logits of `positions` seeded random ids, in Chromium (the relaxed-SIMD
     module, or with `threads` > 1 the threaded one on a cross-origin isolated page) and natively;
     returns the page's comparison."""
-    import numpy as np
-
     import binllm
+    import numpy as np
 
     model = binllm.Model.from_pretrained(model_path)
     ids = [int(i) for i in np.random.default_rng(7).integers(2, model.config["vocab_size"], positions)]

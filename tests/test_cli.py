@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import make_random_hf_model
 
 

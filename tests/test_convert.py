@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from binllm import Model, _core
 from binllm.convert import convert
 from binllm.tokenizer import from_gguf_metadata

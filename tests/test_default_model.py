@@ -4,10 +4,9 @@ generates text."""
 
 from pathlib import Path
 
+import binllm
 import numpy as np
 import pytest
-
-import binllm
 
 FOLDER = Path(binllm.__file__).parent / "default_model"
 

@@ -10,7 +10,6 @@ import threading
 
 import numpy as np
 import pytest
-
 from binllm import Model, _core
 from binllm.engine import Engine, QueueFullError
 from helpers import make_random_hf_model
@@ -177,9 +176,8 @@ def test_bad_requests_raise_at_submit(default):
 def llama2_tokenizer():
     """Llama-2's tokenizer.json layout: BPE with byte fallback; Replace, ByteFallback, Fuse,
     Strip decoder."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-
     from families import TEXT
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
     tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(Regex(" "), "▁")])

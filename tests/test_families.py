@@ -29,10 +29,9 @@ import hashlib
 import json
 from pathlib import Path
 
+import families as F
 import numpy as np
 import pytest
-
-import families as F
 from binllm import Model, ModelFormatError, UnsupportedError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "families"

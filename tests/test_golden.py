@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from binllm import Model
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"

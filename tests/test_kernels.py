@@ -6,10 +6,9 @@ import subprocess
 import sys
 import threading
 
+import binllm
 import numpy as np
 import pytest
-
-import binllm
 from binllm import kernels
 
 BACKENDS = kernels.backends()

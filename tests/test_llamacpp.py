@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from binllm import Model
 from binllm.convert import convert
 from helpers import find_smollm2, make_random_hf_model

@@ -4,7 +4,6 @@ map is dropped after loading), plus the KV cache as it fills."""
 import subprocess
 import sys
 
-
 from helpers import make_random_hf_model
 
 PROBE = r"""

@@ -7,10 +7,9 @@ import struct
 import subprocess
 import sys
 
+import binllm
 import numpy as np
 import pytest
-
-import binllm
 from binllm import Model
 from helpers import make_random_hf_model
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import families as F
 import numpy as np
 import pytest
-
-import families as F
 from binllm import Model
 
 

@@ -16,10 +16,9 @@ import json
 import shutil
 from pathlib import Path
 
+import binllm
 import numpy as np
 import pytest
-
-import binllm
 from binllm import kernels
 from helpers import make_random_hf_model
 from test_kernels import np_quantize

@@ -13,16 +13,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import binllm
 import numpy as np
 import pytest
-from helpers import TEXT, make_random_hf_model
-from safetensors.numpy import load_file, save_file
-
-import binllm
 from binllm.model import Model
 from binllm.quantize import parse_keep, q8_blocks, q8_dequant, quantize_model
 from binllm.quantize.calib import hessians
 from binllm.quantize.source import LINEARS, read_source
+from helpers import TEXT, make_random_hf_model
+from safetensors.numpy import load_file, save_file
 
 SHAPE = dict(hidden=320, heads=5, kv_heads=1, intermediate=768, layers=2, vocab=1000)
 

@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-
 from binllm.quantize import methods as M
 
 

@@ -13,7 +13,8 @@ import binllm  # noqa: E402
 from binllm import kernels  # noqa: E402
 from binllm.train import data  # noqa: E402
 from binllm.train.bitlinear import BitLinear, quantize_activation, ternary_codes  # noqa: E402
-from binllm.train.cli import _twin_argv, main as train_main  # noqa: E402
+from binllm.train.cli import _twin_argv  # noqa: E402
+from binllm.train.cli import main as train_main  # noqa: E402
 from binllm.train.export import export_packed, state_tensors  # noqa: E402
 from binllm.train.model import BitNetLM, ModelConfig  # noqa: E402
 from binllm.train.trainer import TrainConfig, Trainer, evaluate  # noqa: E402

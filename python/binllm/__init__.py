@@ -3,10 +3,11 @@
 The compute lives in a Rust core (``binllm._core``); this package is the Python face of it.
 """
 
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
-from binllm._core import BackendError, BinllmError, ModelFormatError, UnsupportedError
 from binllm import kernels
+from binllm._core import BackendError, BinllmError, ModelFormatError, UnsupportedError
 from binllm.model import Model
 
 try:

@@ -8,7 +8,6 @@ streaming.
 from __future__ import annotations
 
 import json
-
 import os
 import re
 from collections import defaultdict

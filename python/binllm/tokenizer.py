@@ -7,9 +7,7 @@ code the browser build tokenizes with; an unknown pre-tokenizer is an ``Unsuppor
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any, Union
 
 from tokenizers import Tokenizer

@@ -102,7 +102,6 @@ unsafe fn text_at<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a str>
     std::str::from_utf8(slice_at(ptr, len)).map_err(|e| Error::InvalidArgument(format!("{what} is not UTF-8: {e}")))
 }
 
-
 /// Loads a GGUF file (the whole file's bytes; the caller may free them afterwards). Returns a
 /// model handle, or -1.
 ///
@@ -192,10 +191,7 @@ pub unsafe extern "C" fn binllm_model_load_hf(
         let tokenizer_json = text_at(tokenizer, tokenizer_len, "tokenizer.json")?;
         let tokenizer = Tokenizer::from_json(tokenizer_json)?;
         let pairs = slice_at(files, n_files.checked_mul(2).ok_or_else(|| Error::InvalidArgument("too many files".into()))?);
-        let files = pairs
-            .chunks_exact(2)
-            .map(|p| SafetensorsFile::parse(slice_at(p[0] as usize as *const u8, p[1] as usize)))
-            .collect::<Result<Vec<_>>>()?;
+        let files = pairs.chunks_exact(2).map(|p| SafetensorsFile::parse(slice_at(p[0] as usize as *const u8, p[1] as usize))).collect::<Result<Vec<_>>>()?;
         let model = Model::from_hf(config, &files)?;
         let generation = text_at(generation_config, generation_config_len, "generation_config.json")?;
         let tokenizer_config = text_at(tokenizer_config, tokenizer_config_len, "tokenizer_config.json")?;

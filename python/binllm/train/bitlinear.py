@@ -15,8 +15,8 @@ weights and the layers below keep learning. `torch.round` rounds half to even, l
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 
 def ternary_codes(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -451,12 +451,8 @@ impl Engine {
             return Ok(Vec::new());
         }
         let feeds: Vec<Vec<u32>> = self.sequences.iter_mut().map(|s| std::mem::take(&mut s.feed)).collect();
-        let mut segments: Vec<Segment<'_>> = self
-            .sequences
-            .iter_mut()
-            .zip(&feeds)
-            .map(|(s, feed)| Segment { tokens: feed, cache: &mut s.cache, all_logits: false })
-            .collect();
+        let mut segments: Vec<Segment<'_>> =
+            self.sequences.iter_mut().zip(&feeds).map(|(s, feed)| Segment { tokens: feed, cache: &mut s.cache, all_logits: false }).collect();
         let logits = self.model.forward_batch(&mut segments)?;
         drop(segments);
         let context = self.model.config.max_positions;

@@ -166,7 +166,7 @@ fn pack_t16(codes: &[i8], out: &mut [u8]) {
             v = v * 3 + (codes[j + 64 * p] + 1) as u16;
         }
         // ceil(v * 256 / 243): the smallest byte whose trits decode back to v's digits.
-        out[j] = ((v * 256 + 242) / 243) as u8;
+        out[j] = (v * 256).div_ceil(243) as u8;
     }
 }
 fn unpack_t16(block: &[u8], out: &mut [i8]) {
@@ -304,14 +304,7 @@ impl PackedMatrix {
         let spec = format.spec();
         if let Some(pos) = codes.iter().position(|&c| !(spec.valid_code)(c)) {
             let allowed = if format.is_ternary() { "-1, 0 or 1" } else { "-1 or 1" };
-            crate::bail!(
-                InvalidArgument,
-                "weight at row {}, column {} is {}; format {} takes only {allowed}",
-                pos / k,
-                pos % k,
-                codes[pos],
-                spec.name
-            );
+            crate::bail!(InvalidArgument, "weight at row {}, column {} is {}; format {} takes only {allowed}", pos / k, pos % k, codes[pos], spec.name);
         }
         Self::check_scale(format, n, k, &scale)?;
         let bw = spec.block_weights;
@@ -338,9 +331,7 @@ impl PackedMatrix {
         if n == 0 || k == 0 {
             crate::bail!(InvalidArgument, "packed matrix must have a non-zero shape, got ({n}, {k})");
         }
-        let need = n
-            .checked_mul(format.row_bytes(k))
-            .ok_or_else(|| Error::InvalidArgument("shape overflows".into()))?;
+        let need = n.checked_mul(format.row_bytes(k)).ok_or_else(|| Error::InvalidArgument("shape overflows".into()))?;
         if data.len() != need {
             crate::bail!(Format, "packed {} data for shape ({n}, {k}) must be {need} bytes, got {}", format.name(), data.len());
         }
@@ -359,23 +350,16 @@ impl PackedMatrix {
             ScaleKind::OneBit { .. } if format.is_ternary() => {
                 crate::bail!(InvalidArgument, "OneBit row and column scales apply to the binary format only")
             }
-            ScaleKind::OneBit { row, col } if row.len() != n || col.len() != k => crate::bail!(
-                InvalidArgument,
-                "OneBit scales must have {n} row values and {k} column values, got {} and {}",
-                row.len(),
-                col.len()
-            ),
+            ScaleKind::OneBit { row, col } if row.len() != n || col.len() != k => {
+                crate::bail!(InvalidArgument, "OneBit scales must have {n} row values and {k} column values, got {} and {}", row.len(), col.len())
+            }
             ScaleKind::OneBit { row, col } if !finite(row) || !finite(col) => {
                 crate::bail!(InvalidArgument, "OneBit scales must be finite")
             }
             ScaleKind::PerGroup { group, scales } => {
                 let bw = format.spec().block_weights;
                 if *group == 0 || group % bw != 0 {
-                    crate::bail!(
-                        InvalidArgument,
-                        "group size {group} is not a positive multiple of format {}'s block of {bw} weights",
-                        format.name()
-                    );
+                    crate::bail!(InvalidArgument, "group size {group} is not a positive multiple of format {}'s block of {bw} weights", format.name());
                 }
                 let want = n.checked_mul(k.div_ceil(*group)).ok_or_else(|| Error::InvalidArgument("shape overflows".into()))?;
                 if scales.len() != want {
@@ -665,7 +649,15 @@ mod tests {
 
     pub(crate) fn random_codes(format: WeightFormat, len: usize, seed: &mut u64) -> Vec<i8> {
         (0..len)
-            .map(|_| if format.is_ternary() { (lcg(seed) % 3) as i8 - 1 } else if lcg(seed) % 2 == 0 { -1 } else { 1 })
+            .map(|_| {
+                if format.is_ternary() {
+                    (lcg(seed) % 3) as i8 - 1
+                } else if lcg(seed).is_multiple_of(2) {
+                    -1
+                } else {
+                    1
+                }
+            })
             .collect()
     }
 
@@ -730,7 +722,9 @@ mod tests {
         let grouped = |group, scales: Vec<f32>| PackedMatrix::pack(WeightFormat::Ternary2, &codes, 3, 700, ScaleKind::PerGroup { group, scales });
         assert!(grouped(256, vec![1.0; 9]).is_ok());
         assert!(grouped(512, vec![1.0; 6]).is_ok());
-        for (group, count, needle) in [(0, 9, "positive multiple"), (128, 18, "positive multiple"), (320, 9, "positive multiple"), (256, 8, "9 values"), (768, 9, "3 values")] {
+        for (group, count, needle) in
+            [(0, 9, "positive multiple"), (128, 18, "positive multiple"), (320, 9, "positive multiple"), (256, 8, "9 values"), (768, 9, "3 values")]
+        {
             let err = grouped(group, vec![1.0; count]).unwrap_err().to_string();
             assert!(err.contains(needle), "group {group}: {err}");
         }

@@ -4,6 +4,9 @@
 //!
 //! Data flows one way: file bytes -> `loader` -> `model` -> `kernels`.
 
+// Kernels index several arrays with one loop variable (rows, lanes, planes): clearer than zips.
+#![allow(clippy::needless_range_loop)]
+
 pub mod engine;
 pub mod error;
 pub mod formats;

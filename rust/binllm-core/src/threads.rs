@@ -99,7 +99,7 @@ mod pool {
                     break;
                 }
                 spins = spins.wrapping_add(1);
-                if spins % 64 == 0 && start.done(spins) {
+                if spins.is_multiple_of(64) && start.done(spins) {
                     let guard = shared.sleep.lock().unwrap_or_else(|e| e.into_inner());
                     shared.sleepers.fetch_add(1, SeqCst);
                     let guard = if shared.generation.load(SeqCst) == seen && !shared.shutdown.load(SeqCst) {
@@ -110,7 +110,7 @@ mod pool {
                     shared.sleepers.fetch_sub(1, SeqCst);
                     drop(guard);
                 }
-                if spins % 256 == 0 {
+                if spins.is_multiple_of(256) {
                     std::thread::yield_now();
                 } else {
                     std::hint::spin_loop();
@@ -160,7 +160,7 @@ mod pool {
                     while self.0.active.load(SeqCst) > 0 {
                         // A worker inside the job may have lost its core to another process.
                         spins += 1;
-                        if spins % 256 == 0 {
+                        if spins.is_multiple_of(256) {
                             std::thread::yield_now();
                         } else {
                             std::hint::spin_loop();
@@ -277,8 +277,7 @@ pub fn for_each_chunk<T: Send>(out: &mut [T], items_per_chunk: usize, f: impl Fn
         if workers.threads > 1 && out.len() > items_per_chunk {
             use std::sync::atomic::{AtomicUsize, Ordering};
             use std::sync::Mutex;
-            let parts: Vec<Mutex<Option<(usize, &mut [T])>>> =
-                out.chunks_mut(items_per_chunk).enumerate().map(|p| Mutex::new(Some(p))).collect();
+            let parts: Vec<Mutex<Option<(usize, &mut [T])>>> = out.chunks_mut(items_per_chunk).enumerate().map(|p| Mutex::new(Some(p))).collect();
             let next = AtomicUsize::new(0);
             workers.run(&|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);

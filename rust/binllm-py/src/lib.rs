@@ -187,9 +187,9 @@ fn scale_from(n: usize, scale: &Bound<'_, PyAny>, group_size: Option<usize>) -> 
     if let (Ok(s), None) = (scale.extract::<f32>(), group_size) {
         return Ok(ScaleKind::PerTensor(s));
     }
-    let arr: PyReadonlyArrayDyn<f32> = scale.extract().map_err(|_| {
-        PyValueError::new_err(format!("scale must be a float or a float32 array of {n} values (one per row), or (N, groups) with group_size"))
-    })?;
+    let arr: PyReadonlyArrayDyn<f32> = scale
+        .extract()
+        .map_err(|_| PyValueError::new_err(format!("scale must be a float or a float32 array of {n} values (one per row), or (N, groups) with group_size")))?;
     let values = arr.as_slice().map_err(|_| PyValueError::new_err("scale must be C-contiguous"))?.to_vec();
     match (arr.shape(), group_size) {
         ([_], None) => Ok(ScaleKind::PerRow(values)),
@@ -218,8 +218,8 @@ fn pack_ternary(
     row_offset: Option<PyReadonlyArray1<'_, f32>>,
 ) -> PyResult<PyPackedMatrix> {
     let format = match bits {
-        b if b == 2.0 => WeightFormat::Ternary2,
-        b if b == 1.6 => WeightFormat::Ternary1_6,
+        2.0 => WeightFormat::Ternary2,
+        1.6 => WeightFormat::Ternary1_6,
         b => return Err(PyValueError::new_err(format!("bits must be 2.0 or 1.6, got {b}"))),
     };
     let (n, k) = matrix_shape(&w)?;
@@ -306,7 +306,6 @@ fn sum_bytes(py: Python<'_>, buf: PyReadonlyArray1<'_, u8>, streams: usize) -> P
     }
     Ok(py.detach(|| if streams == 1 { kernels::bandwidth::sum_bytes_parallel(bytes) } else { kernels::bandwidth::sum_bytes_streams_parallel(bytes, streams) }))
 }
-
 
 // ---------------------------------------------------------------------------------------
 // Models: loading, the forward pass with a KV cache, sampling.
@@ -402,9 +401,7 @@ impl PyModel {
     #[staticmethod]
     #[pyo3(signature = (data, act_quant=true))]
     fn from_gguf_bytes(py: Python<'_>, data: &[u8], act_quant: bool) -> PyResult<Self> {
-        let mut model = py
-            .detach(|| binllm_core::loader::GgufFile::parse(data).and_then(|f| Model::from_gguf(&f)))
-            .map_err(to_py)?;
+        let mut model = py.detach(|| binllm_core::loader::GgufFile::parse(data).and_then(|f| Model::from_gguf(&f))).map_err(to_py)?;
         model.act_quant = act_quant;
         Ok(PyModel { inner: Arc::new(model) })
     }
@@ -473,11 +470,8 @@ impl PyModel {
         let logits = py
             .detach(|| {
                 let mut caches: Vec<KvCache> = prompts.iter().map(|p| model.new_cache(p.len())).collect();
-                let mut segments: Vec<binllm_core::model::Segment<'_>> = prompts
-                    .iter()
-                    .zip(caches.iter_mut())
-                    .map(|(p, cache)| binllm_core::model::Segment { tokens: p, cache, all_logits: false })
-                    .collect();
+                let mut segments: Vec<binllm_core::model::Segment<'_>> =
+                    prompts.iter().zip(caches.iter_mut()).map(|(p, cache)| binllm_core::model::Segment { tokens: p, cache, all_logits: false }).collect();
                 model.forward_batch(&mut segments)
             })
             .map_err(to_py)?;
@@ -507,13 +501,7 @@ impl PySession {
     /// `observe(layer, site, x)`, when given, receives the input of every decoder linear layer
     /// as a float32 array (len, width); see `Model::forward_observed` in the core.
     #[pyo3(signature = (tokens, all_logits=false, observe=None))]
-    fn forward<'py>(
-        &mut self,
-        py: Python<'py>,
-        tokens: Vec<i64>,
-        all_logits: bool,
-        observe: Option<Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    fn forward<'py>(&mut self, py: Python<'py>, tokens: Vec<i64>, all_logits: bool, observe: Option<Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
         let vocab = self.model.config.vocab;
         let ids = tokens
             .iter()
@@ -532,9 +520,7 @@ impl PySession {
                         return;
                     }
                     let width = x.len() / m;
-                    let r = PyArray1::from_slice(py, x)
-                        .reshape([m, width])
-                        .and_then(|a| f.call1((layer, site, a)).map(|_| ()));
+                    let r = PyArray1::from_slice(py, x).reshape([m, width]).and_then(|a| f.call1((layer, site, a)).map(|_| ()));
                     if let Err(e) = r {
                         failed = Some(e);
                     }
@@ -645,11 +631,8 @@ fn gguf_read_metadata<'py>(py: Python<'py>, path: std::path::PathBuf) -> PyResul
 fn read_tensors<'py>(py: Python<'py>, path: std::path::PathBuf, names: Option<Vec<String>>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
     use binllm_core::loader::{GgufFile, SafetensorsFile, TensorView};
     let bytes = binllm_core::model::load::map_file(&path).map_err(to_py)?;
-    let views: Vec<TensorView<'_>> = if bytes.starts_with(b"GGUF") {
-        GgufFile::parse(&bytes).map_err(to_py)?.tensors
-    } else {
-        SafetensorsFile::parse(&bytes).map_err(to_py)?.tensors
-    };
+    let views: Vec<TensorView<'_>> =
+        if bytes.starts_with(b"GGUF") { GgufFile::parse(&bytes).map_err(to_py)?.tensors } else { SafetensorsFile::parse(&bytes).map_err(to_py)?.tensors };
     let d = pyo3::types::PyDict::new(py);
     let wanted = |n: &str| names.as_ref().is_none_or(|v| v.iter().any(|w| w == n));
     if let Some(v) = &names {
@@ -870,11 +853,7 @@ fn generation_params(
     seed: u64,
     stop: Vec<String>,
 ) -> binllm_core::engine::GenerationParams {
-    binllm_core::engine::GenerationParams {
-        sampling: SamplingParams { temperature, top_k, top_p, min_p, repetition_penalty, seed },
-        max_new_tokens,
-        stop,
-    }
+    binllm_core::engine::GenerationParams { sampling: SamplingParams { temperature, top_k, top_p, min_p, repetition_penalty, seed }, max_new_tokens, stop }
 }
 
 impl PyEngine {
@@ -895,7 +874,18 @@ impl PyEngine {
     /// Checks a prompt and its parameters as `add` does; raises ValueError.
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (prompt, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0, seed=0, stop=Vec::new()))]
-    fn validate(&self, prompt: Vec<u32>, max_new_tokens: usize, temperature: f32, top_k: usize, top_p: f32, min_p: f32, repetition_penalty: f32, seed: u64, stop: Vec<String>) -> PyResult<()> {
+    fn validate(
+        &self,
+        prompt: Vec<u32>,
+        max_new_tokens: usize,
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+        min_p: f32,
+        repetition_penalty: f32,
+        seed: u64,
+        stop: Vec<String>,
+    ) -> PyResult<()> {
         let params = generation_params(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop);
         self.lock().validate(&prompt, &params).map_err(to_py)
     }
@@ -903,7 +893,18 @@ impl PyEngine {
     /// Adds a sequence; it runs from the next step. Returns its id.
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (prompt, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0, seed=0, stop=Vec::new()))]
-    fn add(&self, prompt: Vec<u32>, max_new_tokens: usize, temperature: f32, top_k: usize, top_p: f32, min_p: f32, repetition_penalty: f32, seed: u64, stop: Vec<String>) -> PyResult<u64> {
+    fn add(
+        &self,
+        prompt: Vec<u32>,
+        max_new_tokens: usize,
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+        min_p: f32,
+        repetition_penalty: f32,
+        seed: u64,
+        stop: Vec<String>,
+    ) -> PyResult<u64> {
         let params = generation_params(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop);
         self.lock().add(&prompt, params).map_err(to_py)
     }

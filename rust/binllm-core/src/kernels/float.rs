@@ -338,8 +338,7 @@ mod wasm {
             };
             let exponent = u16x8_splat(0x7c00);
             let special = v128_or(i16x8_eq(v128_and(h0, exponent), exponent), i16x8_eq(v128_and(h1, exponent), exponent));
-            let ([a0, a1], [a2, a3]) =
-                if v128_any_true(special) { (widen(h0), widen(h1)) } else { (widen_finite(h0), widen_finite(h1)) };
+            let ([a0, a1], [a2, a3]) = if v128_any_true(special) { (widen(h0), widen(h1)) } else { (widen_finite(h0), widen_finite(h1)) };
             for (j, a) in [a0, a1, a2, a3].into_iter().enumerate() {
                 acc[j] = f32x4_add(acc[j], f32x4_mul(a, xs[j]));
             }
@@ -482,7 +481,8 @@ mod tests {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (seed >> 33) as u32
         };
-        let mut variants: Vec<(&str, fn(&[i8], &[f32], &[f32]) -> f32)> = vec![("baseline", |q, s, x| dot_q8_lanes(q, s, x, false)), ("chosen", dots().q8)];
+        type Q8Dot = fn(&[i8], &[f32], &[f32]) -> f32;
+        let mut variants: Vec<(&str, Q8Dot)> = vec![("baseline", |q, s, x| dot_q8_lanes(q, s, x, false)), ("chosen", dots().q8)];
         #[cfg(target_arch = "x86_64")]
         {
             let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("f16c");
@@ -518,12 +518,15 @@ mod tests {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 4.0
         };
-        let mut variants: Vec<(&str, fn(&[f16], &[f32]) -> f32)> =
-            vec![("baseline", |w, x| dot_f16_lanes(w, x, false)), ("chosen", dots().f16)];
+        let mut variants: Vec<(&str, fn(&[f16], &[f32]) -> f32)> = vec![("baseline", |w, x| dot_f16_lanes(w, x, false)), ("chosen", dots().f16)];
         #[cfg(target_arch = "x86_64")]
         {
-            let has = |f: &str| std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-                && std::arch::is_x86_feature_detected!("f16c") && (f != "avx512f" || std::arch::is_x86_feature_detected!("avx512f"));
+            let has = |f: &str| {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c")
+                    && (f != "avx512f" || std::arch::is_x86_feature_detected!("avx512f"))
+            };
             if has("avx2") {
                 // SAFETY: the features were checked just above.
                 variants.push(("avx2", |w, x| unsafe { x86::dot_f16(w, x) }));

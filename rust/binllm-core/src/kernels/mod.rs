@@ -47,7 +47,15 @@ macro_rules! kernels_128 {
         #[inline(always)]
         #[allow(clippy::too_many_arguments)]
         unsafe fn run_tile<const R: usize, const C: usize, const F: u8>(
-            w: &[u8], row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32], r0: usize, i0: usize,
+            w: &[u8],
+            row_bytes: usize,
+            x: &[i8],
+            x_sums: &[i32],
+            m: usize,
+            kp: usize,
+            out: &mut [i32],
+            r0: usize,
+            i0: usize,
         ) {
             let sums = tile::<R, C, F>(w.as_ptr().add(r0 * row_bytes), row_bytes, x.as_ptr().add(i0 * kp), kp);
             for r in 0..R {
@@ -112,15 +120,15 @@ macro_rules! kernels_128 {
     };
 }
 
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
 pub mod bandwidth;
 pub mod float;
 pub mod scalar;
-#[cfg(target_arch = "x86_64")]
-pub mod x86;
-#[cfg(target_arch = "aarch64")]
-pub mod aarch64;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm32;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Backend {
@@ -137,8 +145,7 @@ pub enum Backend {
 }
 
 /// Every backend binllm knows, best last.
-pub const ALL_BACKENDS: [Backend; 7] =
-    [Backend::Scalar, Backend::Simd128, Backend::Neon, Backend::Avx2, Backend::Avx512, Backend::Avx512Vnni, Backend::Amx];
+pub const ALL_BACKENDS: [Backend; 7] = [Backend::Scalar, Backend::Simd128, Backend::Neon, Backend::Avx2, Backend::Avx512, Backend::Avx512Vnni, Backend::Amx];
 
 impl Backend {
     pub fn name(self) -> &'static str {
@@ -167,15 +174,11 @@ impl Backend {
             #[cfg(target_arch = "x86_64")]
             Backend::Avx2 => {
                 // The float dots of this backend use FMA and F16C too (every AVX2 CPU has them).
-                std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                    && std::arch::is_x86_feature_detected!("f16c")
+                std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("f16c")
             }
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512 => {
-                Backend::Avx2.is_available()
-                    && std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512bw")
+                Backend::Avx2.is_available() && std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw")
             }
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512Vnni => Backend::Avx512.is_available() && std::arch::is_x86_feature_detected!("avx512vnni"),
@@ -228,10 +231,7 @@ pub fn active_backend() -> Result<Backend> {
                     Ok(b)
                 } else {
                     let here: Vec<_> = available_backends().iter().map(|b| b.name()).collect();
-                    Err(format!(
-                        "BINLLM_BACKEND={name} asks for a backend this CPU or build cannot run; usable here: {}",
-                        here.join(", ")
-                    ))
+                    Err(format!("BINLLM_BACKEND={name} asks for a backend this CPU or build cannot run; usable here: {}", here.join(", ")))
                 }
             }
             _ => Ok(*available_backends().last().unwrap_or(&Backend::Scalar)),
@@ -246,16 +246,14 @@ pub fn active_backend() -> Result<Backend> {
 ///
 /// Unsafe: SIMD variants need their CPU features, and every variant trusts the lengths above,
 /// which `gemm_i32` checks before calling.
-pub type GemmKernel =
-    unsafe fn(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32]);
+pub type GemmKernel = unsafe fn(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32]);
 
 /// GEMV over scale groups: `w` holds `n_rows` rows of `row_bytes`, each cut into groups of
 /// `group_bytes` (the last may be shorter); `x` is one row of int8 activations padded to the
 /// row's length and `group_sums[g]` its sum over group g; writes `out[r * groups + g]`.
 ///
 /// Unsafe for the same reasons as `GemmKernel`; `gemm_i32_grouped` checks the lengths.
-pub type GroupedGemvKernel =
-    unsafe fn(w: &[u8], n_rows: usize, row_bytes: usize, group_bytes: usize, x: &[i8], group_sums: &[i32], out: &mut [i32]);
+pub type GroupedGemvKernel = unsafe fn(w: &[u8], n_rows: usize, row_bytes: usize, group_bytes: usize, x: &[i8], group_sums: &[i32], out: &mut [i32]);
 
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn grouped_gemv_for(backend: Backend, format: WeightFormat) -> Option<GroupedGemvKernel> {
@@ -335,15 +333,7 @@ fn check_operands(
 }
 
 /// Runs `format`'s kernel on `backend` over all rows, split across the thread pool.
-pub fn gemm_i32(
-    backend: Backend,
-    format: WeightFormat,
-    w: &[u8],
-    n_rows: usize,
-    row_bytes: usize,
-    act: &QuantizedActivations,
-    out: &mut [i32],
-) -> Result<()> {
+pub fn gemm_i32(backend: Backend, format: WeightFormat, w: &[u8], n_rows: usize, row_bytes: usize, act: &QuantizedActivations, out: &mut [i32]) -> Result<()> {
     check_operands(backend, format, w, n_rows, row_bytes, act, out.len(), 1)?;
     let (m, kp) = (act.m, act.padded_k);
     if n_rows == 0 || m == 0 {
@@ -376,7 +366,7 @@ pub fn gemm_i32_grouped(
     out: &mut [i32],
 ) -> Result<()> {
     let bw = format.spec().block_weights;
-    if group == 0 || group % bw != 0 {
+    if group == 0 || !group.is_multiple_of(bw) {
         crate::bail!(InvalidArgument, "group size {group} is not a positive multiple of {bw}");
     }
     let (m, kp) = (act.m, act.padded_k);

@@ -19,11 +19,7 @@ fn gemm_scalar(format: WeightFormat, w: &[u8], n_rows: usize, row_bytes: usize, 
         let row = &w[r * row_bytes..(r + 1) * row_bytes];
         for i in 0..m {
             let xr = &x[i * kp..(i + 1) * kp];
-            out[r * m + i] = row
-                .chunks_exact(BLOCK_BYTES)
-                .enumerate()
-                .map(|(b, block)| (spec.dot_block)(block, &xr[b * bw..(b + 1) * bw]))
-                .sum();
+            out[r * m + i] = row.chunks_exact(BLOCK_BYTES).enumerate().map(|(b, block)| (spec.dot_block)(block, &xr[b * bw..(b + 1) * bw])).sum();
         }
     }
 }
@@ -31,6 +27,9 @@ fn gemm_scalar(format: WeightFormat, w: &[u8], n_rows: usize, row_bytes: usize, 
 macro_rules! scalar_kernel {
     ($name:ident, $format:expr) => {
         /// Reference kernel (see module docs). Unsafe only to share `GemmKernel`'s signature.
+        ///
+        /// # Safety
+        /// None beyond the lengths `GemmKernel` documents, which are checked (slices panic).
         pub unsafe fn $name(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8], _x_sums: &[i32], m: usize, kp: usize, out: &mut [i32]) {
             gemm_scalar($format, w, n_rows, row_bytes, x, m, kp, out)
         }

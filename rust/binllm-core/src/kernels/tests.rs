@@ -12,7 +12,15 @@ fn lcg(seed: &mut u64) -> u64 {
 
 fn random_case(format: WeightFormat, n: usize, k: usize, m: usize, seed: &mut u64) -> (PackedMatrix, QuantizedActivations, Vec<i8>) {
     let codes: Vec<i8> = (0..n * k)
-        .map(|_| if format.is_ternary() { (lcg(seed) % 3) as i8 - 1 } else if lcg(seed) % 2 == 0 { -1 } else { 1 })
+        .map(|_| {
+            if format.is_ternary() {
+                (lcg(seed) % 3) as i8 - 1
+            } else if lcg(seed).is_multiple_of(2) {
+                -1
+            } else {
+                1
+            }
+        })
         .collect();
     let w = PackedMatrix::pack(format, &codes, n, k, ScaleKind::PerTensor(1.0)).unwrap();
     // Include extreme activations: a full-scale row hits -128 and 127.
@@ -21,18 +29,8 @@ fn random_case(format: WeightFormat, n: usize, k: usize, m: usize, seed: &mut u6
     (w, act, codes)
 }
 
-const SHAPES: &[(usize, usize, usize)] = &[
-    (1, 1, 1),
-    (1, 256, 1),
-    (3, 17, 3),
-    (17, 255, 1),
-    (9, 320, 2),
-    (16, 512, 4),
-    (33, 1023, 17),
-    (8, 1537, 5),
-    (61, 2560, 1),
-    (13, 700, 8),
-];
+const SHAPES: &[(usize, usize, usize)] =
+    &[(1, 1, 1), (1, 256, 1), (3, 17, 3), (17, 255, 1), (9, 320, 2), (16, 512, 4), (33, 1023, 17), (8, 1537, 5), (61, 2560, 1), (13, 700, 8)];
 
 #[test]
 fn scalar_matches_direct_sum_over_codes() {
@@ -153,7 +151,8 @@ fn grouped_matmul_is_the_per_group_formula() {
     let y = w.matmul(&x, m).unwrap();
     for r in 0..n {
         for i in 0..m {
-            let want: f64 = (0..k).map(|j| codes[r * k + j] as f64 * w.scale_at(r, j) as f64 * act.q[i * act.padded_k + j] as f64).sum::<f64>() / act.scales[i] as f64;
+            let want: f64 =
+                (0..k).map(|j| codes[r * k + j] as f64 * w.scale_at(r, j) as f64 * act.q[i * act.padded_k + j] as f64).sum::<f64>() / act.scales[i] as f64;
             assert!((y[i * n + r] as f64 - want).abs() <= 1e-4 * want.abs().max(1.0), "row {r} act {i}: {} vs {want}", y[i * n + r]);
         }
     }
@@ -194,7 +193,13 @@ fn grouped_gemv_speed() {
             };
             for (label, count) in [("cache", 1), ("DRAM", copies)] {
                 let (p, g) = (time(&plain[..count]), time(&grouped[..count]));
-                println!("{:>11} {n}x{k} {label:>5}: per-tensor {:6.1} us, grouped(256) {:6.1} us: {:3.0}% of per-tensor speed", b.name(), p * 1e6, g * 1e6, 100.0 * p / g);
+                println!(
+                    "{:>11} {n}x{k} {label:>5}: per-tensor {:6.1} us, grouped(256) {:6.1} us: {:3.0}% of per-tensor speed",
+                    b.name(),
+                    p * 1e6,
+                    g * 1e6,
+                    100.0 * p / g
+                );
             }
         }
     }

@@ -18,8 +18,7 @@ type Reason = String;
 /// Whole fixed-size blocks of `data` (a short tail, impossible after validation, is skipped
 /// and then caught by the length check in `dequantize`).
 fn blocks<const N: usize>(data: &[u8]) -> impl Iterator<Item = &[u8; N]> {
-    data.chunks_exact(N)
-        .filter_map(|c| <&[u8; N]>::try_from(c).ok())
+    data.chunks_exact(N).filter_map(|c| <&[u8; N]>::try_from(c).ok())
 }
 
 fn f16_at(lo: u8, hi: u8) -> f32 {
@@ -27,18 +26,12 @@ fn f16_at(lo: u8, hi: u8) -> f32 {
 }
 
 /// Dequantize `numel` elements of `dtype` stored in `data` (length already validated).
-pub(crate) fn dequantize(
-    dtype: DType,
-    data: &[u8],
-    numel: usize,
-) -> std::result::Result<Vec<f32>, Reason> {
+pub(crate) fn dequantize(dtype: DType, data: &[u8], numel: usize) -> std::result::Result<Vec<f32>, Reason> {
     let mut out: Vec<f32> = Vec::with_capacity(numel);
     match dtype {
         DType::F32 => out.extend(blocks::<4>(data).map(|b| f32::from_le_bytes(*b))),
         DType::F16 => out.extend(blocks::<2>(data).map(|b| f16_at(b[0], b[1]))),
-        DType::BF16 => {
-            out.extend(blocks::<2>(data).map(|b| bf16::from_bits(u16::from_le_bytes(*b)).to_f32()))
-        }
+        DType::BF16 => out.extend(blocks::<2>(data).map(|b| bf16::from_bits(u16::from_le_bytes(*b)).to_f32())),
         DType::F64 => out.extend(blocks::<8>(data).map(|b| f64::from_le_bytes(*b) as f32)),
         DType::U8 => out.extend(data.iter().map(|&b| b as f32)),
         DType::I8 => out.extend(data.iter().map(|&b| b as i8 as f32)),
@@ -72,20 +65,13 @@ pub(crate) fn dequantize(
             for b in blocks::<32>(packed) {
                 for group in 0..4 {
                     let shift = 6 - 2 * group;
-                    out.extend(
-                        b.iter()
-                            .map(|&byte| scale * MAP[((byte >> shift) & 3) as usize]),
-                    );
+                    out.extend(b.iter().map(|&byte| scale * MAP[((byte >> shift) & 3) as usize]));
                 }
             }
         }
     }
     if out.len() != numel {
-        return Err(format!(
-            "{} data decodes to {} values, shape needs {numel}",
-            dtype.name(),
-            out.len()
-        ));
+        return Err(format!("{} data decodes to {} values, shape needs {numel}", dtype.name(), out.len()));
     }
     Ok(out)
 }
@@ -129,11 +115,7 @@ fn q5_values(qh: u32, qs: &[u8]) -> [i32; 32] {
 fn q5_0(b: &[u8; 22], out: &mut Vec<f32>) {
     let d = f16_at(b[0], b[1]);
     let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-    out.extend(
-        q5_values(qh, &b[6..22])
-            .iter()
-            .map(|&v| (v - 16) as f32 * d),
-    );
+    out.extend(q5_values(qh, &b[6..22]).iter().map(|&v| (v - 16) as f32 * d));
 }
 
 fn q5_1(b: &[u8; 24], out: &mut Vec<f32>) {
@@ -218,10 +200,7 @@ fn k4_scale_min(j: usize, s: &[u8]) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {
-        (
-            (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4),
-            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
-        )
+        ((s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
     }
 }
 
@@ -336,10 +315,7 @@ fn split_i2_s(data: &[u8], numel: usize) -> std::result::Result<(&[u8], f32), Re
     let packed_len = numel / 4;
     match (data.get(..packed_len), data.get(packed_len..packed_len + 4)) {
         (Some(packed), Some(&[a, b, c, d])) => Ok((packed, f32::from_le_bytes([a, b, c, d]))),
-        _ => Err(format!(
-            "I2_S data of {} bytes is too short for {numel} weights",
-            data.len()
-        )),
+        _ => Err(format!("I2_S data of {} bytes is too short for {numel} weights", data.len())),
     }
 }
 
@@ -364,21 +340,13 @@ pub(crate) fn first_row_with_varying_scales(t: &TernaryTensor) -> Option<usize> 
     let per_row = t.cols.checked_div(t.block_len).unwrap_or(0);
     (0..t.rows).find(|&r| {
         let codes = t.codes.get(r * t.cols..(r + 1) * t.cols).unwrap_or(&[]);
-        let scales = t
-            .block_scales
-            .get(r * per_row..(r + 1) * per_row)
-            .unwrap_or(&[]);
+        let scales = t.block_scales.get(r * per_row..(r + 1) * per_row).unwrap_or(&[]);
         row_scale(codes, scales, t.block_len).is_none()
     })
 }
 
 /// Unpack a ternary tensor of `rows` x `cols` (data length validated by the caller).
-pub(crate) fn unpack_ternary(
-    dtype: DType,
-    data: &[u8],
-    rows: usize,
-    cols: usize,
-) -> std::result::Result<TernaryTensor, Reason> {
+pub(crate) fn unpack_ternary(dtype: DType, data: &[u8], rows: usize, cols: usize) -> std::result::Result<TernaryTensor, Reason> {
     let numel = rows.checked_mul(cols).ok_or("rows * cols overflows")?;
     let mut codes: Vec<i8> = Vec::with_capacity(numel);
     let (block_scales, block_len) = match dtype {
@@ -394,10 +362,7 @@ pub(crate) fn unpack_ternary(
                     scales.push(f16_at(b[64], b[65]));
                     let fields = tq2_0_fields(b);
                     if let Some(pos) = fields.iter().position(|&q| q == 3) {
-                        return Err(format!(
-                            "TQ2_0 weight {} holds the 2-bit code 3, which is not ternary",
-                            i * 256 + pos
-                        ));
+                        return Err(format!("TQ2_0 weight {} holds the 2-bit code 3, which is not ternary", i * 256 + pos));
                     }
                     codes.extend(fields.iter().map(|&q| q as i8 - 1));
                 }
@@ -412,10 +377,7 @@ pub(crate) fn unpack_ternary(
                     for (m, &byte) in b.iter().enumerate() {
                         let q = (byte >> shift) & 3;
                         if q == 3 {
-                            return Err(format!(
-                                "I2_S weight {} holds the 2-bit code 3, which is not ternary",
-                                i * 128 + group * 32 + m
-                            ));
+                            return Err(format!("I2_S weight {} holds the 2-bit code 3, which is not ternary", i * 128 + group * 32 + m));
                         }
                         codes.push(q as i8 - 1);
                     }
@@ -426,18 +388,13 @@ pub(crate) fn unpack_ternary(
         other => return Err(format!("{} is not a ternary type", other.name())),
     };
     if codes.len() != numel {
-        return Err(format!(
-            "data decodes to {} codes, shape needs {numel}",
-            codes.len()
-        ));
+        return Err(format!("data decodes to {} codes, shape needs {numel}", codes.len()));
     }
     let per_row = cols.checked_div(block_len).unwrap_or(0);
     let mut row_scales = Vec::with_capacity(rows);
     for r in 0..rows {
         let row_codes = codes.get(r * cols..(r + 1) * cols).unwrap_or(&[]);
-        let scales = block_scales
-            .get(r * per_row..(r + 1) * per_row)
-            .unwrap_or(&[]);
+        let scales = block_scales.get(r * per_row..(r + 1) * per_row).unwrap_or(&[]);
         match row_scale(row_codes, scales, block_len) {
             Some(s) => row_scales.push(s),
             None => {
@@ -446,39 +403,21 @@ pub(crate) fn unpack_ternary(
             }
         }
     }
-    Ok(TernaryTensor {
-        rows,
-        cols,
-        codes,
-        row_scales,
-        block_scales,
-        block_len,
-    })
+    Ok(TernaryTensor { rows, cols, codes, row_scales, block_scales, block_len })
 }
 
 // ---- quantizers (binllm writes these; llama.cpp / bitnet.cpp read them) ----
 
 fn check_codes(codes: &[i8], rows: usize, cols: usize, block: usize, what: &str) -> Result<()> {
-    if cols % block != 0 {
-        crate::bail!(
-            InvalidArgument,
-            "{what}: row length {cols} is not a multiple of {block} (store such tensors as F16)"
-        );
+    if !cols.is_multiple_of(block) {
+        crate::bail!(InvalidArgument, "{what}: row length {cols} is not a multiple of {block} (store such tensors as F16)");
     }
     let numel = rows.checked_mul(cols);
     if numel != Some(codes.len()) {
-        crate::bail!(
-            InvalidArgument,
-            "{what}: {} codes for a {rows} x {cols} matrix",
-            codes.len()
-        );
+        crate::bail!(InvalidArgument, "{what}: {} codes for a {rows} x {cols} matrix", codes.len());
     }
     if let Some(i) = codes.iter().position(|c| !(-1..=1).contains(c)) {
-        crate::bail!(
-            InvalidArgument,
-            "{what}: code {} at index {i} is not -1, 0 or 1",
-            codes[i]
-        );
+        crate::bail!(InvalidArgument, "{what}: code {} at index {i} is not -1, 0 or 1", codes[i]);
     }
     Ok(())
 }
@@ -500,11 +439,7 @@ fn check_block_scales(scales: &[f32], rows: usize, cols: usize, what: &str) -> R
     } else if scales.len() == rows * per_row {
         true
     } else {
-        crate::bail!(
-            InvalidArgument,
-            "{what}: {} scales for {rows} rows of {per_row} blocks (give one per row or one per block)",
-            scales.len()
-        );
+        crate::bail!(InvalidArgument, "{what}: {} scales for {rows} rows of {per_row} blocks (give one per row or one per block)", scales.len());
     };
     let stored = scales.iter().map(|&s| f16_scale(s, what)).collect::<Result<Vec<_>>>()?;
     if per_block {
@@ -517,12 +452,7 @@ fn check_block_scales(scales: &[f32], rows: usize, cols: usize, what: &str) -> R
 /// Pack ternary codes (row-major, values -1/0/1) as GGUF TQ2_0: per 256 weights, 64 bytes of
 /// 2-bit fields and the block's scale as fp16 (66 bytes, 2.0625 bits per weight). `row_scales`
 /// holds one scale per row or one per 256-block.
-pub fn quantize_tq2_0(
-    codes: &[i8],
-    rows: usize,
-    cols: usize,
-    row_scales: &[f32],
-) -> Result<Vec<u8>> {
+pub fn quantize_tq2_0(codes: &[i8], rows: usize, cols: usize, row_scales: &[f32]) -> Result<Vec<u8>> {
     check_codes(codes, rows, cols, 256, "quantize_tq2_0")?;
     let scales = check_block_scales(row_scales, rows, cols, "quantize_tq2_0")?;
     let mut out = Vec::with_capacity(codes.len() / 256 * 66);
@@ -545,12 +475,7 @@ pub fn quantize_tq2_0(
 /// Pack ternary codes as GGUF TQ1_0: per 256 weights, 48 bytes of 5 trits, 4 bytes of 4 trits
 /// and the block's scale as fp16 (54 bytes, 1.6875 bits per weight; scales as for TQ2_0).
 /// Layout: see `tq1_0_trits`.
-pub fn quantize_tq1_0(
-    codes: &[i8],
-    rows: usize,
-    cols: usize,
-    row_scales: &[f32],
-) -> Result<Vec<u8>> {
+pub fn quantize_tq1_0(codes: &[i8], rows: usize, cols: usize, row_scales: &[f32]) -> Result<Vec<u8>> {
     check_codes(codes, rows, cols, 256, "quantize_tq1_0")?;
     let scales = check_block_scales(row_scales, rows, cols, "quantize_tq1_0")?;
     // Base-3 number of the trits (most significant first), stored as ceil(v * 256 / 243) so
@@ -583,10 +508,7 @@ pub fn quantize_tq1_0(
 pub fn quantize_i2_s(codes: &[i8], rows: usize, cols: usize, scale: f32) -> Result<Vec<u8>> {
     check_codes(codes, rows, cols, 128, "quantize_i2_s")?;
     if !scale.is_finite() {
-        crate::bail!(
-            InvalidArgument,
-            "quantize_i2_s: scale {scale} is not finite"
-        );
+        crate::bail!(InvalidArgument, "quantize_i2_s: scale {scale} is not finite");
     }
     let mut out = Vec::with_capacity(codes.len() / 4 + I2_S_TAIL_BYTES);
     for block in codes.chunks_exact(128) {
@@ -605,26 +527,17 @@ pub fn quantize_i2_s(codes: &[i8], rows: usize, cols: usize, scale: f32) -> Resu
 
 /// Little-endian fp16 bytes (round to nearest even), for F16 tensors.
 pub fn f32_to_f16_bytes(x: &[f32]) -> Vec<u8> {
-    x.iter()
-        .flat_map(|&v| f16::from_f32(v).to_le_bytes())
-        .collect()
+    x.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect()
 }
 
 /// GGUF Q8_0 as ggml's reference quantizer writes it: per 32 values, d = max|x| / 127 stored
 /// as fp16, then round(x / d) as i8 (computed with the f32 d, as ggml does).
 pub fn quantize_q8_0(x: &[f32], rows: usize, cols: usize) -> Result<Vec<u8>> {
-    if cols % 32 != 0 {
-        crate::bail!(
-            InvalidArgument,
-            "quantize_q8_0: row length {cols} is not a multiple of 32"
-        );
+    if !cols.is_multiple_of(32) {
+        crate::bail!(InvalidArgument, "quantize_q8_0: row length {cols} is not a multiple of 32");
     }
     if rows.checked_mul(cols) != Some(x.len()) {
-        crate::bail!(
-            InvalidArgument,
-            "quantize_q8_0: {} values for a {rows} x {cols} matrix",
-            x.len()
-        );
+        crate::bail!(InvalidArgument, "quantize_q8_0: {} values for a {rows} x {cols} matrix", x.len());
     }
     let mut out = Vec::with_capacity(x.len() / 32 * 34);
     for block in x.chunks_exact(32) {
@@ -649,15 +562,7 @@ mod tests {
     }
 
     fn view(dtype: DType, shape: &[usize], data: &[u8]) -> Vec<f32> {
-        TensorView {
-            name: "t".into(),
-            dtype,
-            shape: shape.to_vec(),
-            data,
-            lazy: None,
-        }
-        .to_f32()
-        .unwrap()
+        TensorView { name: "t".into(), dtype, shape: shape.to_vec(), data, lazy: None }.to_f32().unwrap()
     }
 
     #[test]
@@ -707,10 +612,7 @@ mod tests {
         for (blk, (xs, ys)) in x.chunks(32).zip(back.chunks(32)).enumerate() {
             let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
             for (a, b) in xs.iter().zip(ys) {
-                assert!(
-                    (a - b).abs() <= amax / 127.0 * 0.51 + amax * 1e-3,
-                    "block {blk}"
-                );
+                assert!((a - b).abs() <= amax / 127.0 * 0.51 + amax * 1e-3, "block {blk}");
             }
         }
         assert!(quantize_q8_0(&x, 3, 63).is_err());
@@ -793,8 +695,7 @@ mod tests {
         let (plane, l) = (r / 32, r % 32);
         let q = (b[16 + 32 * half + l] >> (2 * plane)) & 3;
         let sc = b[e / 16];
-        f16_at(b[80], b[81]) * (sc & 0xF) as f32 * q as f32
-            - f16_at(b[82], b[83]) * (sc >> 4) as f32
+        f16_at(b[80], b[81]) * (sc & 0xF) as f32 * q as f32 - f16_at(b[82], b[83]) * (sc >> 4) as f32
     }
 
     fn q3_k_element(b: &[u8], e: usize) -> f32 {
@@ -832,10 +733,7 @@ mod tests {
                 let y = view(dtype, &[256], &b);
                 for (e, &got) in y.iter().enumerate() {
                     let want = element(&b, e);
-                    assert!(
-                        (got - want).abs() <= 1e-5 * want.abs().max(1.0),
-                        "{dtype:?} element {e}: {got} vs {want}"
-                    );
+                    assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "{dtype:?} element {e}: {got} vs {want}");
                 }
             }
         }
@@ -854,10 +752,7 @@ mod tests {
         assert_eq!(view(DType::F16, &[1], &h(-2.5)), vec![-2.5]);
         assert_eq!(view(DType::I8, &[2], &[0xff, 3]), vec![-1.0, 3.0]);
         assert_eq!(view(DType::U8, &[1], &[200]), vec![200.0]);
-        assert_eq!(
-            view(DType::I16, &[1], &(-300i16).to_le_bytes()),
-            vec![-300.0]
-        );
+        assert_eq!(view(DType::I16, &[1], &(-300i16).to_le_bytes()), vec![-300.0]);
         assert_eq!(view(DType::I64, &[1], &(-7i64).to_le_bytes()), vec![-7.0]);
         assert_eq!(view(DType::F64, &[1], &0.5f64.to_le_bytes()), vec![0.5]);
     }
@@ -901,11 +796,7 @@ mod tests {
         assert_eq!(q.len(), 66);
         assert_eq!(q[1], 0b01_01_10_01);
         assert_eq!(q[37], 0b00_01_01_01);
-        assert!(q
-            .iter()
-            .take(64)
-            .enumerate()
-            .all(|(i, &b)| i == 1 || i == 37 || b == 0x55));
+        assert!(q.iter().take(64).enumerate().all(|(i, &b)| i == 1 || i == 37 || b == 0x55));
 
         let mut codes = [0i8; 128];
         codes[0] = 1; // byte 0 bits 7:6 = 2
@@ -929,33 +820,17 @@ mod tests {
     #[test]
     fn ternary_round_trips_random_shapes() {
         let mut rng = Rng::new(1234);
-        let shapes = [
-            (1, 256),
-            (3, 512),
-            (17, 256),
-            (64, 768),
-            (127, 256),
-            (5, 1024),
-            (300, 256),
-        ];
+        let shapes = [(1, 256), (3, 512), (17, 256), (64, 768), (127, 256), (5, 1024), (300, 256)];
         for &(rows, cols) in &shapes {
             let codes = random_codes(&mut rng, rows * cols);
-            let scales: Vec<f32> = (0..rows)
-                .map(|_| f16::from_f32(rng.uniform() * 3.0 + 0.01).to_f32())
-                .collect();
+            let scales: Vec<f32> = (0..rows).map(|_| f16::from_f32(rng.uniform() * 3.0 + 0.01).to_f32()).collect();
             for dtype in [DType::TQ1_0, DType::TQ2_0] {
                 let q = if dtype == DType::TQ1_0 {
                     quantize_tq1_0(&codes, rows, cols, &scales).unwrap()
                 } else {
                     quantize_tq2_0(&codes, rows, cols, &scales).unwrap()
                 };
-                let v = TensorView {
-                    name: "w".into(),
-                    dtype,
-                    shape: vec![rows, cols],
-                    data: &q,
-                    lazy: None,
-                };
+                let v = TensorView { name: "w".into(), dtype, shape: vec![rows, cols], data: &q, lazy: None };
                 let t = v.to_ternary().unwrap();
                 assert_eq!((t.rows, t.cols, t.block_len), (rows, cols, 256));
                 assert_eq!(t.codes, codes, "{dtype:?} {rows}x{cols}");
@@ -972,13 +847,7 @@ mod tests {
             let scale = rng.uniform() + 0.1;
             let q = quantize_i2_s(&codes, rows, cols, scale).unwrap();
             assert_eq!(q.len(), rows * cols / 4 + 32);
-            let v = TensorView {
-                name: "w".into(),
-                dtype: DType::I2_S,
-                shape: vec![rows, cols],
-                data: &q,
-                lazy: None,
-            };
+            let v = TensorView { name: "w".into(), dtype: DType::I2_S, shape: vec![rows, cols], data: &q, lazy: None };
             let t = v.to_ternary().unwrap();
             assert_eq!(t.codes, codes);
             assert_eq!(t.row_scales, vec![scale; rows]);
@@ -994,13 +863,7 @@ mod tests {
         let mut q = quantize_tq2_0(&codes, 2, 512, &[1.0, 2.0]).unwrap();
         // Give block 1 of row 1 (the 4th block) another scale.
         q[3 * 66 + 64..3 * 66 + 66].copy_from_slice(&h(3.0));
-        let v = TensorView {
-            name: "w".into(),
-            dtype: DType::TQ2_0,
-            shape: vec![2, 512],
-            data: &q,
-            lazy: None,
-        };
+        let v = TensorView { name: "w".into(), dtype: DType::TQ2_0, shape: vec![2, 512], data: &q, lazy: None };
         match v.to_ternary() {
             Err(Error::Unsupported(m)) => assert!(m.contains("row 1") && m.contains("'w'"), "{m}"),
             other => panic!("expected Unsupported, got {other:?}"),
@@ -1015,13 +878,7 @@ mod tests {
         codes[256..].fill(0);
         let mut q = quantize_tq1_0(&codes, 1, 512, &[1.5]).unwrap();
         q[54 + 52..54 + 54].copy_from_slice(&h(0.0));
-        let v = TensorView {
-            name: "w".into(),
-            dtype: DType::TQ1_0,
-            shape: vec![1, 512],
-            data: &q,
-            lazy: None,
-        };
+        let v = TensorView { name: "w".into(), dtype: DType::TQ1_0, shape: vec![1, 512], data: &q, lazy: None };
         assert_eq!(v.to_ternary().unwrap().row_scales, vec![1.5]);
     }
 
@@ -1029,24 +886,12 @@ mod tests {
     fn non_ternary_codes_are_rejected() {
         let mut q = quantize_tq2_0(&[0; 256], 1, 256, &[1.0]).unwrap();
         q[7] = 0xFF; // code 3 in every field of byte 7
-        let v = TensorView {
-            name: "w".into(),
-            dtype: DType::TQ2_0,
-            shape: vec![256],
-            data: &q,
-            lazy: None,
-        };
+        let v = TensorView { name: "w".into(), dtype: DType::TQ2_0, shape: vec![256], data: &q, lazy: None };
         assert!(matches!(v.to_ternary(), Err(Error::Format(_))));
         assert_eq!(v.to_f32().unwrap()[7], 2.0); // ggml reads (3 - 1) * d
         let mut q = quantize_i2_s(&[0; 128], 1, 128, 1.0).unwrap();
         q[0] = 0xFF;
-        let v = TensorView {
-            name: "w".into(),
-            dtype: DType::I2_S,
-            shape: vec![128],
-            data: &q,
-            lazy: None,
-        };
+        let v = TensorView { name: "w".into(), dtype: DType::I2_S, shape: vec![128], data: &q, lazy: None };
         assert!(matches!(v.to_ternary(), Err(Error::Format(_))));
         assert_eq!(v.to_f32().unwrap()[0], 0.0); // bitnet.cpp reads code 3 as 0
     }

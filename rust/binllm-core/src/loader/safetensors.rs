@@ -28,26 +28,17 @@ fn format_err(msg: String) -> Error {
 impl<'a> SafetensorsFile<'a> {
     pub fn parse(bytes: &'a [u8]) -> Result<Self> {
         let Some((len_bytes, rest)) = bytes.split_first_chunk::<8>() else {
-            return Err(format_err(format!(
-                "truncated: the file has {} bytes, fewer than the 8-byte header length",
-                bytes.len()
-            )));
+            return Err(format_err(format!("truncated: the file has {} bytes, fewer than the 8-byte header length", bytes.len())));
         };
         let header_len = u64::from_le_bytes(*len_bytes);
         if header_len > MAX_HEADER_BYTES {
-            return Err(format_err(format!(
-                "header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit"
-            )));
+            return Err(format_err(format!("header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit")));
         }
         let Some(header) = usize::try_from(header_len).ok().and_then(|n| rest.get(..n)) else {
-            return Err(format_err(format!(
-                "truncated: header length {header_len} exceeds the {} bytes after it",
-                rest.len()
-            )));
+            return Err(format_err(format!("truncated: header length {header_len} exceeds the {} bytes after it", rest.len())));
         };
         let buffer = rest.get(header.len()..).unwrap_or(&[]);
-        let header = std::str::from_utf8(header)
-            .map_err(|e| format_err(format!("header is not UTF-8 ({e})")))?;
+        let header = std::str::from_utf8(header).map_err(|e| format_err(format!("header is not UTF-8 ({e})")))?;
         let Json::Object(entries) = parse_json(header)? else {
             return Err(format_err("header is not a JSON object".into()));
         };
@@ -64,44 +55,26 @@ impl<'a> SafetensorsFile<'a> {
                 continue;
             }
             let (dtype, shape, begin, end) = parse_tensor_entry(&name, value)?;
-            let size = storage_bytes(dtype, &shape)
-                .map_err(|reason| format_err(format!("tensor '{name}': {reason}")))?;
+            let size = storage_bytes(dtype, &shape).map_err(|reason| format_err(format!("tensor '{name}': {reason}")))?;
             let range = usize::try_from(begin).ok().zip(usize::try_from(end).ok());
             let Some((begin, end)) = range.filter(|&(b, e)| b <= e && e <= buffer.len()) else {
-                return Err(format_err(format!(
-                    "tensor '{name}' data_offsets [{begin}, {end}] lie outside the {}-byte data buffer",
-                    buffer.len()
-                )));
+                return Err(format_err(format!("tensor '{name}' data_offsets [{begin}, {end}] lie outside the {}-byte data buffer", buffer.len())));
             };
             if end - begin != size {
-                return Err(format_err(format!(
-                    "tensor '{name}' ({} {shape:?}) needs {size} bytes, its data_offsets span {}",
-                    dtype.name(),
-                    end - begin
-                )));
+                return Err(format_err(format!("tensor '{name}' ({} {shape:?}) needs {size} bytes, its data_offsets span {}", dtype.name(), end - begin)));
             }
             let data = buffer.get(begin..end).unwrap_or(&[]);
             if end > begin {
                 ranges.push((begin, end, tensors.len()));
             }
-            tensors.push(TensorView {
-                name,
-                dtype,
-                shape,
-                data,
-                lazy: None,
-            });
+            tensors.push(TensorView { name, dtype, shape, data, lazy: None });
         }
         ranges.sort_unstable();
         for w in ranges.windows(2) {
             let ((_, prev_end, a), (next_start, _, b)) = (w[0], w[1]);
             if next_start < prev_end {
                 let name = |i: usize| tensors.get(i).map_or("?", |t: &TensorView| t.name.as_str());
-                return Err(format_err(format!(
-                    "the data of tensors '{}' and '{}' overlap",
-                    name(a),
-                    name(b)
-                )));
+                return Err(format_err(format!("the data of tensors '{}' and '{}' overlap", name(a), name(b))));
             }
         }
         Ok(SafetensorsFile { metadata, tensors })
@@ -123,17 +96,13 @@ fn parse_metadata(value: Json<'_>) -> Result<Vec<(String, String)>> {
         return Err(format_err("__metadata__ is not an object".into()));
     };
     if let Some(key) = first_duplicate(&entries) {
-        return Err(format_err(format!(
-            "__metadata__ key '{key}' appears twice"
-        )));
+        return Err(format_err(format!("__metadata__ key '{key}' appears twice")));
     }
     entries
         .into_iter()
         .map(|(k, v)| match v {
             Json::String(s) => Ok((k, s)),
-            _ => Err(format_err(format!(
-                "__metadata__ value of '{k}' is not a string"
-            ))),
+            _ => Err(format_err(format!("__metadata__ value of '{k}' is not a string"))),
         })
         .collect()
 }
@@ -149,52 +118,32 @@ fn as_u64(v: &Json<'_>) -> Option<u64> {
 
 fn parse_tensor_entry(name: &str, value: Json<'_>) -> Result<(DType, Vec<usize>, u64, u64)> {
     let Json::Object(fields) = value else {
-        return Err(format_err(format!(
-            "entry of tensor '{name}' is not an object"
-        )));
+        return Err(format_err(format!("entry of tensor '{name}' is not an object")));
     };
     if let Some(key) = first_duplicate(&fields) {
-        return Err(format_err(format!(
-            "tensor '{name}': key '{key}' appears twice"
-        )));
+        return Err(format_err(format!("tensor '{name}': key '{key}' appears twice")));
     }
     let field = |key: &str| fields.iter().find(|(k, _)| k == key).map(|(_, v)| v);
     let dtype = match field("dtype") {
-        Some(Json::String(d)) => DType::from_safetensors_name(d).ok_or_else(|| {
-            Error::Unsupported(format!("safetensors dtype '{d}' of tensor '{name}'"))
-        })?,
-        _ => {
-            return Err(format_err(format!(
-                "tensor '{name}' has no string \"dtype\""
-            )))
-        }
+        Some(Json::String(d)) => DType::from_safetensors_name(d).ok_or_else(|| Error::Unsupported(format!("safetensors dtype '{d}' of tensor '{name}'")))?,
+        _ => return Err(format_err(format!("tensor '{name}' has no string \"dtype\""))),
     };
     let dims = match field("shape") {
         Some(Json::Array(dims)) => dims.iter().map(as_u64).collect::<Option<Vec<u64>>>(),
         _ => None,
     }
-    .ok_or_else(|| {
-        format_err(format!(
-            "tensor '{name}': \"shape\" must be an array of non-negative integers"
-        ))
-    })?;
+    .ok_or_else(|| format_err(format!("tensor '{name}': \"shape\" must be an array of non-negative integers")))?;
     let shape = dims
         .iter()
         .map(|&d| usize::try_from(d).ok())
         .collect::<Option<Vec<usize>>>()
-        .ok_or_else(|| {
-            format_err(format!(
-                "tensor '{name}': shape {dims:?} has more elements than fit in memory"
-            ))
-        })?;
+        .ok_or_else(|| format_err(format!("tensor '{name}': shape {dims:?} has more elements than fit in memory")))?;
     let offsets = match field("data_offsets") {
         Some(Json::Array(o)) if o.len() == 2 => o.iter().map(as_u64).collect::<Option<Vec<u64>>>(),
         _ => None,
     };
     let Some(&[begin, end]) = offsets.as_deref() else {
-        return Err(format_err(format!(
-            "tensor '{name}': \"data_offsets\" must be [begin, end] integers"
-        )));
+        return Err(format_err(format!("tensor '{name}': \"data_offsets\" must be [begin, end] integers")));
     };
     Ok((dtype, shape, begin, end))
 }
@@ -270,11 +219,7 @@ impl<'h> JsonParser<'h> {
     }
 
     fn literal(&mut self, word: &str, value: Json<'h>) -> Result<Json<'h>> {
-        if self
-            .text
-            .get(self.pos..)
-            .is_some_and(|rest| rest.starts_with(word))
-        {
+        if self.text.get(self.pos..).is_some_and(|rest| rest.starts_with(word)) {
             self.pos += word.len();
             Ok(value)
         } else {
@@ -335,10 +280,7 @@ impl<'h> JsonParser<'h> {
     }
 
     fn hex4(&mut self) -> Result<u32> {
-        let digits = self
-            .text
-            .get(self.pos..self.pos + 4)
-            .ok_or_else(|| self.error("short \\u escape"))?;
+        let digits = self.text.get(self.pos..self.pos + 4).ok_or_else(|| self.error("short \\u escape"))?;
         if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(self.error("bad \\u escape"));
         }
@@ -390,10 +332,7 @@ impl<'h> JsonParser<'h> {
                                 }
                                 code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
                             }
-                            out.push(
-                                char::from_u32(code)
-                                    .ok_or_else(|| self.error("unpaired surrogate"))?,
-                            );
+                            out.push(char::from_u32(code).ok_or_else(|| self.error("unpaired surrogate"))?);
                         }
                         _ => return Err(self.error("unknown escape")),
                     }
@@ -439,9 +378,7 @@ impl<'h> JsonParser<'h> {
                 return Err(self.error("bad number"));
             }
         }
-        self.text
-            .get(start..self.pos)
-            .ok_or_else(|| self.error("bad number"))
+        self.text.get(start..self.pos).ok_or_else(|| self.error("bad number"))
     }
 }
 
@@ -459,11 +396,7 @@ mod tests {
 
     fn sample() -> Vec<u8> {
         let mut data = Vec::new();
-        data.extend(
-            [1.0f32, -2.0, 3.5, 0.25]
-                .iter()
-                .flat_map(|v| v.to_le_bytes()),
-        ); // 0..16
+        data.extend([1.0f32, -2.0, 3.5, 0.25].iter().flat_map(|v| v.to_le_bytes())); // 0..16
         data.extend([0x3c00u16, 0xc000].iter().flat_map(|v| v.to_le_bytes())); // F16 1, -2: 16..20
         data.extend([0x3f80u16, 0x4040].iter().flat_map(|v| v.to_le_bytes())); // BF16 1, 3: 20..24
         data.extend((-3i64).to_le_bytes()); // 24..32
@@ -486,13 +419,7 @@ mod tests {
     fn parses_a_valid_file() {
         let bytes = sample();
         let f = SafetensorsFile::parse(&bytes).unwrap();
-        assert_eq!(
-            f.metadata,
-            vec![
-                ("format".to_string(), "pt".to_string()),
-                ("note".into(), "café 😀 \"q\"".into())
-            ]
-        );
+        assert_eq!(f.metadata, vec![("format".to_string(), "pt".to_string()), ("note".into(), "café 😀 \"q\"".into())]);
         let names: Vec<&str> = f.tensors.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["w", "h", "b", "scalar", "u", "empty", "i\"8"]);
         let w = f.tensor("w").unwrap();
@@ -502,17 +429,11 @@ mod tests {
         assert_eq!(f.tensor("b").unwrap().to_f32().unwrap(), vec![1.0, 3.0]);
         assert_eq!(f.tensor("scalar").unwrap().to_f32().unwrap(), vec![-3.0]);
         assert_eq!(f.tensor("u").unwrap().to_f32().unwrap(), vec![7.0, 255.0]);
-        assert_eq!(
-            f.tensor("empty").unwrap().to_f32().unwrap(),
-            Vec::<f32>::new()
-        );
+        assert_eq!(f.tensor("empty").unwrap().to_f32().unwrap(), Vec::<f32>::new());
         assert_eq!(f.tensor("i\"8").unwrap().to_f32().unwrap(), vec![-1.0]);
         assert!(f.tensor("missing").is_none());
         // An empty header object is a valid (empty) file.
-        assert!(SafetensorsFile::parse(&file("{}", &[]))
-            .unwrap()
-            .tensors
-            .is_empty());
+        assert!(SafetensorsFile::parse(&file("{}", &[])).unwrap().tensors.is_empty());
     }
 
     fn format_err(bytes: &[u8], needle: &str) {
@@ -528,14 +449,8 @@ mod tests {
         format_err(&[1, 0, 0], "truncated");
         format_err(&file("{}", &[])[..9], "truncated");
         format_err(&u64::MAX.to_le_bytes(), "limit");
-        format_err(
-            &[(1u64 << 20).to_le_bytes().to_vec(), b"{}".to_vec()].concat(),
-            "exceeds",
-        );
-        format_err(
-            &[2u64.to_le_bytes().to_vec(), vec![0xff, 0xfe]].concat(),
-            "UTF-8",
-        );
+        format_err(&[(1u64 << 20).to_le_bytes().to_vec(), b"{}".to_vec()].concat(), "exceeds");
+        format_err(&[2u64.to_le_bytes().to_vec(), vec![0xff, 0xfe]].concat(), "UTF-8");
         for bad in [
             "",
             "[]",
@@ -575,63 +490,22 @@ mod tests {
         let t = |entry: &str| file(&format!("{{\"t\": {entry}}}"), &data);
         format_err(&t("[]"), "not an object");
         format_err(&t(r#"{"shape": [4], "data_offsets": [0, 16]}"#), "dtype");
-        format_err(
-            &t(r#"{"dtype": 5, "shape": [4], "data_offsets": [0, 16]}"#),
-            "dtype",
-        );
+        format_err(&t(r#"{"dtype": 5, "shape": [4], "data_offsets": [0, 16]}"#), "dtype");
         format_err(&t(r#"{"dtype": "F32", "data_offsets": [0, 16]}"#), "shape");
-        format_err(
-            &t(r#"{"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}"#),
-            "shape",
-        );
-        format_err(
-            &t(r#"{"dtype": "F32", "shape": [4.0], "data_offsets": [0, 16]}"#),
-            "shape",
-        );
-        format_err(
-            &t(r#"{"dtype": "F32", "shape": [1e2], "data_offsets": [0, 16]}"#),
-            "shape",
-        );
-        format_err(
-            &t(r#"{"dtype": "F32", "shape": [99999999999999999999], "data_offsets": [0, 16]}"#),
-            "shape",
-        );
-        format_err(
-            &t(r#"{"dtype": "F32", "shape": [4611686018427387904, 4], "data_offsets": [0, 16]}"#),
-            "'t'",
-        );
+        format_err(&t(r#"{"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}"#), "shape");
+        format_err(&t(r#"{"dtype": "F32", "shape": [4.0], "data_offsets": [0, 16]}"#), "shape");
+        format_err(&t(r#"{"dtype": "F32", "shape": [1e2], "data_offsets": [0, 16]}"#), "shape");
+        format_err(&t(r#"{"dtype": "F32", "shape": [99999999999999999999], "data_offsets": [0, 16]}"#), "shape");
+        format_err(&t(r#"{"dtype": "F32", "shape": [4611686018427387904, 4], "data_offsets": [0, 16]}"#), "'t'");
         format_err(&t(r#"{"dtype": "F32", "shape": [4]}"#), "data_offsets");
-        format_err(
-            &t(r#"{"dtype": "F32", "shape": [4], "data_offsets": [0]}"#),
-            "data_offsets",
-        );
-        format_err(
-            &t(r#"{"dtype": "F32", "shape": [4], "data_offsets": [0, 16, 16]}"#),
-            "data_offsets",
-        );
-        format_err(
-            &t(r#"{"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}"#),
-            "outside",
-        );
-        format_err(
-            &t(r#"{"dtype": "F32", "shape": [4], "data_offsets": [16, 0]}"#),
-            "outside",
-        );
-        format_err(
-            &t(r#"{"dtype": "F32", "shape": [4], "data_offsets": [0, 18446744073709551615]}"#),
-            "outside",
-        );
-        format_err(
-            &t(r#"{"dtype": "F32", "shape": [3], "data_offsets": [0, 16]}"#),
-            "needs 12 bytes",
-        );
-        format_err(
-            &t(r#"{"dtype": "F32", "dtype": "F32", "shape": [4], "data_offsets": [0, 16]}"#),
-            "twice",
-        );
-        match SafetensorsFile::parse(&t(
-            r#"{"dtype": "F8_E4M3", "shape": [16], "data_offsets": [0, 16]}"#,
-        )) {
+        format_err(&t(r#"{"dtype": "F32", "shape": [4], "data_offsets": [0]}"#), "data_offsets");
+        format_err(&t(r#"{"dtype": "F32", "shape": [4], "data_offsets": [0, 16, 16]}"#), "data_offsets");
+        format_err(&t(r#"{"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}"#), "outside");
+        format_err(&t(r#"{"dtype": "F32", "shape": [4], "data_offsets": [16, 0]}"#), "outside");
+        format_err(&t(r#"{"dtype": "F32", "shape": [4], "data_offsets": [0, 18446744073709551615]}"#), "outside");
+        format_err(&t(r#"{"dtype": "F32", "shape": [3], "data_offsets": [0, 16]}"#), "needs 12 bytes");
+        format_err(&t(r#"{"dtype": "F32", "dtype": "F32", "shape": [4], "data_offsets": [0, 16]}"#), "twice");
+        match SafetensorsFile::parse(&t(r#"{"dtype": "F8_E4M3", "shape": [16], "data_offsets": [0, 16]}"#)) {
             Err(Error::Unsupported(m)) => {
                 assert!(m.contains("F8_E4M3") && m.contains("'t'"), "{m}")
             }
@@ -643,10 +517,7 @@ mod tests {
         let dup = r#"{"a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]},
                       "a": {"dtype": "U8", "shape": [1], "data_offsets": [1, 2]}}"#;
         format_err(&file(dup, &data), "twice");
-        format_err(
-            &file(r#"{"__metadata__": {"k": 1}}"#, &data),
-            "not a string",
-        );
+        format_err(&file(r#"{"__metadata__": {"k": 1}}"#, &data), "not a string");
         format_err(&file(r#"{"__metadata__": []}"#, &data), "not an object");
     }
 
@@ -654,10 +525,7 @@ mod tests {
     fn every_truncation_is_an_error() {
         let bytes = sample();
         for len in 0..bytes.len() {
-            assert!(
-                SafetensorsFile::parse(&bytes[..len]).is_err(),
-                "prefix of {len} bytes parsed"
-            );
+            assert!(SafetensorsFile::parse(&bytes[..len]).is_err(), "prefix of {len} bytes parsed");
         }
     }
 

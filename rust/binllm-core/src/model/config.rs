@@ -62,9 +62,16 @@ pub enum RopeStyle {
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (transformers' and llama.cpp's `linear`).
-    Linear { factor: f32 },
+    Linear {
+        factor: f32,
+    },
     /// Llama 3.1's band-wise scaling (transformers' `_compute_llama3_parameters`).
-    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max_positions: usize },
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_positions: usize,
+    },
     /// One divisor per frequency, as stored (GGUF `rope_freqs.weight`).
     FreqFactors(Vec<f32>),
 }
@@ -211,10 +218,10 @@ impl ModelConfig {
         if self.layers == 0 || self.layers > MAX_LAYERS {
             crate::bail!(Format, "num_hidden_layers = {} is out of range (1..={MAX_LAYERS})", self.layers);
         }
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             crate::bail!(Format, "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})", self.heads, self.kv_heads);
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             crate::bail!(Format, "head_dim ({}) must be even for RoPE", self.head_dim);
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
@@ -234,7 +241,13 @@ impl ModelConfig {
                 }
             }
             RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_positions } => {
-                if !(factor.is_finite() && *factor > 0.0 && low_freq_factor.is_finite() && high_freq_factor.is_finite() && high_freq_factor > low_freq_factor && *low_freq_factor > 0.0) {
+                if !(factor.is_finite()
+                    && *factor > 0.0
+                    && low_freq_factor.is_finite()
+                    && high_freq_factor.is_finite()
+                    && high_freq_factor > low_freq_factor
+                    && *low_freq_factor > 0.0)
+                {
                     crate::bail!(
                         Format,
                         "llama3 RoPE scaling needs factor > 0 and 0 < low_freq_factor < high_freq_factor, got {factor}, {low_freq_factor}, {high_freq_factor}"
@@ -310,7 +323,10 @@ impl ModelConfig {
         let architecture = match (arch_name.as_str(), model_type) {
             ("BitNetForCausalLM", _) | ("", "bitnet") => "bitnet",
             ("LlamaForCausalLM" | "BitnetForCausalLM", _) | ("", "llama") => "llama",
-            (a, t) => crate::bail!(Unsupported, "architecture '{a}' (model_type '{t}'); binllm runs BitNetForCausalLM, BitnetForCausalLM (1bitLLM) and LlamaForCausalLM"),
+            (a, t) => crate::bail!(
+                Unsupported,
+                "architecture '{a}' (model_type '{t}'); binllm runs BitNetForCausalLM, BitnetForCausalLM (1bitLLM) and LlamaForCausalLM"
+            ),
         };
         let bitnet_arch = architecture == "bitnet";
         // 1bitLLM's remote code (`BitnetForCausalLM` on a llama model_type): SubLN norms in every
@@ -321,7 +337,7 @@ impl ModelConfig {
         let hidden = c.required_uint("hidden_size")?;
         let heads = c.required_uint("num_attention_heads")?;
         let kv_heads = c.uint("num_key_value_heads")?.unwrap_or(heads);
-        let head_dim = c.uint("head_dim")?.unwrap_or(if heads > 0 { hidden / heads } else { 0 });
+        let head_dim = c.uint("head_dim")?.unwrap_or(hidden.checked_div(heads).unwrap_or(0));
         // transformers' defaults per config class (BitNetConfig / LlamaConfig).
         let act_name = c.str("hidden_act")?.unwrap_or(if bitnet_arch { "relu2" } else { "silu" });
         let (rope_theta, rope_scaling) = c.rope(if bitnet_arch { 500000.0 } else { 10000.0 })?;
@@ -329,7 +345,11 @@ impl ModelConfig {
         let quant = c.0.get("quantization_config").filter(|q| !q.is_null());
         let quant_method = match quant {
             None => None,
-            Some(q) => Some(q.get("quant_method").and_then(Value::as_str).ok_or_else(|| Error::Format("config.json: quantization_config has no string quant_method".into()))?),
+            Some(q) => Some(
+                q.get("quant_method")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| Error::Format("config.json: quantization_config has no string quant_method".into()))?,
+            ),
         };
         let weight_bits = c.uint("weight_bits")?;
         if let Some(bits) = c.uint("input_bits")? {
@@ -339,7 +359,9 @@ impl ModelConfig {
         }
         let mut weight_scale = WeightScale::Divide;
         let linear = match (quant_method, weight_bits) {
-            (Some(_), Some(bits)) => crate::bail!(Unsupported, "config.json has both weight_bits ({bits}) and a quantization_config; binllm reads one or the other"),
+            (Some(_), Some(bits)) => {
+                crate::bail!(Unsupported, "config.json has both weight_bits ({bits}) and a quantization_config; binllm reads one or the other")
+            }
             (Some("bitnet"), None) => {
                 weight_scale = bitnet_quantization(quant.expect("quant_method came from it"))?;
                 LinearKind::BitNet
@@ -399,11 +421,8 @@ impl ModelConfig {
     /// Reads GGUF metadata (`general.architecture` = llama, bitnet, bitnet-25 or bitnet-b1.58;
     /// llama.cpp's keys).
     pub fn from_gguf(file: &GgufFile<'_>) -> Result<Self> {
-        let arch = file
-            .get("general.architecture")
-            .and_then(GgufValue::as_str)
-            .ok_or_else(|| Error::Format("GGUF has no general.architecture".into()))?
-            .to_string();
+        let arch =
+            file.get("general.architecture").and_then(GgufValue::as_str).ok_or_else(|| Error::Format("GGUF has no general.architecture".into()))?.to_string();
         let (architecture, activation, sub_norms) = match arch.as_str() {
             "llama" => ("llama", Activation::Silu, SubNorms::None),
             // llama.cpp's "bitnet" graph (1bitLLM's models): sub-norms and a SiLU gate; binllm's
@@ -429,7 +448,10 @@ impl ModelConfig {
         let uint = |k: &str| -> Result<Option<usize>> {
             match file.get(&key(k)) {
                 None => Ok(None),
-                Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| Error::Format(format!("GGUF metadata '{}' must be an integer, got {}", key(k), short(v)))),
+                Some(v) => v
+                    .as_u64()
+                    .map(|x| Some(x as usize))
+                    .ok_or_else(|| Error::Format(format!("GGUF metadata '{}' must be an integer, got {}", key(k), short(v)))),
             }
         };
         let float = |k: &str| -> Result<Option<f64>> {
@@ -442,11 +464,15 @@ impl ModelConfig {
         let hidden = required("embedding_length")?;
         let heads = required("attention.head_count")?;
         let kv_heads = uint("attention.head_count_kv")?.unwrap_or(heads);
-        let head_dim = uint("attention.key_length")?.unwrap_or(if heads > 0 { hidden / heads } else { 0 });
+        let head_dim = uint("attention.key_length")?.unwrap_or(hidden.checked_div(heads).unwrap_or(0));
         for k in ["attention.value_length", "rope.dimension_count"] {
             if let Some(x) = uint(k)? {
                 if x != head_dim {
-                    crate::bail!(Unsupported, "GGUF metadata '{}' = {x} differs from the head size {head_dim} (binllm rotates and attends over whole heads)", key(k));
+                    crate::bail!(
+                        Unsupported,
+                        "GGUF metadata '{}' = {x} differs from the head size {head_dim} (binllm rotates and attends over whole heads)",
+                        key(k)
+                    );
                 }
             }
         }
@@ -467,7 +493,9 @@ impl ModelConfig {
             }
         };
         let activation = match (named(&key("hidden_activation"))?, named("binllm.activation")?) {
-            (Some(a), Some(b)) if a != b => crate::bail!(Format, "GGUF metadata '{}' ({}) and binllm.activation ({}) disagree", key("hidden_activation"), a.name(), b.name()),
+            (Some(a), Some(b)) if a != b => {
+                crate::bail!(Format, "GGUF metadata '{}' ({}) and binllm.activation ({}) disagree", key("hidden_activation"), a.name(), b.name())
+            }
             (a, b) => a.or(b).unwrap_or(activation),
         };
         // llama.cpp's own RoPE choice per architecture: "normal" (interleaved pairs, Q/K rows
@@ -480,14 +508,22 @@ impl ModelConfig {
             None => RopeStyle::Interleaved,
             Some(other) => crate::bail!(Unsupported, "binllm.rope_style '{other}'"),
         };
-        let scaling_type = file.get(&key("rope.scaling.type")).map(|v| v.as_str().ok_or_else(|| Error::Format(format!("GGUF metadata '{}' must be a string", key("rope.scaling.type"))))).transpose()?;
+        let scaling_type = file
+            .get(&key("rope.scaling.type"))
+            .map(|v| v.as_str().ok_or_else(|| Error::Format(format!("GGUF metadata '{}' must be a string", key("rope.scaling.type")))))
+            .transpose()?;
         let mut rope_scaling = match scaling_type {
             None | Some("none") => RopeScaling::None,
             Some("linear") => {
-                let factor = float("rope.scaling.factor")?.ok_or_else(|| Error::Format(format!("linear RoPE scaling without '{}'", key("rope.scaling.factor"))))?;
+                let factor =
+                    float("rope.scaling.factor")?.ok_or_else(|| Error::Format(format!("linear RoPE scaling without '{}'", key("rope.scaling.factor"))))?;
                 RopeScaling::Linear { factor: factor as f32 }
             }
-            Some(other) => crate::bail!(Unsupported, "GGUF metadata '{}' = '{other}' (binllm implements none, linear, and Llama-3 frequency factors)", key("rope.scaling.type")),
+            Some(other) => crate::bail!(
+                Unsupported,
+                "GGUF metadata '{}' = '{other}' (binllm implements none, linear, and Llama-3 frequency factors)",
+                key("rope.scaling.type")
+            ),
         };
         if let Some(t) = file.tensor("rope_freqs.weight") {
             if rope_scaling != RopeScaling::None {
@@ -512,7 +548,11 @@ impl ModelConfig {
         let token = |k: &str| -> Result<Option<u32>> {
             match file.get(k) {
                 None => Ok(None),
-                Some(v) => v.as_u64().and_then(|x| u32::try_from(x).ok()).map(Some).ok_or_else(|| Error::Format(format!("GGUF metadata '{k}' must be a token id, got {}", short(v)))),
+                Some(v) => v
+                    .as_u64()
+                    .and_then(|x| u32::try_from(x).ok())
+                    .map(Some)
+                    .ok_or_else(|| Error::Format(format!("GGUF metadata '{k}' must be a token id, got {}", short(v)))),
             }
         };
         let cfg = ModelConfig {
@@ -574,7 +614,9 @@ fn bitnet_quantization(q: &Value) -> Result<WeightScale> {
         None | Some(Value::Null) => WeightScale::Divide,
         Some(Value::String(s)) if s == "bitlinear" => WeightScale::Divide,
         Some(Value::String(s)) if s == "autobitlinear" => WeightScale::Multiply,
-        Some(other) => crate::bail!(Unsupported, "config.json: quantization_config.linear_class = {} (binllm runs bitlinear and autobitlinear)", short_json(other)),
+        Some(other) => {
+            crate::bail!(Unsupported, "config.json: quantization_config.linear_class = {} (binllm runs bitlinear and autobitlinear)", short_json(other))
+        }
     };
     match q.get("quantization_mode") {
         None | Some(Value::Null) => {}
@@ -583,12 +625,18 @@ fn bitnet_quantization(q: &Value) -> Result<WeightScale> {
     }
     match q.get("use_rms_norm") {
         None | Some(Value::Null) | Some(Value::Bool(false)) => {}
-        Some(other) => crate::bail!(Unsupported, "config.json: quantization_config.use_rms_norm = {} (an RMSNorm inside each linear layer is not implemented)", short_json(other)),
+        Some(other) => crate::bail!(
+            Unsupported,
+            "config.json: quantization_config.use_rms_norm = {} (an RMSNorm inside each linear layer is not implemented)",
+            short_json(other)
+        ),
     }
     match q.get("modules_to_not_convert") {
         None | Some(Value::Null) => {}
         Some(Value::Array(a)) if a.iter().all(|m| m.as_str() == Some("lm_head")) => {}
-        Some(other) => crate::bail!(Unsupported, "config.json: quantization_config.modules_to_not_convert = {} (binllm keeps only lm_head in float)", short_json(other)),
+        Some(other) => {
+            crate::bail!(Unsupported, "config.json: quantization_config.modules_to_not_convert = {} (binllm keeps only lm_head in float)", short_json(other))
+        }
     }
     Ok(scale)
 }
@@ -609,7 +657,11 @@ impl<'v> HfConfig<'v> {
     }
     fn uint(&self, key: &str) -> Result<Option<usize>> {
         self.get(key)
-            .map(|v| v.as_u64().and_then(|x| usize::try_from(x).ok()).ok_or_else(|| Error::Format(format!("config.json: {key} must be a non-negative integer, got {}", short_json(v)))))
+            .map(|v| {
+                v.as_u64()
+                    .and_then(|x| usize::try_from(x).ok())
+                    .ok_or_else(|| Error::Format(format!("config.json: {key} must be a non-negative integer, got {}", short_json(v))))
+            })
             .transpose()
     }
     fn required_uint(&self, key: &str) -> Result<usize> {
@@ -688,7 +740,8 @@ impl<'v> HfConfig<'v> {
             None => None,
         };
         let top_theta = self.float("rope_theta")?;
-        let param_theta = params.and_then(|p| p.get("rope_theta")).filter(|v| !v.is_null()).map(|v| Self::float_of("rope_parameters.rope_theta", v)).transpose()?;
+        let param_theta =
+            params.and_then(|p| p.get("rope_theta")).filter(|v| !v.is_null()).map(|v| Self::float_of("rope_parameters.rope_theta", v)).transpose()?;
         let theta = match (top_theta, param_theta) {
             (Some(a), Some(b)) if a != b => crate::bail!(Format, "config.json: rope_theta ({a}) and rope_parameters.rope_theta ({b}) disagree"),
             (a, b) => a.or(b).unwrap_or(default_theta),
@@ -769,7 +822,8 @@ mod tests {
     #[test]
     fn defaults_follow_the_config_class() {
         assert_eq!(llama("").unwrap().rope_theta, 10000.0);
-        let bitnet = ModelConfig::from_hf_json(&format!("{{{}}}", LLAMA.replace("LlamaForCausalLM", "BitNetForCausalLM").replace("\"llama\"", "\"bitnet\""))).unwrap();
+        let bitnet =
+            ModelConfig::from_hf_json(&format!("{{{}}}", LLAMA.replace("LlamaForCausalLM", "BitNetForCausalLM").replace("\"llama\"", "\"bitnet\""))).unwrap();
         assert_eq!((bitnet.rope_theta, bitnet.activation, bitnet.sub_norms, bitnet.rms_eps), (500000.0, Activation::Relu2, SubNorms::BitNet, 1e-5));
     }
 
@@ -777,7 +831,8 @@ mod tests {
     fn onebitllm_declares_its_sub_norms() {
         let c = llama(r#""weight_bits": 1, "input_bits": 8"#).unwrap();
         assert_eq!((c.linear, c.sub_norms), (LinearKind::BitNet, SubNorms::None));
-        let one = ModelConfig::from_hf_json(&format!("{{{}, \"weight_bits\": 1, \"input_bits\": 8}}", LLAMA.replace("LlamaForCausalLM", "BitnetForCausalLM"))).unwrap();
+        let one = ModelConfig::from_hf_json(&format!("{{{}, \"weight_bits\": 1, \"input_bits\": 8}}", LLAMA.replace("LlamaForCausalLM", "BitnetForCausalLM")))
+            .unwrap();
         assert_eq!((one.linear, one.sub_norms), (LinearKind::BitNet, SubNorms::OneBitLlm));
         refused(r#""weight_bits": 1, "input_bits": 4"#, "input_bits = 4");
     }
@@ -829,7 +884,8 @@ mod tests {
         refused(r#""quantization_config": {"quant_method": "bitnet", "weight_group_size": 128}"#, "weight_group_size");
         refused(r#""quantization_config": {"quant_method": "gptq"}"#, "gptq");
         // Off values are accepted.
-        llama(r#""attention_bias": false, "mlp_bias": false, "sliding_window": null, "partial_rotary_factor": 1.0, "rope_scaling": null, "pretraining_tp": 1"#).unwrap();
+        llama(r#""attention_bias": false, "mlp_bias": false, "sliding_window": null, "partial_rotary_factor": 1.0, "rope_scaling": null, "pretraining_tp": 1"#)
+            .unwrap();
         llama(r#""quantization_config": {"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "online", "use_rms_norm": false, "rms_norm_eps": 1e-6, "modules_to_not_convert": ["lm_head"]}"#).unwrap();
     }
 

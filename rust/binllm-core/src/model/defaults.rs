@@ -93,9 +93,10 @@ fn number(file: &str, key: &str, v: Option<&Value>) -> Result<Option<f32>> {
 
 /// The id of a token's text in a tokenizer.json (vocabulary or added tokens).
 fn id_in_tokenizer(tokenizer: &Value, text: &str) -> Option<u32> {
-    let added = tokenizer.get("added_tokens").and_then(Value::as_array).and_then(|a| {
-        a.iter().find(|t| t.get("content").and_then(Value::as_str) == Some(text)).and_then(|t| t.get("id")).and_then(Value::as_u64)
-    });
+    let added = tokenizer
+        .get("added_tokens")
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().find(|t| t.get("content").and_then(Value::as_str) == Some(text)).and_then(|t| t.get("id")).and_then(Value::as_u64));
     added.or_else(|| tokenizer.get("model")?.get("vocab")?.get(text)?.as_u64()).map(|id| id as u32)
 }
 
@@ -137,9 +138,12 @@ impl GenerationDefaults {
         d.repetition_penalty = number(gen_file, "repetition_penalty", generation.get("repetition_penalty"))?;
         d.top_k = match generation.get("top_k") {
             None | Some(Value::Null) => None,
-            Some(v) => Some(v.as_u64().filter(|&k| k <= u32::MAX as u64).map(|k| k as usize).ok_or_else(|| {
-                Error::Format(format!("{gen_file}: top_k must be a whole number from 0 to 2^32 - 1, got {v}"))
-            })?),
+            Some(v) => Some(
+                v.as_u64()
+                    .filter(|&k| k <= u32::MAX as u64)
+                    .map(|k| k as usize)
+                    .ok_or_else(|| Error::Format(format!("{gen_file}: top_k must be a whole number from 0 to 2^32 - 1, got {v}")))?,
+            ),
         };
         d.bos_token = token_text(tok_file, "bos_token", tok_cfg.get("bos_token"))?;
         d.eos_token = token_text(tok_file, "eos_token", tok_cfg.get("eos_token"))?;

@@ -17,8 +17,8 @@
 
 use super::config::{Activation, LinearKind, RopeStyle};
 use super::{Linear, Model};
-use crate::formats::ScaleKind;
 use crate::error::{Error, Result};
+use crate::formats::ScaleKind;
 use crate::loader::{f32_to_f16_bytes, quantize_q8_0, quantize_tq1_0, quantize_tq2_0, DType, GgufFile, GgufValue, GgufWriter};
 
 /// Storage type of the decoder's linear layers in the written file.
@@ -163,7 +163,7 @@ impl Exporter<'_> {
     /// Embeddings or a float output layer: F16 or Q8_0 (Q8_0 only for rows of whole blocks).
     fn embedding(&mut self, name: &str, w: &[f32], n: usize, k: usize) -> Result<()> {
         if self.opts.embedding_type == EmbeddingType::Q8_0 {
-            if k % 32 == 0 {
+            if k.is_multiple_of(32) {
                 return self.tensor(name, DType::Q8_0, &[n, k], quantize_q8_0(w, n, k)?);
             }
             self.report.fallbacks.push(format!("{name}: row length {k} is not a multiple of 32; written as F16, not Q8_0"));
@@ -197,12 +197,8 @@ impl Exporter<'_> {
                 }
                 let codes = reorder_rows(&p.unpack(), k, order);
                 let scales = reorder_rows(&scales, per_row, order);
-                let data = if dtype == DType::TQ2_0 {
-                    quantize_tq2_0(&codes, n, k, &scales)
-                } else {
-                    quantize_tq1_0(&codes, n, k, &scales)
-                }
-                .map_err(|e| Error::InvalidArgument(format!("tensor '{name}': {e}")))?;
+                let data = if dtype == DType::TQ2_0 { quantize_tq2_0(&codes, n, k, &scales) } else { quantize_tq1_0(&codes, n, k, &scales) }
+                    .map_err(|e| Error::InvalidArgument(format!("tensor '{name}': {e}")))?;
                 return self.tensor(name, dtype, &[n, k], data);
             }
             let why = if p.row_offset().is_some() {
@@ -308,7 +304,7 @@ impl Exporter<'_> {
         let architecture = if c.sub_norms.any() { "bitnet" } else { "llama" };
         let rope = llama_cpp_rope(architecture);
         let (q_order, k_order) = if rope != c.rope_style {
-            if c.head_dim % 2 != 0 {
+            if !c.head_dim.is_multiple_of(2) {
                 crate::bail!(InvalidArgument, "head_dim {} is odd; RoPE pairs cannot be reordered", c.head_dim);
             }
             self.report.permuted_qk = true;
@@ -376,6 +372,18 @@ pub fn write_gguf(model: &Model, opts: &ExportOptions, path: &std::path::Path) -
     Ok(report)
 }
 
+/// All rows of `l` as f32 (its effective weights), reordered by `order` if given.
+fn rows_f32(l: &Linear, order: Option<&[usize]>) -> Vec<f32> {
+    let (n, k) = l.shape();
+    let mut all = Vec::with_capacity(n * k);
+    let mut row = Vec::with_capacity(k);
+    for r in 0..n {
+        l.row_f32(order.map_or(r, |o| o[r]), &mut row);
+        all.extend_from_slice(&row);
+    }
+    all
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,16 +397,4 @@ mod tests {
         let round: Vec<usize> = back.iter().map(|&r| order[r]).collect();
         assert_eq!(round, (0..12).collect::<Vec<_>>());
     }
-}
-
-/// All rows of `l` as f32 (its effective weights), reordered by `order` if given.
-fn rows_f32(l: &Linear, order: Option<&[usize]>) -> Vec<f32> {
-    let (n, k) = l.shape();
-    let mut all = Vec::with_capacity(n * k);
-    let mut row = Vec::with_capacity(k);
-    for r in 0..n {
-        l.row_f32(order.map_or(r, |o| o[r]), &mut row);
-        all.extend_from_slice(&row);
-    }
-    all
 }

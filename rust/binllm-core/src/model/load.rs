@@ -179,7 +179,12 @@ impl<'t, 'a> Tensors<'t, 'a> {
                 crate::bail!(Format, "q8 tensor '{weight_name}' is {} {:?}; expected I8 [{n}, {k}]", t.dtype.name(), t.shape);
             }
             if scale.shape != [n, blocks] {
-                crate::bail!(Format, "tensor '{scale_name}' has shape {:?}; q8 needs [{n}, {blocks}] (one scale per {} weights of a row)", scale.shape, super::linear::Q8_BLOCK);
+                crate::bail!(
+                    Format,
+                    "tensor '{scale_name}' has shape {:?}; q8 needs [{n}, {blocks}] (one scale per {} weights of a row)",
+                    scale.shape,
+                    super::linear::Q8_BLOCK
+                );
             }
             let scales = float_values(scale, &scale_name)?;
             let q = t.data.iter().map(|&b| b as i8).collect();
@@ -253,11 +258,7 @@ impl<'t, 'a> Tensors<'t, 'a> {
             return match t.to_ternary() {
                 Ok(tt) => {
                     let first = tt.row_scales.first().copied().unwrap_or(1.0);
-                    let scale = if tt.row_scales.iter().all(|&s| s == first) {
-                        ScaleKind::PerTensor(first)
-                    } else {
-                        ScaleKind::PerRow(tt.row_scales)
-                    };
+                    let scale = if tt.row_scales.iter().all(|&s| s == first) { ScaleKind::PerTensor(first) } else { ScaleKind::PerRow(tt.row_scales) };
                     Ok(Linear::Packed(PackedMatrix::pack(WeightFormat::Ternary2, &tt.codes, n, k, scale)?))
                 }
                 // 256-blocks whose scales differ within a row (llama.cpp's own quantizer):
@@ -319,7 +320,7 @@ impl<'t, 'a> Tensors<'t, 'a> {
     /// value = field - 1; `weight_scale` [1] divides or multiplies by `linear_class`
     /// (`WeightScale`).
     fn hf_packed_linear(&self, name: &str, t: &TensorView<'a>, n: usize, k: usize) -> Result<Linear> {
-        if n % 4 != 0 || t.shape != [n / 4, k] {
+        if !n.is_multiple_of(4) || t.shape != [n / 4, k] {
             crate::bail!(Format, "packed tensor '{name}' has shape {:?}; expected [{}, {k}] (4 rows per byte)", t.shape, n / 4);
         }
         let scale_name = name.strip_suffix(".weight").map(|p| format!("{p}.weight_scale")).unwrap_or_default();
@@ -489,12 +490,8 @@ mod native {
         let index = dir.join("model.safetensors.index.json");
         if index.is_file() {
             let text = std::fs::read_to_string(&index)?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| Error::Format(format!("{}: {e}", index.display())))?;
-            let map = v
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| Error::Format(format!("{} has no weight_map", index.display())))?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Format(format!("{}: {e}", index.display())))?;
+            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Format(format!("{} has no weight_map", index.display())))?;
             let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
             files.sort();
             files.dedup();
@@ -560,8 +557,8 @@ mod native {
     pub fn load_path(path: &Path) -> Result<Model> {
         if path.is_dir() {
             let config_path = path.join("config.json");
-            let config = std::fs::read_to_string(&config_path)
-                .map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("{}: {e}", config_path.display()))))?;
+            let config =
+                std::fs::read_to_string(&config_path).map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("{}: {e}", config_path.display()))))?;
             let maps = hf_weight_files(path)?.iter().map(|p| map_file(p)).collect::<Result<Vec<_>>>()?;
             let files = maps.iter().map(|m| SafetensorsFile::parse(m)).collect::<Result<Vec<_>>>()?;
             Model::from_hf(&config, &files)
@@ -601,7 +598,15 @@ mod tests {
             float(&format!("{p}input_layernorm.weight"), &[64], 1.0),
             float(&format!("{p}post_attention_layernorm.weight"), &[64], 1.0),
         ];
-        for (m, n, k) in [("self_attn.q_proj", 64, 64), ("self_attn.k_proj", 32, 64), ("self_attn.v_proj", 32, 64), ("self_attn.o_proj", 64, 64), ("mlp.gate_proj", 96, 64), ("mlp.up_proj", 96, 64), ("mlp.down_proj", 64, 96)] {
+        for (m, n, k) in [
+            ("self_attn.q_proj", 64, 64),
+            ("self_attn.k_proj", 32, 64),
+            ("self_attn.v_proj", 32, 64),
+            ("self_attn.o_proj", 64, 64),
+            ("mlp.gate_proj", 96, 64),
+            ("mlp.up_proj", 96, 64),
+            ("mlp.down_proj", 64, 96),
+        ] {
             all.push(float(&format!("{p}{m}.weight"), &[n, k], 0.03));
         }
         all.retain(|t| !stored.iter().any(|s| s.0 == t.0));
@@ -695,8 +700,16 @@ mod tests {
         let ternary_onebit = [q_t2(64, vec![64], vec![1.0; 64]), vec![(format!("{Q}.weight_col_scale"), "F32", vec![64], f32s(&[1.0; 64]))]].concat();
         rejects(&t2, ternary_onebit, "binary format only");
         let q8 = r#"{"lm_head": {"format": "q8"}}"#;
-        rejects(q8, vec![("lm_head.weight".into(), "I8", vec![16, 64], vec![0; 1024]), ("lm_head.weight_scale".into(), "F32", vec![16, 3], f32s(&[1.0; 48]))], "[16, 2]");
-        rejects(q8, vec![("lm_head.weight".into(), "U8", vec![16, 64], vec![0; 1024]), ("lm_head.weight_scale".into(), "F32", vec![16, 2], f32s(&[1.0; 32]))], "expected I8");
+        rejects(
+            q8,
+            vec![("lm_head.weight".into(), "I8", vec![16, 64], vec![0; 1024]), ("lm_head.weight_scale".into(), "F32", vec![16, 3], f32s(&[1.0; 48]))],
+            "[16, 2]",
+        );
+        rejects(
+            q8,
+            vec![("lm_head.weight".into(), "U8", vec![16, 64], vec![0; 1024]), ("lm_head.weight_scale".into(), "F32", vec![16, 2], f32s(&[1.0; 32]))],
+            "expected I8",
+        );
         rejects(q8, vec![], "lm_head.weight_scale");
     }
 }

@@ -25,8 +25,8 @@ pub mod sampler;
 use crate::error::Result;
 use crate::kernels::float::prefetch_ahead;
 use crate::kernels::{self, Backend};
-pub use defaults::GenerationDefaults;
 pub use config::{Activation, LinearKind, ModelConfig, RopeScaling, RopeStyle, SubNorms, WeightScale};
+pub use defaults::GenerationDefaults;
 pub use linear::{FloatStorage, Linear};
 
 pub struct Layer {
@@ -403,13 +403,7 @@ impl Model {
                 crate::bail!(InvalidArgument, "no tokens to run");
             }
             if seg.cache.len + m > seg.cache.capacity {
-                crate::bail!(
-                    InvalidArgument,
-                    "{} tokens do not fit in the context: {} already cached, room for {}",
-                    m,
-                    seg.cache.len,
-                    seg.cache.capacity
-                );
+                crate::bail!(InvalidArgument, "{} tokens do not fit in the context: {} already cached, room for {}", m, seg.cache.len, seg.cache.capacity);
             }
             if let Some(&bad) = seg.tokens.iter().find(|&&t| t as usize >= cfg.vocab) {
                 crate::bail!(InvalidArgument, "token id {bad} is outside the vocabulary (size {})", cfg.vocab);
@@ -481,11 +475,8 @@ impl Model {
 
         // Only the rows whose logits are wanted go through the (large) output layer, all
         // segments' rows in one pass.
-        let wanted: Vec<(usize, usize)> = segments
-            .iter()
-            .enumerate()
-            .map(|(s, seg)| if seg.all_logits { (starts[s], starts[s + 1]) } else { (starts[s + 1] - 1, starts[s + 1]) })
-            .collect();
+        let wanted: Vec<(usize, usize)> =
+            segments.iter().enumerate().map(|(s, seg)| if seg.all_logits { (starts[s], starts[s + 1]) } else { (starts[s + 1] - 1, starts[s + 1]) }).collect();
         let rows: usize = wanted.iter().map(|(a, b)| b - a).sum();
         let mut normed = vec![0f32; rows * d];
         let mut at = 0;
@@ -563,23 +554,11 @@ impl Model {
         }
         crate::threads::for_each_chunk(out, per_task * hd, |task, o| {
             let (i, h0) = (task * per_task / heads, task * per_task % heads);
-            let t = AttentionTask {
-                q: &q[i * q_dim..(i + 1) * q_dim],
-                keys,
-                values,
-                hd,
-                kv_dim,
-                group,
-                scale,
-                visible: pos0 + i + 1,
-                h0,
-                heads: per_task,
-            };
+            let t = AttentionTask { q: &q[i * q_dim..(i + 1) * q_dim], keys, values, hd, kv_dim, group, scale, visible: pos0 + i + 1, h0, heads: per_task };
             attend(&t, o);
         });
     }
 }
-
 
 /// Hands memory freed by a prompt's buffers (megabytes per token batch) back to the system.
 /// glibc raises its mmap threshold after such frees and then keeps similar blocks in its heap,

@@ -115,8 +115,7 @@ impl Sampler {
         // an f32 logit over the smallest positive f32 temperature stays finite there, so a tiny
         // temperature converges on greedy instead of overflowing to inf - inf = NaN.
         let temperature = p.temperature as f64;
-        let mut cand: Vec<(u32, f64)> =
-            logits.iter().enumerate().filter(|(_, l)| !l.is_nan()).map(|(i, &l)| (i as u32, l as f64 / temperature)).collect();
+        let mut cand: Vec<(u32, f64)> = logits.iter().enumerate().filter(|(_, l)| !l.is_nan()).map(|(i, &l)| (i as u32, l as f64 / temperature)).collect();
         if cand.is_empty() {
             return 0;
         }

@@ -225,4 +225,3 @@ unsafe fn gemv_t2_relaxed<const R: usize>(w: *const u8, row_bytes: usize, x: *co
 const GEMV_ROWS: usize = if cfg!(target_feature = "relaxed-simd") { 4 } else { 2 };
 
 kernels_128!("SIMD128", gemm_t2_i8_simd128, gemm_t16_i8_simd128, gemm_b1_i8_simd128);
-

@@ -40,7 +40,8 @@ const CHUNK_WEIGHTS: usize = 2048;
 pub fn available() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
     *OK.get_or_init(|| {
-        if !(std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") && std::arch::is_x86_feature_detected!("xsave")) {
+        if !(std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") && std::arch::is_x86_feature_detected!("xsave"))
+        {
             return false;
         }
         // CPUID.(EAX=7, ECX=0):EDX bit 24 AMX-TILE, bit 25 AMX-INT8.
@@ -115,7 +116,7 @@ unsafe fn decode_blocks<const F: u8>(w: *const u8, b0: usize, nb: usize, out: *m
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn gemm<const F: u8>(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32]) {
     let bw = block_weights(F);
-    debug_assert!(planes(F) * 64 == bw && kp % bw == 0 && row_bytes == kp / bw * 64);
+    debug_assert!(planes(F) * 64 == bw && kp.is_multiple_of(bw) && row_bytes == kp / bw * 64);
     let groups = m.div_ceil(ROWS); // activation tiles of up to 16 rows
     let ktiles = kp / COLSB;
     // Activations in tile order: [group][k tile][k / 4 within the tile][row in group][k % 4].
@@ -255,4 +256,3 @@ pub fn kernel(format: WeightFormat) -> GemmKernel {
         WeightFormat::Binary1 => gemm_b1_i8_amx,
     }
 }
-

@@ -198,7 +198,15 @@ unsafe fn gemv<const F: u8, const R: usize>(w: *const u8, stride: usize, len: us
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn run_tile<const R: usize, const C: usize, const F: u8>(
-    w: &[u8], row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32], r0: usize, i0: usize,
+    w: &[u8],
+    row_bytes: usize,
+    x: &[i8],
+    x_sums: &[i32],
+    m: usize,
+    kp: usize,
+    out: &mut [i32],
+    r0: usize,
+    i0: usize,
 ) {
     let sums = tile::<R, C, F>(w.as_ptr().add(r0 * row_bytes), row_bytes, x.as_ptr().add(i0 * kp), kp);
     for r in 0..R {
@@ -266,12 +274,24 @@ unsafe fn gemm_rows<const F: u8, const R: usize>(w: &[u8], row_bytes: usize, x: 
     }
 }
 
+/// AVX2 kernel (module docs).
+///
+/// # Safety
+/// The CPU has AVX2, and the lengths `GemmKernel` (or `GroupedGemvKernel`) documents hold.
 pub unsafe fn gemm_t2_i8_avx2(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32]) {
     gemm::<T2>(w, n_rows, row_bytes, x, x_sums, m, kp, out)
 }
+/// AVX2 kernel (module docs).
+///
+/// # Safety
+/// The CPU has AVX2, and the lengths `GemmKernel` (or `GroupedGemvKernel`) documents hold.
 pub unsafe fn gemm_t16_i8_avx2(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32]) {
     gemm::<T16>(w, n_rows, row_bytes, x, x_sums, m, kp, out)
 }
+/// AVX2 kernel (module docs).
+///
+/// # Safety
+/// The CPU has AVX2, and the lengths `GemmKernel` (or `GroupedGemvKernel`) documents hold.
 pub unsafe fn gemm_b1_i8_avx2(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32]) {
     gemm::<B1>(w, n_rows, row_bytes, x, x_sums, m, kp, out)
 }
@@ -301,9 +321,17 @@ unsafe fn gemv_grouped<const F: u8>(w: &[u8], n_rows: usize, row_bytes: usize, g
         r += if full { GEMV_ROWS } else { 1 };
     }
 }
+/// AVX2 kernel (module docs).
+///
+/// # Safety
+/// The CPU has AVX2, and the lengths `GemmKernel` (or `GroupedGemvKernel`) documents hold.
 pub unsafe fn gemv_grouped_t2_i8_avx2(w: &[u8], n_rows: usize, row_bytes: usize, group_bytes: usize, x: &[i8], group_sums: &[i32], out: &mut [i32]) {
     gemv_grouped::<T2>(w, n_rows, row_bytes, group_bytes, x, group_sums, out)
 }
+/// AVX2 kernel (module docs).
+///
+/// # Safety
+/// The CPU has AVX2, and the lengths `GemmKernel` (or `GroupedGemvKernel`) documents hold.
 pub unsafe fn gemv_grouped_b1_i8_avx2(w: &[u8], n_rows: usize, row_bytes: usize, group_bytes: usize, x: &[i8], group_sums: &[i32], out: &mut [i32]) {
     gemv_grouped::<B1>(w, n_rows, row_bytes, group_bytes, x, group_sums, out)
 }

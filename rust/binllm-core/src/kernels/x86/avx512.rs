@@ -266,7 +266,8 @@ macro_rules! avx512_kernels {
                 while r < n_rows {
                     let wp = w.as_ptr().add(r * row_bytes);
                     if r + R <= n_rows {
-                        let sums = if F == T2 { gemv_t2::<R>(wp, row_bytes, row_bytes, x.as_ptr()) } else { gemv_b1::<R>(wp, row_bytes, row_bytes, x.as_ptr()) };
+                        let sums =
+                            if F == T2 { gemv_t2::<R>(wp, row_bytes, row_bytes, x.as_ptr()) } else { gemv_b1::<R>(wp, row_bytes, row_bytes, x.as_ptr()) };
                         for (j, s) in sums.into_iter().enumerate() {
                             out[r + j] = signed_sum(F, s, x_sum);
                         }
@@ -282,7 +283,15 @@ macro_rules! avx512_kernels {
             /// t2 / b1 grouped GEMV (`GroupedGemvKernel`): each R-row tile walks its groups in
             /// turn with the GEMV loop above, so the tile's rows stay in cache across groups.
             #[target_feature(enable = $features)]
-            unsafe fn gemv_grouped<const F: u8, const R: usize>(w: &[u8], n_rows: usize, row_bytes: usize, group_bytes: usize, x: &[i8], group_sums: &[i32], out: &mut [i32]) {
+            unsafe fn gemv_grouped<const F: u8, const R: usize>(
+                w: &[u8],
+                n_rows: usize,
+                row_bytes: usize,
+                group_bytes: usize,
+                x: &[i8],
+                group_sums: &[i32],
+                out: &mut [i32],
+            ) {
                 let groups = row_bytes.div_ceil(group_bytes);
                 let group_weights = group_bytes / 64 * block_weights(F);
                 assert!(w.len() >= n_rows * row_bytes && out.len() >= n_rows * groups && group_sums.len() >= groups);
@@ -383,7 +392,15 @@ macro_rules! avx512_kernels {
 
             /// t1.6 with m = C (1 to 3) activation rows: the z trick, R rows at a time.
             #[target_feature(enable = $features)]
-            unsafe fn gemm_t16_few<const R: usize, const C: usize>(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8], x_sums: &[i32], kp: usize, out: &mut [i32]) {
+            unsafe fn gemm_t16_few<const R: usize, const C: usize>(
+                w: &[u8],
+                n_rows: usize,
+                row_bytes: usize,
+                x: &[i8],
+                x_sums: &[i32],
+                kp: usize,
+                out: &mut [i32],
+            ) {
                 let mut r = 0;
                 while r < n_rows {
                     let wp = w.as_ptr().add(r * row_bytes);
@@ -444,7 +461,15 @@ macro_rules! avx512_kernels {
             #[inline]
             #[target_feature(enable = $features)]
             unsafe fn packed_tile<const F: u8, const R: usize, const C: usize>(
-                w: &[u8], row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32], r0: usize, i0: usize,
+                w: &[u8],
+                row_bytes: usize,
+                x: &[i8],
+                x_sums: &[i32],
+                m: usize,
+                kp: usize,
+                out: &mut [i32],
+                r0: usize,
+                i0: usize,
             ) {
                 let sums = tile_packed::<F, R, C>(w.as_ptr().add(r0 * row_bytes), row_bytes, x.as_ptr().add(i0 * kp), kp);
                 for r in 0..R {
@@ -457,7 +482,16 @@ macro_rules! avx512_kernels {
             /// Every activation row against the R packed rows at r0.
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn packed_rows<const F: u8, const R: usize>(w: &[u8], row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32], r0: usize) {
+            unsafe fn packed_rows<const F: u8, const R: usize>(
+                w: &[u8],
+                row_bytes: usize,
+                x: &[i8],
+                x_sums: &[i32],
+                m: usize,
+                kp: usize,
+                out: &mut [i32],
+                r0: usize,
+            ) {
                 let mut i = 0;
                 while i + PACKED_COLS <= m {
                     packed_tile::<F, R, PACKED_COLS>(w, row_bytes, x, x_sums, m, kp, out, r0, i);
@@ -513,7 +547,16 @@ macro_rules! avx512_kernels {
             #[inline]
             #[target_feature(enable = $features)]
             unsafe fn decoded_tile<const R: usize, const C: usize>(
-                codes: &[u8], stride: usize, x: &[i8], m: usize, kp: usize, k0: usize, len: usize, out: &mut [i32], r0: usize, i0: usize,
+                codes: &[u8],
+                stride: usize,
+                x: &[i8],
+                m: usize,
+                kp: usize,
+                k0: usize,
+                len: usize,
+                out: &mut [i32],
+                r0: usize,
+                i0: usize,
             ) {
                 let sums = tile_decoded::<R, C>(codes.as_ptr(), stride, x.as_ptr().add(i0 * kp + k0), kp, len);
                 for r in 0..R {
@@ -526,7 +569,17 @@ macro_rules! avx512_kernels {
             /// Every activation row against the R decoded rows (one K-chunk) at r0.
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn decoded_rows<const R: usize>(codes: &[u8], stride: usize, x: &[i8], m: usize, kp: usize, k0: usize, len: usize, out: &mut [i32], r0: usize) {
+            unsafe fn decoded_rows<const R: usize>(
+                codes: &[u8],
+                stride: usize,
+                x: &[i8],
+                m: usize,
+                kp: usize,
+                k0: usize,
+                len: usize,
+                out: &mut [i32],
+                r0: usize,
+            ) {
                 let mut i = 0;
                 while i + DECODED_COLS <= m {
                     decoded_tile::<R, DECODED_COLS>(codes, stride, x, m, kp, k0, len, out, r0, i);
@@ -624,5 +677,25 @@ unsafe fn dot_bw(acc: __m512i, codes: __m512i, x: __m512i) -> __m512i {
     _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(codes, x), _mm512_set1_epi16(1)))
 }
 
-avx512_kernels!(vnni, "avx512f,avx512bw,avx512vnni", true, dot_vnni, gemm_t2_i8_avx512vnni, gemm_t16_i8_avx512vnni, gemm_b1_i8_avx512vnni, gemv_grouped_t2_i8_avx512vnni, gemv_grouped_b1_i8_avx512vnni);
-avx512_kernels!(bw, "avx512f,avx512bw", false, dot_bw, gemm_t2_i8_avx512, gemm_t16_i8_avx512, gemm_b1_i8_avx512, gemv_grouped_t2_i8_avx512, gemv_grouped_b1_i8_avx512);
+avx512_kernels!(
+    vnni,
+    "avx512f,avx512bw,avx512vnni",
+    true,
+    dot_vnni,
+    gemm_t2_i8_avx512vnni,
+    gemm_t16_i8_avx512vnni,
+    gemm_b1_i8_avx512vnni,
+    gemv_grouped_t2_i8_avx512vnni,
+    gemv_grouped_b1_i8_avx512vnni
+);
+avx512_kernels!(
+    bw,
+    "avx512f,avx512bw",
+    false,
+    dot_bw,
+    gemm_t2_i8_avx512,
+    gemm_t16_i8_avx512,
+    gemm_b1_i8_avx512,
+    gemv_grouped_t2_i8_avx512,
+    gemv_grouped_b1_i8_avx512
+);
