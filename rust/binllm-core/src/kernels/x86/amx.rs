@@ -4,9 +4,10 @@
 //! AMX multiplies 16 x 64 u8 tiles by 64 x 16 i8 tiles into 16 x 16 i32 sums in one
 //! instruction (`tdpbusd`, 16384 multiply-adds), 16 times the work of an AVX-512 VNNI
 //! instruction. The packed weights are decoded to unsigned codes (t2, t1.6: code + 1; b1: bit;
-//! the AVX-512 `decode_row` layout) a tile of 16 rows and a K-chunk at a time, which keeps them
-//! in L1; activations are laid out once per call in the tiles' "VNNI" order (4 consecutive k of
-//! one row side by side). Sums are exact integers, so results equal every other backend's.
+//! the AVX-512 `decode_row` layout) 32 rows at a time, which stay in L2 while every pair of
+//! activation tiles runs over them; activations are laid out once per call in the tiles'
+//! "VNNI" order (4 consecutive k of one row side by side). Sums are exact integers, so results
+//! equal every other backend's.
 //!
 //! Fewer rows (decode of one to eight sequences) stay on AVX-512 VNNI (`MIN_ROWS`): the GEMV
 //! reads the packed weights once at memory speed, and decoding to bytes costs more than
@@ -31,10 +32,6 @@ const COLSB: usize = 64;
 /// 2026-12-06: 0.83-1.2 ms for AMX at 2 to 16 rows; VNNI 0.36-0.49 at 2, 0.83-0.99 at 8,
 /// 1.6-1.9 at 16, 7.6-8.4 at 64 against AMX's 3.0-3.6).
 const MIN_ROWS: usize = 16;
-
-/// Weights of a row decoded per K-chunk: 16 rows of ~2048 codes are 32 KiB, in L1 with the
-/// activation tiles they meet.
-const CHUNK_WEIGHTS: usize = 2048;
 
 /// Whether this CPU has AMX-INT8 and this process may use it (asked once).
 pub fn available() -> bool {
@@ -101,14 +98,6 @@ impl TileConfig {
     }
 }
 
-/// Decodes blocks `b0..b0 + nb` of packed row `w` as unsigned codes (AVX-512 `decode_row`'s
-/// layout) into `out`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn decode_blocks<const F: u8>(w: *const u8, b0: usize, nb: usize, out: *mut u8) {
-    super::avx512::decode_row::<F>(w.add(b0 * 64), nb * 64, out);
-}
-
 /// `out[r * m + i]` = signed integer sum of weight row r and activation row i (`GemmKernel`).
 ///
 /// # Safety
@@ -131,99 +120,139 @@ unsafe fn gemm<const F: u8>(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8],
             }
         }
     }
-    let chunk_blocks = (CHUNK_WEIGHTS / bw).max(1);
-    let blocks = kp / bw;
-    // Decoded rows sit `stride` bytes apart: a chunk's length plus one line, so the rows of a
-    // tile do not all fall in the same few L1 sets (2048 apart they would).
-    let stride = chunk_blocks * bw + COLSB;
-    // Two tiles of weight rows (32 rows) share each activation tile.
+    // Two tiles of weight rows (32 rows) decoded whole, `stride` bytes apart: a row plus one
+    // line, so the rows of a tile do not all fall in the same few cache sets. 32 rows of
+    // 6912 codes are 220 KiB, in L2.
+    let stride = kp + COLSB;
     let mut codes = vec![0u8; 2 * ROWS * stride];
-    // Sums being built: [group][weight tile][16 weight rows][16 activation rows].
-    let mut sums = vec![0i32; groups * 2 * ROWS * ROWS];
+    // Sums of a pair of activation tiles: [group of the pair][weight tile][16 rows][16 rows].
+    let mut sums = [0i32; 2 * 2 * ROWS * ROWS];
     let cfg = TileConfig::new();
     asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
     for r0 in (0..n_rows).step_by(2 * ROWS) {
         let rows = (2 * ROWS).min(n_rows - r0);
-        sums.fill(0);
-        for b0 in (0..blocks).step_by(chunk_blocks) {
-            let nb = chunk_blocks.min(blocks - b0);
-            for r in 0..2 * ROWS {
-                let dst = codes.as_mut_ptr().add(r * stride);
-                if r < rows {
-                    decode_blocks::<F>(w.as_ptr().add((r0 + r) * row_bytes), b0, nb, dst);
-                } else {
-                    std::ptr::write_bytes(dst, 0, nb * bw);
-                }
-            }
-            let tiles = nb * bw / COLSB;
-            let (a0, a1) = (codes.as_ptr(), codes.as_ptr().add(ROWS * stride));
-            for g in 0..groups {
-                let acc = sums.as_mut_ptr().add(g * 2 * ROWS * ROWS);
-                let acc1 = acc.add(ROWS * ROWS);
-                asm!(
-                    "tileloadd tmm0, [{p} + {s}]",
-                    "tileloadd tmm1, [{q} + {s}]",
-                    p = in(reg) acc, q = in(reg) acc1, s = in(reg) ROWS * 4,
-                    options(nostack, readonly)
-                );
-                let xg = xb.as_ptr().add((g * ktiles + b0 * bw / COLSB) * ROWS * COLSB);
-                // Tiles are not renamed: a load into a tile waits for the products still
-                // reading it. Even and odd k tiles use two sets (tmm2-4, tmm5-7), so the next
-                // loads overlap the current products.
-                let mut t = 0;
-                while t + 2 <= tiles {
-                    asm!(
-                        "tileloadd tmm4, [{b} + {sb}]",
-                        "tileloadd tmm2, [{a0} + {sa}]",
-                        "tileloadd tmm3, [{a1} + {sa}]",
-                        "tdpbusd tmm0, tmm2, tmm4",
-                        "tdpbusd tmm1, tmm3, tmm4",
-                        "tileloadd tmm7, [{b2} + {sb}]",
-                        "tileloadd tmm5, [{c0} + {sa}]",
-                        "tileloadd tmm6, [{c1} + {sa}]",
-                        "tdpbusd tmm0, tmm5, tmm7",
-                        "tdpbusd tmm1, tmm6, tmm7",
-                        a0 = in(reg) a0.add(t * COLSB),
-                        a1 = in(reg) a1.add(t * COLSB),
-                        c0 = in(reg) a0.add((t + 1) * COLSB),
-                        c1 = in(reg) a1.add((t + 1) * COLSB),
-                        b = in(reg) xg.add(t * ROWS * COLSB),
-                        b2 = in(reg) xg.add((t + 1) * ROWS * COLSB),
-                        sa = in(reg) stride, sb = in(reg) COLSB,
-                        options(nostack, readonly)
-                    );
-                    t += 2;
-                }
-                if t < tiles {
-                    asm!(
-                        "tileloadd tmm4, [{b} + {sb}]",
-                        "tileloadd tmm2, [{a0} + {sa}]",
-                        "tileloadd tmm3, [{a1} + {sa}]",
-                        "tdpbusd tmm0, tmm2, tmm4",
-                        "tdpbusd tmm1, tmm3, tmm4",
-                        a0 = in(reg) a0.add(t * COLSB),
-                        a1 = in(reg) a1.add(t * COLSB),
-                        b = in(reg) xg.add(t * ROWS * COLSB),
-                        sa = in(reg) stride, sb = in(reg) COLSB,
-                        options(nostack, readonly)
-                    );
-                }
-                asm!(
-                    "tilestored [{p} + {s}], tmm0",
-                    "tilestored [{q} + {s}], tmm1",
-                    p = in(reg) acc, q = in(reg) acc1, s = in(reg) ROWS * 4,
-                    options(nostack)
-                );
+        for r in 0..2 * ROWS {
+            let dst = codes.as_mut_ptr().add(r * stride);
+            if r < rows {
+                super::avx512::decode_row::<F>(w.as_ptr().add((r0 + r) * row_bytes), row_bytes, dst);
+            } else {
+                std::ptr::write_bytes(dst, 0, kp);
             }
         }
-        for r in 0..rows {
-            for i in 0..m {
-                let (g, c) = (i / ROWS, i % ROWS);
-                out[(r0 + r) * m + i] = signed_sum(F, sums[(g * 2 * ROWS + r) * ROWS + c], x_sums[i]);
+        let (a0, a1) = (codes.as_ptr(), codes.as_ptr().add(ROWS * stride));
+        let mut g = 0;
+        while g < groups {
+            let pair = (groups - g).min(2);
+            let b0 = xb.as_ptr().add(g * ktiles * ROWS * COLSB);
+            if pair == 2 {
+                tiles_two_groups(a0, a1, stride, b0, b0.add(ktiles * ROWS * COLSB), ktiles, sums.as_mut_ptr());
+            } else {
+                tiles_one_group(a0, a1, stride, b0, ktiles, sums.as_mut_ptr());
             }
+            for r in 0..rows {
+                for gi in 0..pair {
+                    for c in 0..ROWS.min(m - (g + gi) * ROWS) {
+                        let i = (g + gi) * ROWS + c;
+                        let at = ((gi * 2 + r / ROWS) * ROWS + r % ROWS) * ROWS + c;
+                        out[(r0 + r) * m + i] = signed_sum(F, sums[at], x_sums[i]);
+                    }
+                }
+            }
+            g += pair;
         }
     }
     asm!("tilerelease", options(nostack, nomem));
+}
+
+/// Sums of two tiles of decoded weight rows (`a0`, `a1`, rows `stride` apart) with two
+/// activation tiles (`b0`, `b1`, each `ktiles` tiles of 16 x 64 bytes) over the whole row,
+/// into `sums` ([group][weight tile][16][16] i32). The weight tiles are loaded once for both
+/// activation tiles: 4 loads per 4 products.
+#[inline]
+unsafe fn tiles_two_groups(a0: *const u8, a1: *const u8, stride: usize, b0: *const i8, b1: *const i8, ktiles: usize, sums: *mut i32) {
+    asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+    for t in 0..ktiles {
+        asm!(
+            "tileloadd tmm4, [{a0} + {sa}]",
+            "tileloadd tmm5, [{a1} + {sa}]",
+            "tileloadd tmm6, [{b0} + {sb}]",
+            "tdpbusd tmm0, tmm4, tmm6",
+            "tdpbusd tmm1, tmm5, tmm6",
+            "tileloadd tmm7, [{b1} + {sb}]",
+            "tdpbusd tmm2, tmm4, tmm7",
+            "tdpbusd tmm3, tmm5, tmm7",
+            a0 = in(reg) a0.add(t * COLSB),
+            a1 = in(reg) a1.add(t * COLSB),
+            b0 = in(reg) b0.add(t * ROWS * COLSB),
+            b1 = in(reg) b1.add(t * ROWS * COLSB),
+            sa = in(reg) stride, sb = in(reg) COLSB,
+            options(nostack, readonly)
+        );
+    }
+    let tile = ROWS * ROWS;
+    asm!(
+        "tilestored [{p0} + {s}], tmm0",
+        "tilestored [{p1} + {s}], tmm1",
+        "tilestored [{p2} + {s}], tmm2",
+        "tilestored [{p3} + {s}], tmm3",
+        p0 = in(reg) sums, p1 = in(reg) sums.add(tile), p2 = in(reg) sums.add(2 * tile), p3 = in(reg) sums.add(3 * tile),
+        s = in(reg) ROWS * 4,
+        options(nostack)
+    );
+}
+
+/// `tiles_two_groups` for one activation tile (`sums` [weight tile][16][16]). Tiles are not
+/// renamed: a load into a tile waits for the products still reading it, so even and odd k
+/// tiles use two sets (tmm4-6, tmm1/3/7) and the next loads overlap the current products.
+#[inline]
+unsafe fn tiles_one_group(a0: *const u8, a1: *const u8, stride: usize, b: *const i8, ktiles: usize, sums: *mut i32) {
+    asm!("tilezero tmm0", "tilezero tmm2", options(nostack, nomem));
+    let mut t = 0;
+    while t < ktiles {
+        if t + 2 <= ktiles {
+            asm!(
+                "tileloadd tmm6, [{b} + {sb}]",
+                "tileloadd tmm4, [{a0} + {sa}]",
+                "tileloadd tmm5, [{a1} + {sa}]",
+                "tdpbusd tmm0, tmm4, tmm6",
+                "tdpbusd tmm2, tmm5, tmm6",
+                "tileloadd tmm7, [{b2} + {sb}]",
+                "tileloadd tmm1, [{c0} + {sa}]",
+                "tileloadd tmm3, [{c1} + {sa}]",
+                "tdpbusd tmm0, tmm1, tmm7",
+                "tdpbusd tmm2, tmm3, tmm7",
+                a0 = in(reg) a0.add(t * COLSB),
+                a1 = in(reg) a1.add(t * COLSB),
+                c0 = in(reg) a0.add((t + 1) * COLSB),
+                c1 = in(reg) a1.add((t + 1) * COLSB),
+                b = in(reg) b.add(t * ROWS * COLSB),
+                b2 = in(reg) b.add((t + 1) * ROWS * COLSB),
+                sa = in(reg) stride, sb = in(reg) COLSB,
+                options(nostack, readonly)
+            );
+            t += 2;
+        } else {
+            asm!(
+                "tileloadd tmm6, [{b} + {sb}]",
+                "tileloadd tmm4, [{a0} + {sa}]",
+                "tileloadd tmm5, [{a1} + {sa}]",
+                "tdpbusd tmm0, tmm4, tmm6",
+                "tdpbusd tmm2, tmm5, tmm6",
+                a0 = in(reg) a0.add(t * COLSB),
+                a1 = in(reg) a1.add(t * COLSB),
+                b = in(reg) b.add(t * ROWS * COLSB),
+                sa = in(reg) stride, sb = in(reg) COLSB,
+                options(nostack, readonly)
+            );
+            t += 1;
+        }
+    }
+    asm!(
+        "tilestored [{p0} + {s}], tmm0",
+        "tilestored [{p1} + {s}], tmm2",
+        p0 = in(reg) sums, p1 = in(reg) sums.add(ROWS * ROWS), s = in(reg) ROWS * 4,
+        options(nostack)
+    );
 }
 
 macro_rules! entry {
