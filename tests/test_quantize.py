@@ -244,7 +244,7 @@ def test_sequential_calibration_sees_the_quantized_blocks_before(tmp_path, float
 
     src = read_source(float_model)
     tokens = (IDS * 8)[:90]
-    seq = SequentialCalibration(src, tokens, ctx=32, workdir=tmp_path / "work")
+    seq = SequentialCalibration(src, tokens, ctx=32)
     h0 = seq.hessians(0)
     want0 = hessians(Model.from_pretrained(float_model), tokens, ctx=32)
     # The embeddings are stored as float16 for calibration.

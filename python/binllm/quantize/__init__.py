@@ -155,7 +155,6 @@ def quantize_model(
     hess: dict = {}
     calib_info: dict[str, Any] = {}
     seq = None
-    workdir = None
     if calibrate:
         from binllm.model import Model
 
@@ -166,12 +165,9 @@ def quantize_model(
         tokens = calibration_tokens(float_model, read_text(calib), calib_tokens)
         calib_info = {"file": cp.name, "tokens": len(tokens), "ctx": ctx, "sequential": sequential}
         if sequential:
-            import tempfile
-
             from binllm.quantize.calib import SequentialCalibration
 
-            workdir = tempfile.mkdtemp(prefix="binllm-calib-")
-            seq = SequentialCalibration(source, tokens, ctx, Path(workdir))
+            seq = SequentialCalibration(source, tokens, ctx)
         elif key in _HESSIANS:
             hess = _HESSIANS[key]
         else:
@@ -185,40 +181,36 @@ def quantize_model(
     errors = []
     names = source.linear_names()
     q_bits = q_params = 0.0
-    try:
-        for layer in range(source.layers):
-            if seq is not None:
-                hess = seq.hessians(layer, progress=say)
-            done: dict[str, np.ndarray] = {}
-            for name, site, at in names:
-                if at != layer:
-                    continue
-                w = source.tensors[f"{name}.weight"].astype(np.float32)
-                h = hess.get((layer, site))
-                if layer in kept_blocks:
-                    results[name] = ("q8", q8_blocks(w))
-                    w_hat = q8_dequant(*results[name][1])
-                    entries[name] = {"format": "q8"}
-                    q_bits += w.size * (8 + 32 / Q8_BLOCK)
-                else:
-                    q = methods.quantize(w, method, H=h, group_size=group_size, **opts)
-                    results[name] = ("q", q)
-                    w_hat = q.w_hat.astype(np.float16).astype(np.float32) if q.format == "dense" else q.w_hat
-                    entries[name] = {"format": q.format, **({"group_size": q.group_size} if q.group_size else {})}
-                    q_bits += w.size * q.bits_per_weight
-                    if h is not None:
-                        base = methods.layer_error(w, np.zeros_like(w), h)
-                        errors.append(methods.layer_error(w, q.w_hat, h) / max(base, 1e-30))
-                done[f"{name}.weight"] = w_hat
-                q_params += w.size
-                say(f"quantize {method}: block {layer + 1}/{source.layers} ({name})")
-            if weights_out is not None:
-                weights_out.update(done)
-            if seq is not None:
-                seq.done(layer, done)
-    finally:
-        if workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
+    for layer in range(source.layers):
+        if seq is not None:
+            hess = seq.hessians(layer, progress=say)
+        done: dict[str, np.ndarray] = {}
+        for name, site, at in names:
+            if at != layer:
+                continue
+            w = source.tensors[f"{name}.weight"].astype(np.float32)
+            h = hess.get((layer, site))
+            if layer in kept_blocks:
+                results[name] = ("q8", q8_blocks(w))
+                w_hat = q8_dequant(*results[name][1])
+                entries[name] = {"format": "q8"}
+                q_bits += w.size * (8 + 32 / Q8_BLOCK)
+            else:
+                q = methods.quantize(w, method, H=h, group_size=group_size, **opts)
+                results[name] = ("q", q)
+                w_hat = q.w_hat.astype(np.float16).astype(np.float32) if q.format == "dense" else q.w_hat
+                entries[name] = {"format": q.format, **({"group_size": q.group_size} if q.group_size else {})}
+                q_bits += w.size * q.bits_per_weight
+                if h is not None:
+                    base = methods.layer_error(w, np.zeros_like(w), h)
+                    errors.append(methods.layer_error(w, q.w_hat, h) / max(base, 1e-30))
+            done[f"{name}.weight"] = w_hat
+            q_params += w.size
+            say(f"quantize {method}: block {layer + 1}/{source.layers} ({name})")
+        if weights_out is not None:
+            weights_out.update(done)
+        if seq is not None:
+            seq.done(layer, done)
     say("writing")
 
     qc = {

@@ -5,7 +5,7 @@ Layers that read the same input share one Hessian: q/k/v ("attn_in"), gate/up ("
 Two ways: `hessians` takes every block's Hessians from the unquantized model in one pass;
 `SequentialCalibration` takes block l's from the model whose blocks before l are already
 quantized (GPTQ's and BiLLM's protocol: later blocks compensate for the earlier ones' errors),
-at the cost of running blocks 0..l for each l.
+running each block twice (float to observe it, quantized to feed the next).
 """
 
 from __future__ import annotations
@@ -87,53 +87,68 @@ def stderr_progress(message: str) -> None:
 
 class SequentialCalibration:
     """Per-block Hessians with the blocks before it already quantized, as GPTQ and BiLLM
-    calibrate: block l's inputs come from running blocks 0..l-1 with their quantized weights.
+    calibrate: block l's inputs are the outputs of blocks 0..l-1 with their quantized weights.
 
-    The model for block l is written as a sharded Hugging Face folder in `workdir` that holds
-    only blocks 0..l (one shard per block, written once: the quantized block when it is done;
-    the embeddings once), so each step writes one block and runs l + 1 blocks.
+    The hidden states of every calibration window are kept in memory between blocks (windows x
+    ctx x hidden floats), so each block runs twice in all: once with its float weights to
+    observe its inputs, once with its quantized weights to make the next block's inputs. Each
+    run is a one-block model built in memory (`_core.Model.from_hf_bytes`) and started from
+    hidden states (`Session.forward_hidden`): nothing is written to disk.
     """
 
-    def __init__(self, source, tokens: list[int], ctx: int, workdir: Path):
+    def __init__(self, source, tokens: list[int], ctx: int):
         if ctx < 2:
             raise ValueError("ctx must be at least 2")
-        self.source, self.tokens, self.dir = source, tokens, Path(workdir)
+        self.source = source
         self.ctx = min(ctx, int(source.config.get("max_position_embeddings", ctx)))
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.weight_map: dict[str, str] = {}
-        shared = {"model.embed_tokens.weight": source.tensors["model.embed_tokens.weight"].astype(np.float16), "model.norm.weight": source.tensors["model.norm.weight"].astype(np.float32)}
-        self._save(shared, "shared.safetensors")
+        windows = [w for w in (tokens[i : i + self.ctx] for i in range(0, len(tokens), self.ctx)) if len(w) >= 2]
+        # The embeddings as the model holds them (float16), widened.
+        embed = source.tensors["model.embed_tokens.weight"].astype(np.float16).astype(np.float32)
+        self.hidden = [np.ascontiguousarray(embed[w]) for w in windows]
+        # A one-block model: its embedding and head are never used (one row keeps it small;
+        # token ids that would name rows of the real vocabulary are left out).
+        config = {k: v for k, v in source.config.items() if k not in ("quantization_config", "bos_token_id", "eos_token_id", "pad_token_id")}
+        self.config = json.dumps(dict(config, num_hidden_layers=1, vocab_size=1, tie_word_embeddings=True))
+        self.shared = {
+            "model.embed_tokens.weight": np.zeros((1, embed.shape[1]), np.float16),
+            "model.norm.weight": source.tensors["model.norm.weight"].astype(np.float32),
+        }
 
-    def _save(self, tensors: dict[str, np.ndarray], fname: str) -> None:
-        from safetensors.numpy import save_file
+    def _block(self, layer: int, linears: dict[str, np.ndarray]):
+        from safetensors.numpy import save
 
-        save_file(tensors, str(self.dir / fname))
-        self.weight_map.update({name: fname for name in tensors})
-
-    def _block(self, layer: int, linears: dict[str, np.ndarray], fname: str) -> None:
-        prefix = f"model.layers.{layer}."
-        tensors = {n: w.astype(np.float32) for n, w in self.source.tensors.items() if n.startswith(prefix) and n not in linears}
-        tensors.update({n: np.asarray(w, np.float32) for n, w in linears.items()})
-        for n in [n for n, f in self.weight_map.items() if n.startswith(prefix)]:
-            del self.weight_map[n]
-        self._save(tensors, fname)
-
-    def hessians(self, layer: int, progress: Optional[Progress] = None) -> dict[tuple[int, str], np.ndarray]:
-        """{(layer, site): H} for block `layer`, blocks before it as set by `done`."""
         from binllm import _core
 
         prefix = f"model.layers.{layer}."
-        self._block(layer, {n: w for n, w in self.source.tensors.items() if n.startswith(prefix)}, f"float-{layer}.safetensors")
-        config = dict(self.source.config, num_hidden_layers=layer + 1, tie_word_embeddings=True)
-        config.pop("quantization_config", None)
-        (self.dir / "config.json").write_text(json.dumps(config), encoding="utf-8")
-        (self.dir / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": self.weight_map}), encoding="utf-8")
-        model = _core.Model.load(str(self.dir), True)
-        acc = _accumulate(model, self.tokens, self.ctx, layer, progress, f"block {layer + 1}/{self.source.layers}: ")
-        (self.dir / f"float-{layer}.safetensors").unlink()
+        tensors = dict(self.shared)
+        for name, w in self.source.tensors.items():
+            if name.startswith(prefix):
+                tensors["model.layers.0." + name[len(prefix) :]] = np.asarray(linears.get(name, w), np.float32)
+        return _core.Model.from_hf_bytes(self.config, [save(tensors)], True)
+
+    def _run(self, model, observe=None, progress: Optional[Progress] = None, label: str = "") -> list[np.ndarray]:
+        out = []
+        start = time.perf_counter()
+        for n, h in enumerate(self.hidden, 1):
+            out.append(model.session(len(h)).forward_hidden(h, observe=observe))
+            if progress:
+                progress(f"{label}calibration window {n}/{len(self.hidden)} ({time.perf_counter() - start:.0f} s)")
+        return out
+
+    def hessians(self, layer: int, progress: Optional[Progress] = None) -> dict[tuple[int, str], np.ndarray]:
+        """{(layer, site): H} for block `layer`, the blocks before it as set by `done`."""
+        acc: dict[tuple[int, str], np.ndarray] = {}
+
+        def observe(_: int, site: str, x: np.ndarray) -> None:
+            x64 = x.astype(np.float64)
+            h = x64.T @ x64
+            key = (layer, site)
+            acc[key] = acc[key] + h if key in acc else h
+
+        self._run(self._block(layer, {}), observe, progress, f"block {layer + 1}/{self.source.layers}: ")
         return acc
 
     def done(self, layer: int, linears: dict[str, np.ndarray]) -> None:
         """Block `layer` is quantized: later blocks see it through `linears` (HF name -> the
         dequantized weights)."""
-        self._block(layer, linears, f"quantized-{layer}.safetensors")
+        self.hidden = self._run(self._block(layer, linears))

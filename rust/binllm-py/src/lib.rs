@@ -397,6 +397,21 @@ impl PyModel {
         Ok(PyModel { inner: Arc::new(model) })
     }
 
+    /// A model from a Hugging Face config.json's text and safetensors files' bytes (held in
+    /// memory: calibration builds one block at a time this way).
+    #[staticmethod]
+    #[pyo3(signature = (config_json, files, act_quant=true))]
+    fn from_hf_bytes(py: Python<'_>, config_json: &str, files: Vec<Vec<u8>>, act_quant: bool) -> PyResult<Self> {
+        let mut model = py
+            .detach(|| {
+                let parsed = files.iter().map(|f| binllm_core::loader::SafetensorsFile::parse(f)).collect::<Result<Vec<_>, Error>>()?;
+                Model::from_hf(config_json, &parsed)
+            })
+            .map_err(to_py)?;
+        model.act_quant = act_quant;
+        Ok(PyModel { inner: Arc::new(model) })
+    }
+
     /// A model from the bytes of a GGUF file.
     #[staticmethod]
     #[pyo3(signature = (data, act_quant=true))]
@@ -538,6 +553,42 @@ impl PySession {
         } else {
             Ok(arr.into_any())
         }
+    }
+
+    /// Runs the decoder layers on hidden states `x` (float32 (len, hidden), entering the first
+    /// layer) after those already seen; returns the last layer's output (len, hidden), before the
+    /// final norm. `observe` as in `forward`.
+    #[pyo3(signature = (x, observe=None))]
+    fn forward_hidden<'py>(&mut self, py: Python<'py>, x: &Bound<'py, PyAny>, observe: Option<Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+        let arr = float32_array(x)?;
+        let d = self.model.config.hidden;
+        if arr.ndim() != 2 || arr.shape()[1] != d || arr.shape()[0] == 0 {
+            return Err(PyValueError::new_err(format!("hidden states must be float32 (len, {d}) with len >= 1")));
+        }
+        let m = arr.shape()[0];
+        let xs = arr.as_slice().map_err(|_| PyValueError::new_err("hidden states must be C-contiguous"))?.to_vec();
+        let (model, cache) = (&self.model, &mut self.cache);
+        let out = match observe {
+            None => py.detach(|| model.forward_hidden(&xs, cache, None)).map_err(to_py)?,
+            Some(f) => {
+                let mut failed: Option<PyErr> = None;
+                let mut call = |layer: usize, site: &'static str, v: &[f32]| {
+                    if failed.is_some() {
+                        return;
+                    }
+                    let width = v.len() / m;
+                    if let Err(e) = PyArray1::from_slice(py, v).reshape([m, width]).and_then(|a| f.call1((layer, site, a)).map(|_| ())) {
+                        failed = Some(e);
+                    }
+                };
+                let out = model.forward_hidden(&xs, cache, Some(&mut call));
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+                out.map_err(to_py)?
+            }
+        };
+        Ok(PyArray1::from_vec(py, out).reshape([m, d])?.into_any())
     }
 
     /// Tokens cached so far.

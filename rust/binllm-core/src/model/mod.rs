@@ -374,8 +374,18 @@ impl Model {
         observe: Option<&mut dyn FnMut(usize, &'static str, &[f32])>,
     ) -> Result<Vec<f32>> {
         let mut segments = [Segment { tokens, cache, all_logits }];
-        let mut logits = self.run(&mut segments, observe)?;
+        let mut logits = self.run(&mut segments, None, observe)?;
         Ok(logits.pop().unwrap_or_default())
+    }
+
+    /// Runs the decoder layers on hidden states `x` (m rows of `hidden` floats, entering the
+    /// first layer) after what `cache` holds, and returns the hidden states leaving the last
+    /// layer (before the final norm). Calibration runs a model one block at a time this way,
+    /// each block's input the previous block's output; `observe` as in `forward_observed`.
+    pub fn forward_hidden(&self, x: &[f32], cache: &mut KvCache, observe: Option<&mut dyn FnMut(usize, &'static str, &[f32])>) -> Result<Vec<f32>> {
+        let mut segments = [Segment { tokens: &[], cache, all_logits: false }];
+        let mut out = self.run(&mut segments, Some(x), observe)?;
+        Ok(out.pop().unwrap_or_default())
     }
 
     /// Runs several sequences in one pass: each segment's tokens after what its own cache
@@ -384,10 +394,17 @@ impl Model {
     /// per segment over its cache. Logits per segment as `forward` returns them, and equal to
     /// what `forward` gives each segment alone, bit for bit: every row's arithmetic is the same.
     pub fn forward_batch(&self, segments: &mut [Segment<'_>]) -> Result<Vec<Vec<f32>>> {
-        self.run(segments, None)
+        self.run(segments, None, None)
     }
 
-    fn run(&self, segments: &mut [Segment<'_>], mut observe: Option<&mut dyn FnMut(usize, &'static str, &[f32])>) -> Result<Vec<Vec<f32>>> {
+    /// The forward pass: from the segments' tokens, or from `hidden` states (one segment, its
+    /// tokens empty), whose result is then the last layer's output instead of logits.
+    fn run(
+        &self,
+        segments: &mut [Segment<'_>],
+        hidden: Option<&[f32]>,
+        mut observe: Option<&mut dyn FnMut(usize, &'static str, &[f32])>,
+    ) -> Result<Vec<Vec<f32>>> {
         let mut seen = |layer: usize, site: &'static str, x: &[f32]| {
             if let Some(f) = observe.as_mut() {
                 f(layer, site, x)
@@ -397,8 +414,16 @@ impl Model {
         if segments.is_empty() {
             crate::bail!(InvalidArgument, "no sequences to run");
         }
-        for seg in segments.iter() {
-            let m = seg.tokens.len();
+        let lens: Vec<usize> = match hidden {
+            Some(x) => {
+                if segments.len() != 1 || x.len() % cfg.hidden != 0 {
+                    crate::bail!(InvalidArgument, "hidden states are rows of {} floats for one sequence, got {} floats", cfg.hidden, x.len());
+                }
+                vec![x.len() / cfg.hidden]
+            }
+            None => segments.iter().map(|s| s.tokens.len()).collect(),
+        };
+        for (seg, &m) in segments.iter().zip(&lens) {
             if m == 0 {
                 crate::bail!(InvalidArgument, "no tokens to run");
             }
@@ -414,16 +439,21 @@ impl Model {
         let (q_dim, kv_dim) = (cfg.heads * hd, cfg.kv_heads * hd);
         // Rows of all segments, one after the other: segment s holds rows starts[s]..starts[s + 1].
         let mut starts = vec![0usize];
-        for seg in segments.iter() {
-            starts.push(starts.last().unwrap() + seg.tokens.len());
+        for &len in &lens {
+            starts.push(starts.last().unwrap() + len);
         }
         let m = *starts.last().unwrap();
 
         let mut x = Vec::with_capacity(m * d);
-        let mut row = Vec::with_capacity(d);
-        for &t in segments.iter().flat_map(|s| s.tokens) {
-            self.embed.row_f32(t as usize, &mut row);
-            x.extend_from_slice(&row);
+        match hidden {
+            Some(h) => x.extend_from_slice(h),
+            None => {
+                let mut row = Vec::with_capacity(d);
+                for &t in segments.iter().flat_map(|s| s.tokens) {
+                    self.embed.row_f32(t as usize, &mut row);
+                    x.extend_from_slice(&row);
+                }
+            }
         }
         let mut h = vec![0f32; m * d];
         let (mut q, mut k, mut v) = (vec![0f32; m * q_dim], vec![0f32; m * kv_dim], vec![0f32; m * kv_dim]);
@@ -471,6 +501,9 @@ impl Model {
         }
         for (s, seg) in segments.iter_mut().enumerate() {
             seg.cache.len += starts[s + 1] - starts[s];
+        }
+        if hidden.is_some() {
+            return Ok(vec![x]);
         }
 
         // Only the rows whose logits are wanted go through the (large) output layer, all
