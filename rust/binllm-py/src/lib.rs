@@ -502,6 +502,32 @@ impl PyModel {
     }
 }
 
+/// Runs `run` with an observer that hands each decoder linear's input (m rows) to the Python
+/// callable `f` as `f(layer, site, array)`; the first exception it raises is returned. The
+/// callback needs the GIL, so this path keeps it.
+fn observed<T>(
+    py: Python<'_>,
+    m: usize,
+    f: &Bound<'_, PyAny>,
+    run: impl FnOnce(&mut dyn FnMut(usize, &'static str, &[f32])) -> Result<T, Error>,
+) -> PyResult<T> {
+    let mut failed: Option<PyErr> = None;
+    let mut call = |layer: usize, site: &'static str, x: &[f32]| {
+        if failed.is_some() {
+            return;
+        }
+        let width = x.len() / m;
+        if let Err(e) = PyArray1::from_slice(py, x).reshape([m, width]).and_then(|a| f.call1((layer, site, a)).map(|_| ())) {
+            failed = Some(e);
+        }
+    };
+    let out = run(&mut call);
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    out.map_err(to_py)
+}
+
 /// A KV cache bound to a model: feed tokens, get logits.
 #[pyclass(name = "Session", module = "binllm._core")]
 struct PySession {
@@ -527,25 +553,7 @@ impl PySession {
         let (model, cache) = (&self.model, &mut self.cache);
         let logits = match observe {
             None => py.detach(|| model.forward(&ids, cache, all_logits)).map_err(to_py)?,
-            Some(f) => {
-                // The callback needs the GIL, so this path keeps it.
-                let mut failed: Option<PyErr> = None;
-                let mut call = |layer: usize, site: &'static str, x: &[f32]| {
-                    if failed.is_some() {
-                        return;
-                    }
-                    let width = x.len() / m;
-                    let r = PyArray1::from_slice(py, x).reshape([m, width]).and_then(|a| f.call1((layer, site, a)).map(|_| ()));
-                    if let Err(e) = r {
-                        failed = Some(e);
-                    }
-                };
-                let out = model.forward_observed(&ids, cache, all_logits, Some(&mut call));
-                if let Some(e) = failed {
-                    return Err(e);
-                }
-                out.map_err(to_py)?
-            }
+            Some(f) => observed(py, m, &f, |call| model.forward_observed(&ids, cache, all_logits, Some(call)))?,
         };
         let arr = PyArray1::from_vec(py, logits);
         if all_logits {
@@ -570,23 +578,7 @@ impl PySession {
         let (model, cache) = (&self.model, &mut self.cache);
         let out = match observe {
             None => py.detach(|| model.forward_hidden(&xs, cache, None)).map_err(to_py)?,
-            Some(f) => {
-                let mut failed: Option<PyErr> = None;
-                let mut call = |layer: usize, site: &'static str, v: &[f32]| {
-                    if failed.is_some() {
-                        return;
-                    }
-                    let width = v.len() / m;
-                    if let Err(e) = PyArray1::from_slice(py, v).reshape([m, width]).and_then(|a| f.call1((layer, site, a)).map(|_| ())) {
-                        failed = Some(e);
-                    }
-                };
-                let out = model.forward_hidden(&xs, cache, Some(&mut call));
-                if let Some(e) = failed {
-                    return Err(e);
-                }
-                out.map_err(to_py)?
-            }
+            Some(f) => observed(py, m, &f, |call| model.forward_hidden(&xs, cache, Some(call)))?,
         };
         Ok(PyArray1::from_vec(py, out).reshape([m, d])?.into_any())
     }
