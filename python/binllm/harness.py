@@ -159,7 +159,7 @@ class BinllmLM(TemplateLM):
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Greedy (or, with do_sample/temperature, seeded sampling) continuations that stop at
         any of `until`, at end-of-sequence, or after `max_gen_toks` tokens (default 256)."""
-        out = []
+        jobs = []
         for req in requests:
             context, gen_kwargs = req.args
             kw = dict(gen_kwargs or {})
@@ -181,9 +181,12 @@ class BinllmLM(TemplateLM):
                 log.warning("binllm backend ignores gen_kwargs %s", sorted(kw))
             ids = self.tok_encode(context)
             ids = ids[-max(1, self.max_length - max_new) :]
-            text = "".join(self.model._pieces(ids, max_new, params, [s for s in until if s]))
-            out.append(text)
-            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+            jobs.append((ids, max_new, params, [s for s in until if s]))
+        # Every request decodes in the engine's batch, each with its own stops and sampling;
+        # texts equal one-by-one generation.
+        out = self.model._run_batch(jobs)
+        for req, text in zip(requests, out):
+            self.cache_hook.add_partial("generate_until", req.args, text)
         return out
 
 

@@ -254,8 +254,13 @@ class Model:
         if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
             raise TypeError("prompts must be a list of prompts")
         jobs = [self._prepare(p, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop) for p in prompts]
+        return self._run_batch([(ids, max_new_tokens, params, stops) for ids, params, stops in jobs])
+
+    def _run_batch(self, jobs: list[tuple[list[int], int, dict, list[str]]]) -> list[str]:
+        """Texts of (ids, max_new_tokens, sampling params, stops) jobs decoded together in one
+        core engine (a finished one leaves the batch)."""
         engine = self._engine()
-        order = {engine.add(ids, max_new_tokens, stop=stops, **params): i for i, (ids, params, stops) in enumerate(jobs)}
+        order = {engine.add(ids, max_new, stop=stops, **params): i for i, (ids, max_new, params, stops) in enumerate(jobs)}
         texts = [""] * len(jobs)
         while len(engine):
             for sid, text, *_ in engine.step():
