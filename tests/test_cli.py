@@ -40,10 +40,39 @@ def test_bench_reports_tokens_per_second(model_dir):
     assert "tok/s" in out.stdout
 
 
-def test_chat_reads_turns_until_eof(model_dir, tmp_path):
-    out = run("chat", model_dir, "-n", "4", input="hello\n")
-    # This random model's folder has no chat template: a clear error, not a traceback.
-    assert out.returncode == 1 and "chat template" in out.stderr and "Traceback" not in out.stderr
+def test_chat_without_a_template_runs_in_plain_mode(model_dir):
+    from binllm import Model
+    from binllm.cli import PLAIN_TURN
+
+    # The embedded model has no chat template: plain mode, announced before the first turn.
+    out = run("chat", "-n", "12", "-t", "0", input="Good morrow\nWhat news?\n")
+    assert out.returncode == 0, out.stderr
+    assert "plain mode" in out.stderr and out.stderr.index("plain mode") < out.stderr.index("type a message")
+    m = Model.from_pretrained()
+    first = m.generate("User: Good morrow\nModel:", max_new_tokens=12, temperature=0, stop=[PLAIN_TURN])
+    assert out.stdout.startswith("> " + first + "\n")
+    # generate --chat cannot format a prompt without a template: said before any generation.
+    out = run("generate", model_dir, "--chat", "hello", "-n", "4")
+    assert out.returncode == 1 and "no chat template" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_bad_thread_settings_are_one_line(model_dir):
+    import os
+
+    for value in ("abc", "0", "99999"):
+        out = subprocess.run(
+            [sys.executable, "-m", "binllm", "generate", str(model_dir), "hi", "-n", "2"],
+            capture_output=True, text=True, timeout=300, env=dict(os.environ, BINLLM_THREADS=value),
+        )
+        assert out.returncode == 1 and f"BINLLM_THREADS={value}" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_eval_defaults_to_the_models_context_when_shorter(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("ROMEO: But soft, what light through yonder window breaks? " * 80)
+    out = run("eval", "--text", text, "--json", "--no-bench", "default")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["ctx"] == 256  # the embedded model's context, not 512
 
 
 def test_demo_prints_the_kernel_speed():

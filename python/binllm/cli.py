@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from binllm import BinllmError
+from binllm import BinllmError, _core
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -72,6 +72,8 @@ def cmd_generate(ns) -> int:
     model_arg, prompt = (ns.args[0], ns.args[1]) if len(ns.args) == 2 else (None, ns.args[0])
     model = _load(model_arg, ns.threads, output_type=ns.output_type)
     if ns.chat:
+        if not model.chat_template:
+            raise BinllmError(f"{model.source.name} has no chat template, so --chat cannot format the prompt; drop --chat, or use `binllm chat` (plain mode)")
         prompt = [{"role": "user", "content": prompt}]
     start = time.perf_counter()
     pieces = 0
@@ -86,11 +88,28 @@ def cmd_generate(ns) -> int:
     return 0
 
 
+PLAIN_TURN = "\nUser: "
+
+
+def _plain_prompt(messages: list[dict]) -> str:
+    """A conversation for a model without a chat template: "System: ...", "User: ..." and
+    "Model: ..." lines, ending with "Model:" for the reply."""
+    names = {"system": "System", "user": "User", "assistant": "Model"}
+    return "".join(f"{names[m['role']]}: {m['content']}\n" for m in messages) + "Model:"
+
+
 def cmd_chat(ns) -> int:
     model = _load(ns.model, ns.threads, output_type=ns.output_type)
     messages = []
     if ns.system:
         messages.append({"role": "system", "content": ns.system})
+    plain = not model.chat_template
+    if plain:
+        print(
+            f"[binllm] {model.source.name} has no chat template: plain mode (the conversation as 'User: ...' and "
+            "'Model: ...' lines; a reply ends where the model starts the next 'User:' line)",
+            file=sys.stderr,
+        )
     print("[binllm] chat: type a message; an empty line or Ctrl-D ends.", file=sys.stderr)
     while True:
         try:
@@ -102,7 +121,10 @@ def cmd_chat(ns) -> int:
             return 0
         messages.append({"role": "user", "content": line})
         reply = []
-        for piece in model.generate(messages, stream=True, **_sampling(ns)):
+        kw = _sampling(ns)
+        if plain:
+            kw["stop"] = [PLAIN_TURN, *(kw["stop"] or [])]
+        for piece in model.generate(_plain_prompt(messages) if plain else messages, stream=True, **kw):
             sys.stdout.write(piece)
             sys.stdout.flush()
             reply.append(piece)
@@ -406,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="perplexity, bits per weight, size, memory and tokens/s of a model; A/B against a base model")
     e.add_argument("model")
     e.add_argument("--text", nargs="+", action="extend", default=None, metavar="FILE", help="text files (UTF-8), each a slice named by its file")
-    e.add_argument("--ctx", type=int, default=512, help="window length in tokens (default 512)")
+    e.add_argument("--ctx", type=int, default=None, help="window length in tokens (default 512, or the model's context when shorter)")
     e.add_argument("--max-tokens", type=int, default=None, help="use only the first N tokens of each text")
     e.add_argument("--base", default=None, help="A/B against this base (float) model: KL divergence, top-1 agreement per slice")
     e.add_argument("--base-logits", default=None, metavar="F", help="A/B against a base saved with --save-base-logits (instead of --base and --text)")
@@ -459,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         ns = build_parser().parse_args(argv)
     try:
+        _core.threads_from_env()  # a bad BINLLM_THREADS is one clear line, not silently all cores
         return ns.func(ns)
     except KeyboardInterrupt:
         print("\n[binllm] interrupted", file=sys.stderr)

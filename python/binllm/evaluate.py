@@ -107,7 +107,7 @@ def _slices(text: Slices) -> list[tuple[str, str]]:
 def evaluate(
     path: str | os.PathLike,
     text: Optional[Slices] = None,
-    ctx: int = 512,
+    ctx: Optional[int] = None,
     max_tokens: Optional[int] = None,
     bench: bool = True,
     threads: Optional[int] = None,
@@ -153,6 +153,9 @@ def evaluate(
     model = Model.from_pretrained(path, threads=threads)
     load_s = time.perf_counter() - start
     after = _rss_bytes()
+    if ctx is None:
+        # llama-perplexity's 512, or the model's whole context when it is shorter.
+        ctx = min(512, model.config["max_position_embeddings"])
     p = Path(model.source)
     info = model.info()
     quant = {}

@@ -105,6 +105,7 @@ class Model:
         ``ternary_format`` ("t2" or "t1.6") re-packs ternary linears: t1.6 holds 1.6 bits a
         weight (TQ1_0's density) against t2's 2.
         """
+        _core.threads_from_env()  # a bad BINLLM_THREADS is an error, not silently all cores
         if threads is not None:
             kernels.set_num_threads(threads)
         path = _resolve(path_or_id, revision)

@@ -204,11 +204,9 @@ mod pool {
     }
 
     fn default_threads() -> usize {
-        std::env::var("BINLLM_THREADS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        // A bad BINLLM_THREADS is reported by `threads_from_env` (the bindings call it first);
+        // here, where nothing can be reported, it falls back to every core.
+        super::threads_from_env().ok().flatten().unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
     }
 
     pub fn current() -> Arc<Workers> {
@@ -240,6 +238,20 @@ mod pool {
 #[cfg(all(feature = "threads", target_arch = "wasm32"))]
 pub fn run_worker() {
     pool::run_worker()
+}
+
+/// `BINLLM_THREADS` as a thread count: `None` when unset or empty, an error naming the value
+/// when it is not a whole number from 1 to 1024.
+pub fn threads_from_env() -> Result<Option<usize>> {
+    match std::env::var("BINLLM_THREADS") {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(v)) => crate::bail!(InvalidArgument, "BINLLM_THREADS={v:?} is not a thread count (1 to 1024)"),
+        Ok(v) if v.trim().is_empty() => Ok(None),
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=1024).contains(&n) => Ok(Some(n)),
+            _ => crate::bail!(InvalidArgument, "BINLLM_THREADS={v} is not a thread count (1 to 1024)"),
+        },
+    }
 }
 
 /// Sets the number of worker threads used by every kernel from now on.

@@ -970,6 +970,12 @@ impl PyEngine {
     }
 }
 
+/// `BINLLM_THREADS` as a thread count (None when unset); ValueError naming a bad value.
+#[pyfunction]
+fn threads_from_env() -> PyResult<Option<usize>> {
+    binllm_core::threads::threads_from_env().map_err(to_py)
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -985,6 +991,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(backend, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(threads_from_env, m)?)?;
     m.add_function(wrap_pyfunction!(sum_bytes, m)?)?;
     m.add_class::<PyModel>()?;
     m.add_function(wrap_pyfunction!(load_model, m)?)?;
