@@ -23,7 +23,7 @@ py=.venv/bin/python
 $py -m pip install -q --upgrade pip
 $py -m pip install -q "maturin>=1.7,<2" "numpy>=1.23" "tokenizers>=0.19" "jinja2>=3" "safetensors>=0.4"
 if [ "$want_test" = 1 ]; then
-  $py -m pip install -q "pytest>=8" "pytest-benchmark>=4" "matplotlib>=3.7"
+  $py -m pip install -q "pytest>=8" "pytest-benchmark>=4" "matplotlib>=3.7" "ruff==0.17.6"
   # binllm serve (the `serve` extra) and the official openai client its tests talk through.
   $py -m pip install -q "starlette>=0.37" "uvicorn>=0.30" "openai>=1.40"
   # Debian's wasm32 toolchain (browser build) and aarch64 cross tools + qemu (NEON tests).
