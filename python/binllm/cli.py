@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from binllm import BinllmError, _core
+from binllm.extras import install_hint
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -315,7 +316,7 @@ def cmd_lm_eval(ns) -> int:
     try:
         from binllm.harness import main as harness_main
     except ImportError as e:
-        raise BinllmError("lm-eval needs the harness: pip install 'binllm[eval]'") from e
+        raise BinllmError(install_hint("eval", "lm-eval needs the harness")) from e
     return harness_main(ns.lm_eval_args)
 
 
@@ -341,7 +342,7 @@ def cmd_train(ns) -> int:
     try:
         import torch  # noqa: F401
     except ImportError as e:
-        raise BinllmError("training needs torch: pip install 'binllm[train]'") from e
+        raise BinllmError(install_hint("train", "training needs torch")) from e
     from binllm.train.cli import main as train_main
 
     return train_main(ns.train_args)

@@ -23,6 +23,8 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from binllm.extras import install_hint
+
 Progress = Callable[[str], None]
 
 
@@ -402,7 +404,7 @@ def write_plot(rows: list[dict[str, Any]], path: Path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as e:
-        raise ImportError("the plot needs matplotlib: pip install 'binllm[report]' (or pass --no-plot)") from e
+        raise ImportError(install_hint("report", "the plot needs matplotlib (or pass --no-plot)")) from e
     speed = any(r.get("decode_tok_s") for r in rows)
     fig, axes = plt.subplots(1, 3 if speed else 2, figsize=(18 if speed else 12, 4.8))
     a, k = axes[0], axes[1]

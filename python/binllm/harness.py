@@ -26,12 +26,14 @@ from typing import Any, Optional
 
 import numpy as np
 
+from binllm.extras import install_hint
+
 try:
     from lm_eval.api.model import TemplateLM
     from lm_eval.api.registry import register_model
     from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError("binllm's lm-evaluation-harness backend needs lm_eval: pip install 'binllm[eval]'") from e
+    raise ImportError(install_hint("eval", "binllm's lm-evaluation-harness backend needs lm_eval")) from e
 
 from binllm.model import Model
 

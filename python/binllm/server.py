@@ -28,6 +28,7 @@ from typing import Any
 
 from binllm._core import BinllmError
 from binllm.engine import EngineClosedError, QueueFullError
+from binllm.extras import install_hint
 
 try:
     from starlette.applications import Starlette
@@ -37,7 +38,7 @@ try:
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 except ImportError as e:  # pragma: no cover - the CLI turns this into one line
-    raise BinllmError("binllm serve needs starlette and uvicorn: pip install 'binllm[serve]'") from e
+    raise BinllmError(install_hint("serve", "binllm serve needs starlette and uvicorn")) from e
 
 log = logging.getLogger("binllm.server")
 
@@ -597,7 +598,7 @@ def serve(model_arg: str | None = None, host: str = "127.0.0.1", port: int = 808
     try:
         import uvicorn
     except ImportError as e:
-        raise BinllmError("binllm serve needs starlette and uvicorn: pip install 'binllm[serve]'") from e
+        raise BinllmError(install_hint("serve", "binllm serve needs starlette and uvicorn")) from e
     from binllm.engine import Engine
     from binllm.model import Model
 

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from binllm.extras import install_hint
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="binllm train", description="Train a small BitNet b1.58 (ternary) model on text files and export it for binllm.")
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch
     except ImportError:
-        print("binllm train needs PyTorch: pip install 'binllm[train]'", file=sys.stderr)
+        print(install_hint("train", "binllm train needs PyTorch"), file=sys.stderr)
         return 2
     import numpy as np
 
