@@ -48,7 +48,8 @@ def _resolve(path_or_id: str | os.PathLike, revision: str | None) -> Path:
     try:
         return Path(snapshot_download(repo_id=text, revision=revision, allow_patterns=patterns))
     except Exception as e:
-        raise BinllmError(f"could not download '{text}' from the Hugging Face hub: {e}") from e
+        reason = " ".join(str(e).split())  # huggingface_hub's messages span lines; ours is one
+        raise BinllmError(f"could not download '{text}' from the Hugging Face hub: {reason}") from e
 
 
 def _token_id(t: Any) -> int:
