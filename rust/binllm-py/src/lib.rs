@@ -914,25 +914,6 @@ impl PyEngine {
         PyEngine { inner: std::sync::Mutex::new(engine) }
     }
 
-    /// Checks a prompt and its parameters as `add` does; raises ValueError.
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (prompt, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0, seed=0, stop=Vec::new()))]
-    fn validate(
-        &self,
-        prompt: Vec<u32>,
-        max_new_tokens: usize,
-        temperature: f32,
-        top_k: usize,
-        top_p: f32,
-        min_p: f32,
-        repetition_penalty: f32,
-        seed: u64,
-        stop: Vec<String>,
-    ) -> PyResult<()> {
-        let params = generation_params(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop);
-        self.lock().validate(&prompt, &params).map_err(to_py)
-    }
-
     /// Adds a sequence; it runs from the next step. Returns its id.
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (prompt, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0, seed=0, stop=Vec::new()))]
