@@ -160,6 +160,13 @@ def test_cancel_frees_the_sequence_and_the_queue_is_bounded(default):
         Engine(default, max_batch=0)
 
 
+def test_the_engine_is_part_of_the_package():
+    import binllm
+    import binllm.engine
+
+    assert binllm.Engine is binllm.engine.Engine and "Engine" in binllm.__all__
+
+
 def test_bad_requests_raise_at_submit(default):
     with Engine(default) as engine:
         for kwargs in (dict(max_new_tokens=0), dict(temperature=-1.0), dict(top_p=0.0), dict(stop=[""])):

@@ -8,6 +8,7 @@ from importlib.metadata import version as _version
 
 from binllm import kernels
 from binllm._core import BackendError, BinllmError, ModelFormatError, UnsupportedError
+from binllm.engine import Engine
 from binllm.model import Model
 
 try:
@@ -15,4 +16,4 @@ try:
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["BinllmError", "ModelFormatError", "UnsupportedError", "BackendError", "kernels", "Model", "__version__"]
+__all__ = ["BinllmError", "ModelFormatError", "UnsupportedError", "BackendError", "kernels", "Engine", "Model", "__version__"]
