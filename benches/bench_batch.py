@@ -46,12 +46,10 @@ class Binllm:
 
     def bench(self, threads: int, n: int, prompt: int, steps: int) -> float:
         """Seconds per decode step of n sequences."""
-        from binllm import _core, kernels
+        from binllm import kernels
 
         kernels.set_num_threads(threads)
-        if self.model._detokenizer is None:
-            self.model._engine()
-        engine = _core.Engine(self.model._core, self.model._detokenizer, [])
+        engine = self.model._engine(eos=[])  # no sequence stops early
         for ids in prompts(n, prompt, self.vocab):
             engine.add(ids, steps + 2)
         engine.step()  # the prompts

@@ -204,11 +204,8 @@ class Model:
         if not ids:
             raise ValueError("prompt is empty after tokenization")
         vocab = self.config["vocab_size"]
-        if any(t < 0 or t >= vocab for t in ids):
+        if any(t < 0 or t >= vocab for t in ids):  # also keeps them within u32 for the core
             raise ValueError(f"token ids must be in [0, {vocab})")
-        context = self.config["max_position_embeddings"]
-        if len(ids) >= context:
-            raise ValueError(f"prompt is {len(ids)} tokens; the model's context is {context} (leave room for at least one new token)")
         gd = self.generation_defaults
         sampling = gd["do_sample"]
 
@@ -226,10 +223,12 @@ class Model:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {seed!r}")
         params = dict(temperature=float(temperature), top_k=top_k, top_p=float(top_p), min_p=float(min_p), repetition_penalty=float(repetition_penalty), seed=seed)
-        _core.Sampler(**params)  # validates every value now, before any work
         stops = [stop] if isinstance(stop, str) else list(stop or [])
-        if any(not isinstance(s, str) or not s for s in stops):
+        if any(not isinstance(s, str) for s in stops):
             raise ValueError("stop must be a non-empty string or a list of them")
+        # Every value as the core engine checks it (context, sampling, empty stop strings), now,
+        # before the request runs or waits in a queue.
+        _core.Engine.validate(self._core, ids, max_new_tokens, stop=stops, **params)
         return ids, params, stops
 
     def _pieces(self, ids: list[int], max_new_tokens: int, params: dict, stops: list[str]) -> Iterator[str]:
@@ -280,11 +279,12 @@ class Model:
                 if reason is not None:
                     return reason
 
-    def _engine(self) -> "_core.Engine":
-        """A core engine (sequences stepping together) for this model."""
+    def _engine(self, eos: Sequence[int] | None = None) -> "_core.Engine":
+        """A core engine (sequences stepping together) for this model; generation ends at
+        `eos` (default: the model's end-of-sequence tokens)."""
         if self._detokenizer is None:
             self._detokenizer = _core.Detokenizer(self.tokenizer.to_str())
-        return _core.Engine(self._core, self._detokenizer, self.eos_token_ids)
+        return _core.Engine(self._core, self._detokenizer, self.eos_token_ids if eos is None else list(eos))
 
     # ------------------------------------------------------------------ facts
 

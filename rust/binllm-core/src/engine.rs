@@ -355,6 +355,33 @@ struct Sequence {
     text: TextStream,
 }
 
+/// Checks a prompt and its parameters as `Engine::add` does, without an engine: bindings
+/// call it when a request arrives, before it waits in a queue.
+pub fn validate(model: &Model, prompt: &[u32], params: &GenerationParams) -> Result<()> {
+    let cfg = &model.config;
+    if prompt.is_empty() {
+        crate::bail!(InvalidArgument, "the prompt is empty");
+    }
+    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= cfg.vocab) {
+        crate::bail!(InvalidArgument, "token id {bad} is outside the vocabulary (size {})", cfg.vocab);
+    }
+    if prompt.len() >= cfg.max_positions {
+        crate::bail!(
+            InvalidArgument,
+            "the prompt is {} tokens; the model's context is {} (leave room for at least one new token)",
+            prompt.len(),
+            cfg.max_positions
+        );
+    }
+    if params.max_new_tokens == 0 {
+        crate::bail!(InvalidArgument, "max_new_tokens must be at least 1");
+    }
+    if params.stop.iter().any(String::is_empty) {
+        crate::bail!(InvalidArgument, "a stop string is empty");
+    }
+    params.sampling.validate()
+}
+
 /// Sequences of one model generating together. Not thread-safe by itself: one owner calls
 /// `add`, `cancel` and `step` (bindings put it behind a lock or a thread).
 pub struct Engine {
@@ -384,35 +411,9 @@ impl Engine {
         self.sequences.is_empty()
     }
 
-    /// Checks a prompt and its parameters as `add` does, without adding anything.
-    pub fn validate(&self, prompt: &[u32], params: &GenerationParams) -> Result<()> {
-        let cfg = &self.model.config;
-        if prompt.is_empty() {
-            crate::bail!(InvalidArgument, "the prompt is empty");
-        }
-        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= cfg.vocab) {
-            crate::bail!(InvalidArgument, "token id {bad} is outside the vocabulary (size {})", cfg.vocab);
-        }
-        if prompt.len() >= cfg.max_positions {
-            crate::bail!(
-                InvalidArgument,
-                "the prompt is {} tokens; the model's context is {} (leave room for at least one new token)",
-                prompt.len(),
-                cfg.max_positions
-            );
-        }
-        if params.max_new_tokens == 0 {
-            crate::bail!(InvalidArgument, "max_new_tokens must be at least 1");
-        }
-        if params.stop.iter().any(String::is_empty) {
-            crate::bail!(InvalidArgument, "a stop string is empty");
-        }
-        params.sampling.validate()
-    }
-
     /// Adds a sequence that generates after `prompt`; it runs from the next step. Returns its id.
     pub fn add(&mut self, prompt: &[u32], params: GenerationParams) -> Result<u64> {
-        self.validate(prompt, &params)?;
+        validate(&self.model, prompt, &params)?;
         let capacity = prompt.len().saturating_add(params.max_new_tokens);
         let penalty = params.sampling.repetition_penalty != 1.0;
         let mut seq = Sequence {

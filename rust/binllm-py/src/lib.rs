@@ -914,6 +914,27 @@ impl PyEngine {
         PyEngine { inner: std::sync::Mutex::new(engine) }
     }
 
+    /// Checks a request as `add` does (`binllm_core::engine::validate`): ValueError naming
+    /// the value. Bindings call it when a request arrives, before it waits in a queue.
+    #[staticmethod]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (model, prompt, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0, seed=0, stop=Vec::new()))]
+    fn validate(
+        model: &PyModel,
+        prompt: Vec<u32>,
+        max_new_tokens: usize,
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+        min_p: f32,
+        repetition_penalty: f32,
+        seed: u64,
+        stop: Vec<String>,
+    ) -> PyResult<()> {
+        let params = generation_params(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop);
+        binllm_core::engine::validate(&model.inner, &prompt, &params).map_err(to_py)
+    }
+
     /// Adds a sequence; it runs from the next step. Returns its id.
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (prompt, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0, seed=0, stop=Vec::new()))]
