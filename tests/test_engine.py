@@ -256,3 +256,17 @@ def test_generate_batch_equals_generate_one_by_one(default, models):
     assert default.generate_batch([]) == []
     with pytest.raises(TypeError):
         default.generate_batch("one prompt")
+
+
+def test_bad_hidden_states_and_block_bytes_are_clear_errors(default):
+    import binllm
+
+    session = default._core.session(8)
+    d = default.config["hidden_size"]
+    for bad in (np.zeros((2, d + 1), np.float32), np.zeros((0, d), np.float32), np.zeros(d, np.float32)):
+        with pytest.raises(ValueError, match="hidden states"):
+            session.forward_hidden(bad)
+    with pytest.raises(ValueError, match="context"):
+        default._core.session(2).forward_hidden(np.zeros((3, d), np.float32))
+    with pytest.raises(binllm.ModelFormatError):
+        _core.Model.from_hf_bytes('{"architectures": ["LlamaForCausalLM"]}', [b"not a safetensors file"])
