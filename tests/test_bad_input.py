@@ -67,3 +67,37 @@ def test_options_may_stand_between_model_and_prompt():
     want = Model.from_pretrained().generate("ROMEO:", max_new_tokens=4, seed=3)
     assert out.stdout.rstrip("\n") == want
     assert "generated" in out.stderr
+
+
+def test_binllm_exceptions_are_the_standard_ones_too():
+    import binllm
+
+    standard = {
+        binllm.InvalidArgumentError: ValueError,
+        binllm.ModelFormatError: ValueError,
+        binllm.UnsupportedError: ValueError,
+        binllm.BackendError: ValueError,
+        binllm.FileError: OSError,
+        binllm.ModelNotFoundError: FileNotFoundError,
+    }
+    for cls, base in standard.items():
+        assert issubclass(cls, binllm.BinllmError) and issubclass(cls, base), cls
+        assert cls.__module__ == "binllm" and cls.__doc__
+    assert sorted(c.__name__ for c in standard) == sorted(n for n in binllm.__all__ if n.endswith("Error") and n != "BinllmError")
+
+
+def test_binllm_error_catches_what_binllm_raises(model, tmp_path, monkeypatch):
+    from binllm import BinllmError, InvalidArgumentError, ModelNotFoundError, _core
+
+    with pytest.raises(InvalidArgumentError, match="max_new_tokens"):  # raised in Python
+        model.generate("x", max_new_tokens=0)
+    with pytest.raises(ModelNotFoundError, match="no model"):
+        Model.from_pretrained(tmp_path / "missing.gguf")
+    with pytest.raises(ModelNotFoundError):  # a core I/O error
+        _core.gguf_read_metadata(str(tmp_path / "missing.gguf"))
+    for call in (lambda: model.generate("x", temperature=-1.0), lambda: Model.from_pretrained(tmp_path / "missing")):
+        with pytest.raises(BinllmError):
+            call()
+    monkeypatch.setenv("BINLLM_THREADS", "abc")
+    with pytest.raises(InvalidArgumentError, match="BINLLM_THREADS"):  # raised in Rust
+        _core.threads_from_env()

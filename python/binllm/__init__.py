@@ -7,7 +7,15 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
 from binllm import kernels
-from binllm._core import BackendError, BinllmError, ModelFormatError, UnsupportedError
+from binllm._core import (
+    BackendError,
+    BinllmError,
+    FileError,
+    InvalidArgumentError,
+    ModelFormatError,
+    ModelNotFoundError,
+    UnsupportedError,
+)
 from binllm.engine import Engine
 from binllm.model import Model
 
@@ -16,4 +24,16 @@ try:
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["BinllmError", "ModelFormatError", "UnsupportedError", "BackendError", "kernels", "Engine", "Model", "__version__"]
+__all__ = [
+    "BinllmError",
+    "InvalidArgumentError",
+    "ModelFormatError",
+    "UnsupportedError",
+    "BackendError",
+    "FileError",
+    "ModelNotFoundError",
+    "kernels",
+    "Engine",
+    "Model",
+    "__version__",
+]

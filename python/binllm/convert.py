@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from binllm import _core
+from binllm._core import InvalidArgumentError, ModelNotFoundError
 
 TYPES = ("tq2_0", "tq1_0", "f16")
 EMBEDDING_TYPES = ("f16", "q8_0")
@@ -153,18 +154,18 @@ def convert(
         say = progress or (lambda message: None)
     type = type.lower()
     if type not in TYPES:
-        raise ValueError(f"type must be one of {', '.join(TYPES)}, got {type!r}")
+        raise InvalidArgumentError(f"type must be one of {', '.join(TYPES)}, got {type!r}")
     if embedding_type not in EMBEDDING_TYPES:
-        raise ValueError(f"embedding_type must be one of {', '.join(EMBEDDING_TYPES)}, got {embedding_type!r}")
+        raise InvalidArgumentError(f"embedding_type must be one of {', '.join(EMBEDDING_TYPES)}, got {embedding_type!r}")
     src, dst = Path(src), Path(dst)
     if not src.exists():
-        raise FileNotFoundError(f"no model at '{src}'")
+        raise ModelNotFoundError(f"no model at '{src}'")
     if dst.resolve() == src.resolve() or _same_file(src, dst):
-        raise ValueError(f"destination '{dst}' is the source; choose another file name")
+        raise InvalidArgumentError(f"destination '{dst}' is the source; choose another file name")
     if dst.is_dir():
         raise IsADirectoryError(f"destination '{dst}' is a folder; give the .gguf file to write")
     if dst.suffix.lower() != ".gguf":
-        raise ValueError(f"destination '{dst}' must be a .gguf file")
+        raise InvalidArgumentError(f"destination '{dst}' must be a .gguf file")
     if dst.exists() and not force:
         raise FileExistsError(f"destination '{dst}' exists; pass force=True (--force) to replace it")
 

@@ -13,7 +13,7 @@ import threading
 from collections import deque
 from typing import Any, Callable, Iterator, Optional, Sequence
 
-from binllm._core import BinllmError
+from binllm._core import BinllmError, InvalidArgumentError
 
 _DONE = object()
 
@@ -102,9 +102,9 @@ class Engine:
 
     def __init__(self, model, max_batch: int = 8, max_queue: int = 64):
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-            raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
+            raise InvalidArgumentError(f"max_batch must be a positive int, got {max_batch!r}")
         if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 0:
-            raise ValueError(f"max_queue must be an int >= 0, got {max_queue!r}")
+            raise InvalidArgumentError(f"max_queue must be an int >= 0, got {max_queue!r}")
         self.model = model
         self.max_batch = max_batch
         self.max_queue = max_queue

@@ -37,7 +37,7 @@ from typing import Union
 import numpy as np
 
 from binllm import _core
-from binllm._core import PackedMatrix
+from binllm._core import InvalidArgumentError, PackedMatrix
 
 __all__ = [
     "PackedMatrix",
@@ -59,9 +59,9 @@ def _int8_matrix(w: np.ndarray, allowed: str) -> np.ndarray:
     if w.dtype != np.int8:
         raise TypeError(f"w must have dtype int8 with values {allowed}, got {w.dtype}")
     if w.ndim != 2:
-        raise ValueError(f"w must be 2-D (N, K), got shape {w.shape}")
+        raise InvalidArgumentError(f"w must be 2-D (N, K), got shape {w.shape}")
     if not w.flags.c_contiguous:
-        raise ValueError("w must be C-contiguous (use np.ascontiguousarray)")
+        raise InvalidArgumentError("w must be C-contiguous (use np.ascontiguousarray)")
     return w
 
 
@@ -71,9 +71,9 @@ def _scale(scale: Scale, n: int, what: str, groups: int | None = None):
             raise TypeError(f"{what} must be a float or a float32 array, got dtype {scale.dtype}")
         if groups is not None:
             if scale.shape != (n, groups):
-                raise ValueError(f"{what} must have shape ({n}, {groups}) (rows x groups), got {scale.shape}")
+                raise InvalidArgumentError(f"{what} must have shape ({n}, {groups}) (rows x groups), got {scale.shape}")
         elif scale.shape != (n,):
-            raise ValueError(f"{what} must have shape ({n},) (one value per row), got {scale.shape}")
+            raise InvalidArgumentError(f"{what} must have shape ({n},) (one value per row), got {scale.shape}")
         return np.ascontiguousarray(scale)
     if groups is not None:
         raise TypeError(f"with group_size, {what} must be a float32 array of shape ({n}, {groups})")
@@ -88,7 +88,7 @@ def _float_input(x: np.ndarray) -> np.ndarray:
     if x.dtype != np.float32:
         raise TypeError(f"x must have dtype float32, got {x.dtype}")
     if not x.flags.c_contiguous:
-        raise ValueError("x must be C-contiguous (use np.ascontiguousarray)")
+        raise InvalidArgumentError("x must be C-contiguous (use np.ascontiguousarray)")
     return x
 
 
@@ -98,7 +98,7 @@ def _row_offset(row_offset: np.ndarray | None, n: int) -> np.ndarray | None:
     if not isinstance(row_offset, np.ndarray) or row_offset.dtype != np.float32:
         raise TypeError("row_offset must be a float32 numpy array")
     if row_offset.shape != (n,):
-        raise ValueError(f"row_offset must have shape ({n},) (one value per row), got {row_offset.shape}")
+        raise InvalidArgumentError(f"row_offset must have shape ({n},) (one value per row), got {row_offset.shape}")
     return np.ascontiguousarray(row_offset)
 
 
@@ -121,12 +121,12 @@ def pack_ternary(
     """
     w = _int8_matrix(w, "-1, 0, 1")
     if bits not in (2.0, 1.6):
-        raise ValueError(f"bits must be 2.0 or 1.6, got {bits}")
+        raise InvalidArgumentError(f"bits must be 2.0 or 1.6, got {bits}")
     n, k = w.shape
     groups = None
     if group_size is not None:
         if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)) or group_size <= 0:
-            raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+            raise InvalidArgumentError(f"group_size must be a positive int, got {group_size!r}")
         groups = -(-k // int(group_size))
         group_size = int(group_size)
     return _core.pack_ternary(w, _scale(scale, n, "scale", groups), float(bits), group_size, _row_offset(row_offset, n))
@@ -152,9 +152,9 @@ def pack_binary(
     groups = None
     if group_size is not None:
         if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)) or group_size <= 0:
-            raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+            raise InvalidArgumentError(f"group_size must be a positive int, got {group_size!r}")
         if col_scale is not None:
-            raise ValueError("col_scale and group_size cannot be combined")
+            raise InvalidArgumentError("col_scale and group_size cannot be combined")
         group_size = int(group_size)
         groups = -(-w.shape[1] // group_size)
     rs = _scale(row_scale, w.shape[0], "row_scale", groups)
@@ -162,7 +162,7 @@ def pack_binary(
         if not isinstance(col_scale, np.ndarray) or col_scale.dtype != np.float32:
             raise TypeError("col_scale must be a float32 numpy array")
         if col_scale.shape != (w.shape[1],):
-            raise ValueError(f"col_scale must have shape ({w.shape[1]},), got {col_scale.shape}")
+            raise InvalidArgumentError(f"col_scale must have shape ({w.shape[1]},), got {col_scale.shape}")
         col_scale = np.ascontiguousarray(col_scale)
     return _core.pack_binary(w, rs, col_scale, _row_offset(row_offset, w.shape[0]), group_size)
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from binllm import _core, kernels
 from binllm import tokenizer as _tok
-from binllm._core import BinllmError, ModelFormatError
+from binllm._core import BinllmError, InvalidArgumentError, ModelFormatError, ModelNotFoundError
 
 Messages = Sequence[dict]
 Prompt = Union[str, Messages]
@@ -33,13 +33,13 @@ def _resolve(path_or_id: str | os.PathLike, revision: str | None) -> Path:
     if not isinstance(path_or_id, (str, os.PathLike)):
         raise TypeError(f"a model is named by a path or a hub id, got {type(path_or_id).__name__}")
     if str(path_or_id).strip() == "":
-        raise ValueError("the model path is empty (use binllm.model.default_model_path() for the embedded model)")
+        raise InvalidArgumentError("the model path is empty (use binllm.model.default_model_path() for the embedded model)")
     path = Path(path_or_id).expanduser()
     if path.exists():
         return path
     text = str(path_or_id)
     if not _HUB_ID.match(text):
-        raise FileNotFoundError(f"no model at '{text}' (not a folder, a .gguf file, or a Hugging Face id like 'owner/name')")
+        raise ModelNotFoundError(f"no model at '{text}' (not a folder, a .gguf file, or a Hugging Face id like 'owner/name')")
     try:
         from huggingface_hub import snapshot_download
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -55,7 +55,7 @@ def _resolve(path_or_id: str | os.PathLike, revision: str | None) -> Path:
 def _token_id(t: Any) -> int:
     """A token id as an int; floats (1.7) and bools are refused, never truncated."""
     if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)):
-        raise ValueError(f"token ids are integers, got {t!r} ({type(t).__name__})")
+        raise InvalidArgumentError(f"token ids are integers, got {t!r} ({type(t).__name__})")
     return int(t)
 
 
@@ -116,7 +116,7 @@ class Model:
             raise ModelFormatError(f"{path}: binllm loads Hugging Face folders and .gguf files")
         core, tokenizer_json, defaults = _core.load_model(str(path), act_quant, output_type, ternary_format)
         if tokenizer_json is None:
-            raise FileNotFoundError(f"{path} has no tokenizer.json")
+            raise ModelNotFoundError(f"{path} has no tokenizer.json")
         return cls(core, _tok.from_json(tokenizer_json), path, defaults)
 
     # ------------------------------------------------------------------ tokens and text
@@ -155,10 +155,10 @@ class Model:
         """Float32 logits (len(token_ids), vocab) for the whole sequence."""
         ids = [_token_id(t) for t in token_ids]
         if not ids:
-            raise ValueError("token_ids is empty")
+            raise InvalidArgumentError("token_ids is empty")
         session = self._core.session(len(ids))
         if len(ids) > session.capacity:
-            raise ValueError(f"{len(ids)} tokens exceed the model's context of {session.capacity}")
+            raise InvalidArgumentError(f"{len(ids)} tokens exceed the model's context of {session.capacity}")
         return session.forward(ids, all_logits=True)
 
     def generate(
@@ -188,7 +188,7 @@ class Model:
 
     def _prepare(self, prompt, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop):
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+            raise InvalidArgumentError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
         if isinstance(prompt, (list, tuple)) and prompt and not any(isinstance(m, dict) for m in prompt):
             ids = [_token_id(t) for t in prompt]  # token ids, as given
         else:
@@ -199,13 +199,13 @@ class Model:
             else:
                 raise TypeError("prompt must be a string, a list of chat messages ({'role': ..., 'content': ...}) or a list of token ids")
             if not text:
-                raise ValueError("prompt is empty")
+                raise InvalidArgumentError("prompt is empty")
             ids = self.encode(text)
         if not ids:
-            raise ValueError("prompt is empty after tokenization")
+            raise InvalidArgumentError("prompt is empty after tokenization")
         vocab = self.config["vocab_size"]
         if any(t < 0 or t >= vocab for t in ids):  # also keeps them within u32 for the core
-            raise ValueError(f"token ids must be in [0, {vocab})")
+            raise InvalidArgumentError(f"token ids must be in [0, {vocab})")
         gd = self.generation_defaults
         sampling = gd["do_sample"]
 
@@ -219,13 +219,13 @@ class Model:
         if top_p is None:
             top_p = default("top_p", 1.0, 1.0)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-            raise ValueError(f"top_k must be an int >= 0, got {top_k!r}")
+            raise InvalidArgumentError(f"top_k must be an int >= 0, got {top_k!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+            raise InvalidArgumentError(f"seed must be an int >= 0, got {seed!r}")
         params = dict(temperature=float(temperature), top_k=top_k, top_p=float(top_p), min_p=float(min_p), repetition_penalty=float(repetition_penalty), seed=seed)
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         if any(not isinstance(s, str) for s in stops):
-            raise ValueError("stop must be a non-empty string or a list of them")
+            raise InvalidArgumentError("stop must be a non-empty string or a list of them")
         # Every value as the core engine checks it (context, sampling, empty stop strings), now,
         # before the request runs or waits in a queue.
         _core.Engine.validate(self._core, ids, max_new_tokens, stop=stops, **params)

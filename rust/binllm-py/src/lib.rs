@@ -5,23 +5,86 @@
 use binllm_core::kernels::{self, Backend};
 use binllm_core::{Error, PackedMatrix, ScaleKind, WeightFormat};
 use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArrayDyn, PyUntypedArrayMethods};
-use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyTuple, PyType};
 
-create_exception!(binllm, BinllmError, PyException, "Base class of every binllm error.");
-create_exception!(binllm, ModelFormatError, BinllmError, "A model or tensor file is malformed.");
-create_exception!(binllm, UnsupportedError, BinllmError, "Well-formed input that binllm does not support.");
-create_exception!(binllm, BackendError, BinllmError, "A compute backend is unknown or not usable on this CPU.");
+/// binllm's exceptions: one base, `BinllmError`, and every other class also a subclass of the
+/// standard exception a Python user already catches (`except ValueError` / `except OSError` keep
+/// working, `except binllm.BinllmError` catches everything binllm raises), as polars does. A PyO3
+/// exception has one base, so the classes are made with `type(name, bases, dict)` once, in
+/// the order of this table (a class's own base comes before it).
+#[derive(Clone, Copy)]
+enum PyError {
+    Binllm,
+    InvalidArgument,
+    ModelFormat,
+    Unsupported,
+    Backend,
+    File,
+    ModelNotFound,
+}
+
+/// (variant, name, binllm base, standard base, doc); row i is variant i.
+const ERROR_CLASSES: [(PyError, &str, Option<PyError>, &str, &str); 7] = [
+    (PyError::Binllm, "BinllmError", None, "Exception", "Base class of every binllm error."),
+    (PyError::InvalidArgument, "InvalidArgumentError", Some(PyError::Binllm), "ValueError", "An argument has a value binllm refuses."),
+    (PyError::ModelFormat, "ModelFormatError", Some(PyError::Binllm), "ValueError", "A model or tensor file is malformed."),
+    (PyError::Unsupported, "UnsupportedError", Some(PyError::Binllm), "ValueError", "Well-formed input that binllm does not support."),
+    (PyError::Backend, "BackendError", Some(PyError::Binllm), "ValueError", "A compute backend is unknown or not usable on this CPU."),
+    (PyError::File, "FileError", Some(PyError::Binllm), "OSError", "A file could not be read or written."),
+    (PyError::ModelNotFound, "ModelNotFoundError", Some(PyError::File), "FileNotFoundError", "No model (or file) at the path given."),
+];
+const _: () = {
+    let mut i = 0;
+    while i < ERROR_CLASSES.len() {
+        assert!(ERROR_CLASSES[i].0 as usize == i, "ERROR_CLASSES rows must follow PyError's order");
+        i += 1;
+    }
+};
+
+static ERROR_TYPES: PyOnceLock<Vec<Py<PyType>>> = PyOnceLock::new();
+
+fn error_types(py: Python<'_>) -> PyResult<&Vec<Py<PyType>>> {
+    ERROR_TYPES.get_or_try_init(py, || {
+        let builtins = py.import("builtins")?;
+        let mut made: Vec<Py<PyType>> = Vec::with_capacity(ERROR_CLASSES.len());
+        for (_, name, own_base, standard_base, doc) in ERROR_CLASSES {
+            let standard = builtins.getattr(standard_base)?;
+            let bases = match own_base {
+                Some(b) => PyTuple::new(py, [made[b as usize].bind(py).clone().into_any(), standard])?,
+                None => PyTuple::new(py, [standard])?,
+            };
+            let dict = PyDict::new(py);
+            dict.set_item("__module__", "binllm")?;
+            dict.set_item("__doc__", doc)?;
+            let class = builtins.getattr("type")?.call1((name, bases, dict))?.cast_into::<PyType>()?;
+            made.push(class.unbind());
+        }
+        Ok(made)
+    })
+}
+
+impl PyError {
+    fn new_err(self, message: impl Into<String>) -> PyErr {
+        let message = message.into();
+        Python::attach(|py| match error_types(py) {
+            Ok(types) => PyErr::from_type(types[self as usize].bind(py).clone(), message),
+            Err(e) => e,
+        })
+    }
+}
 
 /// The one mapping from core errors to Python exceptions.
 fn to_py(e: Error) -> PyErr {
     match e {
-        Error::InvalidArgument(m) => PyValueError::new_err(m),
-        Error::Format(_) => ModelFormatError::new_err(e.to_string()),
-        Error::Unsupported(_) => UnsupportedError::new_err(e.to_string()),
-        Error::Backend(m) => BackendError::new_err(m),
-        Error::Io(io) => PyErr::from(io),
+        Error::InvalidArgument(m) => PyError::InvalidArgument.new_err(m),
+        Error::Format(_) => PyError::ModelFormat.new_err(e.to_string()),
+        Error::Unsupported(_) => PyError::Unsupported.new_err(e.to_string()),
+        Error::Backend(m) => PyError::Backend.new_err(m),
+        Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => PyError::ModelNotFound.new_err(io.to_string()),
+        Error::Io(io) => PyError::File.new_err(io.to_string()),
     }
 }
 
@@ -31,7 +94,7 @@ fn parse_backend(name: Option<&str>) -> PyResult<Backend> {
         Some(n) => {
             let b = Backend::from_name(n).map_err(to_py)?;
             if !b.is_available() {
-                return Err(BackendError::new_err(format!("backend '{n}' is not usable on this CPU or build")));
+                return Err(PyError::Backend.new_err(format!("backend '{n}' is not usable on this CPU or build")));
             }
             Ok(b)
         }
@@ -108,7 +171,7 @@ impl PyPackedMatrix {
         let backend = parse_backend(backend)?;
         let x = float32_array(x)?;
         let (m, one_d) = self.input_rows(&x)?;
-        let xs = x.as_slice().map_err(|_| PyValueError::new_err("x must be C-contiguous"))?;
+        let xs = x.as_slice().map_err(|_| PyError::InvalidArgument.new_err("x must be C-contiguous"))?;
         let n = self.inner.rows();
         let mut y = vec![0f32; m * n];
         py.detach(|| self.inner.matmul_into(backend, xs, m, &mut y)).map_err(to_py)?;
@@ -127,7 +190,7 @@ impl PyPackedMatrix {
         let backend = parse_backend(backend)?;
         let x = float32_array(x)?;
         let (m, _) = self.input_rows(&x)?;
-        let xs = x.as_slice().map_err(|_| PyValueError::new_err("x must be C-contiguous"))?;
+        let xs = x.as_slice().map_err(|_| PyError::InvalidArgument.new_err("x must be C-contiguous"))?;
         let n = self.inner.rows();
         let sums = py
             .detach(|| {
@@ -166,7 +229,7 @@ impl PyPackedMatrix {
         match shape {
             [kk] if *kk == k => Ok((1, true)),
             [m, kk] if *kk == k && *m > 0 => Ok((*m, false)),
-            _ => Err(PyValueError::new_err(format!("x must have shape ({k},) or (M, {k}) with M >= 1, got {shape:?}"))),
+            _ => Err(PyError::InvalidArgument.new_err(format!("x must have shape ({k},) or (M, {k}) with M >= 1, got {shape:?}"))),
         }
     }
 }
@@ -187,15 +250,15 @@ fn scale_from(n: usize, scale: &Bound<'_, PyAny>, group_size: Option<usize>) -> 
     if let (Ok(s), None) = (scale.extract::<f32>(), group_size) {
         return Ok(ScaleKind::PerTensor(s));
     }
-    let arr: PyReadonlyArrayDyn<f32> = scale
-        .extract()
-        .map_err(|_| PyValueError::new_err(format!("scale must be a float or a float32 array of {n} values (one per row), or (N, groups) with group_size")))?;
-    let values = arr.as_slice().map_err(|_| PyValueError::new_err("scale must be C-contiguous"))?.to_vec();
+    let arr: PyReadonlyArrayDyn<f32> = scale.extract().map_err(|_| {
+        PyError::InvalidArgument.new_err(format!("scale must be a float or a float32 array of {n} values (one per row), or (N, groups) with group_size"))
+    })?;
+    let values = arr.as_slice().map_err(|_| PyError::InvalidArgument.new_err("scale must be C-contiguous"))?.to_vec();
     match (arr.shape(), group_size) {
         ([_], None) => Ok(ScaleKind::PerRow(values)),
         ([_, _], Some(group)) => Ok(ScaleKind::PerGroup { group, scales: values }),
-        (shape, Some(_)) => Err(PyValueError::new_err(format!("with group_size, scale must have shape (N, groups), got {shape:?}"))),
-        (shape, None) => Err(PyValueError::new_err(format!("a scale of shape {shape:?} needs group_size (or pass shape ({n},))"))),
+        (shape, Some(_)) => Err(PyError::InvalidArgument.new_err(format!("with group_size, scale must have shape (N, groups), got {shape:?}"))),
+        (shape, None) => Err(PyError::InvalidArgument.new_err(format!("a scale of shape {shape:?} needs group_size (or pass shape ({n},))"))),
     }
 }
 
@@ -220,11 +283,11 @@ fn pack_ternary(
     let format = match bits {
         2.0 => WeightFormat::Ternary2,
         1.6 => WeightFormat::Ternary1_6,
-        b => return Err(PyValueError::new_err(format!("bits must be 2.0 or 1.6, got {b}"))),
+        b => return Err(PyError::InvalidArgument.new_err(format!("bits must be 2.0 or 1.6, got {b}"))),
     };
     let (n, k) = matrix_shape(&w)?;
     let scale = scale_from(n, scale, group_size)?;
-    let codes = w.as_slice().map_err(|_| PyValueError::new_err("w must be C-contiguous"))?;
+    let codes = w.as_slice().map_err(|_| PyError::InvalidArgument.new_err("w must be C-contiguous"))?;
     let inner = py.detach(|| PackedMatrix::pack(format, codes, n, k, scale)).map_err(to_py)?;
     Ok(PyPackedMatrix { inner: with_offset(inner, row_offset)? })
 }
@@ -244,9 +307,9 @@ fn pack_binary(
         (s, None) => s,
         (ScaleKind::PerRow(row), Some(col)) => ScaleKind::OneBit { row, col: col.as_slice()?.to_vec() },
         (ScaleKind::PerTensor(s), Some(col)) => ScaleKind::OneBit { row: vec![s; n], col: col.as_slice()?.to_vec() },
-        (_, Some(_)) => return Err(PyValueError::new_err("col_scale and group_size cannot be combined")),
+        (_, Some(_)) => return Err(PyError::InvalidArgument.new_err("col_scale and group_size cannot be combined")),
     };
-    let codes = w.as_slice().map_err(|_| PyValueError::new_err("w must be C-contiguous"))?;
+    let codes = w.as_slice().map_err(|_| PyError::InvalidArgument.new_err("w must be C-contiguous"))?;
     let inner = py.detach(|| PackedMatrix::pack(WeightFormat::Binary1, codes, n, k, scale)).map_err(to_py)?;
     Ok(PyPackedMatrix { inner: with_offset(inner, row_offset)? })
 }
@@ -254,7 +317,7 @@ fn pack_binary(
 fn matrix_shape(w: &PyReadonlyArrayDyn<'_, i8>) -> PyResult<(usize, usize)> {
     match w.shape() {
         [n, k] => Ok((*n, *k)),
-        s => Err(PyValueError::new_err(format!("w must be a 2-D (N, K) array, got shape {s:?}"))),
+        s => Err(PyError::InvalidArgument.new_err(format!("w must be a 2-D (N, K) array, got shape {s:?}"))),
     }
 }
 
@@ -265,9 +328,9 @@ fn quantize_activations<'py>(py: Python<'py>, x: PyReadonlyArrayDyn<'py, f32>) -
     let (m, k) = match shape.as_slice() {
         [k] => (1, *k),
         [m, k] => (*m, *k),
-        s => return Err(PyValueError::new_err(format!("x must be 1-D or 2-D, got shape {s:?}"))),
+        s => return Err(PyError::InvalidArgument.new_err(format!("x must be 1-D or 2-D, got shape {s:?}"))),
     };
-    let xs = x.as_slice().map_err(|_| PyValueError::new_err("x must be C-contiguous"))?;
+    let xs = x.as_slice().map_err(|_| PyError::InvalidArgument.new_err("x must be C-contiguous"))?;
     let act = py.detach(|| binllm_core::formats::quantize_activations(xs, m, k, k));
     let q = PyArray1::from_vec(py, act.q);
     let q = if shape.len() == 1 { q.into_any() } else { q.reshape([m, k])?.into_any() };
@@ -300,9 +363,9 @@ fn num_threads() -> usize {
 #[pyfunction]
 #[pyo3(signature = (buf, streams=1))]
 fn sum_bytes(py: Python<'_>, buf: PyReadonlyArray1<'_, u8>, streams: usize) -> PyResult<u64> {
-    let bytes = buf.as_slice().map_err(|_| PyValueError::new_err("buf must be C-contiguous"))?;
+    let bytes = buf.as_slice().map_err(|_| PyError::InvalidArgument.new_err("buf must be C-contiguous"))?;
     if streams == 0 || streams > 64 {
-        return Err(PyValueError::new_err(format!("streams must be 1..=64, got {streams}")));
+        return Err(PyError::InvalidArgument.new_err(format!("streams must be 1..=64, got {streams}")));
     }
     Ok(py.detach(|| if streams == 1 { kernels::bandwidth::sum_bytes_parallel(bytes) } else { kernels::bandwidth::sum_bytes_streams_parallel(bytes, streams) }))
 }
@@ -331,7 +394,7 @@ impl LoadOptions {
             Some(name) => Some(
                 WeightFormat::from_name(name)
                     .filter(|f| matches!(f, WeightFormat::Ternary2 | WeightFormat::Ternary1_6))
-                    .ok_or_else(|| PyValueError::new_err(format!("ternary_format '{name}' (binllm stores ternary linears as t2 or t1.6)")))?,
+                    .ok_or_else(|| PyError::InvalidArgument.new_err(format!("ternary_format '{name}' (binllm stores ternary linears as t2 or t1.6)")))?,
             ),
         };
         Ok(LoadOptions { act_quant, storage, format })
@@ -496,7 +559,7 @@ impl PyModel {
     /// A generation session with room for `capacity` tokens (capped at the model's context).
     fn session(&self, capacity: usize) -> PyResult<PySession> {
         if capacity == 0 {
-            return Err(PyValueError::new_err("capacity must be at least 1"));
+            return Err(PyError::InvalidArgument.new_err("capacity must be at least 1"));
         }
         Ok(PySession { model: self.inner.clone(), cache: self.inner.new_cache(capacity) })
     }
@@ -548,7 +611,7 @@ impl PySession {
             .iter()
             .map(|&t| u32::try_from(t).ok().filter(|&u| (u as usize) < vocab))
             .collect::<Option<Vec<u32>>>()
-            .ok_or_else(|| PyValueError::new_err(format!("token ids must be in [0, {vocab})")))?;
+            .ok_or_else(|| PyError::InvalidArgument.new_err(format!("token ids must be in [0, {vocab})")))?;
         let m = ids.len();
         let (model, cache) = (&self.model, &mut self.cache);
         let logits = match observe {
@@ -571,10 +634,10 @@ impl PySession {
         let arr = float32_array(x)?;
         let d = self.model.config.hidden;
         if arr.ndim() != 2 || arr.shape()[1] != d || arr.shape()[0] == 0 {
-            return Err(PyValueError::new_err(format!("hidden states must be float32 (len, {d}) with len >= 1")));
+            return Err(PyError::InvalidArgument.new_err(format!("hidden states must be float32 (len, {d}) with len >= 1")));
         }
         let m = arr.shape()[0];
-        let xs = arr.as_slice().map_err(|_| PyValueError::new_err("hidden states must be C-contiguous"))?.to_vec();
+        let xs = arr.as_slice().map_err(|_| PyError::InvalidArgument.new_err("hidden states must be C-contiguous"))?.to_vec();
         let (model, cache) = (&self.model, &mut self.cache);
         let out = match observe {
             None => py.detach(|| model.forward_hidden(&xs, cache, None)).map_err(to_py)?,
@@ -624,7 +687,7 @@ impl PySampler {
     /// Picks the next token from float32 logits, given the tokens so far.
     fn sample(&mut self, logits: &Bound<'_, PyAny>, history: Vec<u32>) -> PyResult<u32> {
         let arr = float32_array(logits)?;
-        let mut v = arr.as_slice().map_err(|_| PyValueError::new_err("logits must be C-contiguous"))?.to_vec();
+        let mut v = arr.as_slice().map_err(|_| PyError::InvalidArgument.new_err("logits must be C-contiguous"))?.to_vec();
         Ok(self.inner.sample(&mut v, &history))
     }
 }
@@ -680,7 +743,7 @@ fn read_tensors<'py>(py: Python<'py>, path: std::path::PathBuf, names: Option<Ve
     let wanted = |n: &str| names.as_ref().is_none_or(|v| v.iter().any(|w| w == n));
     if let Some(v) = &names {
         if let Some(missing) = v.iter().find(|n| !views.iter().any(|t| &t.name == *n)) {
-            return Err(ModelFormatError::new_err(format!("{}: no tensor named '{missing}'", path.display())));
+            return Err(PyError::ModelFormat.new_err(format!("{}: no tensor named '{missing}'", path.display())));
         }
     }
     for t in views.iter().filter(|t| wanted(&t.name)) {
@@ -702,7 +765,7 @@ fn gguf_value_from_py(key: &str, tag: &str, v: &Bound<'_, PyAny>) -> PyResult<bi
         let items: Vec<Bound<'_, PyAny>> = v.try_iter()?.collect::<PyResult<_>>()?;
         return items.iter().map(|x| gguf_value_from_py(key, inner, x)).collect::<PyResult<Vec<_>>>().map(G::Array);
     }
-    let bad = |e: PyErr| PyValueError::new_err(format!("metadata '{key}' ({tag}): {e}"));
+    let bad = |e: PyErr| PyError::InvalidArgument.new_err(format!("metadata '{key}' ({tag}): {e}"));
     Ok(match tag {
         "str" => G::String(v.extract().map_err(bad)?),
         "bool" => G::Bool(v.extract().map_err(bad)?),
@@ -716,7 +779,7 @@ fn gguf_value_from_py(key: &str, tag: &str, v: &Bound<'_, PyAny>) -> PyResult<bi
         "i64" => G::I64(v.extract().map_err(bad)?),
         "f32" => G::F32(v.extract().map_err(bad)?),
         "f64" => G::F64(v.extract().map_err(bad)?),
-        other => return Err(PyValueError::new_err(format!("metadata '{key}': unknown GGUF type tag '{other}'"))),
+        other => return Err(PyError::InvalidArgument.new_err(format!("metadata '{key}': unknown GGUF type tag '{other}'"))),
     })
 }
 
@@ -981,10 +1044,9 @@ fn threads_from_env() -> PyResult<Option<usize>> {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
-    m.add("BinllmError", py.get_type::<BinllmError>())?;
-    m.add("ModelFormatError", py.get_type::<ModelFormatError>())?;
-    m.add("UnsupportedError", py.get_type::<UnsupportedError>())?;
-    m.add("BackendError", py.get_type::<BackendError>())?;
+    for ((_, name, ..), class) in ERROR_CLASSES.iter().zip(error_types(py)?) {
+        m.add(*name, class.bind(py))?;
+    }
     m.add_class::<PyPackedMatrix>()?;
     m.add_function(wrap_pyfunction!(pack_ternary, m)?)?;
     m.add_function(wrap_pyfunction!(pack_binary, m)?)?;
