@@ -101,3 +101,38 @@ def test_binllm_error_catches_what_binllm_raises(model, tmp_path, monkeypatch):
     monkeypatch.setenv("BINLLM_THREADS", "abc")
     with pytest.raises(InvalidArgumentError, match="BINLLM_THREADS"):  # raised in Rust
         _core.threads_from_env()
+
+
+def _model_with_token_id(folder, token_id):
+    """The embedded model with its last vocabulary token moved to `token_id`."""
+    import json
+    import shutil
+
+    shutil.copytree(default_model_path(), folder)
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    vocab[list(vocab)[-1]] = token_id
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    return folder
+
+
+def _run_measured(args):
+    """(return code, stderr, peak resident bytes) of a binllm command."""
+    proc = subprocess.Popen([sys.executable, "-m", "binllm", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, stderr, usage.ru_maxrss * 1024
+
+
+@pytest.mark.parametrize("token_id", [16_777_215, 16_777_216, 10**9])
+def test_one_far_token_id_costs_no_gigabytes(tmp_path, token_id):
+    from binllm import ModelFormatError
+
+    folder = _model_with_token_id(tmp_path / "model", token_id)
+    rc, stderr, peak = _run_measured(["convert", str(folder), str(tmp_path / "out.gguf"), "--type", "tq2_0"])
+    assert rc == 1 and f"has id {token_id}, beyond the model's 4096 embedding rows" in stderr, stderr
+    assert peak < 1 << 30 and not (tmp_path / "out.gguf").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+    with pytest.raises(ModelFormatError, match="tokenizer.json"):
+        Model.from_pretrained(folder).generate("hi", max_new_tokens=1)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from binllm import _core
-from binllm._core import InvalidArgumentError, ModelNotFoundError
+from binllm._core import InvalidArgumentError, ModelFormatError, ModelNotFoundError
 
 TYPES = ("tq2_0", "tq1_0", "f16")
 EMBEDDING_TYPES = ("f16", "q8_0")
@@ -76,7 +76,12 @@ def tokenizer_metadata(folder: Path, vocab_size: int, bos: Optional[int], eos: O
         )
     else:
         vocab = tok.get_vocab(with_added_tokens=True)
-        size = max(vocab_size, max(vocab.values()) + 1)
+        # Checked before the lists below are sized by it: one far id in a small file must
+        # not cost gigabytes (and a token without an embedding row could never be used).
+        largest = max(vocab, key=vocab.__getitem__, default=None)
+        if largest is not None and vocab[largest] >= vocab_size:
+            raise ModelFormatError(f"{path}: token {largest!r} has id {vocab[largest]}, beyond the model's {vocab_size} embedding rows")
+        size = vocab_size
         tokens = [f"[PAD{i}]" for i in range(size)]
         types = [_UNUSED] * size
         for token, i in vocab.items():
@@ -84,8 +89,6 @@ def tokenizer_metadata(folder: Path, vocab_size: int, bos: Optional[int], eos: O
             types[i] = _NORMAL
         for i, added in tok.get_added_tokens_decoder().items():
             types[i] = _CONTROL if added.special else _USER_DEFINED
-        if size > vocab_size:
-            notes.append(f"the tokenizer has {size} tokens but the model only {vocab_size} embedding rows")
         pre = _llama_cpp_pre(spec.get("pre_tokenizer"))
         if pre is None:
             pre = "default"

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Sequence, Union
 
 import numpy as np
 
-from binllm import _core, kernels
+from binllm import _core, chat_template, kernels
 from binllm import tokenizer as _tok
 from binllm._core import BinllmError, InvalidArgumentError, ModelFormatError, ModelNotFoundError
 
@@ -137,17 +137,8 @@ class Model:
         template = self.chat_template
         if not template:
             raise BinllmError("this model has no chat template")
-        try:
-            from jinja2.sandbox import ImmutableSandboxedEnvironment
-        except ImportError as e:  # pragma: no cover
-            raise BinllmError("chat templates need jinja2: pip install jinja2") from e
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-
-        def raise_exception(msg):
-            raise BinllmError(f"chat template: {msg}")
-
         special = {key: self.generation_defaults[key] or "" for key in ("bos_token", "eos_token")}
-        return env.from_string(template).render(messages=list(messages), add_generation_prompt=add_generation_prompt, raise_exception=raise_exception, **special)
+        return chat_template.render(template, messages=list(messages), add_generation_prompt=add_generation_prompt, **special)
 
     # ------------------------------------------------------------------ compute
 

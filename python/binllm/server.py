@@ -410,10 +410,6 @@ class _Server:
             raise ApiError(503, "the server is shutting down", type="server_error", code="unavailable")
         except (BinllmError, ValueError, TypeError) as e:  # no chat template, template errors, values the engine refuses
             raise ApiError(400, str(e), param="messages" if chat else None)
-        except Exception as e:
-            if type(e).__module__.startswith("jinja2"):  # a template that cannot render these messages
-                raise ApiError(400, f"chat template: {e}", param="messages")
-            raise
         return generation
 
     def usage(self, request) -> dict:

@@ -65,7 +65,7 @@ impl Detokenizer {
             let special = a.get("special").and_then(Value::as_bool).unwrap_or(false);
             entries.push((content.to_string(), id as u32, special));
         }
-        let size = entries.iter().map(|e| e.1 as usize + 1).max().unwrap_or(0);
+        let size = crate::tokenizer::id_table_len(entries.iter().map(|e| e.1).max(), entries.len())?;
         let decoder = v.get("decoder").cloned().unwrap_or(Value::Null);
         let plan = DecoderPlan::read(&decoder)?;
         let mut pieces: Vec<Box<[u8]>> = vec![Box::default(); size];

@@ -290,6 +290,17 @@ pub struct Tokenizer {
 /// GPT-2's map from bytes to printable characters: printable Latin-1 maps to itself, the rest
 /// to 256, 257, ... in byte order.
 /// GPT-2's byte alphabet read backwards: the byte each of its 256 characters stands for.
+/// The length of an id-indexed table for `count` tokens whose largest id is `largest`. Ids may
+/// have a few gaps, but a table far longer than the file's own tokens is refused before it is
+/// allocated: one token with id 16,777,215 must not cost hundreds of megabytes.
+pub(crate) fn id_table_len(largest: Option<u32>, count: usize) -> Result<usize> {
+    let len = largest.map_or(0, |id| id as usize + 1);
+    if len > 2 * count + 1024 {
+        crate::bail!(Format, "tokenizer.json: token id {} is far beyond its {count} tokens (ids must run from 0 with few gaps)", len - 1);
+    }
+    Ok(len)
+}
+
 pub(crate) fn char_to_byte_table() -> HashMap<char, u8> {
     byte_to_char_table().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect()
 }
@@ -824,7 +835,7 @@ impl Tokenizer {
             entries.push((content.clone(), id as u32));
             added.push(AddedToken { content, id: id as u32, special });
         }
-        let size = entries.iter().map(|e| e.1 as usize + 1).max().unwrap_or(0);
+        let size = id_table_len(entries.iter().map(|e| e.1).max(), entries.len())?;
         let mut id_to_token = vec![String::new(); size];
         for (t, id) in entries {
             id_to_token[id as usize] = t;
@@ -1015,6 +1026,24 @@ mod tests {
 
     fn split(text: &str) -> Vec<&str> {
         gpt2_split(text).into_iter().map(|(a, b)| &text[a..b]).collect()
+    }
+
+    fn tokenizer_with_ids(ids: &[u64]) -> String {
+        let vocab: serde_json::Map<String, Value> = ids.iter().enumerate().map(|(i, &id)| (format!("t{i}"), json!(id))).collect();
+        json!({"model": {"type": "BPE", "vocab": vocab, "merges": []}, "pre_tokenizer": {"type": "ByteLevel"}, "decoder": {"type": "ByteLevel"}}).to_string()
+    }
+
+    #[test]
+    fn a_far_token_id_is_refused_before_its_table_is_allocated() {
+        // What a real vocabulary looks like: dense, or a few gaps.
+        assert_eq!(Tokenizer::from_json(&tokenizer_with_ids(&[0, 1, 2, 3])).unwrap().vocab_size(), 4);
+        assert_eq!(Tokenizer::from_json(&tokenizer_with_ids(&[0, 1, 1000])).unwrap().vocab_size(), 1001);
+        for far in [2000u64, 16_777_215] {
+            let err = Tokenizer::from_json(&tokenizer_with_ids(&[0, 1, far])).unwrap_err();
+            assert!(matches!(&err, Error::Format(m) if m.contains(&format!("token id {far} is far beyond its 3 tokens"))), "{err}");
+            let err = crate::engine::Detokenizer::from_json(&tokenizer_with_ids(&[0, 1, far])).unwrap_err();
+            assert!(matches!(&err, Error::Format(m) if m.contains("far beyond")), "{err}");
+        }
     }
 
     #[test]
