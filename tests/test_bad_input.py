@@ -136,3 +136,16 @@ def test_one_far_token_id_costs_no_gigabytes(tmp_path, token_id):
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
     with pytest.raises(ModelFormatError, match="tokenizer.json"):
         Model.from_pretrained(folder).generate("hi", max_new_tokens=1)
+
+
+@pytest.mark.parametrize("name", ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"])
+def test_deeply_nested_json_is_one_clear_error(tmp_path, name):
+    import shutil
+
+    from binllm import ModelFormatError
+
+    folder = tmp_path / "model"
+    shutil.copytree(default_model_path(), folder)
+    (folder / name).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ModelFormatError, match=f"{name}.*recursion limit"):
+        Model.from_pretrained(folder).generate("hi", max_new_tokens=1)

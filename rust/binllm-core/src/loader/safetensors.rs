@@ -13,6 +13,10 @@ use crate::error::{Error, Result};
 /// The same cap the reference `safetensors` crate applies.
 const MAX_HEADER_BYTES: u64 = 100_000_000;
 const MAX_JSON_DEPTH: usize = 64;
+/// A tensor takes about 10 JSON values (its object, dtype, shape and offsets); a checkpoint
+/// file holds at most tens of thousands. The cap bounds the parsed tree (tens of bytes a
+/// value) before it is built: a 100 MB header of `[0,0,...]` would otherwise cost 1.6 GB.
+const MAX_JSON_VALUES: usize = 1_000_000;
 
 /// A parsed safetensors file; tensors borrow their bytes from the input, in header order.
 #[derive(Clone, Debug)]
@@ -162,7 +166,7 @@ enum Json<'h> {
 }
 
 fn parse_json(text: &str) -> Result<Json<'_>> {
-    let mut p = JsonParser { text, pos: 0 };
+    let mut p = JsonParser { text, pos: 0, values_left: MAX_JSON_VALUES };
     let value = p.value(0)?;
     p.skip_whitespace();
     if p.pos != text.len() {
@@ -174,6 +178,7 @@ fn parse_json(text: &str) -> Result<Json<'_>> {
 struct JsonParser<'h> {
     text: &'h str,
     pos: usize,
+    values_left: usize,
 }
 
 impl<'h> JsonParser<'h> {
@@ -204,6 +209,7 @@ impl<'h> JsonParser<'h> {
         if depth > MAX_JSON_DEPTH {
             return Err(self.error("nesting too deep"));
         }
+        self.values_left = self.values_left.checked_sub(1).ok_or_else(|| self.error(&format!("more than {MAX_JSON_VALUES} values")))?;
         self.skip_whitespace();
         match self.peek() {
             Some(b'{') => self.object(depth),
@@ -441,6 +447,15 @@ mod tests {
             Err(Error::Format(m)) => assert!(m.contains(needle), "message {m:?} lacks {needle:?}"),
             other => panic!("expected Format error with {needle:?}, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_header_of_millions_of_values_is_refused_while_parsing() {
+        // 2 bytes a value in the file, tens of bytes a value once parsed.
+        let many = |n: usize| format!("{{\"__metadata__\":{{}},\"x\":[{}0]}}", "0,".repeat(n));
+        format_err(&file(&many(MAX_JSON_VALUES), &[]), &format!("more than {MAX_JSON_VALUES} values"));
+        // Under the cap the same header parses (and is refused for what it says, not its size).
+        format_err(&file(&many(1000), &[]), "'x'");
     }
 
     #[test]
