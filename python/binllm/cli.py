@@ -1,4 +1,4 @@
-"""The ``binllm`` command: generate, chat, serve, info, convert, bench, demo, train, quantize,
+"""The ``binllm`` command: generate, chat, serve, info, convert, bench, demo, train, distill, quantize,
 eval, compare, lm-eval.
 
 Every error is printed as one clear line (``binllm: error: ...``) with a non-zero exit code,
@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -286,7 +288,7 @@ def cmd_eval(ns) -> int:
     for g in r.get("generations", []):
         div = "identical" if g["first_divergence"] is None else f"first differ at token {g['first_divergence']}"
         print(f"prompt           {g['prompt']!r}: {div}")
-    print(f"bits/weight      {r['linear_bits_per_weight']:.3f} (decoder linears, as held: {'+'.join(r['storage'])}), {r['model_bits_per_weight']:.3f} (whole model)")
+    print(f"bits/weight      {r['linear_bits_in_memory']:.3f} (decoder linears in memory, as {'+'.join(r['storage'])}), {r['model_bits_in_memory']:.3f} (whole model)")
     print(f"file             {r['file_bytes'] / 2**20:.1f} MiB")
     if r["resident_bytes"] is not None:
         print(f"resident memory  {r['resident_bytes'] / 2**20:.1f} MiB (weights {r['weight_bytes'] / 2**20:.1f} MiB)")
@@ -346,6 +348,16 @@ def cmd_train(ns) -> int:
     from binllm.train.cli import main as train_main
 
     return train_main(ns.train_args)
+
+
+def cmd_distill(ns) -> int:
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise BinllmError(install_hint("train", "distillation needs torch")) from e
+    from binllm.train.distill import main as distill_main
+
+    return distill_main(ns.distill_args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -462,6 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # `binllm train ...` hands all its arguments to binllm.train's own parser (see main).
     sub.add_parser("train", help="train a ternary (BitNet b1.58) model on text files (needs binllm[train])", add_help=False)
+    # `binllm distill ...` likewise (binllm.train.distill's parser).
+    sub.add_parser("distill", help="binarize a float model by distillation from a PTQ start (needs binllm[train])", add_help=False)
     # `binllm lm-eval ...` is lm-evaluation-harness's command line with the binllm backend (see main).
     sub.add_parser("lm-eval", help="task accuracy with lm-evaluation-harness: --model binllm --model_args pretrained=PATH (needs binllm[eval])", add_help=False)
 
@@ -471,16 +485,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "train":
         ns = argparse.Namespace(func=cmd_train, train_args=argv[1:])
+    elif argv and argv[0] == "distill":
+        ns = argparse.Namespace(func=cmd_distill, distill_args=argv[1:])
     elif argv and argv[0] == "lm-eval":
         ns = argparse.Namespace(func=cmd_lm_eval, lm_eval_args=argv[1:])
     elif argv and argv[0] == "generate":
         ns = build_parser().get_default("_generate_parser").parse_intermixed_args(argv[1:])
     else:
         ns = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM ends a command as Ctrl-C does, so a write in progress removes its temporary file.
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         _core.threads_from_env()  # a bad BINLLM_THREADS is one clear line, not silently all cores
         return ns.func(ns)

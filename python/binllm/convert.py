@@ -13,6 +13,7 @@ never touches SRC.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import secrets
@@ -123,6 +124,21 @@ def _read_json(path: Path) -> dict:
         return json.load(fh)
 
 
+def _remove_stale_parts(dst: Path) -> None:
+    """Deletes the temporary files (``.DST.PID.HEX.part``) that a killed convert to DST left,
+    those whose process is gone; a running convert's file is left alone."""
+    for part in dst.parent.glob(f".{glob.escape(dst.name)}.*.part"):
+        pid = part.name[len(dst.name) + 2 :].split(".")[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            part.unlink(missing_ok=True)
+        except (PermissionError, OverflowError):
+            pass  # another user's live process, or not a pid
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)
@@ -189,6 +205,7 @@ def convert(
         metadata, name, source_gguf = [], str(meta.get("general.name") or src.stem), str(src)
 
     dst.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(dst)
     # A new file beside DST (so the rename is atomic), with the usual permissions (umask).
     tmp = dst.parent / f".{dst.name}.{os.getpid()}.{secrets.token_hex(4)}.part"
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
