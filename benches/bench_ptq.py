@@ -140,7 +140,7 @@ def main() -> None:
             start = time.perf_counter()
             opts = {"calib_tokens": args.calib_tokens, **opts}
             report = quantize_model(smollm2, dst, method=method, calib=calib, progress=stderr_progress, **opts)
-            print(f"\n[ptq] {label}: {report['linear_bits_per_weight']:.3f} bits/weight, {time.perf_counter() - start:.0f} s", file=sys.stderr)
+            print(f"\n[ptq] {label}: {report['method_bits_per_weight']:.3f} bits/weight, {time.perf_counter() - start:.0f} s", file=sys.stderr)
         models.append(str(dst))
         labels.append(label)
     if args.quantize_only:

@@ -138,7 +138,7 @@ def main() -> None:
         with reference_quantizer(kind, opts):
             report = quantize_model(smollm2, dst, method="gptq-ternary", calib=calib, calib_tokens=args.calib_tokens, progress=stderr_progress)
         done[label] = {
-            "bits_per_weight": report["linear_bits_per_weight"],
+            "bits_per_weight": report["method_bits_per_weight"],
             "perplexity": ppl(dst),
             "mean_relative_layer_error": report["mean_relative_layer_error"],
             "seconds": time.perf_counter() - start,

@@ -70,7 +70,7 @@ def test_quantized_model_computes_its_dequantized_weights(tmp_path, float_model,
     weights: dict[str, np.ndarray] = {}
     report = quantize_model(float_model, tmp_path / "q", method=method, group_size=group, calib=calib_file if calib else None, calib_tokens=600, ctx=128, weights_out=weights)
     assert report["linear_parameters"] == sum(w.size for w in weights.values())
-    assert 0.9 < report["linear_bits_per_weight"] < 17
+    assert 0.9 < report["method_bits_per_weight"] < 17
     q = Model.from_pretrained(tmp_path / "q", act_quant=False)
     ref = Model.from_pretrained(float_twin(float_model, weights, tmp_path / "twin"), act_quant=False)
     got, want = q.logits(IDS), ref.logits(IDS)
@@ -109,6 +109,16 @@ def test_q8_blocks_round_trip_within_half_a_step():
     back = q8_dequant(q, d)
     step = np.repeat(d, 32, axis=1)[:, :70]
     assert (np.abs(back - w) <= step / 2 + 1e-7).all()
+
+
+def test_q8_blocks_round_ties_away_from_zero_as_the_loader_does():
+    # max|w| = 127 gives a scale of 1: every value is its own code, halves included (numpy's
+    # rint would give 0, 2, 2, -0, -2).
+    w = np.array([[0.5, 1.5, 2.5, -0.5, -2.5, 127.0] + [0.0] * 30], np.float32)
+    q, d = q8_blocks(w)
+    assert q[0, :6].tolist() == [1, 2, 3, -1, -3, 127] and d.tolist() == [[1.0, 0.0]]
+    q16, _ = q8_blocks(w.astype(np.float16)[:, :35])
+    assert q16.shape == (1, 35) and q16[0, :6].tolist() == [1, 2, 3, -1, -3, 127]
 
 
 def test_hessians_equal_numpy_on_the_first_layer(float_model):
@@ -164,12 +174,15 @@ def run_cli(*args):
 def test_cli_quantize_eval_compare(tmp_path, float_model, calib_file):
     r = run_cli("quantize", float_model, tmp_path / "t2", "--method", "absmean", "--quiet")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["formats"] == ["t2"]
+    stated = json.loads(r.stdout)
+    assert stated["formats"] == ["t2"]
     r = run_cli("eval", tmp_path / "t2", "--text", calib_file, "--ctx", "64", "--max-tokens", "300", "--json")
     assert r.returncode == 0, r.stderr
     ev = json.loads(r.stdout)
     assert ev["method"] == "absmean" and ev["storage"] == ["t2"] and ev["perplexity"] > 1 and ev["decode_tok_s"] > 0
-    assert 2.0 <= ev["linear_bits_per_weight"] < 3.0  # 2-bit codes, padded rows, one scale
+    assert 2.0 <= ev["linear_bits_in_memory"] < 3.0  # 2-bit codes, padded rows, one scale
+    # The method counts no row padding (320 of a 512-weight row here): two numbers, two names.
+    assert ev["method_bits_per_weight"] == stated["method_bits_per_weight"] < ev["linear_bits_in_memory"]
     out = tmp_path / "report"
     pytest.importorskip("matplotlib")
     r = run_cli("compare", float_model, tmp_path / "t2", "--text", calib_file, "--ctx", "64", "--max-tokens", "300", "--out", out, "--labels", "float,absmean", "--quiet")
@@ -205,6 +218,19 @@ def test_already_quantized_sources_are_refused(tmp_path):
     bitnet = make_random_hf_model(tmp_path / "b", layout="bitnet_packed", seed=1)
     with pytest.raises(binllm.UnsupportedError, match="already quantized"):
         quantize_model(bitnet, tmp_path / "q", method="absmean")
+
+
+def test_sharded_index_naming_a_file_outside_the_folder_is_refused(tmp_path, float_model):
+    folder = tmp_path / "m"
+    shutil.copytree(float_model, folder)
+    (folder / "model.safetensors").rename(tmp_path / "outside.safetensors")
+    names = load_file(str(tmp_path / "outside.safetensors"))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {n: "../outside.safetensors" for n in names}}))
+    with pytest.raises(binllm.ModelFormatError, match=r"outside the folder: '\.\./outside\.safetensors'"):
+        read_source(folder)
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {n: "shard.safetensors" for n in names}}))
+    (tmp_path / "outside.safetensors").rename(folder / "shard.safetensors")
+    assert set(read_source(folder).tensors) == set(names)
 
 
 def test_parse_keep():

@@ -5,6 +5,14 @@ models (``binllm compare``: markdown, CSV and a PNG plot).
 Perplexity uses the usual protocol: the text is tokenized once and cut into non-overlapping
 windows of ``ctx`` tokens; inside each window every token after the first is predicted from the
 ones before it; perplexity = exp(mean negative log-likelihood over all predicted tokens).
+
+Bits per weight come under two names that never mix:
+- ``method_bits_per_weight``: the quantization method's own count of the decoder linears, as
+  ``binllm quantize`` states it in ``quantization_config.bits_per_weight`` (every code, mask and
+  bitmap bit, 16 bits per float16 scale, 32 per 8-bit block's float32 scale; no row padding);
+- ``linear_bits_in_memory`` / ``model_bits_in_memory``: what the loaded model holds, 8 x bytes
+  / parameters of the decoder linears / of every tensor (rows padded to whole kernel blocks,
+  float32 scales), from ``Model.info()``.
 """
 
 from __future__ import annotations
@@ -82,8 +90,8 @@ def _files_bytes(path: Path) -> int:
 
 
 def linear_bits(info: dict[str, Any]) -> dict[str, Any]:
-    """True bits per weight of the decoder linears (codes, scales, offsets counted) and of the
-    whole model, from a loaded model's `info()`."""
+    """Bits per weight in memory (module docs) of the decoder linears and of the whole model,
+    from a loaded model's `info()`."""
     lin_bits = lin_params = all_bits = all_params = 0.0
     for t in info["tensors"]:
         bits = t["bytes"] * 8
@@ -93,8 +101,8 @@ def linear_bits(info: dict[str, Any]) -> dict[str, Any]:
             lin_bits += bits
             lin_params += t["parameters"]
     return {
-        "linear_bits_per_weight": lin_bits / lin_params if lin_params else None,
-        "model_bits_per_weight": all_bits / all_params if all_params else None,
+        "linear_bits_in_memory": lin_bits / lin_params if lin_params else None,
+        "model_bits_in_memory": all_bits / all_params if all_params else None,
         "storage": sorted({t["storage"] for t in info["tensors"] if t["kind"] not in ("embedding", "output", "norm")}),
     }
 
@@ -164,7 +172,7 @@ def evaluate(
     cfg_file = p / "config.json" if p.is_dir() else None
     if cfg_file is not None and cfg_file.is_file():
         qc = json.loads(cfg_file.read_text(encoding="utf-8")).get("quantization_config") or {}
-        quant = {"method": qc.get("method") or qc.get("quant_method"), "stated_bits_per_weight": qc.get("bits_per_weight")}
+        quant = {"method": qc.get("method") or qc.get("quant_method"), "method_bits_per_weight": qc.get("bits_per_weight")}
     result: dict[str, Any] = {
         "model": str(path),
         **quant,
@@ -210,8 +218,8 @@ def evaluate(
 COLUMNS = (
     ("label", "model"),
     ("method", "method"),
-    ("stated_bits_per_weight", "bits/weight (method)"),
-    ("linear_bits_per_weight", "bits/weight (held)"),
+    ("method_bits_per_weight", "bits/weight (method)"),
+    ("linear_bits_in_memory", "bits/weight (in memory)"),
     ("storage", "runs as"),
     ("perplexity", "perplexity"),
     ("ppl_ratio", "x float"),
@@ -352,7 +360,7 @@ def compare(
 def _csv(rows: list[dict[str, Any]], names: Sequence[str]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    extra = ["kld_median", "kld_p99", "top5_miss", "model_bits_per_weight", "tokens", "threads", "backend"]
+    extra = ["kld_median", "kld_p99", "top5_miss", "model_bits_in_memory", "tokens", "threads", "backend"]
     per_slice = [f"{n}:{k}" for n in names for k in ("perplexity", "kld_mean", "kld_median", "kld_p99", "top1_agreement", "top5_miss")]
     w.writerow([k for k, _ in COLUMNS] + extra + per_slice)
     for r in rows:
@@ -411,14 +419,14 @@ def write_plot(rows: list[dict[str, Any]], path: Path) -> None:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, r in enumerate(rows):
         color = colors[i % len(colors)]  # one color per model in every panel
-        # The method's own count where the model says it (a quantized folder), else as held.
-        bits = r.get("stated_bits_per_weight") or r["linear_bits_per_weight"]
+        # The method's own count where the model says it (a quantized folder), else in memory.
+        bits = r.get("method_bits_per_weight") or r["linear_bits_in_memory"]
         a.scatter(bits, r["perplexity"], s=40, color=color)
         a.annotate(r["label"], (bits, r["perplexity"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
         if r.get("kld_mean") is not None and r["kld_mean"] > 1e-6:
             k.scatter(bits, r["kld_mean"], s=40, color=color)
             k.annotate(r["label"], (bits, r["kld_mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    xlabel = "bits per weight of the decoder linears (the method's count; others as held)"
+    xlabel = "bits per weight of the decoder linears (the method's count; others in memory)"
     a.set_xlabel(xlabel)
     a.set_ylabel("perplexity (log scale)")
     a.set_yscale("log")

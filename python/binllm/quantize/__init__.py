@@ -13,6 +13,12 @@ stored as binllm's packed codes (``.weight``, uint8 rows) with its scales (``.we
 with one scale each, everything else as in the source (float16). Methods without a fast kernel
 (BiLLM's per-weight masks) store their dequantized weights in float16 and say so.
 Ternary models can also be written as GGUF TQ2_0 (``gguf=...``), which llama.cpp runs.
+
+``quantization_config.bits_per_weight`` and the report's ``method_bits_per_weight`` are the
+methods' own count of the decoder linears (every code, mask and bitmap bit, 16 bits per float16
+scale, 32 per 8-bit block's float32 scale, no row padding); ``binllm eval`` reports it beside
+the bits the loaded model holds in memory (``linear_bits_in_memory``), see
+:mod:`binllm.evaluate`.
 """
 
 from __future__ import annotations
@@ -27,13 +33,14 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 import numpy as np
 
+from binllm import _core
 from binllm.quantize.calib import calibration_tokens, hessians, read_text
 from binllm.quantize.source import Source, read_source
 
 Progress = Callable[[str], None]
 PathLike = Union[str, "os.PathLike[str]"]
 
-Q8_BLOCK = 32
+Q8_BLOCK = _core.Q8_BLOCK
 NEEDS_CALIBRATION = ("billm", "gptq-ternary")
 USES_HESSIAN = ("billm", "gptq-ternary", "arb")
 # Default calibration size: 32 windows of 512 tokens.
@@ -50,17 +57,10 @@ def _methods():
 
 
 def q8_blocks(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """int8 codes (n, k) and one float32 scale per block of 32 along each row (absmax / 127),
-    the layout binllm keeps 8-bit layers in."""
-    n, k = w.shape
-    blocks = -(-k // Q8_BLOCK)
-    pad = np.zeros((n, blocks * Q8_BLOCK), np.float32)
-    pad[:, :k] = w
-    b = pad.reshape(n, blocks, Q8_BLOCK)
-    d = (np.abs(b).max(axis=2) / np.float32(127)).astype(np.float32)
-    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d > 0)
-    q = np.clip(np.rint(b * inv[:, :, None]), -127, 127).astype(np.int8).reshape(n, -1)[:, :k]
-    return np.ascontiguousarray(q), d
+    """int8 codes (n, k) and one float32 scale per block of 32 along each row (absmax / 127,
+    codes rounded half away from zero), the layout binllm keeps 8-bit layers in; the core's
+    quantizer, the one the loader uses."""
+    return _core.q8_blocks(np.ascontiguousarray(w, np.float32))
 
 
 def q8_dequant(q: np.ndarray, d: np.ndarray) -> np.ndarray:
@@ -227,7 +227,7 @@ def quantize_model(
     report: dict[str, Any] = {
         "method": method,
         "output": str(dst),
-        "linear_bits_per_weight": qc["bits_per_weight"],
+        "method_bits_per_weight": qc["bits_per_weight"],
         "linear_parameters": int(q_params),
         "formats": sorted({v["format"] for v in entries.values()}),
         "bytes": sum(f.stat().st_size for f in dst.iterdir()),

@@ -4,7 +4,7 @@
 
 use binllm_core::kernels::{self, Backend};
 use binllm_core::{Error, PackedMatrix, ScaleKind, WeightFormat};
-use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -290,6 +290,18 @@ fn pack_ternary(
     let codes = w.as_slice().map_err(|_| PyError::InvalidArgument.new_err("w must be C-contiguous"))?;
     let inner = py.detach(|| PackedMatrix::pack(format, codes, n, k, scale)).map_err(to_py)?;
     Ok(PyPackedMatrix { inner: with_offset(inner, row_offset)? })
+}
+
+/// binllm's 8-bit layout of a float32 (N, K) matrix: int8 codes (N, K) and one float32 scale
+/// per block of `Q8_BLOCK` weights along each row (N, ceil(K / Q8_BLOCK)).
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn q8_blocks<'py>(py: Python<'py>, w: PyReadonlyArray2<'py, f32>) -> PyResult<(Bound<'py, PyArray2<i8>>, Bound<'py, PyArray2<f32>>)> {
+    let (n, k) = (w.shape()[0], w.shape()[1]);
+    let values = w.as_slice().map_err(|_| to_py(Error::InvalidArgument("w must be C-contiguous".into())))?;
+    let (codes, scales) = py.detach(|| binllm_core::model::linear::q8_blocks(values, n, k)).map_err(to_py)?;
+    let blocks = k.div_ceil(binllm_core::model::linear::Q8_BLOCK);
+    Ok((PyArray1::from_vec(py, codes).reshape([n, k])?, PyArray1::from_vec(py, scales).reshape([n, blocks])?))
 }
 
 #[pyfunction]
@@ -754,6 +766,20 @@ fn read_tensors<'py>(py: Python<'py>, path: std::path::PathBuf, names: Option<Ve
     Ok(d)
 }
 
+/// A float Llama model (Hugging Face folder or GGUF file) in Hugging Face form, the input of
+/// PTQ: (config.json text, {Hugging Face name: float32 array}, {file name: text}).
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn read_float_source<'py>(py: Python<'py>, path: std::path::PathBuf) -> PyResult<(String, Bound<'py, pyo3::types::PyDict>, Vec<(String, String)>)> {
+    let source = py.detach(|| binllm_core::model::source::read_float_source(&path)).map_err(to_py)?;
+    let config = source.config_json();
+    let tensors = pyo3::types::PyDict::new(py);
+    for (name, shape, values) in source.tensors {
+        tensors.set_item(name, PyArray1::from_vec(py, values).reshape(shape)?)?;
+    }
+    Ok((config, tensors, source.files))
+}
+
 // ---------------------------------------------------------------------------------------
 // Export: a loaded model as a GGUF file.
 
@@ -1063,6 +1089,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySampler>()?;
     m.add_function(wrap_pyfunction!(gguf_read_metadata, m)?)?;
     m.add_function(wrap_pyfunction!(read_tensors, m)?)?;
+    m.add_function(wrap_pyfunction!(read_float_source, m)?)?;
+    m.add_function(wrap_pyfunction!(q8_blocks, m)?)?;
+    m.add("Q8_BLOCK", binllm_core::model::linear::Q8_BLOCK)?;
     m.add_function(wrap_pyfunction!(export_gguf, m)?)?;
     m.add_function(wrap_pyfunction!(gguf_tokenizer_json, m)?)?;
     m.add_function(wrap_pyfunction!(pre_tokenizer_name, m)?)?;

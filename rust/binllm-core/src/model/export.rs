@@ -16,6 +16,7 @@
 //! - Nothing here knows about tokenizers: the caller passes `tokenizer.*` metadata.
 
 use super::config::{Activation, LinearKind, RopeStyle};
+use super::load::{gguf_name, EMBED, LM_HEAD, NORM};
 use super::{Linear, Model};
 use crate::error::{Error, Result};
 use crate::formats::ScaleKind;
@@ -111,7 +112,7 @@ fn llama_cpp_rope(architecture: &str) -> RopeStyle {
 /// New row order for the Q or K rows of `heads` heads of `head_dim` rows each:
 /// `out[r] = old[order[r]]`. NeoX -> interleaved is llama.cpp's `LlamaModel.permute`
 /// (within a head, row 2i + j takes row j * head_dim / 2 + i); interleaved -> NeoX undoes it.
-fn rope_row_order(heads: usize, head_dim: usize, from: RopeStyle, to: RopeStyle) -> Vec<usize> {
+pub(crate) fn rope_row_order(heads: usize, head_dim: usize, from: RopeStyle, to: RopeStyle) -> Vec<usize> {
     let half = head_dim / 2;
     let mut order = Vec::with_capacity(heads * head_dim);
     for h in 0..heads {
@@ -127,7 +128,7 @@ fn rope_row_order(heads: usize, head_dim: usize, from: RopeStyle, to: RopeStyle)
     order
 }
 
-fn reorder_rows<T: Copy>(data: &[T], row_len: usize, order: Option<&[usize]>) -> Vec<T> {
+pub(crate) fn reorder_rows<T: Copy>(data: &[T], row_len: usize, order: Option<&[usize]>) -> Vec<T> {
     match order {
         None => data.to_vec(),
         Some(order) => order.iter().flat_map(|&r| data[r * row_len..(r + 1) * row_len].iter().copied()).collect(),
@@ -317,33 +318,33 @@ impl Exporter<'_> {
         self.metadata(architecture, rope);
         self.warnings(architecture);
 
-        self.embedding("token_embd.weight", &rows_f32(&m.embed, None), c.vocab, c.hidden)?;
-        self.vector("output_norm.weight", &m.norm)?;
+        self.embedding(&gguf_name(None, EMBED), &rows_f32(&m.embed, None), c.vocab, c.hidden)?;
+        self.vector(&gguf_name(None, NORM), &m.norm)?;
         // Any RoPE scaling goes in llama.cpp's form: one divisor per frequency.
         if let Some(factors) = c.rope_freq_factors() {
             self.vector("rope_freqs.weight", &factors)?;
         }
         match &m.lm_head {
-            Some(head @ Linear::Packed(_)) => self.linear("output.weight", head, None)?,
-            Some(head) => self.embedding("output.weight", &rows_f32(head, None), c.vocab, c.hidden)?,
+            Some(head @ Linear::Packed(_)) => self.linear(&gguf_name(None, LM_HEAD), head, None)?,
+            Some(head) => self.embedding(&gguf_name(None, LM_HEAD), &rows_f32(head, None), c.vocab, c.hidden)?,
             None => {}
         }
         for (i, layer) in m.layers.iter().enumerate() {
-            let n = |part: &str| format!("blk.{i}.{part}.weight");
-            self.vector(&n("attn_norm"), &layer.attn_norm)?;
-            self.linear(&n("attn_q"), &layer.q, q_order.as_deref())?;
-            self.linear(&n("attn_k"), &layer.k, k_order.as_deref())?;
-            self.linear(&n("attn_v"), &layer.v, None)?;
-            self.linear(&n("attn_output"), &layer.o, None)?;
+            let n = |hf_part: &str| gguf_name(Some(i), hf_part);
+            self.vector(&n("input_layernorm.weight"), &layer.attn_norm)?;
+            self.linear(&n("self_attn.q_proj.weight"), &layer.q, q_order.as_deref())?;
+            self.linear(&n("self_attn.k_proj.weight"), &layer.k, k_order.as_deref())?;
+            self.linear(&n("self_attn.v_proj.weight"), &layer.v, None)?;
+            self.linear(&n("self_attn.o_proj.weight"), &layer.o, None)?;
             if let Some(w) = &layer.attn_sub_norm {
-                self.vector(&n("attn_sub_norm"), w)?;
+                self.vector(&n("self_attn.attn_sub_norm.weight"), w)?;
             }
-            self.vector(&n("ffn_norm"), &layer.ffn_norm)?;
-            self.linear(&n("ffn_gate"), &layer.gate, None)?;
-            self.linear(&n("ffn_up"), &layer.up, None)?;
-            self.linear(&n("ffn_down"), &layer.down, None)?;
+            self.vector(&n("post_attention_layernorm.weight"), &layer.ffn_norm)?;
+            self.linear(&n("mlp.gate_proj.weight"), &layer.gate, None)?;
+            self.linear(&n("mlp.up_proj.weight"), &layer.up, None)?;
+            self.linear(&n("mlp.down_proj.weight"), &layer.down, None)?;
             if let Some(w) = &layer.ffn_sub_norm {
-                self.vector(&n("ffn_sub_norm"), w)?;
+                self.vector(&n("mlp.ffn_sub_norm.weight"), w)?;
             }
         }
         Ok((self.writer, self.report))

@@ -179,7 +179,24 @@ pub fn forward_shared_input(layers: &[&Linear], backend: Backend, x: &[f32], m: 
     Ok(())
 }
 
-/// One row as `Q8_BLOCK`-weight blocks: int8 codes `round(v / d)` with `d = max|v| / 127`.
+/// binllm's 8-bit layout of an (n, k) matrix, the one quantizer of `Linear::Q8` for the
+/// loader and for Python PTQ: int8 codes (n, k) and one scale per `Q8_BLOCK` weights of a row
+/// (n, ceil(k / Q8_BLOCK)), `push_q8_row`'s rule.
+pub fn q8_blocks(w: &[f32], n: usize, k: usize) -> Result<(Vec<i8>, Vec<f32>)> {
+    if w.len() != n * k {
+        crate::bail!(InvalidArgument, "q8 blocks: {} values for a ({n}, {k}) matrix", w.len());
+    }
+    let (mut q, mut scales) = (Vec::with_capacity(n * k), Vec::with_capacity(n * k.div_ceil(Q8_BLOCK)));
+    if k > 0 {
+        for row in w.chunks_exact(k) {
+            push_q8_row(row, &mut q, &mut scales);
+        }
+    }
+    Ok((q, scales))
+}
+
+/// One row as `Q8_BLOCK`-weight blocks: int8 codes `round(v / d)` with `d = max|v| / 127`,
+/// rounding half away from zero.
 fn push_q8_row(row: &[f32], q: &mut Vec<i8>, scales: &mut Vec<f32>) {
     for block in row.chunks(Q8_BLOCK) {
         let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
@@ -208,5 +225,24 @@ impl FloatStorage {
             "q8_0" | "q8" => Ok(FloatStorage::Q8),
             other => crate::bail!(InvalidArgument, "output type '{other}' (binllm keeps the output layer as f32, f16 or q8_0)"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q8_blocks_round_ties_away_from_zero_and_pad_no_row() {
+        // max|v| = 127 gives d = 1: each value is its own code, ties included.
+        let mut w = vec![0.5, 1.5, 2.5, -0.5, -2.5, 127.0, 0.0];
+        w.extend((0..33).map(|i| i as f32 * 0.25));
+        let (q, d) = q8_blocks(&w[..35], 1, 35).unwrap();
+        assert_eq!(q[..7], [1, 2, 3, -1, -3, 127, 0]);
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0], 1.0);
+        assert_eq!(q.len(), 35);
+        assert!(q8_blocks(&w, 3, 7).is_err());
+        assert_eq!(q8_blocks(&[], 4, 0).unwrap(), (vec![], vec![]));
     }
 }

@@ -36,6 +36,52 @@ enum Naming {
     Gguf,
 }
 
+/// The token embeddings, final norm and output layer, by their Hugging Face names.
+pub const EMBED: &str = "model.embed_tokens.weight";
+pub const NORM: &str = "model.norm.weight";
+pub const LM_HEAD: &str = "lm_head.weight";
+
+/// The one map between Hugging Face and GGUF (llama.cpp) tensor names: (Hugging Face, GGUF),
+/// decoder-block rows without their layer prefix (`model.layers.{i}.`, `blk.{i}.`). Both
+/// families of sub-norm names map to llama.cpp's one pair.
+pub const TENSOR_NAMES: &[(&str, &str)] = &[
+    (EMBED, "token_embd.weight"),
+    (NORM, "output_norm.weight"),
+    (LM_HEAD, "output.weight"),
+    ("input_layernorm.weight", "attn_norm.weight"),
+    ("self_attn.q_proj.weight", "attn_q.weight"),
+    ("self_attn.k_proj.weight", "attn_k.weight"),
+    ("self_attn.v_proj.weight", "attn_v.weight"),
+    ("self_attn.o_proj.weight", "attn_output.weight"),
+    ("post_attention_layernorm.weight", "ffn_norm.weight"),
+    ("mlp.gate_proj.weight", "ffn_gate.weight"),
+    ("mlp.up_proj.weight", "ffn_up.weight"),
+    ("mlp.down_proj.weight", "ffn_down.weight"),
+    ("self_attn.attn_sub_norm.weight", "attn_sub_norm.weight"),
+    ("mlp.ffn_sub_norm.weight", "ffn_sub_norm.weight"),
+    ("self_attn.inner_attn_ln.weight", "attn_sub_norm.weight"),
+    ("mlp.ffn_layernorm.weight", "ffn_sub_norm.weight"),
+];
+
+/// The Hugging Face name of tensor `part` of block `layer` (a model-wide tensor when None).
+pub fn hf_name(layer: Option<usize>, part: &str) -> String {
+    match layer {
+        None => part.to_string(),
+        Some(i) => format!("model.layers.{i}.{part}"),
+    }
+}
+
+/// The GGUF name of the tensor whose Hugging Face name is `hf_part` (without the layer
+/// prefix). Every name binllm asks for is in `TENSOR_NAMES`; one that is not keeps its
+/// Hugging Face form, which no GGUF file holds, so the loader reports it missing by name.
+pub fn gguf_name(layer: Option<usize>, hf_part: &str) -> String {
+    let part = TENSOR_NAMES.iter().find(|(hf, _)| *hf == hf_part).map_or(hf_part, |(_, gguf)| *gguf);
+    match layer {
+        None => part.to_string(),
+        Some(i) => format!("blk.{i}.{part}"),
+    }
+}
+
 struct Tensors<'t, 'a> {
     by_name: HashMap<&'t str, &'t TensorView<'a>>,
     naming: Naming,
@@ -52,7 +98,7 @@ struct Tensors<'t, 'a> {
 /// RoPE frequencies some transformers versions saved as buffers (binllm computes them from
 /// the config, which is what transformers itself does on load). Any other tensor the model
 /// does not read is an error naming it.
-const CARRY_NOTHING: &[&str] = &[".rotary_emb.inv_freq"];
+pub(crate) const CARRY_NOTHING: &[&str] = &[".rotary_emb.inv_freq"];
 
 /// How a module of a binllm PTQ folder is stored (`quantization_config.layers`).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -95,12 +141,11 @@ fn quantized_modules(config_json: &str) -> Result<HashMap<String, QuantizedModul
 }
 
 impl<'t, 'a> Tensors<'t, 'a> {
-    fn name(&self, layer: Option<usize>, part: &str) -> String {
-        match (self.naming, layer) {
-            (Naming::HuggingFace, None) => part.to_string(),
-            (Naming::HuggingFace, Some(i)) => format!("model.layers.{i}.{part}"),
-            (Naming::Gguf, None) => part.to_string(),
-            (Naming::Gguf, Some(i)) => format!("blk.{i}.{part}"),
+    /// The file's name of tensor `hf_part` (a Hugging Face name, without the layer prefix).
+    fn name(&self, layer: Option<usize>, hf_part: &str) -> String {
+        match self.naming {
+            Naming::HuggingFace => hf_name(layer, hf_part),
+            Naming::Gguf => gguf_name(layer, hf_part),
         }
     }
 
@@ -351,38 +396,26 @@ impl<'t, 'a> Tensors<'t, 'a> {
     fn build(&self) -> Result<Model> {
         let c = self.config;
         let (d, hd) = (c.hidden, c.head_dim);
-        let (embed_name, norm_name, head_name) = match self.naming {
-            Naming::HuggingFace => ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"),
-            Naming::Gguf => ("token_embd.weight", "output_norm.weight", "output.weight"),
-        };
-        let embed = self.float_matrix(embed_name, c.vocab, d)?;
-        let lm_head = if c.tie_embeddings { None } else { Some(self.float_matrix(head_name, c.vocab, d)?) };
-        let hf = self.naming == Naming::HuggingFace;
-        let part = |hf_name: &'static str, gguf_name: &'static str| if hf { hf_name } else { gguf_name };
+        let embed = self.float_matrix(&self.name(None, EMBED), c.vocab, d)?;
+        let lm_head = if c.tie_embeddings { None } else { Some(self.float_matrix(&self.name(None, LM_HEAD), c.vocab, d)?) };
         let mut layers = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
             let n = |p: &str| self.name(Some(i), p);
             let sub = |attn_side: bool, len: usize| -> Result<Option<Vec<f32>>> {
                 let Some((attn, ffn)) = c.sub_norms.hf_names() else { return Ok(None) };
-                let name = match (hf, attn_side) {
-                    (true, true) => attn,
-                    (true, false) => ffn,
-                    (false, true) => "attn_sub_norm.weight",
-                    (false, false) => "ffn_sub_norm.weight",
-                };
-                self.vector(&n(name), len).map(Some)
+                self.vector(&n(if attn_side { attn } else { ffn }), len).map(Some)
             };
             layers.push(Layer {
-                attn_norm: self.vector(&n(part("input_layernorm.weight", "attn_norm.weight")), d)?,
-                q: self.linear(&n(part("self_attn.q_proj.weight", "attn_q.weight")), c.heads * hd, d)?,
-                k: self.linear(&n(part("self_attn.k_proj.weight", "attn_k.weight")), c.kv_heads * hd, d)?,
-                v: self.linear(&n(part("self_attn.v_proj.weight", "attn_v.weight")), c.kv_heads * hd, d)?,
-                o: self.linear(&n(part("self_attn.o_proj.weight", "attn_output.weight")), d, c.heads * hd)?,
+                attn_norm: self.vector(&n("input_layernorm.weight"), d)?,
+                q: self.linear(&n("self_attn.q_proj.weight"), c.heads * hd, d)?,
+                k: self.linear(&n("self_attn.k_proj.weight"), c.kv_heads * hd, d)?,
+                v: self.linear(&n("self_attn.v_proj.weight"), c.kv_heads * hd, d)?,
+                o: self.linear(&n("self_attn.o_proj.weight"), d, c.heads * hd)?,
                 attn_sub_norm: sub(true, c.heads * hd)?,
-                ffn_norm: self.vector(&n(part("post_attention_layernorm.weight", "ffn_norm.weight")), d)?,
-                gate: self.linear(&n(part("mlp.gate_proj.weight", "ffn_gate.weight")), c.intermediate, d)?,
-                up: self.linear(&n(part("mlp.up_proj.weight", "ffn_up.weight")), c.intermediate, d)?,
-                down: self.linear(&n(part("mlp.down_proj.weight", "ffn_down.weight")), d, c.intermediate)?,
+                ffn_norm: self.vector(&n("post_attention_layernorm.weight"), d)?,
+                gate: self.linear(&n("mlp.gate_proj.weight"), c.intermediate, d)?,
+                up: self.linear(&n("mlp.up_proj.weight"), c.intermediate, d)?,
+                down: self.linear(&n("mlp.down_proj.weight"), d, c.intermediate)?,
                 ffn_sub_norm: sub(false, c.intermediate)?,
             });
         }
@@ -392,7 +425,7 @@ impl<'t, 'a> Tensors<'t, 'a> {
             unused.sort();
             crate::bail!(Format, "quantization_config lists module '{}', which is not a linear layer or embedding of this model", unused[0]);
         }
-        let norm = self.vector(norm_name, d)?;
+        let norm = self.vector(&self.name(None, NORM), d)?;
         if matches!(c.rope_scaling, RopeScaling::FreqFactors(_)) {
             // Read by `ModelConfig::from_gguf`.
             self.get("rope_freqs.weight")?;
@@ -519,7 +552,7 @@ mod native {
 
     /// A text file of a model folder, `None` when absent; only regular files are read (a FIFO
     /// would block).
-    fn read_optional(path: &Path) -> Result<Option<String>> {
+    pub(crate) fn read_optional(path: &Path) -> Result<Option<String>> {
         match std::fs::metadata(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))),

@@ -21,6 +21,8 @@ pub mod export;
 pub mod linear;
 pub mod load;
 pub mod sampler;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod source;
 
 use crate::error::Result;
 use crate::kernels::float::prefetch_ahead;
