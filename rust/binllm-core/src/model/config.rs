@@ -899,4 +899,162 @@ mod tests {
         refused(r#""hidden_act": "gelu""#, "gelu");
         assert!(matches!(ModelConfig::from_hf_json("[1, 2]"), Err(Error::Format(_))));
     }
+
+    /// `refused`, also checking which kind of error: a malformed file or an unsupported one.
+    fn refused_as(extra: &str, needle: &str, unsupported: bool) {
+        match llama(extra) {
+            Err(Error::Unsupported(m)) if unsupported => assert!(m.contains(needle), "'{m}' lacks '{needle}'"),
+            Err(Error::Format(m)) if !unsupported => assert!(m.contains(needle), "'{m}' lacks '{needle}'"),
+            other => panic!("{extra}: expected {} naming '{needle}', got {other:?}", if unsupported { "Unsupported" } else { "Format" }),
+        }
+    }
+
+    #[test]
+    fn a_llama_config_reads_every_field_and_its_defaults() {
+        let c = llama("").unwrap();
+        let want = ModelConfig {
+            architecture: "llama".into(),
+            hidden: 64,
+            intermediate: 96,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 16, // hidden / heads
+            vocab: 100,
+            max_positions: 2048,
+            rope_theta: 10000.0,
+            rope_style: RopeStyle::NeoX,
+            rope_scaling: RopeScaling::None,
+            rms_eps: 1e-6,
+            activation: Activation::Silu,
+            sub_norms: SubNorms::None,
+            tie_embeddings: false,
+            linear: LinearKind::Float,
+            weight_scale: WeightScale::Divide,
+            bos_token: None,
+            eos_tokens: vec![],
+        };
+        assert_eq!(c, want);
+        let given = llama(
+            r#""head_dim": 32, "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "tie_word_embeddings": true,
+            "bos_token_id": 1, "eos_token_id": [2, 3], "hidden_act": "relu2", "rope_theta": 500000"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (given.head_dim, given.max_positions, given.rms_eps, given.tie_embeddings, given.bos_token, given.eos_tokens, given.activation, given.rope_theta),
+            (32, 256, 1e-5, true, Some(1), vec![2, 3], Activation::Relu2, 500000.0)
+        );
+        // One eos id as a number; nulls are "not given".
+        let one = llama(r#""eos_token_id": 7, "bos_token_id": null, "num_key_value_heads": null, "architectures": null"#).unwrap();
+        assert_eq!((one.eos_tokens, one.bos_token, one.kv_heads, one.architecture.as_str()), (vec![7], None, 4, "llama"));
+    }
+
+    #[test]
+    fn the_architecture_comes_from_architectures_or_model_type() {
+        let only_type = ModelConfig::from_hf_json(&format!("{{{}}}", LLAMA.replace(r#""architectures": ["LlamaForCausalLM"], "#, ""))).unwrap();
+        assert_eq!(only_type.architecture, "llama");
+        let bitnet = LLAMA.replace(r#""architectures": ["LlamaForCausalLM"], "model_type": "llama""#, r#""model_type": "bitnet""#);
+        let bitnet = ModelConfig::from_hf_json(&format!("{{{bitnet}}}")).unwrap();
+        assert_eq!((bitnet.architecture.as_str(), bitnet.linear, bitnet.tie_embeddings), ("bitnet", LinearKind::BitNet, true));
+        for (architectures, needle) in [
+            (r#"["MistralForCausalLM"]"#, "MistralForCausalLM"),
+            (r#"["LlamaForCausalLM", "BitNetForCausalLM"]"#, "one architecture"),
+            (r#""LlamaForCausalLM""#, "one architecture"),
+        ] {
+            let text = format!("{{{}}}", LLAMA.replace(r#"["LlamaForCausalLM"]"#, architectures));
+            assert!(matches!(ModelConfig::from_hf_json(&text), Err(Error::Unsupported(m)) if m.contains(needle)), "{architectures}");
+        }
+        let text = format!("{{{}}}", LLAMA.replace(r#"["LlamaForCausalLM"]"#, "[7]"));
+        assert!(matches!(ModelConfig::from_hf_json(&text), Err(Error::Format(m)) if m.contains("architectures[0] must be a string")));
+    }
+
+    #[test]
+    fn the_linear_kind_follows_weight_bits_or_quantization_config() {
+        let bitnet = llama(r#""quantization_config": {"quant_method": "bitnet"}"#).unwrap();
+        assert_eq!((bitnet.linear, bitnet.weight_scale), (LinearKind::BitNet, WeightScale::Divide));
+        let auto = llama(r#""quantization_config": {"quant_method": "bitnet", "linear_class": "autobitlinear"}"#).unwrap();
+        assert_eq!(auto.weight_scale, WeightScale::Multiply);
+        // binllm's own PTQ folders: the listed modules are read as stored.
+        assert_eq!(llama(r#""quantization_config": {"quant_method": "binllm"}"#).unwrap().linear, LinearKind::Float);
+        assert_eq!(llama(r#""quantization_config": null"#).unwrap().linear, LinearKind::Float);
+        refused_as(r#""weight_bits": 1, "quantization_config": {"quant_method": "bitnet"}"#, "one or the other", true);
+        refused_as(r#""weight_bits": 2"#, "weight_bits = 2", true);
+        refused_as(r#""quantization_config": {"bits": 4}"#, "no string quant_method", false);
+        refused_as(r#""quantization_config": {"quant_method": "bitnet", "linear_class": "lowrank"}"#, "linear_class", true);
+        refused_as(r#""quantization_config": {"quant_method": "bitnet", "quantization_mode": "dynamic"}"#, "quantization_mode", true);
+    }
+
+    #[test]
+    fn each_dimension_check_refuses_by_name() {
+        for key in ["hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size"] {
+            refused_as(
+                &format!(r#""{key}": 0"#).replace(r#""num_attention_heads": 0"#, r#""num_attention_heads": 0, "head_dim": 16"#),
+                &format!("{key} = 0 is out of range"),
+                false,
+            );
+        }
+        refused_as(&format!(r#""head_dim": {}"#, MAX_DIM + 2), &format!("head_dim = {} is out of range", MAX_DIM + 2), false);
+        refused_as(&format!(r#""vocab_size": {}"#, MAX_DIM + 1), "vocab_size", false);
+        refused_as(r#""num_hidden_layers": 0"#, "num_hidden_layers = 0 is out of range", false);
+        refused_as(&format!(r#""num_hidden_layers": {}"#, MAX_LAYERS + 1), "num_hidden_layers", false);
+        refused_as(r#""num_key_value_heads": 3"#, "multiple of num_key_value_heads (3)", false);
+        refused_as(r#""head_dim": 15"#, "head_dim (15) must be even", false);
+        refused_as(r#""rms_norm_eps": -1e-6"#, "rms_norm_eps must be non-negative", false);
+        refused_as(r#""max_position_embeddings": 0"#, "max_position_embeddings must be positive", false);
+        refused_as(r#""hidden_size": 1.5"#, "hidden_size must be a non-negative integer", false);
+        refused_as(r#""hidden_size": "64""#, "hidden_size must be a non-negative integer", false);
+    }
+
+    #[test]
+    fn rope_settings_that_cannot_work_are_refused() {
+        refused_as(r#""rope_theta": 0"#, "rope_theta must be positive", false);
+        refused_as(r#""rope_theta": -10000.0"#, "rope_theta must be positive", false);
+        refused_as(r#""rope_scaling": {"rope_type": "linear", "factor": 0.0}"#, "factor must be positive", false);
+        refused_as(r#""rope_scaling": {"rope_type": "linear"}"#, "has no 'factor'", false);
+        refused_as(r#""rope_scaling": 4"#, "rope_scaling must be an object", false);
+        refused_as(r#""rope_parameters": "default""#, "rope_parameters must be an object", false);
+        refused_as(r#""rope_parameters": {"full_attention": 1}"#, "full_attention must be an object", false);
+        refused_as(r#""rope_scaling": {"rope_type": 8}"#, "rope_scaling.rope_type must be a string", false);
+        let llama3 =
+            |factors: &str, original: &str| format!(r#""rope_scaling": {{"rope_type": "llama3", {factors}, "original_max_position_embeddings": {original}}}"#);
+        refused_as(&llama3(r#""factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0"#, "64"), "low_freq_factor < high_freq_factor", false);
+        refused_as(&llama3(r#""factor": 8.0, "low_freq_factor": 0.0, "high_freq_factor": 4.0"#, "64"), "low_freq_factor < high_freq_factor", false);
+        refused_as(
+            &llama3(r#""factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0"#, "0"),
+            "original_max_position_embeddings must be a positive integer",
+            false,
+        );
+        refused_as(
+            &llama3(r#""factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0"#, "64.5"),
+            "original_max_position_embeddings must be a positive integer",
+            false,
+        );
+        refused_as(r#""rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.5}"#, "partial_rotary_factor", true);
+        // GGUF's form: one positive factor per rotated pair.
+        let c = llama("").unwrap();
+        let with = |f: Vec<f32>| ModelConfig { rope_scaling: RopeScaling::FreqFactors(f), ..c.clone() }.validate();
+        assert!(with(vec![1.0; 8]).is_ok());
+        assert!(matches!(with(vec![1.0; 7]), Err(Error::Format(m)) if m.contains("needs 8")));
+        assert!(matches!(with([vec![1.0; 7], vec![f32::NAN]].concat()), Err(Error::Format(m)) if m.contains("must be positive")));
+    }
+
+    #[test]
+    fn files_that_are_not_a_config_are_refused() {
+        for (text, needle) in
+            [("", "not valid JSON"), ("{", "not valid JSON"), ("\"llama\"", "not a JSON object"), ("null", "not a JSON object"), ("{}", "architecture ''")]
+        {
+            match ModelConfig::from_hf_json(text) {
+                Err(Error::Format(m)) | Err(Error::Unsupported(m)) => assert!(m.contains(needle), "{text:?}: '{m}' lacks '{needle}'"),
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
+        for key in ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size"] {
+            let text = format!("{{{LLAMA}}}");
+            let v: Value = serde_json::from_str(&text).unwrap();
+            let mut m = v.as_object().unwrap().clone();
+            m.remove(key);
+            let err = ModelConfig::from_hf_json(&Value::Object(m).to_string()).unwrap_err();
+            assert!(matches!(&err, Error::Format(m) if m.contains(&format!("has no integer '{key}'"))), "{key}: {err}");
+        }
+    }
 }
