@@ -16,7 +16,8 @@
 //! The crate also builds on the host (it is a workspace member), where the same functions are
 //! ordinary symbols of a shared library.
 
-use binllm_core::formats::{QuantizedActivations, FORMATS};
+use binllm_core::formats::FORMATS;
+use binllm_core::kernels::QuantizedActivations;
 use binllm_core::kernels::{Backend, ALL_BACKENDS};
 use binllm_core::{Error, PackedMatrix, Result, ScaleKind, WeightFormat};
 use std::alloc::Layout;

@@ -343,7 +343,7 @@ fn quantize_activations<'py>(py: Python<'py>, x: PyReadonlyArrayDyn<'py, f32>) -
         s => return Err(PyError::InvalidArgument.new_err(format!("x must be 1-D or 2-D, got shape {s:?}"))),
     };
     let xs = x.as_slice().map_err(|_| PyError::InvalidArgument.new_err("x must be C-contiguous"))?;
-    let act = py.detach(|| binllm_core::formats::quantize_activations(xs, m, k, k));
+    let act = py.detach(|| binllm_core::kernels::quantize_activations(xs, m, k, k));
     let q = PyArray1::from_vec(py, act.q);
     let q = if shape.len() == 1 { q.into_any() } else { q.reshape([m, k])?.into_any() };
     Ok((q, PyArray1::from_vec(py, act.scales)))

@@ -15,7 +15,7 @@
 //! forces one, and naming one the CPU lacks is an error, never a silent fallback.
 
 use crate::error::{Error, Result};
-use crate::formats::{QuantizedActivations, WeightFormat};
+use crate::formats::WeightFormat;
 use std::sync::OnceLock;
 
 /// Format ids for the SIMD kernels' const generics, and planes per 64-byte block (`formats`).
@@ -124,11 +124,14 @@ macro_rules! kernels_128 {
 pub mod aarch64;
 pub mod bandwidth;
 pub mod float;
+pub mod matmul;
 pub mod scalar;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm32;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
+
+pub use matmul::{quantize_activations, quantize_row, round_half_even, QuantizedActivations};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Backend {

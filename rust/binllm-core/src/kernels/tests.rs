@@ -3,7 +3,7 @@
 //! against a direct sum over unpacked codes.
 
 use super::*;
-use crate::formats::{quantize_activations, PackedMatrix, ScaleKind, FORMATS};
+use crate::formats::{PackedMatrix, ScaleKind, FORMATS};
 
 fn lcg(seed: &mut u64) -> u64 {
     *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);

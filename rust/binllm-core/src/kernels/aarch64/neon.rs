@@ -123,8 +123,8 @@ mod tests {
     //! The shared backend matrix (`kernels::tests`) covers random cases; these pin that NEON is
     //! really in that matrix here, and hit the i16 partial sums' worst case: every code at its
     //! largest `d` against activations of -128 or 127.
-    use crate::formats::{QuantizedActivations, FORMATS};
-    use crate::kernels::{available_backends, Backend};
+    use crate::formats::FORMATS;
+    use crate::kernels::{available_backends, Backend, QuantizedActivations};
     use crate::{PackedMatrix, ScaleKind};
 
     #[test]

@@ -27,7 +27,8 @@ pub(crate) fn signed_sum(f: u8, unsigned: i32, x_sum: i32) -> i32 {
 /// GEMM K-chunks.
 #[cfg(test)]
 mod tests {
-    use crate::formats::{PackedMatrix, QuantizedActivations, ScaleKind, FORMATS};
+    use crate::formats::{PackedMatrix, ScaleKind, FORMATS};
+    use crate::kernels::QuantizedActivations;
     use crate::kernels::{Backend, ALL_BACKENDS};
 
     fn lcg(seed: &mut u64) -> u64 {

@@ -1,0 +1,253 @@
+//! The driver of packed-matrix products: BitNet b1.58 activation quantization (per-row int8),
+//! the integer sums of the kernels over a `PackedMatrix`'s rows, and the float epilogue that
+//! turns them into outputs (weight scales, activation scales, row offsets), with its reused
+//! scratch buffer.
+//!
+//! It sits above the format table (`formats`: storage and validation only, which imports
+//! nothing above it) and beside the kernels it drives; `model::linear` calls it.
+
+use super::{active_backend, gemm_i32, gemm_i32_grouped, Backend};
+use crate::error::Result;
+use crate::formats::{PackedMatrix, ScaleKind};
+
+/// Weight rows per block of `PackedMatrix::scale_sums` for prompts: their sums ([n][m]) and
+/// outputs ([m][n]) meet a block at a time, in cache.
+const PROMPT_ROWS: usize = 32;
+
+/// Per-row activation quantization as BitNet b1.58 does it, into zero-padded rows.
+pub struct QuantizedActivations {
+    /// m rows of `padded_k` int8 values (padding is zero).
+    pub q: Vec<i8>,
+    /// `127 / max(|x|)` per row, max clamped to at least 1e-5.
+    pub scales: Vec<f32>,
+    /// Sum of each row of `q`, used by kernels that work on unsigned codes.
+    pub sums: Vec<i32>,
+    pub m: usize,
+    pub padded_k: usize,
+}
+
+/// Round half to even without a libm call (`f32::round_ties_even` is one on baseline x86-64):
+/// adding and subtracting 1.5 * 2^23 leaves the nearest integer under the default rounding
+/// mode for |v| < 2^22; larger values (and their rounding) are clamped to the int8 range by
+/// every caller anyway. Checked equal to `round_ties_even` after the clamp for all 2^32 inputs.
+#[inline(always)]
+pub fn round_half_even(v: f32) -> f32 {
+    const MAGIC: f32 = 12582912.0;
+    if v.abs() < 4194304.0 {
+        (v + MAGIC) - MAGIC
+    } else {
+        v
+    }
+}
+
+/// BitNet b1.58 activation quantization of one row into `out` (same length as `x`).
+/// Returns the scale `127 / max(|x|)`. Round half to even, clamp to [-128, 127].
+pub fn quantize_row(x: &[f32], out: &mut [i8]) -> f32 {
+    let amax = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    let s = 127.0f32 / amax.max(1e-5);
+    for (o, v) in out.iter_mut().zip(x) {
+        *o = round_half_even(v * s).clamp(-128.0, 127.0) as i8;
+    }
+    s
+}
+
+/// Quantizes `m` rows of `k` floats, each padded with zeros to `padded_k`.
+pub fn quantize_activations(x: &[f32], m: usize, k: usize, padded_k: usize) -> QuantizedActivations {
+    debug_assert_eq!(x.len(), m * k);
+    let mut q = vec![0i8; m * padded_k];
+    let mut scales = Vec::with_capacity(m);
+    let mut sums = Vec::with_capacity(m);
+    for r in 0..m {
+        let row = &mut q[r * padded_k..r * padded_k + k];
+        scales.push(quantize_row(&x[r * k..(r + 1) * k], row));
+        sums.push(row.iter().map(|&v| v as i32).sum());
+    }
+    QuantizedActivations { q, scales, sums, m, padded_k }
+}
+
+impl PackedMatrix {
+    /// Quantizes `m` rows of activations for this matrix (OneBit's column scale applied first).
+    pub fn quantize_input(&self, x: &[f32], m: usize) -> QuantizedActivations {
+        let k = self.cols();
+        match self.scale() {
+            ScaleKind::OneBit { col, .. } => {
+                let scaled: Vec<f32> = x.chunks_exact(k).flat_map(|row| row.iter().zip(col).map(|(a, c)| a * c)).collect();
+                quantize_activations(&scaled, m, k, self.padded_k())
+            }
+            _ => quantize_activations(x, m, k, self.padded_k()),
+        }
+    }
+
+    /// Exact integer sums `sum_k code[n, k] * q[m, k]`, laid out `[n][m]`; with `PerGroup`
+    /// scales one sum per group, laid out `[n][group][m]` (k restricted to the group).
+    pub fn integer_sums(&self, backend: Backend, act: &QuantizedActivations) -> Result<Vec<i32>> {
+        let mut out = Vec::new();
+        self.integer_sums_into(backend, act, &mut out)?;
+        Ok(out)
+    }
+
+    /// As `integer_sums`, into `out` (resized; reusing it spares zeroing a fresh buffer, which
+    /// costs as much as a small grouped GEMV).
+    pub fn integer_sums_into(&self, backend: Backend, act: &QuantizedActivations, out: &mut Vec<i32>) -> Result<()> {
+        if act.padded_k != self.padded_k() {
+            crate::bail!(InvalidArgument, "activations are padded to {} but the matrix needs {}", act.padded_k, self.padded_k());
+        }
+        let (group, groups) = self.groups();
+        out.resize(self.rows() * groups * act.m, 0);
+        if groups == 1 {
+            gemm_i32(backend, self.format(), self.packed_data(), self.rows(), self.row_bytes(), act, out)
+        } else {
+            gemm_i32_grouped(backend, self.format(), self.packed_data(), self.rows(), self.row_bytes(), group, act, out)
+        }
+    }
+
+    /// `Y = X W^T` with BitNet b1.58 activation quantization, X of shape (m, k), Y (m, n).
+    pub fn matmul(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        let mut y = vec![0f32; m * self.rows()];
+        self.matmul_into(active_backend()?, x, m, &mut y)?;
+        Ok(y)
+    }
+
+    /// As `matmul`, on a chosen backend, into `y` (m * n).
+    pub fn matmul_into(&self, backend: Backend, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
+        let (n, k) = self.shape();
+        if x.len() != m * k {
+            crate::bail!(InvalidArgument, "input has {} values; expected {m} rows of {} (the matrix has k = {})", x.len(), k, k);
+        }
+        if y.len() != m * n {
+            crate::bail!(InvalidArgument, "output must hold {} values, has {}", m * n, y.len());
+        }
+        let act = self.quantize_input(x, m);
+        self.matmul_quantized_into(backend, &act, x, m, y)
+    }
+
+    /// `matmul_into` for activations already quantized by `quantize_input` (linears that
+    /// share an input quantize it once); `x` is the float input they came from (row offsets
+    /// read it). Sizes are the caller's to check.
+    pub fn matmul_quantized_into(&self, backend: Backend, act: &QuantizedActivations, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
+        // Decode's sums (n values) are reused from call to call; a prompt's (n x m) are freed
+        // after use, so a long prompt leaves no megabytes behind in each calling thread.
+        const KEEP: usize = 1 << 16;
+        thread_local! {
+            static SUMS: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        SUMS.with_borrow_mut(|sums| -> Result<()> {
+            let r = self.integer_sums_into(backend, act, sums).map(|()| self.scale_sums(sums, act, x, m, y));
+            if sums.capacity() > KEEP {
+                *sums = Vec::new();
+            }
+            r
+        })
+    }
+
+    /// `y` from the integer sums: scales, activation scales and row offsets.
+    fn scale_sums(&self, sums: &[i32], act: &QuantizedActivations, x: &[f32], m: usize, y: &mut [f32]) {
+        let (n, k) = self.shape();
+        if let (1, ScaleKind::PerGroup { scales, .. }) = (m, self.scale()) {
+            // Decode: the same sums in the same order as below, without the general loop's
+            // bookkeeping (it took 70% of a 4096 x 1536 grouped GEMV).
+            let groups = self.groups().1;
+            let s = act.scales[0];
+            for ((yv, row_sums), row_scales) in y.iter_mut().zip(sums.chunks_exact(groups)).zip(scales.chunks_exact(groups)) {
+                let mut total = 0f32;
+                for (&v, &ws) in row_sums.iter().zip(row_scales) {
+                    total += ws * v as f32;
+                }
+                *yv = total / s;
+            }
+        } else if let ScaleKind::PerGroup { scales, .. } = self.scale() {
+            // Prompts: the totals of a block of rows ([row][m], each summed in group order),
+            // then written to y ([m][n]) a block of rows at a time, so that neither side
+            // strides through memory a row per value.
+            let groups = self.groups().1;
+            let mut totals = vec![0f32; PROMPT_ROWS * m];
+            for r0 in (0..n).step_by(PROMPT_ROWS) {
+                let rows = PROMPT_ROWS.min(n - r0);
+                totals[..rows * m].fill(0.0);
+                for (j, row_totals) in totals[..rows * m].chunks_exact_mut(m).enumerate() {
+                    let r = r0 + j;
+                    // Group by group over contiguous sums ([n][group][m]).
+                    for (g, s) in scales[r * groups..(r + 1) * groups].iter().enumerate() {
+                        let group_sums = &sums[(r * groups + g) * m..(r * groups + g + 1) * m];
+                        for (t, &v) in row_totals.iter_mut().zip(group_sums) {
+                            *t += s * v as f32;
+                        }
+                    }
+                }
+                for (mi, &s) in act.scales.iter().enumerate().take(m) {
+                    for (j, yv) in y[mi * n + r0..mi * n + r0 + rows].iter_mut().enumerate() {
+                        *yv = totals[j * m + mi] / s;
+                    }
+                }
+            }
+        } else if let (1, ScaleKind::PerTensor(ws)) = (m, self.scale()) {
+            // Decode's common case, in a form the compiler vectorizes.
+            let (ws, s) = (*ws, act.scales[0]);
+            y.iter_mut().zip(&sums[..n]).for_each(|(y, &sum)| *y = sum as f32 * ws / s);
+        } else {
+            // Sums are [n][m], y is [m][n]: a block of rows at a time (see above).
+            let mut ws = [0f32; PROMPT_ROWS];
+            for r0 in (0..n).step_by(PROMPT_ROWS) {
+                let rows = PROMPT_ROWS.min(n - r0);
+                for (j, w) in ws[..rows].iter_mut().enumerate() {
+                    *w = self.scale_at(r0 + j, 0);
+                }
+                for (mi, &s) in act.scales.iter().enumerate().take(m) {
+                    for (j, yv) in y[mi * n + r0..mi * n + r0 + rows].iter_mut().enumerate() {
+                        *yv = sums[(r0 + j) * m + mi] as f32 * ws[j] / s;
+                    }
+                }
+            }
+        }
+        if let Some(mu) = self.row_offset() {
+            for (mi, xr) in x.chunks_exact(k).enumerate() {
+                let total: f32 = xr.iter().sum();
+                for (yv, o) in y[mi * n..(mi + 1) * n].iter_mut().zip(mu) {
+                    *yv += o * total;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::WeightFormat;
+
+    fn lcg(seed: &mut u64) -> u64 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed >> 33
+    }
+
+    #[test]
+    fn fast_rounding_is_round_half_even() {
+        let mut seed = 99u64;
+        let specials = [0.5f32, 1.5, 2.5, -0.5, -1.5, -2.5, 127.5, -128.5, 0.49999997, 4194303.5, -4194303.5, 1e9, -1e9, 0.0, -0.0];
+        for &v in &specials {
+            assert_eq!(round_half_even(v).clamp(-128.0, 127.0), v.round_ties_even().clamp(-128.0, 127.0), "{v}");
+        }
+        for _ in 0..1_000_000 {
+            let v = f32::from_bits(lcg(&mut seed) as u32 | ((lcg(&mut seed) as u32) << 31));
+            if v.is_finite() {
+                let (a, b) = (round_half_even(v).clamp(-128.0, 127.0), v.round_ties_even().clamp(-128.0, 127.0));
+                assert_eq!(a, b, "{v}");
+            }
+        }
+    }
+
+    #[test]
+    fn row_offsets_add_mu_times_the_sum_of_x() {
+        let (n, k) = (2, 600);
+        let mut seed = 5;
+        let codes: Vec<i8> = (0..n * k).map(|_| (lcg(&mut seed) % 3) as i8 - 1).collect();
+        let scales = vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let plain = PackedMatrix::pack(WeightFormat::Ternary2, &codes, n, k, ScaleKind::PerGroup { group: 256, scales }).unwrap();
+        let offset = plain.clone().with_row_offset(vec![0.5, -0.5]).unwrap();
+        // The offset term uses the raw activations: mu * sum(x) on top of the scaled sums.
+        let x: Vec<f32> = (0..k).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
+        let (with, without) = (offset.matmul(&x, 1).unwrap(), plain.matmul(&x, 1).unwrap());
+        let total: f32 = x.iter().sum();
+        assert_eq!(with, vec![without[0] + 0.5 * total, without[1] - 0.5 * total]);
+    }
+}
