@@ -1,4 +1,5 @@
-"""Post-training binarization and ternarization of one weight matrix, numpy only.
+"""Post-training binarization and ternarization of one weight matrix in numpy (the packed
+formats' block sizes come from the core's table).
 
 A linear layer computes ``y = x @ W.T`` with ``W`` of shape (n_out, k_in). Every method here
 turns ``W`` into a :class:`Quantized`: the stored form (integer codes plus float16 scales) and
@@ -23,10 +24,13 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from binllm import _core
+
 METHODS = ("absmean", "sign", "onebit", "billm", "arb", "gptq-ternary")
 
-# Weights per block of the packed kernels: a per-group scale must cover whole blocks.
-FORMAT_BLOCK = {"t2": 256, "b1": 512}
+# Weights per block of the packed kernels (the core's format table): a per-group scale must
+# cover whole blocks.
+FORMAT_BLOCK = dict(_core.FORMAT_BLOCK_WEIGHTS)
 FORMAT_OF = {"absmean": "t2", "sign": "b1", "onebit": "b1", "billm": "dense", "arb": "b1", "gptq-ternary": "t2"}
 CODE_BITS = {"t2": 2, "b1": 1}
 SCALE_BITS = 16  # float16

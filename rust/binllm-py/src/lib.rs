@@ -1092,6 +1092,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_float_source, m)?)?;
     m.add_function(wrap_pyfunction!(q8_blocks, m)?)?;
     m.add("Q8_BLOCK", binllm_core::model::linear::Q8_BLOCK)?;
+    // Weights per 64-byte block of each packed format, from the one table.
+    let blocks = pyo3::types::PyDict::new(m.py());
+    for spec in &binllm_core::formats::FORMATS {
+        blocks.set_item(spec.name, spec.block_weights)?;
+    }
+    m.add("FORMAT_BLOCK_WEIGHTS", blocks)?;
     m.add_function(wrap_pyfunction!(export_gguf, m)?)?;
     m.add_function(wrap_pyfunction!(gguf_tokenizer_json, m)?)?;
     m.add_function(wrap_pyfunction!(pre_tokenizer_name, m)?)?;

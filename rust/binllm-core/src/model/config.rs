@@ -17,6 +17,7 @@
 //! - GGUF architectures `llama`, `bitnet` (llama.cpp), `bitnet-25` and `bitnet-b1.58`
 //!   (bitnet.cpp's BitNet b1.58 2B4T: relu2, sub-norms, NeoX RoPE, optional untied output).
 
+use super::names::{gguf_name, LM_HEAD};
 use crate::error::{Error, Result};
 use crate::loader::{GgufFile, GgufValue};
 use serde_json::Value;
@@ -534,13 +535,13 @@ impl ModelConfig {
             }
             rope_scaling = RopeScaling::FreqFactors(t.to_f32()?);
         }
-        let has_output = file.tensor("output.weight").is_some();
+        let has_output = file.tensor(&gguf_name(None, LM_HEAD)).is_some();
         // binllm writes "binllm.linear_kind" = "float" for float models with some packed
         // (PTQ) linears: their F16 linears must stay float.
         let float_linears = file.get("binllm.linear_kind").and_then(GgufValue::as_str) == Some("float");
         let linear = if float_linears {
             LinearKind::Float
-        } else if file.tensor("blk.0.attn_q.weight").map(|t| t.dtype.is_ternary()).unwrap_or(false) || architecture == "bitnet" {
+        } else if file.tensor(&gguf_name(Some(0), "self_attn.q_proj.weight")).map(|t| t.dtype.is_ternary()).unwrap_or(false) || architecture == "bitnet" {
             LinearKind::BitNet
         } else {
             LinearKind::Float

@@ -16,7 +16,7 @@
 //! - Nothing here knows about tokenizers: the caller passes `tokenizer.*` metadata.
 
 use super::config::{Activation, LinearKind, RopeStyle};
-use super::load::{gguf_name, EMBED, LM_HEAD, NORM};
+use super::names::{gguf_name, EMBED, LM_HEAD, NORM};
 use super::{Linear, Model};
 use crate::error::{Error, Result};
 use crate::formats::ScaleKind;

@@ -20,6 +20,7 @@ pub mod defaults;
 pub mod export;
 pub mod linear;
 pub mod load;
+pub mod names;
 pub mod sampler;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod source;

@@ -3,7 +3,7 @@
 //! tokenizer and generation files to write beside the quantized weights.
 //!
 //! It is read through the loader's own facts, so PTQ and inference cannot disagree about them:
-//! `ModelConfig` (config.json or GGUF metadata, with the same refusals), `load::TENSOR_NAMES`
+//! `ModelConfig` (config.json or GGUF metadata, with the same refusals), `names::TENSOR_NAMES`
 //! (GGUF <-> Hugging Face names), `load::hf_weight_files` (shard listing, with its guard against
 //! names outside the folder), `GenerationDefaults` and `tokenizer::hf_json_from_gguf`.
 //! Invariants:
@@ -17,7 +17,8 @@
 use super::config::{LinearKind, ModelConfig, RopeScaling, RopeStyle};
 use super::defaults::GenerationDefaults;
 use super::export::{reorder_rows, rope_row_order};
-use super::load::{gguf_name, hf_name, hf_weight_files, map_file, read_optional, CARRY_NOTHING, EMBED, LM_HEAD, NORM};
+use super::load::{hf_weight_files, map_file, read_optional, CARRY_NOTHING};
+use super::names::{gguf_name, hf_name, EMBED, LM_HEAD, NORM};
 use crate::error::{Error, Result};
 use crate::loader::{GgufFile, SafetensorsFile, TensorView};
 use serde_json::{Map, Value};
@@ -344,14 +345,5 @@ mod tests {
         let bytes = gguf(&[("rope_freqs.weight", 2)]);
         let freq = gguf_model(Path::new("m.gguf"), &GgufFile::parse(&bytes).unwrap());
         assert!(matches!(freq, Err(Error::Unsupported(m)) if m.contains("rope_freqs")));
-    }
-
-    #[test]
-    fn tensor_names_come_from_one_table() {
-        assert_eq!(gguf_name(Some(3), "self_attn.o_proj.weight"), "blk.3.attn_output.weight");
-        assert_eq!(gguf_name(None, LM_HEAD), "output.weight");
-        assert_eq!(gguf_name(Some(0), "mlp.ffn_layernorm.weight"), gguf_name(Some(0), "mlp.ffn_sub_norm.weight"));
-        let hf: std::collections::HashSet<_> = super::super::load::TENSOR_NAMES.iter().map(|(h, _)| h).collect();
-        assert_eq!(hf.len(), super::super::load::TENSOR_NAMES.len());
     }
 }
