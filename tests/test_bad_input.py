@@ -149,3 +149,16 @@ def test_deeply_nested_json_is_one_clear_error(tmp_path, name):
     (folder / name).write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ModelFormatError, match=f"{name}.*recursion limit"):
         Model.from_pretrained(folder).generate("hi", max_new_tokens=1)
+
+
+def test_a_token_id_of_2_to_the_31_is_refused_at_once(tmp_path):
+    import time
+
+    from binllm import ModelFormatError
+
+    model = Model.from_pretrained(_model_with_token_id(tmp_path / "model", 2**31))
+    start = time.perf_counter()
+    assert model.info()["tokenizer"]["model"] == "BPE"
+    with pytest.raises(ModelFormatError, match="tokenizer.json: bad id"):
+        model.generate("hi", max_new_tokens=1)
+    assert time.perf_counter() - start < 5  # tokenizers' to_str() took 20-50 s here

@@ -73,9 +73,12 @@ def default_model_path() -> Path:
 class Model:
     """A model ready to generate. Build it with :meth:`from_pretrained`."""
 
-    def __init__(self, core: _core.Model, tokenizer, source: Path, defaults: dict):
+    def __init__(self, core: _core.Model, tokenizer_json: str, source: Path, defaults: dict):
         self._core = core
-        self.tokenizer = tokenizer
+        self.tokenizer = _tok.from_json(tokenizer_json)
+        # The file's own text: `tokenizers`' to_str() walks every id up to the largest, which
+        # one hostile id of 2**31 turns into minutes.
+        self._tokenizer_json = tokenizer_json
         self.source = source
         self.config = core.config()
         # What the checkpoint says about generating (the core reads it with the model): EOS set,
@@ -117,7 +120,7 @@ class Model:
         core, tokenizer_json, defaults = _core.load_model(str(path), act_quant, output_type, ternary_format)
         if tokenizer_json is None:
             raise ModelNotFoundError(f"{path} has no tokenizer.json")
-        return cls(core, _tok.from_json(tokenizer_json), path, defaults)
+        return cls(core, tokenizer_json, path, defaults)
 
     # ------------------------------------------------------------------ tokens and text
 
@@ -274,7 +277,7 @@ class Model:
         """A core engine (sequences stepping together) for this model; generation ends at
         `eos` (default: the model's end-of-sequence tokens)."""
         if self._detokenizer is None:
-            self._detokenizer = _core.Detokenizer(self.tokenizer.to_str())
+            self._detokenizer = _core.Detokenizer(self._tokenizer_json)
         return _core.Engine(self._core, self._detokenizer, self.eos_token_ids if eos is None else list(eos))
 
     # ------------------------------------------------------------------ facts
@@ -305,7 +308,7 @@ class Model:
     def _tokenizer_info(self) -> dict[str, Any]:
         """The tokenizer's kind and pre-tokenizer: llama.cpp's name for it where it has one
         (llama-bpe, smollm, gpt-2, ...), else the tokenizers step types."""
-        spec = json.loads(self.tokenizer.to_str())
+        spec = json.loads(self._tokenizer_json)
         pre = spec.get("pre_tokenizer")
         name = _core.pre_tokenizer_name(json.dumps(pre)) if pre else None
         if name is None and pre:
