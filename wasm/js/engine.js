@@ -284,6 +284,15 @@ export class Engine {
   }
 
   /**
+   * The safetensors files a folder's model.safetensors.index.json (its text) names, sorted and
+   * distinct; a name that would leave the folder is a Format error (the core's listing).
+   */
+  shardNames(indexText) {
+    this.withBytes(indexText, (p, l) => this.call("reading model.safetensors.index.json", () => this.exports.binllm_hf_shard_names(p, l)));
+    return JSON.parse(this.resultText());
+  }
+
+  /**
    * A model from a Hugging Face folder's files: `json` maps config.json, tokenizer.json,
    * generation_config.json, tokenizer_config.json to their text (the last two may be missing);
    * `weights` are filled WasmBuffers of safetensors files, freed here.

@@ -217,11 +217,7 @@ async function loadHfFolder(locate, useCache, progress) {
   }
   let files = ["model.safetensors"];
   const index = await text("model.safetensors.index.json", false).catch(() => "");
-  if (index) {
-    const map = JSON.parse(index).weight_map ?? {};
-    files = [...new Set(Object.values(map))].sort();
-    if (files.some((f) => f.includes("/") || f.startsWith("."))) throw new BinLLMError("the safetensors index names a file outside the folder", "Format");
-  }
+  if (index) files = engine.shardNames(index);
   const weights = [];
   try {
     for (const f of files) {

@@ -201,6 +201,23 @@ pub unsafe extern "C" fn binllm_model_load_hf(
     })())
 }
 
+/// The safetensors files a folder's model.safetensors.index.json (UTF-8 text at `index`) names,
+/// as a JSON list in the result buffer (the core's listing, with its guard against names that
+/// leave the folder). Returns the list's length in bytes, or -1.
+///
+/// # Safety
+/// `index` must point to `len` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn binllm_hf_shard_names(index: *const u8, len: usize) -> i32 {
+    count_or_error((|| {
+        let names = binllm_core::model::load::index_shard_names(text_at(index, len, "model.safetensors.index.json")?)?;
+        let bytes = serde_json::to_vec(&names).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let n = bytes.len();
+        set_result(bytes);
+        Ok(n)
+    })())
+}
+
 /// Frees a model and everything it holds.
 #[no_mangle]
 pub extern "C" fn binllm_model_free(handle: i32) {

@@ -117,6 +117,16 @@ test("a GGUF read tensor by tensor and one read whole give the same logits", { s
   }
 });
 
+test("a safetensors index lists its shards through the core, which refuses names outside the folder", async () => {
+  const engine = await Engine.create(await readFile(new URL("../pkg/binllm_wasm.wasm", import.meta.url)));
+  const index = (map) => JSON.stringify({ metadata: {}, weight_map: map });
+  assert.deepEqual(engine.shardNames(index({ a: "m-2.safetensors", b: "m-1.safetensors", c: "m-2.safetensors" })), ["m-1.safetensors", "m-2.safetensors"]);
+  for (const bad of ["../outside.safetensors", "sub\\m.safetensors", ".hidden"]) {
+    assert.throws(() => engine.shardNames(index({ a: bad })), (e) => e instanceof BinLLMError && e.name === "Format" && e.message.includes(`outside the folder: '${bad}'`), bad);
+  }
+  assert.throws(() => engine.shardNames("{}"), (e) => e.name === "Format" && /no weight_map/.test(e.message));
+});
+
 test("bad files and arguments are errors with messages, not traps", { skip }, async () => {
   const { engine } = state;
   const garbage = engine.reserveModelFile(64);

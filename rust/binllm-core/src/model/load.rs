@@ -446,6 +446,26 @@ impl Model {
     }
 }
 
+/// The safetensors files that a Hugging Face folder's `model.safetensors.index.json` (its text)
+/// names, sorted and distinct: the one shard listing of the native loader, PTQ and the browser
+/// worker. A name that could leave the folder (a path separator, or a leading '.') is refused.
+pub fn index_shard_names(index_json: &str) -> Result<Vec<String>> {
+    const INDEX: &str = "model.safetensors.index.json";
+    let v: serde_json::Value = serde_json::from_str(index_json).map_err(|e| Error::Format(format!("{INDEX}: {e}")))?;
+    let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Format(format!("{INDEX} has no weight_map object")))?;
+    let mut files = Vec::with_capacity(map.len());
+    for (tensor, file) in map {
+        let Some(f) = file.as_str() else { crate::bail!(Format, "{INDEX} maps '{tensor}' to {file}, not a file name") };
+        if f.contains('/') || f.contains('\\') || f.starts_with('.') || f.is_empty() {
+            crate::bail!(Format, "{INDEX} names a file outside the folder: '{f}'");
+        }
+        files.push(f.to_string());
+    }
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 pub use native::*;
 
@@ -478,19 +498,8 @@ mod native {
         let index = dir.join("model.safetensors.index.json");
         if index.is_file() {
             let text = std::fs::read_to_string(&index)?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Format(format!("{}: {e}", index.display())))?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Format(format!("{} has no weight_map", index.display())))?;
-            let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
-            files.sort();
-            files.dedup();
-            let mut out = Vec::new();
-            for f in files {
-                if f.contains('/') || f.contains('\\') || f.starts_with('.') {
-                    crate::bail!(Format, "{} names a file outside the folder: '{f}'", index.display());
-                }
-                out.push(dir.join(f));
-            }
-            return Ok(out);
+            let names = index_shard_names(&text).map_err(|e| Error::Format(format!("{}: {e}", dir.display())))?;
+            return Ok(names.iter().map(|f| dir.join(f)).collect());
         }
         crate::bail!(Format, "{} has neither model.safetensors nor model.safetensors.index.json", dir.display())
     }
@@ -632,6 +641,26 @@ mod tests {
             (format!("{Q}.weight"), "U8", vec![64, row_bytes], vec![0b0110_0101; 64 * row_bytes]),
             (format!("{Q}.weight_scale"), "F32", scales, f32s(&scale_values)),
         ]
+    }
+
+    #[test]
+    fn shard_listing_is_sorted_distinct_and_stays_in_the_folder() {
+        let names = index_shard_names(r#"{"weight_map": {"a": "m-2.safetensors", "b": "m-1.safetensors", "c": "m-2.safetensors"}}"#).unwrap();
+        assert_eq!(names, ["m-1.safetensors", "m-2.safetensors"]);
+        for (index, needle) in [
+            (r#"{"weight_map": {"a": "../outside.safetensors"}}"#, "outside the folder: '../outside.safetensors'"),
+            (r#"{"weight_map": {"a": "sub/m.safetensors"}}"#, "outside the folder"),
+            (r#"{"weight_map": {"a": "sub\\m.safetensors"}}"#, "outside the folder: 'sub\\m"),
+            (r#"{"weight_map": {"a": ".hidden"}}"#, "outside the folder"),
+            (r#"{"weight_map": {"a": 3}}"#, "not a file name"),
+            (r#"{"metadata": {}}"#, "no weight_map"),
+            ("[", "model.safetensors.index.json"),
+        ] {
+            match index_shard_names(index) {
+                Err(Error::Format(m)) => assert!(m.contains(needle), "'{m}' lacks '{needle}'"),
+                other => panic!("{index}: expected a Format error, got {other:?}"),
+            }
+        }
     }
 
     #[test]
