@@ -162,3 +162,16 @@ def test_a_token_id_of_2_to_the_31_is_refused_at_once(tmp_path):
     with pytest.raises(ModelFormatError, match="tokenizer.json: bad id"):
         model.generate("hi", max_new_tokens=1)
     assert time.perf_counter() - start < 5  # tokenizers' to_str() took 20-50 s here
+
+
+def test_sampling_values_the_sampler_refuses_are_named_with_their_file_at_load(tmp_path):
+    import json
+    import shutil
+
+    from binllm import ModelFormatError
+
+    folder = tmp_path / "model"
+    shutil.copytree(default_model_path(), folder)
+    (folder / "generation_config.json").write_text(json.dumps({"do_sample": True, "temperature": -1}))
+    with pytest.raises(ModelFormatError, match="generation_config.json: temperature must be a finite number >= 0"):
+        Model.from_pretrained(folder)

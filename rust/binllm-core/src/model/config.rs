@@ -415,7 +415,10 @@ impl ModelConfig {
             bos_token,
             eos_tokens,
         };
-        cfg.validate()?;
+        cfg.validate().map_err(|e| match e {
+            Error::Format(m) => Error::Format(format!("config.json: {m}")),
+            other => other,
+        })?;
         Ok(cfg)
     }
 
@@ -1001,7 +1004,7 @@ mod tests {
         refused_as(r#""num_key_value_heads": 3"#, "multiple of num_key_value_heads (3)", false);
         refused_as(r#""head_dim": 15"#, "head_dim (15) must be even", false);
         refused_as(r#""rms_norm_eps": -1e-6"#, "rms_norm_eps must be non-negative", false);
-        refused_as(r#""max_position_embeddings": 0"#, "max_position_embeddings must be positive", false);
+        refused_as(r#""max_position_embeddings": 0"#, "config.json: max_position_embeddings must be positive", false);
         refused_as(r#""hidden_size": 1.5"#, "hidden_size must be a non-negative integer", false);
         refused_as(r#""hidden_size": "64""#, "hidden_size must be a non-negative integer", false);
     }

@@ -145,6 +145,19 @@ impl GenerationDefaults {
                     .ok_or_else(|| Error::Format(format!("{gen_file}: top_k must be a whole number from 0 to 2^32 - 1, got {v}")))?,
             ),
         };
+        // The sampler's own ranges (one home), checked here so a bad file is named at load
+        // rather than blamed on the caller at the first generation.
+        let sampling = crate::model::sampler::SamplingParams {
+            temperature: d.temperature.unwrap_or(0.0),
+            top_p: d.top_p.unwrap_or(1.0),
+            min_p: d.min_p.unwrap_or(0.0),
+            repetition_penalty: d.repetition_penalty.unwrap_or(1.0),
+            ..Default::default()
+        };
+        sampling.validate().map_err(|e| match e {
+            Error::InvalidArgument(m) => Error::Format(format!("{gen_file}: {m}")),
+            other => other,
+        })?;
         d.bos_token = token_text(tok_file, "bos_token", tok_cfg.get("bos_token"))?;
         d.eos_token = token_text(tok_file, "eos_token", tok_cfg.get("eos_token"))?;
         if let (Some(name), Some(tok)) = (&d.eos_token, tokenizer_json) {
@@ -251,6 +264,11 @@ mod tests {
             (Some(r#"{"top_k": [1]}"#), None, "top_k"),
             (Some(r#"{"eos_token_id": 4294967297}"#), None, "eos_token_id"),
             (Some(r#"{"do_sample": "yes"}"#), None, "do_sample"),
+            // Numbers the sampler refuses, named with their file at load.
+            (Some(r#"{"temperature": -1}"#), None, "generation_config.json: temperature must be a finite number >= 0"),
+            (Some(r#"{"top_p": 0}"#), None, "generation_config.json: top_p must be in (0, 1]"),
+            (Some(r#"{"min_p": 1.5}"#), None, "generation_config.json: min_p must be in [0, 1]"),
+            (Some(r#"{"repetition_penalty": 0}"#), None, "generation_config.json: repetition_penalty must be a finite number > 0"),
             (None, Some("[1, 2]"), "tokenizer_config.json is not a JSON object"),
             (None, Some(r#"{"chat_template": 5}"#), "chat_template"),
             (None, Some(r#"{"eos_token": 5}"#), "eos_token"),
