@@ -38,6 +38,10 @@ class ModelConfig:
     ternary: bool = True
     # "relu2" (BitNet b1.58 2B4T) or "silu" (Llama; what llama.cpp's bitnet graph computes).
     hidden_act: str = "relu2"
+    # BitNet's RMSNorms before o_proj and down_proj; False for Llama (a distillation teacher).
+    sub_norms: bool = True
+    # The output layer is the embedding (True) or its own `lm_head`.
+    tie_word_embeddings: bool = True
 
     @property
     def head_dim(self) -> int:
@@ -70,7 +74,7 @@ class Attention(nn.Module):
         self.q_proj = linear(cfg.hidden_size, self.heads * self.head_dim)
         self.k_proj = linear(cfg.hidden_size, self.kv_heads * self.head_dim)
         self.v_proj = linear(cfg.hidden_size, self.kv_heads * self.head_dim)
-        self.attn_sub_norm = RMSNorm(self.heads * self.head_dim, cfg.rms_norm_eps)
+        self.attn_sub_norm = RMSNorm(self.heads * self.head_dim, cfg.rms_norm_eps) if cfg.sub_norms else nn.Identity()
         self.o_proj = linear(self.heads * self.head_dim, cfg.hidden_size)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -90,7 +94,7 @@ class MLP(nn.Module):
         super().__init__()
         self.gate_proj = linear(cfg.hidden_size, cfg.intermediate_size)
         self.up_proj = linear(cfg.hidden_size, cfg.intermediate_size)
-        self.ffn_sub_norm = RMSNorm(cfg.intermediate_size, cfg.rms_norm_eps)
+        self.ffn_sub_norm = RMSNorm(cfg.intermediate_size, cfg.rms_norm_eps) if cfg.sub_norms else nn.Identity()
         self.down_proj = linear(cfg.intermediate_size, cfg.hidden_size)
         if cfg.hidden_act not in ("relu2", "silu"):
             raise ValueError(f"hidden_act must be 'relu2' or 'silu', got {cfg.hidden_act!r}")
@@ -118,16 +122,21 @@ class DecoderLayer(nn.Module):
 class BitNetLM(nn.Module):
     """Parameter names match the Hugging Face checkpoint (`model.layers.0.self_attn.q_proj.weight`, ...)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, linear=None):
+        """`linear(in, out)` builds each decoder linear (default: BitLinear, or nn.Linear for
+        the float twin)."""
         super().__init__()
         self.config = cfg
         if cfg.hidden_size % cfg.num_attention_heads or cfg.num_attention_heads % cfg.num_key_value_heads:
             raise ValueError("hidden size must split into heads, and heads into KV groups")
-        linear = BitLinear if cfg.ternary else (lambda i, o: nn.Linear(i, o, bias=False))
+        if linear is None:
+            linear = BitLinear if cfg.ternary else (lambda i, o: nn.Linear(i, o, bias=False))
         self.model = nn.Module()
         self.model.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.model.layers = nn.ModuleList(DecoderLayer(cfg, linear) for _ in range(cfg.num_hidden_layers))
         self.model.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         half = cfg.head_dim // 2
         # float32 throughout, as binllm computes it.
         exponents = torch.arange(half, dtype=torch.float32) * 2 / cfg.head_dim
@@ -152,7 +161,12 @@ class BitNetLM(nn.Module):
         cos, sin = self.rope(tokens.shape[1], tokens.device)
         for layer in self.model.layers:
             x = layer(x, cos, sin)
-        return F.linear(self.model.norm(x), self.model.embed_tokens.weight)
+        return self.logits(x)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The output layer on the last block's output."""
+        head = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
+        return F.linear(self.model.norm(x), head)
 
     def loss(self, tokens: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy of windows (batch x (time + 1))."""

@@ -304,6 +304,18 @@ fn q8_blocks<'py>(py: Python<'py>, w: PyReadonlyArray2<'py, f32>) -> PyResult<(B
     Ok((PyArray1::from_vec(py, codes).reshape([n, k])?, PyArray1::from_vec(py, scales).reshape([n, blocks])?))
 }
 
+/// The int8 codes (N, K) of packed rows as a binllm folder stores them (`P.weight`, uint8
+/// (N, row_bytes)) in `format` ("t2", "t1.6", "b1"): what `PackedMatrix.unpack` gives.
+#[pyfunction]
+fn unpack_codes<'py>(py: Python<'py>, format: &str, data: PyReadonlyArray2<'py, u8>, k: usize) -> PyResult<Bound<'py, PyArray2<i8>>> {
+    let format = WeightFormat::from_name(format).ok_or_else(|| PyError::InvalidArgument.new_err(format!("unknown weight format '{format}'")))?;
+    let n = data.shape()[0];
+    let bytes = data.as_slice().map_err(|_| PyError::InvalidArgument.new_err("data must be C-contiguous"))?.to_vec();
+    let matrix = PackedMatrix::from_packed(format, n, k, bytes, ScaleKind::PerTensor(1.0)).map_err(to_py)?;
+    let codes = py.detach(|| matrix.unpack());
+    PyArray1::from_vec(py, codes).reshape([n, k])
+}
+
 #[pyfunction]
 #[pyo3(signature = (w, row_scale, col_scale=None, row_offset=None, group_size=None))]
 fn pack_binary(
@@ -1076,6 +1088,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyPackedMatrix>()?;
     m.add_function(wrap_pyfunction!(pack_ternary, m)?)?;
     m.add_function(wrap_pyfunction!(pack_binary, m)?)?;
+    m.add_function(wrap_pyfunction!(unpack_codes, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_activations, m)?)?;
     m.add_function(wrap_pyfunction!(backends, m)?)?;
     m.add_function(wrap_pyfunction!(backend, m)?)?;
