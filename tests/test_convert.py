@@ -83,6 +83,9 @@ def test_llama_arch_permutes_q_and_k_for_interleaved_rope(models, tmp_path):
     # A GGUF source is already interleaved: converting again changes nothing.
     again = convert(tmp_path / "a.gguf", tmp_path / "b.gguf", type="tq2_0")
     assert not again["permuted_qk"] and again["max_scale_rounding"] == 0.0
+    # The source's name travels with its tokenizer (not the new file's stem).
+    names = [_core.gguf_read_metadata(str(tmp_path / f))[0]["general.name"] for f in ("a.gguf", "b.gguf")]
+    assert names == [models["llama_bitnet"].resolve().name] * 2
     np.testing.assert_array_equal(Model.from_pretrained(tmp_path / "b.gguf").logits(IDS), a.logits(IDS))
 
 

@@ -201,8 +201,8 @@ def convert(
         name = src.resolve().name
         source_gguf = None
     else:
-        meta, _ = _core.gguf_read_metadata(str(src))
-        metadata, name, source_gguf = [], str(meta.get("general.name") or src.stem), str(src)
+        # The core carries the source's tokenizer and general.name (the stem when it has none).
+        metadata, name, source_gguf = [], src.stem, str(src)
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_parts(dst)

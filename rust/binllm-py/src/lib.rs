@@ -823,8 +823,9 @@ fn gguf_value_from_py(key: &str, tag: &str, v: &Bound<'_, PyAny>) -> PyResult<bi
 
 /// Writes `model` as a GGUF file at `path`: linears as `type` (tq2_0, tq1_0, f16), embeddings
 /// as `embedding_type` (f16, q8_0). `metadata` is a list of (key, type tag, value) written after
-/// the model's own keys; `source_gguf` names a GGUF file whose `tokenizer.*` keys are copied
-/// first (with their exact types). Returns a report dict.
+/// the model's own keys; `source_gguf` names a GGUF file whose `tokenizer.*` keys and
+/// `general.name` (which replaces `name`) are copied first, with their exact types. Returns a
+/// report dict.
 #[pyfunction]
 #[pyo3(signature = (model, path, r#type="tq2_0", embedding_type="f16", name="", metadata=Vec::new(), source_gguf=None))]
 #[allow(clippy::too_many_arguments)]
@@ -843,7 +844,7 @@ fn export_gguf<'py>(
     if let Some(src) = &source_gguf {
         let bytes = binllm_core::model::load::map_file(src).map_err(to_py)?;
         let file = binllm_core::loader::GgufFile::parse(&bytes).map_err(to_py)?;
-        meta.extend(export::tokenizer_metadata(&file));
+        meta.extend(export::carried_metadata(&file));
     }
     for (key, tag, value) in &metadata {
         meta.push((key.clone(), gguf_value_from_py(key, tag, value)?));

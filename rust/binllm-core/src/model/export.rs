@@ -356,10 +356,11 @@ pub fn export_gguf(model: &Model, opts: &ExportOptions) -> Result<(GgufWriter, E
     Exporter { model, opts, writer: GgufWriter::new(), report: ExportReport::default() }.run()
 }
 
-/// The `tokenizer.*` metadata of a GGUF file, with its exact types (llama.cpp checks them), to
-/// carry a GGUF source's tokenizer into the written file.
-pub fn tokenizer_metadata(file: &GgufFile<'_>) -> Vec<(String, GgufValue)> {
-    file.metadata.iter().filter(|(k, _)| k.starts_with("tokenizer.")).map(|(k, v)| (k.clone(), v.clone())).collect()
+/// What a GGUF source carries into the file written from it, with its exact types (llama.cpp
+/// checks them): its tokenizer (`tokenizer.*`) and its `general.name`. Given as
+/// `ExportOptions::metadata`, the name replaces `ExportOptions::name`.
+pub fn carried_metadata(file: &GgufFile<'_>) -> Vec<(String, GgufValue)> {
+    file.metadata.iter().filter(|(k, _)| k.starts_with("tokenizer.") || k == "general.name").map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 #[cfg(not(target_arch = "wasm32"))]
