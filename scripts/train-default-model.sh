@@ -33,12 +33,14 @@ for deb in r-cran-janeaustenr_*.deb bible-kjv_*.deb bible-kjv-text_*.deb; do dpk
 sha256sum "$WORK"/corpus/*.txt
 
 cd "$ROOT"
+rm -rf "$WORK/model"  # binllm train never overwrites; the package folder is replaced below
 "$PY" -m binllm.train.cli "$WORK/corpus/shakespeare.txt" "$WORK/corpus/austen.txt" "$WORK/corpus/kjv.txt" \
-    --out "$OUT" --checkpoint-dir "$WORK/checkpoints" --threads 1 --twin \
+    --out "$WORK/model" --checkpoint-dir "$WORK/checkpoints" --threads 1 --twin \
     --vocab-size 4096 --hidden 256 --intermediate 768 --activation silu --layers 4 --heads 4 --context 256 \
     --batch-size 8 --steps 900 --warmup 50 --lr 3e-3 --seed 0 \
     --eval-every 50 --eval-windows 16 --checkpoint-every 50 --log-every 10 \
     --time-budget-minutes 30 "$@"
+cp "$WORK"/model/* "$OUT"/
 cp "$WORK/checkpoints/summary.json" "$OUT/training_summary.json"
 OMP_NUM_THREADS=1 "$PY" "$ROOT/scripts/evaluate_default_model.py" "$OUT" \
     "$WORK/corpus/shakespeare.txt" "$WORK/corpus/austen.txt" "$WORK/corpus/kjv.txt" --json "$WORK/binllm_eval.json"

@@ -154,3 +154,24 @@ def test_cli_trains_and_exports_a_loadable_model(tmp_path):
     assert binllm.Model.from_pretrained(out).config["vocab_size"] == 300
     twin = _twin_argv(argv + ["--twin"], tmp_path / "t.json", tmp_path / "ck")
     assert "--twin" not in twin and "--float" in twin and twin[twin.index("--tokenizer") + 1] == str(tmp_path / "t.json")
+
+
+def test_training_never_overwrites_and_an_interrupted_export_leaves_nothing(tokenizer_file, tmp_path, monkeypatch):
+    from binllm.train import export
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT * 3)
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="never overwrites"):
+        train_main([str(corpus), "--out", str(out), "--vocab-size", "300", "--hidden", "32", "--layers", "1", "--heads", "2", "--steps", "1"])
+    assert (out / "mine.txt").read_text() == "keep"
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export, "_write", fail)
+    with pytest.raises(OSError, match="disk full"):
+        export_packed(trained(tokenizer_file, steps=1), tokenizer_file, tmp_path / "fresh")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "model"]

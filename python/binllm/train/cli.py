@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
+    if not args.float_model and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} already exists; binllm train never overwrites a model (choose a new folder)")
     checkpoint_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_name(out.name + "-checkpoints")
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     label = "float" if args.float_model else "ternary"

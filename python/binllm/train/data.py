@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from binllm._core import InvalidArgumentError
 from binllm.train.export import BOS, EOS
 
 
@@ -68,7 +69,7 @@ class Batches:
 
     def __init__(self, tokens: np.ndarray, batch_size: int, context: int, seed: int):
         if len(tokens) <= context + 1:
-            raise ValueError(f"{len(tokens)} training tokens do not fill one window of {context + 1}")
+            raise InvalidArgumentError(f"{len(tokens)} training tokens do not fill one window of {context + 1}")
         self.tokens = torch.from_numpy(tokens.astype(np.int64))
         self.batch_size, self.context = batch_size, context
         self.generator = torch.Generator().manual_seed(seed)

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from binllm import _core
-from binllm._core import ModelFormatError, UnsupportedError
+from binllm._core import InvalidArgumentError, ModelFormatError, UnsupportedError
 from binllm.quantize import Q8_BLOCK, _check_dst, _write_folder, _write_gguf, parse_keep, q8_blocks, q8_dequant, quantize_model
 from binllm.quantize.methods import CODE_BITS, FORMAT_OF, SCALE_BITS, Quantized
 from binllm.quantize.source import Source, read_source
@@ -165,7 +165,7 @@ class StudentLinear(nn.Module):
     def __init__(self, fmt: str, latent: torch.Tensor, scale: torch.Tensor, group_size: Optional[int], col_scale: Optional[torch.Tensor], row_offset: Optional[torch.Tensor]):
         super().__init__()
         if fmt not in FORMATS:
-            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got '{fmt}'")
+            raise InvalidArgumentError(f"format must be one of {', '.join(FORMATS)}, got '{fmt}'")
         self.format, self.group_size = fmt, group_size
         self.weight = nn.Parameter(latent)
         self.scale = nn.Parameter(scale)
@@ -484,7 +484,7 @@ class Distiller:
         self.teacher, self.student, self.cfg = teacher.to(device), student.to(device), cfg
         self.tokens = torch.from_numpy(train_tokens.astype(np.int64))
         if len(self.tokens) <= cfg.ctx + 1:
-            raise ValueError(f"{len(self.tokens)} training tokens do not fill one window of {cfg.ctx + 1}")
+            raise InvalidArgumentError(f"{len(self.tokens)} training tokens do not fill one window of {cfg.ctx + 1}")
         self.heldout, self.device, self.say = heldout.to(device), device, say
         self.checkpoint_path = Path(checkpoint_dir) / "distill-checkpoint.pt"
         self.generator = torch.Generator().manual_seed(cfg.seed)
@@ -523,7 +523,7 @@ class Distiller:
         state = torch.load(self.checkpoint_path, weights_only=False, map_location=self.device)
         missing, unexpected = self.student.load_state_dict(state["student"], strict=False)
         if unexpected or any("embed_tokens" not in k and not k.startswith("lm_head") for k in missing):
-            raise ValueError(f"{self.checkpoint_path} holds another student (different shape, format or --keep)")
+            raise InvalidArgumentError(f"{self.checkpoint_path} holds another student (different shape, format or --keep)")
         self.optimizer.load_state_dict(state["optimizer"])
         self.blocks_done, self.step, self.tokens_seen = state["blocks_done"], state["step"], state["tokens_seen"]
         self.seconds, self.history = state["seconds"], state["history"]
@@ -623,7 +623,7 @@ class Distiller:
         total_steps = self._model_steps()
         deadline = cfg.minutes * 60 if cfg.minutes else 0.0
         if not total_steps and not deadline:
-            raise ValueError("the model stage needs a budget: --tokens N or --minutes M")
+            raise InvalidArgumentError("the model stage needs a budget: --tokens N or --minutes M")
         per_step = cfg.batch_size * cfg.ctx
         loss_ema = None
         while True:
@@ -783,16 +783,16 @@ def _pick_init(args, src: Source, checkpoint_dir: Path, say) -> tuple[Init, str]
     init = args.init
     if init is not None and Path(init).is_dir():
         if args.group_size is not None or args.scale is not None or args.keep:
-            raise ValueError("--group-size, --scale and --keep belong to the init method; a folder already has its own")
+            raise InvalidArgumentError("--group-size, --scale and --keep belong to the init method; a folder already has its own")
         loaded = read_init(Path(init), src)
         formats = {layer.fmt for layer in loaded.layers.values() if layer.kind == "q"}
         if args.format and formats and formats != {args.format}:
-            raise ValueError(f"--init {init} holds {', '.join(sorted(formats))} codes, not --format {args.format}")
+            raise InvalidArgumentError(f"--init {init} holds {', '.join(sorted(formats))} codes, not --format {args.format}")
         return loaded, (formats.pop() if formats else args.format or "t2")
     fmt = args.format or (FORMAT_OF.get(init) if init else None) or "t2"
     init = init or ("absmean" if fmt == "t2" else "arb")
     if init not in INITS[fmt]:
-        raise ValueError(f"--init '{init}' is neither a folder nor a {fmt} method ({', '.join(INITS[fmt])})")
+        raise InvalidArgumentError(f"--init '{init}' is neither a folder nor a {fmt} method ({', '.join(INITS[fmt])})")
     folder = checkpoint_dir / f"init-{init}"
     if not folder.exists():
         calib = args.calib or args.text[0]
@@ -806,16 +806,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     stages = tuple(s.strip() for s in args.stage.split(",") if s.strip())
     if not stages or any(s not in STAGES for s in stages) or len(set(stages)) != len(stages):
-        raise ValueError(f"--stage takes blocks, model or blocks,model; got '{args.stage}'")
+        raise InvalidArgumentError(f"--stage takes blocks, model or blocks,model; got '{args.stage}'")
     if stages != tuple(s for s in STAGES if s in stages):
-        raise ValueError("--stage runs blocks before model")
+        raise InvalidArgumentError("--stage runs blocks before model")
     for name in ("ctx", "batch_size", "block_windows", "eval_tokens"):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+            raise InvalidArgumentError(f"--{name.replace('_', '-')} must be at least 1")
     if args.minutes is not None and not args.minutes > 0:
-        raise ValueError("--minutes must be positive")
+        raise InvalidArgumentError("--minutes must be positive")
     if args.tokens is not None and args.tokens < 1:
-        raise ValueError("--tokens must be at least 1")
+        raise InvalidArgumentError("--tokens must be at least 1")
     out = Path(args.out)
     if not args.resume:
         _check_dst(out)
@@ -834,7 +834,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     keep_blocks, keep_embed, keep_output = parse_keep(args.keep, cfg.num_hidden_layers)
     init, fmt = _pick_init(args, src, checkpoint_dir, _say)
     if gguf is not None and fmt != "t2":
-        raise ValueError("--gguf writes TQ2_0: it needs --format t2")
+        raise InvalidArgumentError("--gguf writes TQ2_0: it needs --format t2")
     keep_embed = keep_embed or "embed" in init.keep
     keep_output = keep_output or "output" in init.keep
     torch.manual_seed(args.seed)
@@ -852,7 +852,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     heldout = windows(held_tokens[: args.eval_tokens + 1], args.ctx)
     if not len(heldout):
-        raise ValueError(f"the held-out text gives {len(held_tokens)} tokens, fewer than one window of --ctx {args.ctx} + 1")
+        raise InvalidArgumentError(f"the held-out text gives {len(held_tokens)} tokens, fewer than one window of --ctx {args.ctx} + 1")
     dcfg = DistillConfig(
         stages=stages, minutes=args.minutes or 0.0, tokens=args.tokens or 0, block_share=args.block_share, block_steps=args.block_steps,
         block_windows=args.block_windows, block_lr=args.block_lr, ctx=args.ctx, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,

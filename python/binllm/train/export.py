@@ -12,11 +12,15 @@ divided by at inference). Embeddings (also the output layer) stay float; norms a
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from binllm._core import InvalidArgumentError
 from binllm.train.bitlinear import ternary_codes
 from binllm.train.model import BitNetLM
 
@@ -27,7 +31,7 @@ def pack_codes(codes: np.ndarray) -> np.ndarray:
     """int codes {-1, 0, 1} [out, in] -> uint8 [out/4, in] in the bitnet-b1.58-2B-4T layout."""
     out = codes.shape[0]
     if out % 4:
-        raise ValueError(f"output features ({out}) must be a multiple of 4 to pack")
+        raise InvalidArgumentError(f"output features ({out}) must be a multiple of 4 to pack")
     quarter = out // 4
     fields = (codes + 1).astype(np.uint8)
     packed = np.zeros((quarter, codes.shape[1]), np.uint8)
@@ -39,7 +43,7 @@ def pack_codes(codes: np.ndarray) -> np.ndarray:
 def state_tensors(model: BitNetLM, embedding_dtype=np.float16) -> dict[str, np.ndarray]:
     """The checkpoint's tensors by Hugging Face name."""
     if not model.config.ternary:
-        raise ValueError("only ternary models export to the packed layout")
+        raise InvalidArgumentError("only ternary models export to the packed layout")
     tensors: dict[str, np.ndarray] = {}
     with torch.no_grad():
         for name, module in model.named_modules():
@@ -56,12 +60,29 @@ def state_tensors(model: BitNetLM, embedding_dtype=np.float16) -> dict[str, np.n
 
 
 def export_packed(model: BitNetLM, tokenizer_json: str | Path, folder: str | Path, embedding_dtype=np.float16) -> Path:
-    """Writes the packed HF folder; returns it."""
+    """Writes the packed HF folder (which must not exist, or be empty); returns it."""
+    final = Path(folder)
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        raise FileExistsError(f"{final} already exists; binllm never overwrites a model (choose a new folder)")
+    # Written under a temporary name and renamed when complete: an interrupted export leaves
+    # no half-written model under the final name.
+    folder = final.parent / f".{final.name}.tmp-{secrets.token_hex(4)}"
+    folder.mkdir(parents=True)
+    try:
+        _write(model, tokenizer_json, folder, embedding_dtype)
+        if final.exists():
+            final.rmdir()  # empty (checked above)
+        os.replace(folder, final)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return final
+
+
+def _write(model: BitNetLM, tokenizer_json: str | Path, folder: Path, embedding_dtype) -> None:
     from safetensors.numpy import save_file
     from tokenizers import Tokenizer
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     cfg = model.config
     tokenizer = Tokenizer.from_file(str(tokenizer_json))
     bos, eos = tokenizer.token_to_id(BOS), tokenizer.token_to_id(EOS)
@@ -98,4 +119,3 @@ def export_packed(model: BitNetLM, tokenizer_json: str | Path, folder: str | Pat
         "tokenizer_class": "PreTrainedTokenizerFast",
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
-    return folder

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from binllm._core import InvalidArgumentError
 from binllm.train.bitlinear import BitLinear
 
 
@@ -97,7 +98,7 @@ class MLP(nn.Module):
         self.ffn_sub_norm = RMSNorm(cfg.intermediate_size, cfg.rms_norm_eps) if cfg.sub_norms else nn.Identity()
         self.down_proj = linear(cfg.intermediate_size, cfg.hidden_size)
         if cfg.hidden_act not in ("relu2", "silu"):
-            raise ValueError(f"hidden_act must be 'relu2' or 'silu', got {cfg.hidden_act!r}")
+            raise InvalidArgumentError(f"hidden_act must be 'relu2' or 'silu', got {cfg.hidden_act!r}")
         self.hidden_act = cfg.hidden_act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -128,7 +129,7 @@ class BitNetLM(nn.Module):
         super().__init__()
         self.config = cfg
         if cfg.hidden_size % cfg.num_attention_heads or cfg.num_attention_heads % cfg.num_key_value_heads:
-            raise ValueError("hidden size must split into heads, and heads into KV groups")
+            raise InvalidArgumentError("hidden size must split into heads, and heads into KV groups")
         if linear is None:
             linear = BitLinear if cfg.ternary else (lambda i, o: nn.Linear(i, o, bias=False))
         self.model = nn.Module()

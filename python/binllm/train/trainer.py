@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from binllm._core import InvalidArgumentError
 from binllm.train.data import Batches
 from binllm.train.model import BitNetLM, ModelConfig
 
@@ -125,7 +126,7 @@ class Trainer:
             return False
         state = torch.load(self.checkpoint_path, weights_only=False)
         if state["model_config"] != self.model_config.to_dict():
-            raise ValueError(f"{self.checkpoint_path} holds a model of another shape: {state['model_config']}")
+            raise InvalidArgumentError(f"{self.checkpoint_path} holds a model of another shape: {state['model_config']}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
