@@ -401,40 +401,7 @@ use binllm_core::model::sampler::{Sampler, SamplingParams};
 use binllm_core::model::{KvCache, Model};
 use std::sync::Arc;
 
-/// A loaded model (weights only; generation state lives in a `Session`).
-/// How a loaded model is stored: activation quantization, the output layer's storage, the
-/// ternary linears' format.
-struct LoadOptions {
-    act_quant: bool,
-    storage: Option<binllm_core::model::FloatStorage>,
-    format: Option<WeightFormat>,
-}
-
-impl LoadOptions {
-    fn parse(act_quant: bool, output_type: Option<&str>, ternary_format: Option<&str>) -> PyResult<Self> {
-        let storage = output_type.map(binllm_core::model::FloatStorage::from_name).transpose().map_err(to_py)?;
-        let format = match ternary_format {
-            None => None,
-            Some(name) => Some(
-                WeightFormat::from_name(name)
-                    .filter(|f| matches!(f, WeightFormat::Ternary2 | WeightFormat::Ternary1_6))
-                    .ok_or_else(|| PyError::InvalidArgument.new_err(format!("ternary_format '{name}' (binllm stores ternary linears as t2 or t1.6)")))?,
-            ),
-        };
-        Ok(LoadOptions { act_quant, storage, format })
-    }
-
-    fn apply(&self, mut model: Model) -> Result<Model, Error> {
-        if let Some(storage) = self.storage {
-            model.set_output_storage(storage)?;
-        }
-        if let Some(format) = self.format {
-            model.set_ternary_format(format)?;
-        }
-        model.act_quant = self.act_quant;
-        Ok(model)
-    }
-}
+use binllm_core::model::load::LoadOptions;
 
 /// Loads a Hugging Face folder or a .gguf file with its tokenizer and generation defaults,
 /// each file parsed once (`binllm_core::model::load::load_with_defaults`): returns (model,
@@ -448,7 +415,7 @@ fn load_model<'py>(
     output_type: Option<&str>,
     ternary_format: Option<&str>,
 ) -> PyResult<(PyModel, Option<String>, Bound<'py, pyo3::types::PyDict>)> {
-    let options = LoadOptions::parse(act_quant, output_type, ternary_format)?;
+    let options = LoadOptions::from_names(act_quant, output_type, ternary_format).map_err(to_py)?;
     let loaded = py.detach(|| binllm_core::model::load::load_with_defaults(&path)).map_err(to_py)?;
     let model = py.detach(|| options.apply(loaded.model)).map_err(to_py)?;
     let g = &loaded.defaults;
@@ -468,6 +435,7 @@ fn load_model<'py>(
     Ok((PyModel { inner: Arc::new(model) }, loaded.tokenizer_json, d))
 }
 
+/// A loaded model (weights only; generation state lives in a `Session`).
 #[pyclass(name = "Model", module = "binllm._core", frozen)]
 struct PyModel {
     inner: Arc<Model>,
@@ -479,7 +447,7 @@ impl PyModel {
     #[staticmethod]
     #[pyo3(signature = (path, act_quant=true, output_type=None, ternary_format=None))]
     fn load(py: Python<'_>, path: std::path::PathBuf, act_quant: bool, output_type: Option<&str>, ternary_format: Option<&str>) -> PyResult<Self> {
-        let options = LoadOptions::parse(act_quant, output_type, ternary_format)?;
+        let options = LoadOptions::from_names(act_quant, output_type, ternary_format).map_err(to_py)?;
         let model = py.detach(|| options.apply(binllm_core::model::load::load_path(&path)?)).map_err(to_py)?;
         Ok(PyModel { inner: Arc::new(model) })
     }
@@ -489,13 +457,13 @@ impl PyModel {
     #[staticmethod]
     #[pyo3(signature = (config_json, files, act_quant=true))]
     fn from_hf_bytes(py: Python<'_>, config_json: &str, files: Vec<Vec<u8>>, act_quant: bool) -> PyResult<Self> {
-        let mut model = py
+        let options = LoadOptions { act_quant, ..LoadOptions::default() };
+        let model = py
             .detach(|| {
                 let parsed = files.iter().map(|f| binllm_core::loader::SafetensorsFile::parse(f)).collect::<Result<Vec<_>, Error>>()?;
-                Model::from_hf(config_json, &parsed)
+                options.apply(Model::from_hf(config_json, &parsed)?)
             })
             .map_err(to_py)?;
-        model.act_quant = act_quant;
         Ok(PyModel { inner: Arc::new(model) })
     }
 
@@ -503,8 +471,8 @@ impl PyModel {
     #[staticmethod]
     #[pyo3(signature = (data, act_quant=true))]
     fn from_gguf_bytes(py: Python<'_>, data: &[u8], act_quant: bool) -> PyResult<Self> {
-        let mut model = py.detach(|| binllm_core::loader::GgufFile::parse(data).and_then(|f| Model::from_gguf(&f))).map_err(to_py)?;
-        model.act_quant = act_quant;
+        let options = LoadOptions { act_quant, ..LoadOptions::default() };
+        let model = py.detach(|| options.apply(binllm_core::loader::GgufFile::parse(data).and_then(|f| Model::from_gguf(&f))?)).map_err(to_py)?;
         Ok(PyModel { inner: Arc::new(model) })
     }
 

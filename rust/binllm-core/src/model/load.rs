@@ -446,6 +446,51 @@ impl Model {
     }
 }
 
+/// How a loaded model is stored and run, chosen by each host at load: int8 activations for
+/// BitNet-style linears (`act_quant`, off only for float reference runs), the output layer's
+/// storage, the ternary linears' packed format. The default keeps what the checkpoint holds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LoadOptions {
+    pub act_quant: bool,
+    pub output_storage: Option<FloatStorage>,
+    pub ternary_format: Option<WeightFormat>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { act_quant: true, output_storage: None, ternary_format: None }
+    }
+}
+
+impl LoadOptions {
+    /// The options as hosts name them: `output_type` f32 / f16 / q8_0, `ternary_format` t2 /
+    /// t1.6.
+    pub fn from_names(act_quant: bool, output_type: Option<&str>, ternary_format: Option<&str>) -> Result<Self> {
+        let output_storage = output_type.map(FloatStorage::from_name).transpose()?;
+        let ternary_format = match ternary_format {
+            None => None,
+            Some(name) => Some(
+                WeightFormat::from_name(name)
+                    .filter(|f| f.is_ternary())
+                    .ok_or_else(|| Error::InvalidArgument(format!("ternary_format '{name}' (binllm stores ternary linears as t2 or t1.6)")))?,
+            ),
+        };
+        Ok(LoadOptions { act_quant, output_storage, ternary_format })
+    }
+
+    /// `model` stored and run as these options say.
+    pub fn apply(&self, mut model: Model) -> Result<Model> {
+        if let Some(storage) = self.output_storage {
+            model.set_output_storage(storage)?;
+        }
+        if let Some(format) = self.ternary_format {
+            model.set_ternary_format(format)?;
+        }
+        model.act_quant = self.act_quant;
+        Ok(model)
+    }
+}
+
 /// The safetensors files that a Hugging Face folder's `model.safetensors.index.json` (its text)
 /// names, sorted and distinct: the one shard listing of the native loader, PTQ and the browser
 /// worker. A name that could leave the folder (a path separator, or a leading '.') is refused.
@@ -641,6 +686,19 @@ mod tests {
             (format!("{Q}.weight"), "U8", vec![64, row_bytes], vec![0b0110_0101; 64 * row_bytes]),
             (format!("{Q}.weight_scale"), "F32", scales, f32s(&scale_values)),
         ]
+    }
+
+    #[test]
+    fn load_options_are_named_checked_and_applied() {
+        assert_eq!(LoadOptions::from_names(true, None, None).unwrap(), LoadOptions::default());
+        let named = LoadOptions::from_names(false, Some("q8_0"), Some("t1.6")).unwrap();
+        assert_eq!(named, LoadOptions { act_quant: false, output_storage: Some(FloatStorage::Q8), ternary_format: Some(WeightFormat::Ternary1_6) });
+        assert!(matches!(LoadOptions::from_names(true, None, Some("b1")), Err(Error::InvalidArgument(m)) if m.contains("t2 or t1.6")));
+        assert!(LoadOptions::from_names(true, Some("f8"), None).is_err());
+        let options = LoadOptions { ternary_format: None, ..named };
+        let model = options.apply(load("{}", vec![]).unwrap()).unwrap();
+        assert!(!model.act_quant);
+        assert!(matches!(model.lm_head, Some(Linear::Q8 { .. })));
     }
 
     #[test]
