@@ -132,6 +132,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval-tokens", type=int, default=4096)
     p.add_argument("--eval-every", type=int, default=25)
+    p.add_argument("--block-share", type=float, default=0.2, help="share of --minutes for the block stage")
     p.add_argument("--no-compare", action="store_true", help="skip binllm compare (curves only)")
     args = p.parse_args()
     smollm2, calib, held_out = bench_ptq.inputs(args.ptq / "texts")
@@ -147,7 +148,8 @@ def main() -> None:
             continue
         cmd = [sys.executable, "-m", "binllm.train.distill", str(smollm2), "--out", str(dst), "--text", *map(str, train), "--heldout", str(held_out[0]),
                "--format", fmt, "--init", str(init_folder(args.ptq / "models", smollm2, calib, init)), "--minutes", str(args.minutes),
-               "--threads", str(args.threads), "--eval-tokens", str(args.eval_tokens), "--eval-every", str(args.eval_every), *extra]
+               "--threads", str(args.threads), "--eval-tokens", str(args.eval_tokens), "--eval-every", str(args.eval_every),
+               "--block-share", str(args.block_share), *extra]
         ckpt = args.out / "models" / f"{label}-checkpoints"
         if (ckpt / "distill-checkpoint.pt").exists():
             cmd.append("--resume")

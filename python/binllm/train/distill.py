@@ -710,7 +710,7 @@ def export(student: BitNetLM, src: Source, dst: Path, info: dict[str, Any], keep
         "layers": entries,
     }
     _write_folder(dst, Source(src.path, src.config, tensors, src.files), results, qc, keep_embed, keep_output)
-    report = {"output": str(dst), "linear_bits_per_weight": qc["bits_per_weight"]}
+    report = {"output": str(dst), "method_bits_per_weight": qc["bits_per_weight"]}
     if gguf is not None:
         report["gguf"] = _write_gguf(dst, gguf, say)
     return report
@@ -824,6 +824,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         raise FileExistsError(f"{gguf} already exists; binllm distill never overwrites")
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # tiny gradients and Adam moments as denormals slow every op
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     checkpoint_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_name(out.name + "-checkpoints")
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
