@@ -53,6 +53,7 @@ from binllm.quantize.methods import CODE_BITS, FORMAT_OF, SCALE_BITS, Quantized
 from binllm.quantize.source import Source, read_source
 from binllm.train.bitlinear import quantize_activation
 from binllm.train.model import BitNetLM, ModelConfig, RMSNorm
+from binllm.train.trainer import evaluate
 
 FORMATS = ("t2", "b1")
 INITS = {"t2": ("absmean", "gptq-ternary"), "b1": ("sign", "onebit", "arb")}
@@ -423,21 +424,6 @@ def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor, te
 
 
 @torch.no_grad()
-def heldout_nll(model: BitNetLM, windows: torch.Tensor, batch: int = 4) -> float:
-    """Mean next-token NLL (nats) over windows (count x (ctx + 1))."""
-    was = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(windows), batch):
-        w = windows[i : i + batch]
-        logits = model(w[:, :-1])
-        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), w[:, 1:].reshape(-1), reduction="sum").item()
-        count += w[:, 1:].numel()
-    model.train(was)
-    return total / max(1, count)
-
-
-@torch.no_grad()
 def block_error(block: nn.Module, x: torch.Tensor, y: torch.Tensor, cos, sin, batch: int = 8) -> float:
     """||B(x) - y||^2 / ||y - x||^2: the block's output error relative to its own contribution."""
     err = ref = 0.0
@@ -548,7 +534,7 @@ class Distiller:
         return torch.stack([self.tokens[s : s + self.cfg.ctx + 1] for s in starts.tolist()])
 
     def _eval(self, where: str) -> float:
-        nll = heldout_nll(self.student, self.heldout)
+        nll = evaluate(self.student, self.heldout)
         self.say(f"{where}: held-out perplexity {math.exp(nll):.2f}")
         return nll
 
@@ -866,7 +852,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     resumed = args.resume and d.resume()
     if resumed:
         _say(f"resumed: {d.blocks_done} blocks done, model stage at step {d.step}")
-    teacher_nll = heldout_nll(d.teacher, d.heldout)
+    teacher_nll = evaluate(d.teacher, d.heldout)
     _say(f"teacher: held-out perplexity {math.exp(teacher_nll):.2f}")
     if not resumed:
         d.history.append({"stage": "init", "heldout_nll": round(d._eval(f"init ({init.label})"), 4)})
@@ -876,7 +862,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if "model" in stages:
         stopped_early = d.run_model()
     d.save()
-    final_nll = heldout_nll(d.student, d.heldout)
+    final_nll = evaluate(d.student, d.heldout)
     info = {
         "teacher": src.path.name, "format": fmt, "init": init.label, "stages": list(stages), "tokens": d.tokens_seen, "steps": d.step,
         "train_seconds": round(d.seconds, 1), "stopped_early": bool(stopped_early),
