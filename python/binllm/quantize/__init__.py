@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Union
@@ -34,6 +32,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 import numpy as np
 
 from binllm import _core
+from binllm.files import folder_written_whole
 from binllm.quantize.calib import calibration_tokens, hessians, read_text
 from binllm.quantize.source import Source, read_source
 
@@ -285,21 +284,13 @@ def _write_folder(dst: Path, source: Source, results: dict, qc: dict, keep_embed
         if qz.row_offset is not None:
             tensors[f"{name}.weight_row_offset"] = np.asarray(qz.row_offset, np.float16)
 
-    tmp = dst.parent / f".{dst.name}.tmp-{secrets.token_hex(4)}"
-    tmp.mkdir(parents=True)
-    try:
+    with folder_written_whole(dst) as tmp:
         config = dict(source.config)
         config["quantization_config"] = qc
         (tmp / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
         for fname, text in source.files.items():
             (tmp / fname).write_text(text, encoding="utf-8")
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "binllm"})
-        if dst.exists():
-            dst.rmdir()  # empty (checked above)
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _write_gguf(folder: Path, path: Path, say: Progress) -> dict[str, Any]:

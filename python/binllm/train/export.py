@@ -12,15 +12,13 @@ divided by at inference). Embeddings (also the output layer) stay float; norms a
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from binllm._core import InvalidArgumentError
+from binllm.files import folder_written_whole
 from binllm.train.bitlinear import ternary_codes
 from binllm.train.model import BitNetLM
 
@@ -66,16 +64,8 @@ def export_packed(model: BitNetLM, tokenizer_json: str | Path, folder: str | Pat
         raise FileExistsError(f"{final} already exists; binllm never overwrites a model (choose a new folder)")
     # Written under a temporary name and renamed when complete: an interrupted export leaves
     # no half-written model under the final name.
-    folder = final.parent / f".{final.name}.tmp-{secrets.token_hex(4)}"
-    folder.mkdir(parents=True)
-    try:
+    with folder_written_whole(final) as folder:
         _write(model, tokenizer_json, folder, embedding_dtype)
-        if final.exists():
-            final.rmdir()  # empty (checked above)
-        os.replace(folder, final)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
     return final
 
 
