@@ -31,11 +31,16 @@ def quantize_weight(weight: torch.Tensor) -> torch.Tensor:
     return weight + (codes * mean - weight).detach()
 
 
+def activation_codes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token (last axis) int8 codes of activations (as float values) and their scales."""
+    scale = 127.0 / x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-5)
+    return (x * scale).round().clamp(-128, 127), scale
+
+
 def quantize_activation(x: torch.Tensor) -> torch.Tensor:
     """Per-token (last axis) int8 activations scaled back to float, with a straight-through gradient."""
-    scale = 127.0 / x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-5)
-    xq = (x * scale).round().clamp(-128, 127) / scale
-    return x + (xq - x).detach()
+    codes, scale = activation_codes(x)
+    return x + (codes / scale - x).detach()
 
 
 class BitLinear(nn.Linear):

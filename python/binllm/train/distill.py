@@ -51,7 +51,7 @@ from binllm._core import InvalidArgumentError, ModelFormatError, UnsupportedErro
 from binllm.quantize import Q8_BLOCK, _check_dst, _write_folder, _write_gguf, parse_keep, q8_blocks, q8_dequant, quantize_model
 from binllm.quantize.methods import CODE_BITS, FORMAT_OF, SCALE_BITS, Quantized
 from binllm.quantize.source import Source, read_source
-from binllm.train.bitlinear import quantize_activation
+from binllm.train.bitlinear import activation_codes, quantize_activation
 from binllm.train.model import BitNetLM, ModelConfig, RMSNorm
 from binllm.train.trainer import evaluate
 
@@ -113,8 +113,8 @@ class _PackedLinear(torch.autograd.Function):
         x2 = x.reshape(-1, k).float()
         col = None if col_scale is None else col_scale.half().float()
         xin = x2 * col if col is not None else x2
-        sx = 127.0 / xin.abs().amax(dim=-1, keepdim=True).clamp(min=1e-5)
-        q = (xin * sx).round().clamp(-128, 127).to(torch.int8)
+        q, sx = activation_codes(xin)
+        q = q.to(torch.int8)
         s = scale.clamp(min=MIN_SCALE).half().float()
         c = _codes(weight / _expand(s, n, k, group_size), fmt).to(torch.int8)
         sums = _integer_sums(q, c, group_size)
