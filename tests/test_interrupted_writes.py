@@ -86,3 +86,34 @@ def test_a_killed_converts_leftover_is_removed_by_the_next(tmp_path):
     live.write_bytes(b"GGUF in progress")
     convert(default_model_path(), tmp_path / "m.gguf", type="f16")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.gguf", live.name])
+
+
+def test_a_killed_quantizes_folder_is_removed_by_the_next(tmp_path):
+    # A quantize killed (SIGKILL: no cleanup runs) while writing leaves its temporary folder.
+    src = make_random_hf_model(tmp_path / "float", layout="llama_float", seed=1, hidden=64, heads=2, kv_heads=1, intermediate=128, layers=1, vocab=300)
+    dst = tmp_path / "q"
+    script = textwrap.dedent(f"""
+        import time
+        import safetensors.numpy
+        from binllm.quantize import quantize_model
+
+        def slow_save(tensors, path, **kwargs):
+            open(path, "wb").write(b"half a model")
+            print("writing", flush=True)
+            time.sleep(60)
+
+        safetensors.numpy.save_file = slow_save
+        quantize_model({str(src)!r}, {str(dst)!r}, method="absmean")
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+    stale = [p.name for p in tmp_path.iterdir() if p.name.startswith(".q.")]
+    assert len(stale) == 1 and (tmp_path / stale[0]).is_dir()
+    # A folder of a writer that still runs (this process) is left alone.
+    live = tmp_path / f".q.{os.getpid()}.4567cdef.tmp"
+    live.mkdir()
+    quantize_model(src, dst, method="absmean")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["float", "q", live.name])

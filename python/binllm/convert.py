@@ -13,10 +13,8 @@ never touches SRC.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import secrets
 import sys
 import time
 import warnings
@@ -24,7 +22,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from binllm import _core
-from binllm._core import InvalidArgumentError, ModelFormatError, ModelNotFoundError
+from binllm._core import FileError, InvalidArgumentError, ModelFormatError, ModelNotFoundError
+from binllm.files import remove_stale_temporaries, temporary_path
 
 TYPES = ("tq2_0", "tq1_0", "f16")
 EMBEDDING_TYPES = ("f16", "q8_0")
@@ -124,21 +123,6 @@ def _read_json(path: Path) -> dict:
         return json.load(fh)
 
 
-def _remove_stale_parts(dst: Path) -> None:
-    """Deletes the temporary files (``.DST.PID.HEX.part``) that a killed convert to DST left,
-    those whose process is gone; a running convert's file is left alone."""
-    for part in dst.parent.glob(f".{glob.escape(dst.name)}.*.part"):
-        pid = part.name[len(dst.name) + 2 :].split(".")[0]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            part.unlink(missing_ok=True)
-        except (PermissionError, OverflowError):
-            pass  # another user's live process, or not a pid
-
-
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)
@@ -182,11 +166,11 @@ def convert(
     if dst.resolve() == src.resolve() or _same_file(src, dst):
         raise InvalidArgumentError(f"destination '{dst}' is the source; choose another file name")
     if dst.is_dir():
-        raise IsADirectoryError(f"destination '{dst}' is a folder; give the .gguf file to write")
+        raise FileError(f"destination '{dst}' is a folder; give the .gguf file to write")
     if dst.suffix.lower() != ".gguf":
         raise InvalidArgumentError(f"destination '{dst}' must be a .gguf file")
     if dst.exists() and not force:
-        raise FileExistsError(f"destination '{dst}' exists; pass force=True (--force) to replace it")
+        raise FileError(f"destination '{dst}' exists; pass force=True (--force) to replace it")
 
     from binllm.model import Model
 
@@ -205,9 +189,9 @@ def convert(
         metadata, name, source_gguf = [], src.stem, str(src)
 
     dst.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_parts(dst)
+    remove_stale_temporaries(dst, "part")  # what a killed convert to DST left
     # A new file beside DST (so the rename is atomic), with the usual permissions (umask).
-    tmp = dst.parent / f".{dst.name}.{os.getpid()}.{secrets.token_hex(4)}.part"
+    tmp = temporary_path(dst, "part")
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         say(f"writing {dst} ({type})")

@@ -1,8 +1,15 @@
-"""Writing a model folder whole: under a temporary name beside it, renamed when complete."""
+"""Writing a file or a model folder whole: under a temporary name beside it, renamed when complete.
+
+A temporary name is ``.DST.PID.HEX.KIND`` (`temporary_path`): the writer's process id lets the
+next writer of DST remove what a killed one left (`remove_stale_temporaries`), and only that:
+a name of another form, or a process that still runs, is left alone.
+"""
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import secrets
 import shutil
 from contextlib import contextmanager
@@ -10,12 +17,37 @@ from pathlib import Path
 from typing import Iterator
 
 
+def temporary_path(dst: Path, kind: str) -> Path:
+    """A new name beside `dst` (so the final rename is atomic) for writing it: ``.DST.PID.HEX.KIND``."""
+    return dst.parent / f".{dst.name}.{os.getpid()}.{secrets.token_hex(4)}.{kind}"
+
+
+def remove_stale_temporaries(dst: Path, kind: str) -> None:
+    """Deletes the temporary files or folders of this `kind` that writers of `dst` killed
+    mid-write left (SIGKILL, power loss): those whose process is gone."""
+    own = re.compile(rf"\.{re.escape(dst.name)}\.(\d+)\.[0-9a-f]{{8}}\.{re.escape(kind)}")
+    for path in dst.parent.glob(f".{glob.escape(dst.name)}.*.{kind}"):
+        match = own.fullmatch(path.name)
+        if match is None:
+            continue
+        try:
+            os.kill(int(match[1]), 0)
+        except ProcessLookupError:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        except (PermissionError, OverflowError):
+            pass  # another user's live process, or not a pid
+
+
 @contextmanager
 def folder_written_whole(dst: Path) -> Iterator[Path]:
     """Yields a new temporary folder beside `dst` (which must be absent or empty); when the block
     ends it becomes `dst`, and if the block fails it is removed: no half-written folder ever
-    has the final name."""
-    tmp = dst.parent / f".{dst.name}.tmp-{secrets.token_hex(4)}"
+    has the final name. A killed writer's folder is removed by the next writer of `dst`."""
+    remove_stale_temporaries(dst, "tmp")
+    tmp = temporary_path(dst, "tmp")
     tmp.mkdir(parents=True)
     try:
         yield tmp
