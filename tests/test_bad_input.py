@@ -177,3 +177,49 @@ def test_sampling_values_the_sampler_refuses_are_named_with_their_file_at_load(t
     (folder / "generation_config.json").write_text(json.dumps({"do_sample": True, "temperature": -1}))
     with pytest.raises(ModelFormatError, match="generation_config.json: temperature must be a finite number >= 0"):
         Model.from_pretrained(folder)
+
+
+def test_a_mis_shaped_tensor_names_its_file(tmp_path):
+    """A tensor whose shape disagrees with the config names itself and the file it is in: one
+    safetensors file, the right shard of several, a GGUF file."""
+    import json
+    import shutil
+    import struct
+
+    from binllm import ModelFormatError
+    from binllm.convert import convert
+    from helpers import make_random_hf_model
+    from safetensors.numpy import load_file, save_file
+
+    good = make_random_hf_model(tmp_path / "good", layout="llama_float", seed=2, hidden=256, heads=4, kv_heads=2, intermediate=512, layers=1, vocab=300)
+    tensors = load_file(str(good / "model.safetensors"))
+    up = "model.layers.0.mlp.up_proj.weight"
+    tensors[up] = tensors[up][:500]
+    single = shutil.copytree(good, tmp_path / "single")
+    save_file(tensors, str(single / "model.safetensors"))
+    with pytest.raises(ModelFormatError, match=rf"single/model\.safetensors: tensor '{up}' has shape \[500, 256\]; expected \[512, 256\]"):
+        Model.from_pretrained(single)
+    out = subprocess.run([sys.executable, "-m", "binllm", "info", str(single)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and f"single/model.safetensors: tensor '{up}'" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+    # Sharded, the bad tensor in the second shard.
+    sharded = shutil.copytree(good, tmp_path / "sharded")
+    (sharded / "model.safetensors").unlink()
+    first = {k: v for k, v in tensors.items() if k != up}
+    shards = {"model-00001-of-00002.safetensors": first, "model-00002-of-00002.safetensors": {up: tensors[up]}}
+    for name, part in shards.items():
+        save_file(part, str(sharded / name))
+    weight_map = {k: name for name, part in shards.items() for k in part}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(ModelFormatError, match=rf"model-00002-of-00002\.safetensors: tensor '{up}' has shape \[500, 256\]"):
+        Model.from_pretrained(sharded)
+
+    # GGUF: a good file whose config (feed_forward_length) no longer fits its tensors.
+    convert(good, tmp_path / "good.gguf", type="f16")
+    data = bytearray((tmp_path / "good.gguf").read_bytes())
+    at = data.index(b"llama.feed_forward_length") + len(b"llama.feed_forward_length")
+    assert struct.unpack_from("<II", data, at) == (4, 512)  # a u32 holding 512
+    struct.pack_into("<I", data, at + 4, 500)
+    (tmp_path / "bad.gguf").write_bytes(data)
+    with pytest.raises(ModelFormatError, match=r"bad\.gguf: tensor 'blk\.0\.ffn_gate\.weight' has shape \[512, 256\]; expected \[500, 256\]"):
+        Model.from_pretrained(tmp_path / "bad.gguf")

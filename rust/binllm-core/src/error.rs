@@ -33,6 +33,21 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+impl Error {
+    /// The error as found in `file`: its message starts with the file's name. Loaders take
+    /// bytes; whoever opened the file names it.
+    pub fn in_file(self, file: &std::path::Path) -> Error {
+        let f = file.display();
+        match self {
+            Error::InvalidArgument(m) => Error::InvalidArgument(format!("{f}: {m}")),
+            Error::Format(m) => Error::Format(format!("{f}: {m}")),
+            Error::Unsupported(m) => Error::Unsupported(format!("{f}: {m}")),
+            Error::Backend(m) => Error::Backend(m),
+            Error::Io(e) => Error::Io(std::io::Error::new(e.kind(), format!("{f}: {e}"))),
+        }
+    }
+}
+
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         Error::Io(e)

@@ -40,6 +40,9 @@ enum Naming {
 struct Tensors<'t, 'a> {
     by_name: HashMap<&'t str, &'t TensorView<'a>>,
     naming: Naming,
+    /// The file each tensor came from, when the caller named its files: errors about a tensor
+    /// start with it (a sharded folder has several).
+    files: HashMap<&'t str, &'t str>,
     config: &'t ModelConfig,
     /// Modules stored ready for the kernels (binllm PTQ folders), by module path.
     quantized: HashMap<String, QuantizedModule>,
@@ -104,6 +107,11 @@ impl<'t, 'a> Tensors<'t, 'a> {
         }
     }
 
+    /// "FILE: " for the file tensor `name` came from, or "" when the files are unnamed.
+    fn file_of(&self, name: &str) -> String {
+        self.files.get(name).map(|f| format!("{f}: ")).unwrap_or_default()
+    }
+
     fn get(&self, name: &str) -> Result<&'t TensorView<'a>> {
         self.optional(name).ok_or_else(|| Error::Format(format!("missing tensor '{name}'")))
     }
@@ -126,7 +134,8 @@ impl<'t, 'a> Tensors<'t, 'a> {
         let more = if extra.len() > 1 { format!(" (and {} more)", extra.len() - 1) } else { String::new() };
         crate::bail!(
             Format,
-            "tensor '{}'{more} is not used by this model ({} {}); binllm refuses tensors it would ignore",
+            "{}tensor '{}'{more} is not used by this model ({} {}); binllm refuses tensors it would ignore",
+            self.file_of(extra[0]),
             extra[0],
             self.config.architecture,
             if self.config.sub_norms.any() { "with sub-norms" } else { "without sub-norms" }
@@ -136,7 +145,7 @@ impl<'t, 'a> Tensors<'t, 'a> {
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
         let t = self.get(name)?;
         if t.numel() != len {
-            crate::bail!(Format, "tensor '{name}' has shape {:?}; expected {len} values", t.shape);
+            crate::bail!(Format, "{}tensor '{name}' has shape {:?}; expected {len} values", self.file_of(name), t.shape);
         }
         t.to_f32()
     }
@@ -144,7 +153,7 @@ impl<'t, 'a> Tensors<'t, 'a> {
     fn matrix_f32(&self, name: &str, n: usize, k: usize) -> Result<Vec<f32>> {
         let t = self.get(name)?;
         if t.shape != [n, k] {
-            crate::bail!(Format, "tensor '{name}' has shape {:?}; expected [{n}, {k}]", t.shape);
+            crate::bail!(Format, "{}tensor '{name}' has shape {:?}; expected [{n}, {k}]", self.file_of(name), t.shape);
         }
         t.to_f32()
     }
@@ -165,23 +174,24 @@ impl<'t, 'a> Tensors<'t, 'a> {
         let scale = self.get(&scale_name)?;
         let float_values = |t: &TensorView<'_>, name: &str| -> Result<Vec<f32>> {
             if !matches!(t.dtype, DType::F32 | DType::F16 | DType::BF16) {
-                crate::bail!(Format, "tensor '{name}' is {}; scales and offsets must be F32, F16 or BF16", t.dtype.name());
+                crate::bail!(Format, "{}tensor '{name}' is {}; scales and offsets must be F32, F16 or BF16", self.file_of(name), t.dtype.name());
             }
             let v = t.to_f32()?;
             if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                crate::bail!(Format, "tensor '{name}' holds a non-finite value ({}) at index {i}", v[i]);
+                crate::bail!(Format, "{}tensor '{name}' holds a non-finite value ({}) at index {i}", self.file_of(name), v[i]);
             }
             Ok(v)
         };
         let QuantizedModule::Packed { format, group_size } = module else {
             let blocks = k.div_ceil(super::linear::Q8_BLOCK);
             if t.dtype != DType::I8 || t.shape != [n, k] {
-                crate::bail!(Format, "q8 tensor '{weight_name}' is {} {:?}; expected I8 [{n}, {k}]", t.dtype.name(), t.shape);
+                crate::bail!(Format, "{}q8 tensor '{weight_name}' is {} {:?}; expected I8 [{n}, {k}]", self.file_of(&weight_name), t.dtype.name(), t.shape);
             }
             if scale.shape != [n, blocks] {
                 crate::bail!(
                     Format,
-                    "tensor '{scale_name}' has shape {:?}; q8 needs [{n}, {blocks}] (one scale per {} weights of a row)",
+                    "{}tensor '{scale_name}' has shape {:?}; q8 needs [{n}, {blocks}] (one scale per {} weights of a row)",
+                    self.file_of(&scale_name),
                     scale.shape,
                     super::linear::Q8_BLOCK
                 );
@@ -194,7 +204,8 @@ impl<'t, 'a> Tensors<'t, 'a> {
         if t.dtype != DType::U8 || t.shape != [n, row_bytes] {
             crate::bail!(
                 Format,
-                "packed tensor '{weight_name}' is {} {:?}; format {} with shape ({n}, {k}) needs U8 [{n}, {row_bytes}] ({} weights per 64-byte block, rows padded)",
+                "{}packed tensor '{weight_name}' is {} {:?}; format {} with shape ({n}, {k}) needs U8 [{n}, {row_bytes}] ({} weights per 64-byte block, rows padded)",
+                self.file_of(&weight_name),
                 t.dtype.name(),
                 t.shape,
                 format.name(),
@@ -203,7 +214,7 @@ impl<'t, 'a> Tensors<'t, 'a> {
         }
         let col_name = format!("{path}.weight_col_scale");
         let col = match self.optional(&col_name) {
-            Some(c) if c.shape != [k] => crate::bail!(Format, "tensor '{col_name}' has shape {:?}; expected [{k}]", c.shape),
+            Some(c) if c.shape != [k] => crate::bail!(Format, "{}tensor '{col_name}' has shape {:?}; expected [{k}]", self.file_of(&col_name), c.shape),
             Some(c) => Some(float_values(c, &col_name)?),
             None => None,
         };
@@ -217,17 +228,19 @@ impl<'t, 'a> Tensors<'t, 'a> {
             (_, Some(group), Some(_)) => crate::bail!(Format, "module '{path}' has group_size {group} and '{col_name}'; column scales apply to per-tensor or per-row scales only"),
             (shape, Some(group), None) => crate::bail!(
                 Format,
-                "tensor '{scale_name}' has shape {shape:?}; group_size {group} needs [{n}, {}] (rows x ceil({k} / {group}) groups)",
+                "{}tensor '{scale_name}' has shape {shape:?}; group_size {group} needs [{n}, {}] (rows x ceil({k} / {group}) groups)",
+                self.file_of(&scale_name),
                 k.div_ceil(group)
             ),
             (shape, None, _) => crate::bail!(
                 Format,
-                "tensor '{scale_name}' has shape {shape:?}; expected [] or [1] (per tensor) or [{n}] (per row), or [{n}, groups] with group_size in quantization_config"
+                "{}tensor '{scale_name}' has shape {shape:?}; expected [] or [1] (per tensor) or [{n}] (per row), or [{n}, groups] with group_size in quantization_config",
+                self.file_of(&scale_name)
             ),
         };
         // t2's field 3 is no ternary code (a low and a high bit both set).
         if format == WeightFormat::Ternary2 && t.data.iter().any(|&b| b & (b >> 1) & 0x55 != 0) {
-            crate::bail!(Format, "packed tensor '{weight_name}' holds the 2-bit field 3, which is not a t2 code");
+            crate::bail!(Format, "{}packed tensor '{weight_name}' holds the 2-bit field 3, which is not a t2 code", self.file_of(&weight_name));
         }
         let in_file = |e: Error| match e {
             Error::InvalidArgument(m) => Error::Format(format!("module '{path}': {m}")),
@@ -237,7 +250,7 @@ impl<'t, 'a> Tensors<'t, 'a> {
         let offset_name = format!("{path}.weight_row_offset");
         if let Some(o) = self.optional(&offset_name) {
             if o.shape != [n] {
-                crate::bail!(Format, "tensor '{offset_name}' has shape {:?}; expected [{n}]", o.shape);
+                crate::bail!(Format, "{}tensor '{offset_name}' has shape {:?}; expected [{n}]", self.file_of(&offset_name), o.shape);
             }
             matrix = matrix.with_row_offset(float_values(o, &offset_name)?).map_err(in_file)?;
         }
@@ -253,7 +266,7 @@ impl<'t, 'a> Tensors<'t, 'a> {
         let bitnet = self.config.linear == LinearKind::BitNet;
         if t.dtype.is_ternary() {
             if t.shape != [n, k] {
-                crate::bail!(Format, "tensor '{name}' has shape {:?}; expected [{n}, {k}]", t.shape);
+                crate::bail!(Format, "{}tensor '{name}' has shape {:?}; expected [{n}, {k}]", self.file_of(name), t.shape);
             }
             return match t.to_ternary() {
                 Ok(tt) => {
@@ -268,7 +281,7 @@ impl<'t, 'a> Tensors<'t, 'a> {
                     let scale = ScaleKind::PerGroup { group: tt.block_len, scales: tt.block_scales };
                     PackedMatrix::pack(WeightFormat::Ternary2, &tt.codes, n, k, scale)
                         .map(Linear::Packed)
-                        .map_err(|e| Error::Format(format!("tensor '{name}': {e}")))
+                        .map_err(|e| Error::Format(format!("{}tensor '{name}': {e}", self.file_of(name))))
                 }
                 Err(e) => Err(e),
             };
@@ -308,7 +321,7 @@ impl<'t, 'a> Tensors<'t, 'a> {
             // embedding, 1.3 GB that a wasm32 memory would keep after the load).
             let t = self.get(name)?;
             if t.shape != [n, k] {
-                crate::bail!(Format, "tensor '{name}' has shape {:?}; expected [{n}, {k}]", t.shape);
+                crate::bail!(Format, "{}tensor '{name}' has shape {:?}; expected [{n}, {k}]", self.file_of(name), t.shape);
             }
             return Ok(Linear::Half { w: t.to_f16()?, n, k });
         }
@@ -321,12 +334,12 @@ impl<'t, 'a> Tensors<'t, 'a> {
     /// (`WeightScale`).
     fn hf_packed_linear(&self, name: &str, t: &TensorView<'a>, n: usize, k: usize) -> Result<Linear> {
         if !n.is_multiple_of(4) || t.shape != [n / 4, k] {
-            crate::bail!(Format, "packed tensor '{name}' has shape {:?}; expected [{}, {k}] (4 rows per byte)", t.shape, n / 4);
+            crate::bail!(Format, "{}packed tensor '{name}' has shape {:?}; expected [{}, {k}] (4 rows per byte)", self.file_of(name), t.shape, n / 4);
         }
         let scale_name = name.strip_suffix(".weight").map(|p| format!("{p}.weight_scale")).unwrap_or_default();
         let stored = self.vector(&scale_name, 1)?[0];
         if !(stored.is_finite() && stored > 0.0) {
-            crate::bail!(Format, "tensor '{scale_name}' must be a positive number, got {stored}");
+            crate::bail!(Format, "{}tensor '{scale_name}' must be a positive number, got {stored}", self.file_of(&scale_name));
         }
         let quarter = n / 4;
         let mut codes = vec![0i8; n * k];
@@ -335,7 +348,7 @@ impl<'t, 'a> Tensors<'t, 'a> {
                 for i in 0..4 {
                     let field = (byte >> (2 * i)) & 3;
                     if field == 3 {
-                        crate::bail!(Format, "packed tensor '{name}' holds the invalid 2-bit value 3 (row {r}, column {c})");
+                        crate::bail!(Format, "{}packed tensor '{name}' holds the invalid 2-bit value 3 (row {r}, column {c})", self.file_of(name));
                     }
                     codes[(i * quarter + r) * k + c] = field as i8 - 1;
                 }
@@ -425,24 +438,37 @@ pub fn exact_ternary(w: &[f32]) -> Option<(Vec<i8>, f32)> {
 impl Model {
     /// A model from a Hugging Face folder's config.json text and its safetensors files.
     pub fn from_hf(config_json: &str, files: &[SafetensorsFile<'_>]) -> Result<Model> {
+        Model::from_hf_named(config_json, files, &[])
+    }
+
+    /// `from_hf` with the files' names (`names[i]` is `files[i]`'s, or none at all): an error
+    /// about a tensor names the file it came from.
+    pub fn from_hf_named(config_json: &str, files: &[SafetensorsFile<'_>], names: &[String]) -> Result<Model> {
         let config = ModelConfig::from_hf_json(config_json)?;
         let mut by_name = HashMap::new();
-        for f in files {
+        let mut file_of = HashMap::new();
+        for (i, f) in files.iter().enumerate() {
             for t in &f.tensors {
                 if by_name.insert(t.name.as_str(), t).is_some() {
                     crate::bail!(Format, "tensor '{}' appears in more than one file", t.name);
                 }
+                if let Some(name) = names.get(i) {
+                    file_of.insert(t.name.as_str(), name.as_str());
+                }
             }
         }
         let quantized = quantized_modules(config_json)?;
-        Tensors { by_name, naming: Naming::HuggingFace, config: &config, quantized, used: RefCell::default(), consumed: RefCell::default() }.build()
+        Tensors { by_name, naming: Naming::HuggingFace, files: file_of, config: &config, quantized, used: RefCell::default(), consumed: RefCell::default() }
+            .build()
     }
 
     /// A model from a parsed GGUF file.
     pub fn from_gguf(file: &GgufFile<'_>) -> Result<Model> {
         let config = ModelConfig::from_gguf(file)?;
         let by_name = file.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
-        Tensors { by_name, naming: Naming::Gguf, config: &config, quantized: HashMap::new(), used: RefCell::default(), consumed: RefCell::default() }.build()
+        let files = HashMap::new(); // one file: the caller that opened it names it (`Error::in_file`)
+        Tensors { by_name, naming: Naming::Gguf, files, config: &config, quantized: HashMap::new(), used: RefCell::default(), consumed: RefCell::default() }
+            .build()
     }
 }
 
@@ -587,11 +613,14 @@ mod native {
             Ok(Loaded { model, tokenizer_json, defaults })
         } else {
             let m = map_file(path)?;
-            let file = GgufFile::parse(&m)?;
-            let model = Model::from_gguf(&file)?;
-            let tokenizer_json = Some(crate::tokenizer::hf_json_from_gguf(&file)?);
-            let defaults = GenerationDefaults::from_gguf(&model.config, &file)?;
-            Ok(Loaded { model, tokenizer_json, defaults })
+            (|| {
+                let file = GgufFile::parse(&m)?;
+                let model = Model::from_gguf(&file)?;
+                let tokenizer_json = Some(crate::tokenizer::hf_json_from_gguf(&file)?);
+                let defaults = GenerationDefaults::from_gguf(&model.config, &file)?;
+                Ok(Loaded { model, tokenizer_json, defaults })
+            })()
+            .map_err(|e: Error| e.in_file(path))
         }
     }
 
@@ -601,12 +630,14 @@ mod native {
             let config_path = path.join("config.json");
             let config =
                 std::fs::read_to_string(&config_path).map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("{}: {e}", config_path.display()))))?;
-            let maps = hf_weight_files(path)?.iter().map(|p| map_file(p)).collect::<Result<Vec<_>>>()?;
-            let files = maps.iter().map(|m| SafetensorsFile::parse(m)).collect::<Result<Vec<_>>>()?;
-            Model::from_hf(&config, &files)
+            let paths = hf_weight_files(path)?;
+            let maps = paths.iter().map(|p| map_file(p)).collect::<Result<Vec<_>>>()?;
+            let files = maps.iter().zip(&paths).map(|(m, p)| SafetensorsFile::parse(m).map_err(|e| e.in_file(p))).collect::<Result<Vec<_>>>()?;
+            let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+            Model::from_hf_named(&config, &files, &names)
         } else {
             let m = map_file(path)?;
-            Model::from_gguf(&GgufFile::parse(&m)?)
+            GgufFile::parse(&m).and_then(|f| Model::from_gguf(&f)).map_err(|e| e.in_file(path))
         }
     }
 }
