@@ -273,3 +273,26 @@ def test_smollm2_top_k_gap_is_small(smollm2_path, tmp_path):
     assert a <= e and (e - a) / e < 0.10, (e, a)
     for k in ("nll", "same_top1", "top5_miss"):
         np.testing.assert_allclose(approx["pep8"][k], exact["pep8"][k], rtol=1e-6, atol=1e-6)
+
+
+def test_a_failed_plot_write_keeps_the_old_plot(tmp_path, monkeypatch):
+    """report.png is written through a temporary name, as the other reports: a write that fails
+    halfway (a full disk) leaves the previous plot whole and no temporary file."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.figure
+    from binllm.evaluate import write_plot
+
+    def half_then_full(self, path, **kwargs):
+        with open(path, "wb") as fh:
+            fh.write(b"\x89PNG half a plot")
+        raise OSError(28, "No space left on device")
+
+    rows = [{"label": "float", "perplexity": 10.0, "linear_bits_in_memory": 16.0, "kld_mean": 0.0}, {"label": "t2", "perplexity": 12.0, "linear_bits_in_memory": 2.0, "kld_mean": 0.1}]
+    (tmp_path / "report.png").write_bytes(b"the previous plot")
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", half_then_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_plot(rows, tmp_path / "report.png")
+    assert [p.name for p in tmp_path.iterdir()] == ["report.png"] and (tmp_path / "report.png").read_bytes() == b"the previous plot"
+    monkeypatch.undo()
+    write_plot(rows, tmp_path / "report.png")
+    assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
