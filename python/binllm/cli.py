@@ -50,9 +50,9 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
 def _output_type_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--output-type",
-        choices=["f16", "q8_0", "f32"],
+        choices=["f16", "q8_0", "q6_k", "f32"],
         default=None,
-        help="keep the output layer (the embeddings when tied) as this type; q8_0 halves what each token reads there",
+        help="keep the output layer (the embeddings when tied) as this type; against f16, q8_0 halves what each token reads there and q6_k reads 41%%",
     )
 
 
@@ -407,8 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument(
         "--output-type",
         default="f16",
-        choices=["f16", "q8_0"],
-        help="token embeddings and output layer: f16 (default) or q8_0 (half the bytes; llama.cpp reads both)",
+        choices=["f16", "q8_0", "q6_k"],
+        help="token embeddings and output layer: f16 (default), q8_0 (half the bytes) or q6_k (41%%; rows of whole 256-blocks, else q8_0); llama.cpp reads all three",
     )
     v.add_argument("--quiet", action="store_true")
     v.add_argument("--force", action="store_true", help="replace DST when it exists")

@@ -26,7 +26,7 @@ from binllm._core import FileError, InvalidArgumentError, ModelFormatError, Mode
 from binllm.files import remove_stale_temporaries, temporary_path
 
 TYPES = ("tq2_0", "tq1_0", "f16")
-EMBEDDING_TYPES = ("f16", "q8_0")
+EMBEDDING_TYPES = ("f16", "q8_0", "q6_k")
 
 # llama.cpp's token types (llama_token_type).
 _NORMAL, _CONTROL, _USER_DEFINED, _UNUSED = 1, 3, 4, 5
@@ -142,7 +142,7 @@ def convert(
 
     ``type``: storage of the decoder's linear layers: ``tq2_0`` (2.06 bits/weight), ``tq1_0``
     (1.69) or ``f16``. Ternary types need a BitNet-style model; a float model is refused
-    rather than silently ternarized. ``embedding_type``: ``f16`` or ``q8_0``. An existing DST is
+    rather than silently ternarized. ``embedding_type``: ``f16``, ``q8_0`` or ``q6_k``. An existing DST is
     replaced only with ``force=True`` (and then only once the new file is complete).
     ``progress``: a callable ``progress(message)`` called at each stage, or True to print the
     stages to stderr.

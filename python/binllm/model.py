@@ -104,8 +104,9 @@ class Model:
 
         ``threads`` sets the kernels' worker threads (default: all cores). ``act_quant=False``
         runs BitNet linears with float activations (a reference mode, not for speed).
-        ``output_type`` ("f16", "q8_0" or "f32") re-stores the output layer (the embeddings
-        when tied): "q8_0" halves what each decoded token reads there against f16.
+        ``output_type`` ("f16", "q8_0", "q6_k" or "f32") re-stores the output layer (the
+        embeddings when tied): against f16, "q8_0" halves what each decoded token reads there
+        and "q6_k" (GGML's 6-bit blocks, with int8 activations as llama.cpp runs them) reads 41%.
         ``ternary_format`` ("t2" or "t1.6") re-packs ternary linears: t1.6 holds 1.6 bits a
         weight (TQ1_0's density) against t2's 2.
         """

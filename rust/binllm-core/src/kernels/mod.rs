@@ -125,6 +125,7 @@ pub mod aarch64;
 pub mod bandwidth;
 pub mod float;
 pub mod matmul;
+pub mod q6k;
 pub mod scalar;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm32;

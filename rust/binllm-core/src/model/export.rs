@@ -20,7 +20,7 @@ use super::names::{gguf_name, EMBED, LM_HEAD, NORM};
 use super::{Linear, Model};
 use crate::error::{Error, Result};
 use crate::formats::ScaleKind;
-use crate::loader::{f32_to_f16_bytes, quantize_q8_0, quantize_tq1_0, quantize_tq2_0, DType, GgufFile, GgufValue, GgufWriter};
+use crate::loader::{f32_to_f16_bytes, quantize_q6_k, quantize_q8_0, quantize_tq1_0, quantize_tq2_0, DType, GgufFile, GgufValue, GgufWriter};
 
 /// Storage type of the decoder's linear layers in the written file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +61,7 @@ impl ExportType {
 pub enum EmbeddingType {
     F16,
     Q8_0,
+    Q6K,
 }
 
 impl EmbeddingType {
@@ -68,7 +69,8 @@ impl EmbeddingType {
         match name.trim().to_ascii_lowercase().as_str() {
             "f16" => Ok(EmbeddingType::F16),
             "q8_0" => Ok(EmbeddingType::Q8_0),
-            other => crate::bail!(InvalidArgument, "unknown embedding type '{other}'; choose f16 or q8_0"),
+            "q6_k" => Ok(EmbeddingType::Q6K),
+            other => crate::bail!(InvalidArgument, "unknown embedding type '{other}'; choose f16, q8_0 or q6_k"),
         }
     }
 }
@@ -161,9 +163,17 @@ impl Exporter<'_> {
         self.tensor(name, DType::F32, &[v.len()], data)
     }
 
-    /// Embeddings or a float output layer: F16 or Q8_0 (Q8_0 only for rows of whole blocks).
+    /// Embeddings or a float output layer: F16, Q8_0 or Q6_K, each only for rows of whole
+    /// blocks; a Q6_K row of another length is written as Q8_0 (as llama.cpp's quantizer does),
+    /// a Q8_0 one as F16, each reported in `fallbacks`.
     fn embedding(&mut self, name: &str, w: &[f32], n: usize, k: usize) -> Result<()> {
-        if self.opts.embedding_type == EmbeddingType::Q8_0 {
+        if self.opts.embedding_type == EmbeddingType::Q6K {
+            if k.is_multiple_of(256) {
+                return self.tensor(name, DType::Q6_K, &[n, k], quantize_q6_k(w, n, k)?);
+            }
+            self.report.fallbacks.push(format!("{name}: row length {k} is not a multiple of 256; written as Q8_0, not Q6_K"));
+        }
+        if matches!(self.opts.embedding_type, EmbeddingType::Q8_0 | EmbeddingType::Q6K) {
             if k.is_multiple_of(32) {
                 return self.tensor(name, DType::Q8_0, &[n, k], quantize_q8_0(w, n, k)?);
             }

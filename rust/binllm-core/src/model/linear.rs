@@ -4,11 +4,14 @@
 //! Float-valued storage keeps a model's float parts close to the size they have in the file:
 //! f32 stays f32, f16/bf16 become f16 (bf16 values are exact in f16 unless below 6e-5 in
 //! magnitude, where f16 keeps 24 fractional bits), and block-quantized GGUF types (Q4_0, Q4_1,
-//! Q6_K, Q8_0, ...) become `Q8`: blocks of 32 int8 values with an f32 scale (9 bits per weight).
+//! Q8_0, ...) become `Q8`: blocks of 32 int8 values with an f32 scale (9 bits per weight).
+//! Q6_K tensors stay `Q6K` (6.56 bits per weight, GGML's blocks, `kernels::q6k`), and any float
+//! output layer can be made one (`--output-type q6_k`).
 
 use crate::error::Result;
 use crate::formats::{PackedMatrix, ScaleKind};
-use crate::kernels::{float, Backend};
+use crate::kernels::q6k::{Q6K_BYTES, Q6K_WEIGHTS};
+use crate::kernels::{float, q6k, Backend};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
@@ -24,6 +27,9 @@ pub enum Linear {
     Half { w: Vec<f16>, n: usize, k: usize },
     /// int8 weights in blocks of `Q8_BLOCK` along each row, one f32 scale per block.
     Q8 { q: Vec<i8>, scales: Vec<f32>, n: usize, k: usize },
+    /// GGML Q6_K super-blocks, `ceil(k / 256)` per row (the last zero-padded), multiplied with
+    /// int8 activations (`kernels::q6k`).
+    Q6K { blocks: Vec<u8>, n: usize, k: usize },
 }
 
 impl Linear {
@@ -40,7 +46,20 @@ impl Linear {
                 }
                 Linear::Q8 { q, scales, n, k }
             }
+            FloatStorage::Q6K => {
+                let mut blocks = Vec::new();
+                q6k_rows(&mut blocks, n, k, |r, row| row.extend_from_slice(&w[r * k..(r + 1) * k]));
+                Linear::Q6K { blocks, n, k }
+            }
         }
+    }
+
+    /// A Q6_K matrix from GGUF bytes (`k` a multiple of 256, `blocks.len()` checked).
+    pub fn q6k(blocks: Vec<u8>, n: usize, k: usize) -> Result<Linear> {
+        if !k.is_multiple_of(Q6K_WEIGHTS) || Some(blocks.len()) != n.checked_mul(k / Q6K_WEIGHTS * Q6K_BYTES) {
+            crate::bail!(Format, "Q6_K data of {} bytes does not hold a ({n}, {k}) matrix", blocks.len());
+        }
+        Ok(Linear::Q6K { blocks, n, k })
     }
 
     /// The same matrix in another float storage, converted row by row (no full f32 copy).
@@ -77,6 +96,11 @@ impl Linear {
                 }
                 Linear::Q8 { q, scales, n, k }
             }
+            FloatStorage::Q6K => {
+                let mut blocks = Vec::new();
+                q6k_rows(&mut blocks, n, k, |r, row| self.row_f32(r, row));
+                Linear::Q6K { blocks, n, k }
+            }
         })
     }
 
@@ -84,7 +108,7 @@ impl Linear {
     pub fn shape(&self) -> (usize, usize) {
         match self {
             Linear::Packed(p) => p.shape(),
-            Linear::Float { n, k, .. } | Linear::Half { n, k, .. } | Linear::Q8 { n, k, .. } => (*n, *k),
+            Linear::Float { n, k, .. } | Linear::Half { n, k, .. } | Linear::Q8 { n, k, .. } | Linear::Q6K { n, k, .. } => (*n, *k),
         }
     }
 
@@ -95,6 +119,7 @@ impl Linear {
             Linear::Float { w, .. } => w.len() * 4,
             Linear::Half { w, .. } => w.len() * 2,
             Linear::Q8 { q, scales, .. } => q.len() + scales.len() * 4,
+            Linear::Q6K { blocks, .. } => blocks.len(),
         }
     }
 
@@ -105,6 +130,7 @@ impl Linear {
             Linear::Float { .. } => "f32",
             Linear::Half { .. } => "f16",
             Linear::Q8 { .. } => "q8",
+            Linear::Q6K { .. } => "q6_k",
         }
     }
 
@@ -129,6 +155,11 @@ impl Linear {
                     out.extend(chunk.iter().map(|&v| v as f32 * d));
                 }
             }
+            Linear::Q6K { blocks, k, .. } => {
+                let row_bytes = k.div_ceil(Q6K_WEIGHTS) * Q6K_BYTES;
+                *out = crate::loader::dequantize_q6_k(&blocks[r * row_bytes..(r + 1) * row_bytes]);
+                out.truncate(*k);
+            }
         }
     }
 
@@ -141,6 +172,7 @@ impl Linear {
             Linear::Float { w, .. } => float::gemm_f32(w, n, k, x, m, y),
             Linear::Half { w, .. } => float::gemm_f16(w, n, k, x, m, y),
             Linear::Q8 { q, scales, .. } => float::gemm_q8(q, scales, n, k, x, m, y),
+            Linear::Q6K { blocks, .. } => q6k::gemm(blocks, n, k, x, m, y),
         }
         Ok(())
     }
@@ -207,23 +239,46 @@ fn push_q8_row(row: &[f32], q: &mut Vec<i8>, scales: &mut Vec<f32>) {
     }
 }
 
+/// Q6_K blocks of `n` rows of `k` values, row `r` written by `row(r, buf)`: rows go to the
+/// thread pool (the quantizer's scale search costs about 20 ns a weight), each row's last block
+/// zero-padded.
+fn q6k_rows(blocks: &mut Vec<u8>, n: usize, k: usize, row: impl Fn(usize, &mut Vec<f32>) + Sync) {
+    let row_bytes = k.div_ceil(Q6K_WEIGHTS) * Q6K_BYTES;
+    blocks.resize(n * row_bytes, 0);
+    let rows_per_task = (n / (crate::threads::num_threads() * 8)).max(1);
+    crate::threads::for_each_chunk(blocks, rows_per_task * row_bytes, |chunk, part| {
+        let mut buf = Vec::with_capacity(k);
+        for (j, out) in part.chunks_mut(row_bytes).enumerate() {
+            buf.clear();
+            row(chunk * rows_per_task + j, &mut buf);
+            buf.resize(row_bytes / Q6K_BYTES * Q6K_WEIGHTS, 0.0);
+            for (o, x) in out.chunks_exact_mut(Q6K_BYTES).zip(buf.chunks_exact(Q6K_WEIGHTS)) {
+                o.copy_from_slice(&crate::loader::quantize_q6_k_block(x));
+            }
+        }
+    });
+}
+
 /// How float-valued tensors are kept in memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FloatStorage {
     F32,
     F16,
     Q8,
+    /// GGML Q6_K blocks (6.56 bits a weight), for the output layer and embeddings.
+    Q6K,
 }
 
 impl FloatStorage {
-    /// `f32`, `f16`, or `q8_0` (binllm's 8-bit blocks of 32, GGUF Q8_0's grid), as the
+    /// `f32`, `f16`, `q8_0` (binllm's 8-bit blocks of 32, GGUF Q8_0's grid) or `q6_k`, as the
     /// `--output-type` option names them.
     pub fn from_name(name: &str) -> Result<FloatStorage> {
         match name {
             "f32" => Ok(FloatStorage::F32),
             "f16" => Ok(FloatStorage::F16),
             "q8_0" | "q8" => Ok(FloatStorage::Q8),
-            other => crate::bail!(InvalidArgument, "output type '{other}' (binllm keeps the output layer as f32, f16 or q8_0)"),
+            "q6_k" => Ok(FloatStorage::Q6K),
+            other => crate::bail!(InvalidArgument, "output type '{other}' (binllm keeps the output layer as f32, f16, q8_0 or q6_k)"),
         }
     }
 }

@@ -311,7 +311,12 @@ impl<'t, 'a> Tensors<'t, 'a> {
         if let Some((path, module)) = self.quantized_module(name) {
             return self.stored_linear(&path, module, n, k);
         }
-        let storage = match self.get(name)?.dtype {
+        let t = self.get(name)?;
+        if t.dtype == DType::Q6_K && t.shape == [n, k] && k.is_multiple_of(crate::kernels::q6k::Q6K_WEIGHTS) {
+            // Kept as the file's blocks (6.56 bits a weight), not widened to 8-bit ones.
+            return Linear::q6k(t.bytes()?.into_owned(), n, k);
+        }
+        let storage = match t.dtype {
             DType::F32 | DType::F64 => FloatStorage::F32,
             DType::F16 | DType::BF16 => FloatStorage::F16,
             _ => FloatStorage::Q8,
