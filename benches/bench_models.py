@@ -14,8 +14,10 @@ Shapes (seeded random BitNet b1.58 weights, written once per --workdir and reuse
 Engines, alternating within every repeat so that all see the same background load (best of
 --repeats for each):
 - binllm on the TQ2_0 file (t2), with the output layer as stored (f16) and re-stored as
-  q8_0 (`--output-type q8_0`), and on the TQ1_0 file (t1.6);
-- llama.cpp (llama-cpp-python) on the TQ2_0 file;
+  q8_0 (`--output-type q8_0`), on the TQ1_0 file (t1.6), and on the TQ2_0 file whose
+  embeddings/output binllm's convert wrote as Q6_K (`convert --output-type q6_k`; loading the
+  f16 file with `--output-type q6_k` gives the same blocks);
+- llama.cpp (llama-cpp-python) on the TQ2_0 file and on the Q6_K-output one;
 - ik_llama.cpp (../shared/peers/ik_llama.cpp, prebuilt; skipped with a reason when absent):
   IQ2_BN with its strongest flags (-rtr 1 -fa 1) and IQ1_BN (-fa 1), made by its own
   llama-quantize from an F16 export of the same weights (embeddings/output kept f16).
@@ -69,9 +71,15 @@ def make_files(folder: Path, shape: str) -> dict[str, Path]:
     from helpers import make_random_hf_model
 
     folder.mkdir(parents=True, exist_ok=True)
-    files = {"t2": folder / "model.tq2_0.gguf", "t1.6": folder / "model.tq1_0.gguf", "iq2_bn": folder / "ik-model.iq2_bn.gguf", "iq1_bn": folder / "ik-model.iq1_bn.gguf"}
+    files = {
+        "t2": folder / "model.tq2_0.gguf",
+        "t1.6": folder / "model.tq1_0.gguf",
+        "t2-q6_k": folder / "model.tq2_0-q6_k.gguf",
+        "iq2_bn": folder / "ik-model.iq2_bn.gguf",
+        "iq1_bn": folder / "ik-model.iq1_bn.gguf",
+    }
     hf = folder / "hf"
-    needs = [k for k in ("t2", "t1.6") if not files[k].is_file()]
+    needs = [k for k in ("t2", "t1.6", "t2-q6_k") if not files[k].is_file()]
     quantize = ik_tool("llama-quantize")
     needs_ik = quantize and not (files["iq2_bn"].is_file() and files["iq1_bn"].is_file())
     if needs or needs_ik:
@@ -80,10 +88,10 @@ def make_files(folder: Path, shape: str) -> dict[str, Path]:
             make_random_hf_model(hf, layout="bitnet_packed", seed=0, **SHAPES[shape])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the peers' SiLU graph on a relu2 shape: speed only
-            for key, kind in (("t2", "tq2_0"), ("t1.6", "tq1_0")):
+            for key, kind, output in (("t2", "tq2_0", "f16"), ("t1.6", "tq1_0", "f16"), ("t2-q6_k", "tq2_0", "q6_k")):
                 if not files[key].is_file():
-                    say(f"{shape}: converting to {kind} ...")
-                    convert(hf, files[key], type=kind)
+                    say(f"{shape}: converting to {kind}, {output} embeddings ...")
+                    convert(hf, files[key], type=kind, embedding_type=output)
             if needs_ik:
                 f16 = folder / "model.f16.gguf"
                 convert(hf, f16, type="f16")
@@ -225,9 +233,11 @@ def main() -> None:
             ("binllm t2 (TQ2_0), f16 output", Binllm(files["t2"], None)),
             ("binllm t2 (TQ2_0), q8_0 output", Binllm(files["t2"], "q8_0")),
             ("binllm t1.6 (TQ1_0)", Binllm(files["t1.6"], None, "t1.6")),
+            ("binllm t2 (TQ2_0 + Q6_K file)", Binllm(files["t2-q6_k"], None)),
         ]
         if have_llama:
             engines.append(("llama.cpp TQ2_0", LlamaCpp(files["t2"])))
+            engines.append(("llama.cpp TQ2_0 + Q6_K file", LlamaCpp(files["t2-q6_k"])))
         if "iq2_bn" in files and ik_tool("llama-bench"):
             engines.append(("ik_llama.cpp IQ2_BN -rtr 1 -fa 1", IkLlamaCpp(files["iq2_bn"], ["-rtr", "1", "-fa", "1"])))
             engines.append(("ik_llama.cpp IQ1_BN -fa 1", IkLlamaCpp(files["iq1_bn"], ["-fa", "1"])))

@@ -393,6 +393,20 @@ try {
     cases++;
     if (JSON.stringify(res[0]) !== JSON.stringify(res[1])) bad.push({ f, n, k, m, scalar: res[0][1].slice(0, 4), simd: res[1][1].slice(0, 4) });
   }
+  // Q6_K output-layer products: the kernel (reference 0) against the scalar twin (1).
+  for (const [n, k, m] of [[1,256,1],[5,576,2],[4,2560,3]]) {
+    const blocks = Math.ceil(k / 256), wb = new Uint8Array(n * blocks * 210);
+    for (let i = 0; i < wb.length; i++) wb[i] = next() & 0xff;
+    for (let b = 0; b < n * blocks; b++) { const h = ((1 + (next() % 8)) << 10) | (next() & 0x3ff); wb[b * 210 + 208] = h & 0xff; wb[b * 210 + 209] = h >> 8; }
+    const x = new Float32Array(m * k); for (let i = 0; i < x.length; i++) x[i] = ((next() % 20001) / 10000 - 1) * 4;
+    const res = [];
+    for (const reference of [0, 1]) {
+      const [wp] = put(wb); const [xp] = put(x); const out = w.binllm_alloc(4 * n * m);
+      res.push([w.binllm_gemm_q6k(wp, n, k, xp, m, out, reference), Array.from(new Uint32Array(w.memory.buffer, out, n * m))]);
+    }
+    cases++;
+    if (JSON.stringify(res[0]) !== JSON.stringify(res[1])) bad.push({ q6_k: true, n, k, m, simd: res[0][1].slice(0, 4), scalar: res[1][1].slice(0, 4) });
+  }
   window.benchResult = { cases, bad };
 } catch (e) { window.benchResult = { error: `${e}` }; }
 document.getElementById("out").textContent = JSON.stringify(window.benchResult);
@@ -410,7 +424,7 @@ def test_relaxed_simd_kernels_match_scalar_in_chromium(chromium, tmp_path):
         proc = run(["node", "tools/run-in-chromium.mjs", f"{base}/www/kernels.html", "--timeout", "120"], timeout=300, cwd=WASM)
     result = json.loads(proc.stdout.strip().splitlines()[-1])["first"]["bench"]
     assert result and "error" not in result, result
-    assert result["cases"] == 21 and result["bad"] == [], result
+    assert result["cases"] == 24 and result["bad"] == [], result
 
 
 # A user's page after `npm install binllm-wasm`: the bare specifier resolves through an import

@@ -229,6 +229,36 @@ pub unsafe extern "C" fn binllm_gemm_f16(w: *const u16, n: usize, k: usize, x: *
     })())
 }
 
+/// `y (m x n) = x (m x k) W^T` for Q6_K weights (`w`: n rows of ceil(k / 256) 210-byte
+/// blocks): the kernel models run (`reference` 0: `kernels::q6k::gemm`) or the scalar twin row
+/// by row (`reference` 1), for tests that hold the two equal bit for bit.
+///
+/// # Safety
+/// `w` must hold `n * ceil(k / 256) * 210` bytes, `x` `m * k` f32s and `y` `m * n` writable f32s.
+#[no_mangle]
+pub unsafe extern "C" fn binllm_gemm_q6k(w: *const u8, n: usize, k: usize, x: *const f32, m: usize, y: *mut f32, reference: i32) -> i32 {
+    use binllm_core::kernels::q6k;
+    status((|| {
+        let size = |a: usize, b: usize| a.checked_mul(b).ok_or_else(|| Error::InvalidArgument("shape overflows".into()));
+        let row_bytes = k.div_ceil(q6k::Q6K_WEIGHTS) * q6k::Q6K_BYTES;
+        let w = slice_at(w, size(n, row_bytes)?);
+        let x = slice_at(x, size(m, k)?);
+        let y = std::slice::from_raw_parts_mut(y, size(m, n)?);
+        if reference == 0 {
+            q6k::gemm(w, n, k, x, m, y);
+        } else {
+            let acts = q6k::Q6kActivations::quantize(x, m, k);
+            for i in 0..m {
+                let (q, d, s) = acts.row(i);
+                for r in 0..n {
+                    y[i * n + r] = q6k::dot_scalar(&w[r * row_bytes..(r + 1) * row_bytes], q, d, s);
+                }
+            }
+        }
+        Ok(())
+    })())
+}
+
 /// Already quantized activations, zero-padded to the matrix's row length (scales unused).
 fn padded_activations(x: &[i8], m: usize, k: usize, padded_k: usize) -> QuantizedActivations {
     let mut q = vec![0i8; m * padded_k];

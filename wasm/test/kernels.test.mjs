@@ -221,3 +221,34 @@ test("f16 gemm equals the scalar reference bit for bit", () => {
   }
   assert.equal(cases, 28);
 });
+
+// The Q6_K matrix product (a Q6_K output layer) against its scalar twin, bit for bit: random
+// blocks (every byte random but the f16 block scale), rows of whole and partial blocks.
+test("q6_k gemm equals the scalar twin bit for bit", () => {
+  const next = rng(91);
+  let cases = 0;
+  for (const [n, k, m] of [[1, 256, 1], [3, 512, 1], [5, 576, 2], [4, 2560, 3], [2, 100, 1]]) {
+    const blocks = Math.ceil(k / 256);
+    const w = new Uint8Array(n * blocks * 210);
+    for (let i = 0; i < w.length; i++) w[i] = next() & 0xff;
+    for (let b = 0; b < n * blocks; b++) {
+      // An f16 scale between 2^-14 and 2^-7 (finite, normal).
+      const bits = ((1 + (next() % 8)) << 10) | (next() & 0x3ff);
+      w[b * 210 + 208] = bits & 0xff;
+      w[b * 210 + 209] = bits >> 8;
+    }
+    const x = new Float32Array(m * k);
+    for (let i = 0; i < x.length; i++) x[i] = ((next() % 20001) / 10000 - 1) * 4;
+    const [wp] = put(w);
+    const [xp] = put(x);
+    const out = [0, 1].map((reference) => {
+      const yp = wasm.binllm_alloc(4 * m * n);
+      assert.equal(wasm.binllm_gemm_q6k(wp, n, k, xp, m, yp, reference), 0, lastError());
+      return Array.from(new Uint32Array(wasm.memory.buffer, yp, m * n));
+    });
+    assert.deepEqual(out[0], out[1], `n ${n} k ${k} m ${m}`);
+    assert.ok(out[0].some((b) => b !== 0));
+    cases++;
+  }
+  assert.equal(cases, 5);
+});

@@ -114,8 +114,9 @@ mod x86 {
         let mut total = 0f32;
         for (b, blk) in w.chunks_exact(Q6K_BYTES).enumerate() {
             let (p, pa) = (blk.as_ptr(), a.as_ptr().add(b * Q6K_WEIGHTS));
-            prefetch_ahead(p);
-            prefetch_ahead(p.add(128));
+            for line in [0, 64, 128, 192] {
+                prefetch_ahead(p.add(line));
+            }
             let mut acc = _mm256_setzero_si256();
             for half in 0..2 {
                 let ql0 = _mm256_loadu_si256(p.add(64 * half) as *const __m256i);
@@ -173,8 +174,9 @@ mod x86 {
         let mut total = 0f32;
         for (b, blk) in w.chunks_exact(Q6K_BYTES).enumerate() {
             let (p, pa) = (blk.as_ptr(), a.as_ptr().add(b * Q6K_WEIGHTS));
-            prefetch_ahead(p);
-            prefetch_ahead(p.add(128));
+            for line in [0, 64, 128, 192] {
+                prefetch_ahead(p.add(line));
+            }
             let mut acc = _mm512_setzero_si512();
             for half in 0..2 {
                 let ql = _mm512_loadu_si512(p.add(64 * half) as *const _);
@@ -198,6 +200,58 @@ mod x86 {
     }
 }
 
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod wasm {
+    use super::*;
+    use core::arch::wasm32::*;
+
+    /// `dot_scalar` in 128-bit lanes: per 16 codes (one sub-block) the unsigned 6-bit codes
+    /// (valid 7-bit operands of relaxed SIMD's i8 x i7 dot, exact for them) times the
+    /// activations, four products to an i32 lane (or two i8 x i8 -> i16 products added and an
+    /// i16 dot with the scale), times the sub-block's scale; `32 * sum_j sc[j] * bsum[j]` comes
+    /// off per block. The sums are exact, as the scalar twin's.
+    pub fn dot(w: &[u8], a: &[i8], d: &[f32], bsums: &[i16]) -> f32 {
+        let (m4, m30) = (u8x16_splat(0x0F), u8x16_splat(0x30));
+        let mut total = 0f32;
+        for (b, blk) in w.chunks_exact(Q6K_BYTES).enumerate() {
+            let a = &a[b * Q6K_WEIGHTS..(b + 1) * Q6K_WEIGHTS];
+            let load = |bytes: &[u8]| {
+                let bytes = &bytes[..16];
+                // SAFETY: `bytes` holds 16 bytes; v128 loads may be unaligned.
+                unsafe { v128_load(bytes.as_ptr() as *const v128) }
+            };
+            let mut acc = i32x4_splat(0);
+            for half in 0..2 {
+                for part in 0..2 {
+                    let (ql0, ql1, qh) =
+                        (load(&blk[64 * half + 16 * part..]), load(&blk[64 * half + 32 + 16 * part..]), load(&blk[128 + 32 * half + 16 * part..]));
+                    let u = [
+                        v128_or(v128_and(ql0, m4), v128_and(i8x16_shl(qh, 4), m30)),
+                        v128_or(v128_and(ql1, m4), v128_and(i8x16_shl(qh, 2), m30)),
+                        v128_or(u8x16_shr(ql0, 4), v128_and(qh, m30)),
+                        v128_or(u8x16_shr(ql1, 4), v128_and(u8x16_shr(qh, 2), m30)),
+                    ];
+                    for (g, u) in u.into_iter().enumerate() {
+                        let xs = &a[128 * half + 32 * g + 16 * part..][..16];
+                        // SAFETY: `xs` holds 16 bytes.
+                        let x = unsafe { v128_load(xs.as_ptr() as *const v128) };
+                        let scale = blk[192 + 8 * half + 2 * g + part] as i8;
+                        #[cfg(target_feature = "relaxed-simd")]
+                        let scaled = i32x4_mul(i32x4_relaxed_dot_i8x16_i7x16_add(x, u, i32x4_splat(0)), i32x4_splat(scale as i32));
+                        #[cfg(not(target_feature = "relaxed-simd"))]
+                        let scaled = i32x4_dot_i16x8(i16x8_add(i16x8_extmul_low_i8x16(u, x), i16x8_extmul_high_i8x16(u, x)), i16x8_splat(scale as i16));
+                        acc = i32x4_add(acc, scaled);
+                    }
+                }
+            }
+            let corr: i32 = blk[192..208].iter().zip(&bsums[16 * b..16 * b + 16]).map(|(&c, &s)| c as i8 as i32 * s as i32).sum();
+            let isum = i32x4_extract_lane::<0>(acc) + i32x4_extract_lane::<1>(acc) + i32x4_extract_lane::<2>(acc) + i32x4_extract_lane::<3>(acc) - 32 * corr;
+            total += (block_scale(blk) * d[b]) * isum as f32;
+        }
+        total
+    }
+}
+
 /// A Q6_K row dot product: super-blocks `w`, activation codes, their scales and sums.
 pub type Q6kDot = fn(&[u8], &[i8], &[f32], &[i16]) -> f32;
 
@@ -215,6 +269,9 @@ pub fn dot() -> Q6kDot {
             return |w, a, d, s| unsafe { x86::dot(w, a, d, s) };
         }
     }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    return wasm::dot;
+    #[allow(unreachable_code)]
     dot_scalar
 }
 
