@@ -196,7 +196,7 @@ def test_an_existing_output_is_never_overwritten(teacher_dir, text_file, tmp_pat
     out = tmp_path / "o"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(binllm.FileError, match="exists"):
         run_cli(teacher_dir, text_file, out, "--tokens", "64")
     assert (out / "keep.txt").read_text() == "mine"
 

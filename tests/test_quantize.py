@@ -206,6 +206,8 @@ def test_cli_errors_are_clear_and_overwrite_nothing(tmp_path, float_model, calib
     (tmp_path / "busy" / "mine.txt").write_text("keep me")
     r = run_cli("quantize", float_model, tmp_path / "busy", "--method", "absmean")
     assert r.returncode == 1 and "never overwrites" in r.stderr
+    with pytest.raises(binllm.FileError, match="never overwrites"):  # a binllm error, an OSError
+        quantize_model(float_model, tmp_path / "busy", "absmean")
     assert (tmp_path / "busy" / "mine.txt").read_text() == "keep me"
     r = run_cli("quantize", tmp_path / "missing", tmp_path / "y", "--method", "absmean")
     assert r.returncode == 1 and "does not exist" in r.stderr

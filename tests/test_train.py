@@ -164,7 +164,7 @@ def test_training_never_overwrites_and_an_interrupted_export_leaves_nothing(toke
     out = tmp_path / "model"
     out.mkdir()
     (out / "mine.txt").write_text("keep")
-    with pytest.raises(FileExistsError, match="never overwrites"):
+    with pytest.raises(binllm.FileError, match="never overwrites"):
         train_main([str(corpus), "--out", str(out), "--vocab-size", "300", "--hidden", "32", "--layers", "1", "--heads", "2", "--steps", "1"])
     assert (out / "mine.txt").read_text() == "keep"
 

@@ -60,6 +60,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from binllm._core import FileError
+
 Progress = Callable[[str], None]
 
 FORMAT_VERSION = 1
@@ -267,7 +269,7 @@ def _write_atomic(path: Path, write: Callable[[Path], None], force: bool) -> Non
     never leaves a half file, and an existing file is replaced only with `force`."""
     path = Path(path)
     if path.exists() and not force:
-        raise FileExistsError(f"{path} exists (pass --force to replace it)")
+        raise FileError(f"{path} exists (pass --force to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -587,7 +589,7 @@ def prepare_out(out: str | os.PathLike, force: bool) -> Path:
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise FileExistsError(f"--out {out} exists and is not empty (pass --force to write into it)")
+        raise FileError(f"--out {out} exists and is not empty (pass --force to write into it)")
     out.mkdir(parents=True, exist_ok=True)
     return out
 

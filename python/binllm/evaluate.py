@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from binllm._core import FileError
 from binllm.extras import install_hint
 
 Progress = Callable[[str], None]
@@ -156,7 +157,7 @@ def evaluate(
     if prompts is not None and base is None:
         raise ValueError("--prompts needs --base (the base model generates too)")
     if save_base_logits is not None and Path(save_base_logits).exists() and not force:
-        raise FileExistsError(f"{save_base_logits} exists (pass --force to replace it)")
+        raise FileError(f"{save_base_logits} exists (pass --force to replace it)")
     record = ab.load_base(base_logits) if base_logits is not None else None
     before = _rss_bytes()
     start = time.perf_counter()

@@ -97,7 +97,7 @@ def parse_keep(keep: Iterable[str], layers: int) -> tuple[set[int], bool, bool]:
 
 def _check_dst(dst: Path) -> None:
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-        raise FileExistsError(f"{dst} already exists; binllm quantize never overwrites (choose a new folder)")
+        raise _core.FileError(f"{dst} already exists; binllm quantize never overwrites (choose a new folder)")
 
 
 def quantize_model(
@@ -143,7 +143,7 @@ def quantize_model(
     _check_dst(dst)
     gguf_path = Path(gguf) if gguf is not None else None
     if gguf_path is not None and gguf_path.exists():
-        raise FileExistsError(f"{gguf_path} already exists; binllm quantize never overwrites")
+        raise _core.FileError(f"{gguf_path} already exists; binllm quantize never overwrites")
     start = time.perf_counter()
     source = read_source(src)
     kept_blocks, keep_embed, keep_output = parse_keep(keep, source.layers)

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from binllm import _core
-from binllm._core import InvalidArgumentError, ModelFormatError, UnsupportedError
+from binllm._core import FileError, InvalidArgumentError, ModelFormatError, UnsupportedError
 from binllm.quantize import Q8_BLOCK, _check_dst, _write_folder, _write_gguf, parse_keep, q8_blocks, q8_dequant, quantize_model
 from binllm.quantize.methods import CODE_BITS, FORMAT_OF, SCALE_BITS, Quantized
 from binllm.quantize.source import Source, read_source
@@ -807,7 +807,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         _check_dst(out)
     gguf = Path(args.gguf) if args.gguf else None
     if gguf is not None and gguf.exists():
-        raise FileExistsError(f"{gguf} already exists; binllm distill never overwrites")
+        raise FileError(f"{gguf} already exists; binllm distill never overwrites")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # tiny gradients and Adam moments as denormals slow every op

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from binllm._core import InvalidArgumentError
+from binllm._core import FileError, InvalidArgumentError
 from binllm.files import folder_written_whole
 from binllm.train.bitlinear import ternary_codes
 from binllm.train.model import BitNetLM
@@ -61,7 +61,7 @@ def export_packed(model: BitNetLM, tokenizer_json: str | Path, folder: str | Pat
     """Writes the packed HF folder (which must not exist, or be empty); returns it."""
     final = Path(folder)
     if final.exists() and (not final.is_dir() or any(final.iterdir())):
-        raise FileExistsError(f"{final} already exists; binllm never overwrites a model (choose a new folder)")
+        raise FileError(f"{final} already exists; binllm never overwrites a model (choose a new folder)")
     # Written under a temporary name and renamed when complete: an interrupted export leaves
     # no half-written model under the final name.
     with folder_written_whole(final) as folder:
