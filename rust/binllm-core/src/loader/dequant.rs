@@ -553,8 +553,13 @@ pub fn quantize_q8_0(x: &[f32], rows: usize, cols: usize) -> Result<Vec<u8>> {
 /// Decodes whole Q6_K blocks (`data.len()` a multiple of 210) to f32, as ggml does.
 pub fn dequantize_q6_k(data: &[u8]) -> Vec<f32> {
     let mut out = Vec::with_capacity(data.len() / 210 * 256);
-    blocks::<210>(data).for_each(|b| q6_k(b, &mut out));
+    dequantize_q6_k_into(data, &mut out);
     out
+}
+
+/// `dequantize_q6_k`, appending to `out` (no allocation when it has room).
+pub fn dequantize_q6_k_into(data: &[u8], out: &mut Vec<f32>) {
+    blocks::<210>(data).for_each(|b| q6_k(b, out));
 }
 
 /// `x` rounded half away from zero, through the truncating conversion (one instruction;

@@ -19,7 +19,9 @@ mod dequant;
 mod gguf;
 mod safetensors;
 
-pub use dequant::{dequantize_q6_k, f32_to_f16_bytes, quantize_i2_s, quantize_q6_k, quantize_q6_k_block, quantize_q8_0, quantize_tq1_0, quantize_tq2_0};
+pub use dequant::{
+    dequantize_q6_k, dequantize_q6_k_into, f32_to_f16_bytes, quantize_i2_s, quantize_q6_k, quantize_q6_k_block, quantize_q8_0, quantize_tq1_0, quantize_tq2_0,
+};
 pub use gguf::{GgufFile, GgufValue, GgufWriter};
 pub use safetensors::SafetensorsFile;
 

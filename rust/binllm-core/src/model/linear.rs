@@ -157,7 +157,8 @@ impl Linear {
             }
             Linear::Q6K { blocks, k, .. } => {
                 let row_bytes = k.div_ceil(Q6K_WEIGHTS) * Q6K_BYTES;
-                *out = crate::loader::dequantize_q6_k(&blocks[r * row_bytes..(r + 1) * row_bytes]);
+                out.clear();
+                crate::loader::dequantize_q6_k_into(&blocks[r * row_bytes..(r + 1) * row_bytes], out);
                 out.truncate(*k);
             }
         }

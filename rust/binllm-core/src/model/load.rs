@@ -324,7 +324,6 @@ impl<'t, 'a> Tensors<'t, 'a> {
         if storage == FloatStorage::F16 {
             // Straight to f16, never through an f32 copy (twice the bytes: for a 128256 x 2560
             // embedding, 1.3 GB that a wasm32 memory would keep after the load).
-            let t = self.get(name)?;
             if t.shape != [n, k] {
                 crate::bail!(Format, "{}tensor '{name}' has shape {:?}; expected [{n}, {k}]", self.file_of(name), t.shape);
             }
