@@ -1,7 +1,7 @@
 """A write that fails or is interrupted leaves no file under its final name and no temporary
-file behind (issue: release hardening): convert and quantize write through a temporary name and
-rename at the end; SIGTERM cleans up as Ctrl-C does; a killed convert's leftover is removed by
-the next one."""
+file behind (issue: release hardening): convert, quantize and the single-file writers write
+through a temporary name and rename at the end; SIGTERM cleans up as Ctrl-C does; a killed
+writer's leftover is removed by the next one."""
 
 from __future__ import annotations
 
@@ -117,3 +117,41 @@ def test_a_killed_quantizes_folder_is_removed_by_the_next(tmp_path):
     live.mkdir()
     quantize_model(src, dst, method="absmean")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["float", "q", live.name])
+
+
+def test_a_killed_single_file_writers_leftover_is_removed_by_the_next(tmp_path):
+    # Single files (A/B base logits and reports, plots, training checkpoints) are written through
+    # files.file_written_whole: a killed writer's `.NAME.PID.HEX.tmp` is removed by the next
+    # writer of NAME once its process is gone; one of a writer that still runs is left alone.
+    from binllm import ab
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    dst = tmp_path / "report.json"
+    stale = tmp_path / f".report.json.{dead}.0123abcd.tmp"
+    live = tmp_path / f".report.json.{os.getpid()}.4567cdef.tmp"
+    other = tmp_path / f".other.json.{dead}.89abcdef.tmp"  # another file's: not this writer's to remove
+    for path in (stale, live, other):
+        path.write_text("half a report")
+    umask = os.umask(0o027)
+    try:
+        ab.write_text_atomic(dst, "{}\n")
+    finally:
+        os.umask(umask)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["report.json", live.name, other.name])
+    assert dst.read_text() == "{}\n"
+    assert dst.stat().st_mode & 0o777 == 0o640  # an ordinary file: 0o666 less the umask
+
+
+def test_a_failed_single_file_write_keeps_the_old_file(tmp_path):
+    from binllm.files import file_written_whole
+
+    dst = tmp_path / "checkpoint.pt"
+    dst.write_bytes(b"the previous checkpoint")
+    with pytest.raises(OSError, match="No space left"):
+        with file_written_whole(dst) as tmp:
+            tmp.write_bytes(b"half a checkpoint")
+            raise OSError(28, "No space left on device")
+    assert list(tmp_path.iterdir()) == [dst] and dst.read_bytes() == b"the previous checkpoint"
+    with file_written_whole(dst) as tmp:
+        tmp.write_bytes(b"the new checkpoint")
+    assert list(tmp_path.iterdir()) == [dst] and dst.read_bytes() == b"the new checkpoint"

@@ -52,7 +52,6 @@ import html
 import json
 import math
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +60,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from binllm._core import FileError
+from binllm.files import file_written_whole
 
 Progress = Callable[[str], None]
 
@@ -264,24 +264,10 @@ def run_ab(
     return (scores if model is not None else None), record
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None], force: bool) -> None:
-    """Writes through a temporary name in the same folder, then renames: an interrupted write
-    never leaves a half file, and an existing file is replaced only with `force`."""
-    path = Path(path)
+def _refuse_existing(path: Path, force: bool) -> None:
+    """An existing file is replaced only with `force`."""
     if path.exists() and not force:
         raise FileError(f"{path} exists (pass --force to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the result is an ordinary file
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_base(record: BaseRecord, path: str | os.PathLike, force: bool = False) -> None:
@@ -305,11 +291,10 @@ def save_base(record: BaseRecord, path: str | os.PathLike, force: bool = False) 
         "tail_logp": np.concatenate([s.tail_logp for s in record.slices]).astype(np.float32),
     }
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-
-    _write_atomic(Path(path), write, force)
+    path = Path(path)
+    _refuse_existing(path, force)
+    with file_written_whole(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
 
 
 def load_base(path: str | os.PathLike) -> BaseRecord:
@@ -595,7 +580,11 @@ def prepare_out(out: str | os.PathLike, force: bool) -> Path:
 
 
 def write_text_atomic(path: Path, text: str, force: bool = True) -> None:
-    _write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), force)
+    """Writes `text` whole (`file_written_whole`); an existing file is replaced only with `force`."""
+    path = Path(path)
+    _refuse_existing(path, force)
+    with file_written_whole(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_report(result: dict[str, Any], out: str | os.PathLike, force: bool = False) -> Path:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional, Union
 
 from binllm import _core
 from binllm._core import FileError, InvalidArgumentError, ModelFormatError, ModelNotFoundError
-from binllm.files import remove_stale_temporaries, temporary_path
+from binllm.files import file_written_whole
 
 TYPES = ("tq2_0", "tq1_0", "f16")
 EMBEDDING_TYPES = ("f16", "q8_0", "q6_k")
@@ -188,20 +188,11 @@ def convert(
         # The core carries the source's tokenizer and general.name (the stem when it has none).
         metadata, name, source_gguf = [], src.stem, str(src)
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(dst, "part")  # what a killed convert to DST left
-    # A new file beside DST (so the rename is atomic), with the usual permissions (umask).
-    tmp = temporary_path(dst, "part")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    try:
+    with file_written_whole(dst, "part") as tmp:  # also removes what a killed convert to DST left
         say(f"writing {dst} ({type})")
         report = _core.export_gguf(
             model._core, str(tmp), type=type, embedding_type=embedding_type, name=name, metadata=metadata, source_gguf=source_gguf
         )
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     counts: dict[str, int] = {}
     for _, dtype, _ in report["tensors"]:
         counts[dtype] = counts.get(dtype, 0) + 1

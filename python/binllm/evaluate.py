@@ -448,10 +448,11 @@ def write_plot(rows: list[dict[str, Any]], path: Path) -> None:
         b.set_title(f"speed ({rows[0].get('threads')} thread(s))")
         b.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
-    from binllm import ab
+    from binllm.files import file_written_whole
 
     try:
         # Through a temporary name, as the other reports: a failed write leaves the old plot whole.
-        ab._write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"), force=True)
+        with file_written_whole(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
     finally:
         plt.close(fig)

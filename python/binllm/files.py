@@ -1,4 +1,5 @@
-"""Writing a file or a model folder whole: under a temporary name beside it, renamed when complete.
+"""Writing a file or a model folder whole: under a temporary name beside it, renamed when complete
+(`file_written_whole`, `folder_written_whole`).
 
 A temporary name is ``.DST.PID.HEX.KIND`` (`temporary_path`): the writer's process id lets the
 next writer of DST remove what a killed one left (`remove_stale_temporaries`), and only that:
@@ -39,6 +40,26 @@ def remove_stale_temporaries(dst: Path, kind: str) -> None:
                 path.unlink(missing_ok=True)
         except (PermissionError, OverflowError):
             pass  # another user's live process, or not a pid
+
+
+@contextmanager
+def file_written_whole(dst: Path, kind: str = "tmp") -> Iterator[Path]:
+    """Yields the name of a new empty file beside `dst` (an ordinary file: mode 0o666 less the
+    umask) for the block to write; when the block ends it replaces `dst`, and if the block fails
+    it is removed: no half-written file ever has the final name, and an existing `dst` stays
+    whole until the new one is complete. Whether `dst` may be replaced is the caller's to check.
+    A killed writer's file is removed by the next writer of `dst`."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(dst, kind)
+    tmp = temporary_path(dst, kind)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        yield tmp
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @contextmanager

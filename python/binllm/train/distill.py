@@ -48,6 +48,7 @@ from torch import nn
 
 from binllm import _core
 from binllm._core import FileError, InvalidArgumentError, ModelFormatError, UnsupportedError
+from binllm.files import file_written_whole
 from binllm.quantize import Q8_BLOCK, _check_dst, _write_folder, _write_gguf, parse_keep, q8_blocks, q8_dequant, quantize_model
 from binllm.quantize.methods import CODE_BITS, FORMAT_OF, SCALE_BITS, Quantized
 from binllm.quantize.source import Source, read_source
@@ -486,7 +487,6 @@ class Distiller:
 
     # -- checkpoints ----------------------------------------------------------------------
     def save(self) -> None:
-        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
         state = {
             "student": {k: v for k, v in self.student.state_dict().items() if "embed_tokens" not in k and not k.startswith("lm_head")},
             "optimizer": self.optimizer.state_dict(),
@@ -499,9 +499,8 @@ class Distiller:
             "torch_rng": torch.get_rng_state(),
             "config": self.cfg.__dict__,
         }
-        tmp = self.checkpoint_path.with_name(self.checkpoint_path.name + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.checkpoint_path)  # a crash mid-write never leaves a broken checkpoint
+        with file_written_whole(self.checkpoint_path) as tmp:  # a crash mid-write never leaves a broken checkpoint
+            torch.save(state, tmp)
 
     def resume(self) -> bool:
         if not self.checkpoint_path.exists():

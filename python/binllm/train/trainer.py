@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from binllm._core import InvalidArgumentError
+from binllm.files import file_written_whole
 from binllm.train.data import Batches
 from binllm.train.model import BitNetLM, ModelConfig
 
@@ -103,7 +104,6 @@ class Trainer:
         self.label = label
 
     def save(self) -> None:
-        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -116,9 +116,8 @@ class Trainer:
             "model_config": self.model_config.to_dict(),
             "train_config": asdict(self.cfg),
         }
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.checkpoint_path)  # a crash mid-write never leaves a broken checkpoint
+        with file_written_whole(self.checkpoint_path) as tmp:  # a crash mid-write never leaves a broken checkpoint
+            torch.save(state, tmp)
 
     def resume(self) -> bool:
         """Loads the checkpoint if there is one; returns whether it did."""
