@@ -308,6 +308,16 @@ pub unsafe extern "C" fn binllm_generate_start(handle: i32, prompt: *const u8, l
         if text.is_empty() {
             binllm_core::bail!(InvalidArgument, "prompt is empty");
         }
+        // A prompt whose length alone proves it longer than the context is refused before it
+        // is tokenized (a pasted megabyte); any other is tokenized and checked by the engine.
+        let context = m.model.config.max_positions;
+        let at_least = m.tokenizer.min_token_count(text);
+        if at_least >= context {
+            binllm_core::bail!(
+                InvalidArgument,
+                "the prompt is at least {at_least} tokens; the model's context is {context} (leave room for at least one new token)"
+            );
+        }
         let ids = m.tokenizer.encode(text, true);
         m.sequence = Some(m.engine.add(&ids, params)?);
         Ok(ids.len())

@@ -25,7 +25,8 @@
 use crate::error::{Error, Result};
 use crate::loader::{GgufFile, GgufValue};
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 
 /// The Llama-3 pre-tokenizer regex, verbatim as Meta-Llama-3's tokenizer.json `Split` pattern
 /// holds it (and as llama.cpp's src/llama-vocab.cpp quotes it for `LLAMA_VOCAB_PRE_TYPE_LLAMA3`).
@@ -285,6 +286,10 @@ pub struct Tokenizer {
     suffix: Vec<u32>,
     /// A GGUF file's `tokenizer.ggml.add_bos_token`: prepend this id unless the text starts with it.
     bos_if_missing: Option<u32>,
+    /// At least the bytes of text any one id stands for (the longest token's or added token's
+    /// UTF-8 length), when every byte's character is in the vocabulary (no byte of text is
+    /// dropped); see [`Tokenizer::min_token_count`].
+    max_token_bytes: Option<usize>,
 }
 
 /// GPT-2's map from bytes to printable characters: printable Latin-1 maps to itself, the rest
@@ -765,6 +770,12 @@ impl Tokenizer {
             };
             merges.entry((left, right)).or_insert((rank as u32, merged));
         }
+        // A BPE token's characters each stand for one byte of text, an added token for its
+        // content's bytes: either way at most the text's UTF-8 length.
+        let table = byte_to_char_table();
+        let every_byte = table.iter().all(|c| vocab.contains_key(c.encode_utf8(&mut [0u8; 4]) as &str));
+        let longest = vocab.keys().map(String::len).chain(added.iter().map(|t| t.content.len())).max().unwrap_or(0);
+        let max_token_bytes = (every_byte && longest > 0).then_some(longest);
         let mut special_ids = vec![false; id_to_token.len()];
         for t in &added {
             if t.special {
@@ -782,6 +793,7 @@ impl Tokenizer {
             prefix: Vec::new(),
             suffix: Vec::new(),
             bos_if_missing: None,
+            max_token_bytes,
         })
     }
 
@@ -937,6 +949,15 @@ impl Tokenizer {
         ids
     }
 
+    /// A lower bound on `encode(text, _).len()` from the text's length alone, without
+    /// tokenizing it: every byte of text ends up in some id, and no id stands for more bytes
+    /// than the longest token. 0 when some byte's character is missing from the vocabulary
+    /// (such bytes are dropped). A caller refuses a prompt longer than its context with this
+    /// before spending time on tokenizing it.
+    pub fn min_token_count(&self, text: &str) -> usize {
+        self.max_token_bytes.map_or(0, |longest| text.len().div_ceil(longest))
+    }
+
     /// The leftmost added token at or after `from` (longest there): where it starts, and it.
     fn next_added(&self, text: &str, from: usize) -> (usize, Option<&AddedToken>) {
         if self.added.is_empty() {
@@ -982,6 +1003,11 @@ impl Tokenizer {
     }
 
     /// Merges one pre-tokenized word: lowest rank first, leftmost among equal ranks.
+    ///
+    /// The symbols form a linked list (index arrays) and a heap holds candidate merges keyed by
+    /// (rank, position of the left symbol), so a word of n characters costs O(n log n): one long
+    /// unbroken word (a pasted blob, a run of one character) cannot stall the caller. An entry
+    /// whose pair has changed since it was pushed is skipped when it comes up (lazy deletion).
     fn bpe(&self, word: &str, ids: &mut Vec<u32>) {
         if self.ignore_merges {
             if let Some(&id) = self.vocab.get(word) {
@@ -991,13 +1017,54 @@ impl Tokenizer {
         }
         // Characters outside the vocabulary are dropped, as `tokenizers` does without an unk token.
         let mut symbols: Vec<u32> = word.chars().filter_map(|c| self.vocab.get(c.encode_utf8(&mut [0u8; 4]) as &str).copied()).collect();
-        loop {
-            let best = symbols.windows(2).enumerate().filter_map(|(pos, pair)| self.merges.get(&(pair[0], pair[1])).map(|&(rank, id)| (rank, pos, id))).min();
-            let Some((_, pos, id)) = best else { break };
-            symbols[pos] = id;
-            symbols.remove(pos + 1);
+        let n = symbols.len();
+        // Neighbours by index (NONE at the ends); a symbol merged into its left neighbour is
+        // unlinked and marked dead. Symbol 0 is never a right symbol, so it heads the list.
+        const NONE: usize = usize::MAX;
+        let mut prev: Vec<usize> = (0..n).map(|i| i.checked_sub(1).unwrap_or(NONE)).collect();
+        let mut next: Vec<usize> = (0..n).map(|i| if i + 1 < n { i + 1 } else { NONE }).collect();
+        let mut alive = vec![true; n];
+        let rank_of = |left: u32, right: u32| self.merges.get(&(left, right)).map(|&(rank, _)| rank);
+        // Min-heap of (rank, left symbol's index): positions keep their order as symbols merge,
+        // so the smallest entry is the lowest rank, leftmost among equal ranks.
+        let mut heap: BinaryHeap<Reverse<(u32, usize)>> =
+            symbols.windows(2).enumerate().filter_map(|(left, pair)| rank_of(pair[0], pair[1]).map(|rank| Reverse((rank, left)))).collect();
+        while let Some(Reverse((rank, left))) = heap.pop() {
+            // Stale unless the left symbol still lives and the pair starting there still has this
+            // rank (a rank names one pair, so the pair is the one pushed).
+            let right = next[left];
+            if !alive[left] || right == NONE {
+                continue;
+            }
+            let Some(&(current, merged)) = self.merges.get(&(symbols[left], symbols[right])) else { continue };
+            if current != rank {
+                continue;
+            }
+            symbols[left] = merged;
+            alive[right] = false;
+            let after = next[right];
+            next[left] = after;
+            if after != NONE {
+                prev[after] = left;
+            }
+            // The merged symbol makes new pairs with both neighbours.
+            let before = prev[left];
+            if before != NONE {
+                if let Some(rank) = rank_of(symbols[before], merged) {
+                    heap.push(Reverse((rank, before)));
+                }
+            }
+            if after != NONE {
+                if let Some(rank) = rank_of(merged, symbols[after]) {
+                    heap.push(Reverse((rank, left)));
+                }
+            }
         }
-        ids.extend(symbols);
+        let mut at = if n > 0 { 0 } else { NONE };
+        while at != NONE {
+            ids.push(symbols[at]);
+            at = next[at];
+        }
     }
 
     /// Text of `ids`; special added tokens are left out when `skip_special` is set.
@@ -1145,5 +1212,114 @@ mod tests {
         let e_acute = t.encode("é", false);
         assert_eq!(e_acute.len(), 2);
         assert_eq!(t.decode(&e_acute[..1], false), "\u{fffd}");
+    }
+
+    #[test]
+    fn min_token_count_bounds_the_ids() {
+        // tiny's longest tokens are 3 bytes ("abc", "Ġa", "<s>"), so "abc" * k is exactly k ids.
+        let t = tiny();
+        let word = "abc".repeat(1000);
+        assert_eq!(t.min_token_count(&word), 1000);
+        assert_eq!(t.encode(&word, false).len(), 1000);
+        let mut rng = crate::loader::test_util::Rng::new(4);
+        let alphabet = ['a', 'b', 'c', ' ', 'é', '<', 's', '>', '\n', '日'];
+        for _ in 0..500 {
+            let text: String = (0..rng.below(40)).map(|_| alphabet[rng.below(alphabet.len())]).collect();
+            assert!(t.min_token_count(&text) <= t.encode(&text, false).len(), "{text:?}");
+        }
+        // A vocabulary missing a byte drops that byte: no bound.
+        let few = Tokenizer::new(["a", "b", "ab"].map(String::from).to_vec(), &[("a".into(), "b".into())], Vec::new()).unwrap();
+        assert_eq!(few.min_token_count("ab ab"), 0);
+        assert_eq!(few.encode("ab ab", false).len(), 2);
+    }
+
+    /// The quadratic merge loop `bpe` replaced: scan every pair, merge the lowest rank
+    /// (leftmost on ties), repeat. Slow, plainly right; what `bpe` must equal.
+    fn bpe_reference(t: &Tokenizer, word: &str) -> Vec<u32> {
+        if t.ignore_merges {
+            if let Some(&id) = t.vocab.get(word) {
+                return vec![id];
+            }
+        }
+        let mut symbols: Vec<u32> = word.chars().filter_map(|c| t.vocab.get(c.encode_utf8(&mut [0u8; 4]) as &str).copied()).collect();
+        loop {
+            let best = symbols.windows(2).enumerate().filter_map(|(pos, pair)| t.merges.get(&(pair[0], pair[1])).map(|&(rank, id)| (rank, pos, id))).min();
+            let Some((_, pos, id)) = best else { break };
+            symbols[pos] = id;
+            symbols.remove(pos + 1);
+        }
+        symbols
+    }
+
+    fn bpe(t: &Tokenizer, word: &str) -> Vec<u32> {
+        let mut ids = Vec::new();
+        t.bpe(word, &mut ids);
+        ids
+    }
+
+    /// A tokenizer over the characters of `alphabet` (the last one left out of the vocabulary,
+    /// so that it is dropped) with `n_merges` random merges of tokens made so far: merged tokens
+    /// merge again, and different merges may make the same text.
+    fn random_merges(alphabet: &[char], n_merges: usize, rng: &mut crate::loader::test_util::Rng) -> Tokenizer {
+        let mut tokens: Vec<String> = alphabet[..alphabet.len() - 1].iter().map(|c| c.to_string()).collect();
+        let mut merges = Vec::new();
+        for _ in 0..n_merges {
+            let a = tokens[rng.below(tokens.len())].clone();
+            let b = tokens[rng.below(tokens.len())].clone();
+            let ab = format!("{a}{b}");
+            if !tokens.contains(&ab) {
+                tokens.push(ab);
+            }
+            merges.push((a, b));
+        }
+        Tokenizer::new(tokens, &merges, Vec::new()).unwrap()
+    }
+
+    #[test]
+    fn bpe_equals_the_quadratic_reference() {
+        let mut rng = crate::loader::test_util::Rng::new(18);
+        let alphabet = ['a', 'b', 'c', 'd', '\u{20ac}'];
+        for round in 0..200 {
+            let k = 2 + rng.below(alphabet.len() - 1);
+            let mut t = random_merges(&alphabet[alphabet.len() - k..], 1 + rng.below(40), &mut rng);
+            t.ignore_merges = round % 4 == 0;
+            let tokens: Vec<String> = t.vocab.keys().cloned().collect();
+            for _ in 0..50 {
+                let word: String = match rng.below(4) {
+                    // A word in the vocabulary (one token under ignore_merges).
+                    0 => tokens[rng.below(tokens.len())].clone(),
+                    // Runs of one character: long chains of equal-rank ties.
+                    1 => alphabet[rng.below(alphabet.len())].to_string().repeat(rng.below(40)),
+                    _ => (0..rng.below(60)).map(|_| alphabet[rng.below(alphabet.len())]).collect(),
+                };
+                assert_eq!(bpe(&t, &word), bpe_reference(&t, &word), "round {round}, word {word:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_long_word_merges_in_n_log_n() {
+        // The quadratic loop took minutes on these; `bpe` takes milliseconds.
+        let tokens = ["a", "b", "aa", "aaaa", "ab", "abab"].map(String::from).to_vec();
+        let merges = [("a", "a"), ("aa", "aa"), ("a", "b"), ("ab", "ab")].map(|(a, b)| (a.to_string(), b.to_string()));
+        let t = Tokenizer::new(tokens, &merges, Vec::new()).unwrap();
+        let (a, aaaa, abab) = (0, 3, 5);
+        assert_eq!(bpe(&t, &"a".repeat(200_000)), vec![aaaa; 50_000]);
+        let mut odd = vec![aaaa; 50_000];
+        odd.push(a);
+        assert_eq!(bpe(&t, &"a".repeat(200_001)), odd);
+        assert_eq!(bpe(&t, &"ab".repeat(100_000)), vec![abab; 50_000]);
+
+        // Random characters: the ids spell the word less its dropped character, and no pair
+        // left could merge (BPE stops only there).
+        let mut rng = crate::loader::test_util::Rng::new(200_000);
+        let alphabet = ['a', 'b', 'c', 'd', '\u{20ac}'];
+        let t = random_merges(&alphabet, 60, &mut rng);
+        let word: String = (0..200_000).map(|_| alphabet[rng.below(alphabet.len())]).collect();
+        let ids = bpe(&t, &word);
+        let spelled: String = ids.iter().map(|&id| t.id_to_token(id).unwrap()).collect();
+        assert_eq!(spelled, word.replace('\u{20ac}', ""));
+        assert!(ids.len() < 150_000, "{} ids", ids.len());
+        assert!(ids.windows(2).all(|p| !t.merges.contains_key(&(p[0], p[1]))));
     }
 }
