@@ -125,10 +125,14 @@ def test_bits_per_weight_and_nbytes_count_every_scale(rng):
     assert w.nbytes == 4 * 128 + 4
 
 
-def test_threads_give_the_same_result(rng):
+@pytest.mark.parametrize("m", [1, 7, 96])
+@pytest.mark.parametrize("grouped", [False, True])
+def test_threads_give_the_same_result(rng, m, grouped):
+    # 96 rows also split the activation quantization and the epilogue over the pool.
     codes = ternary(rng, 1000, 1536)
-    w = kernels.pack_ternary(codes, 0.5)
-    x = activations(rng, 7, 1536)
+    scale = rng.uniform(0.5, 1.5, (1000, 6)).astype(np.float32) if grouped else 0.5
+    w = kernels.pack_ternary(codes, scale, group_size=256 if grouped else None)
+    x = activations(rng, m, 1536)
     before = kernels.num_threads()
     try:
         kernels.set_num_threads(1)

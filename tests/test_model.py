@@ -65,6 +65,25 @@ def test_prefill_and_decode_give_the_same_logits(bitnet):
     np.testing.assert_allclose(session.forward(ids[3:], all_logits=True), full[3:], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("layout", ["bitnet_packed", "llama_float"])
+def test_a_prompt_gives_the_same_logits_on_one_and_two_threads(models, layout):
+    # 200 rows: norms, activation quantization, activations and the integer kernels' epilogue
+    # are split over the pool; every value is computed as on one thread.
+    from binllm import kernels
+
+    m = Model.from_pretrained(models[layout])
+    ids = np.random.default_rng(1).integers(0, 1000, 200).tolist()
+    before = kernels.num_threads()
+    try:
+        kernels.set_num_threads(1)
+        one = m.logits(ids)
+        kernels.set_num_threads(2)
+        two = m.logits(ids)
+    finally:
+        kernels.set_num_threads(before)
+    np.testing.assert_array_equal(one, two)
+
+
 def test_generate_greedy_is_deterministic_and_streams_the_same_text(bitnet):
     a = bitnet.generate("the quick brown", max_new_tokens=24)
     b = bitnet.generate("the quick brown", max_new_tokens=24)

@@ -277,6 +277,15 @@ pub fn num_threads() -> usize {
     1
 }
 
+/// Rows handed to one task of element-wise work over `rows` rows of `row_len` values (a
+/// prompt's norms, activation quantization, activation function, epilogues): about four tasks
+/// per thread, none under `MIN_TASK_VALUES` values, so that one row (a decode step) or a few
+/// stay on the calling thread: a task must outweigh handing it over (about a microsecond).
+pub fn rows_per_task(rows: usize, row_len: usize) -> usize {
+    const MIN_TASK_VALUES: usize = 16 << 10;
+    rows.div_ceil(4 * num_threads()).max(MIN_TASK_VALUES.div_ceil(row_len.max(1))).max(1)
+}
+
 /// Calls `f(chunk_index, chunk)` for consecutive chunks of `items_per_chunk` items of `out`.
 /// Chunks are disjoint, so `f` may write its chunk freely. The calling thread works too: it and
 /// the pool's threads take chunks from a shared counter until none are left, so a call with

@@ -397,13 +397,14 @@ pub fn dots() -> Dots {
 }
 
 /// `y[i * n + r] = row_dots(r, x, out)` driver: `row_dots(r, x, m, out, scratch)` writes the m
-/// products of weight row r with the m activation rows of `x` into `out`. Rows go to the pool.
-pub fn gemm_by_rows<F>(n: usize, x: &[f32], m: usize, y: &mut [f32], row_dots: F)
+/// products of weight row r (`row_bytes` bytes of weights) with the m activation rows of `x`
+/// into `out`. Rows go to the pool as the integer kernels' do (`kernels::rows_per_task`).
+pub fn gemm_by_rows<F>(n: usize, row_bytes: usize, x: &[f32], m: usize, y: &mut [f32], row_dots: F)
 where
     F: Fn(usize, &[f32], usize, &mut [f32], &mut Vec<f32>) + Sync,
 {
     let mut out = vec![0f32; n * m];
-    let rows_per_task = (n / (crate::threads::num_threads() * 4)).max(16);
+    let rows_per_task = super::rows_per_task(n, row_bytes, m);
     crate::threads::for_each_chunk(&mut out, rows_per_task * m, |chunk, part| {
         let mut scratch = Vec::new();
         for (j, o) in part.chunks_mut(m).enumerate() {
@@ -424,7 +425,7 @@ where
 /// `Y = X W^T` for f32 weights `w` (n x k), x (m x k), y (m x n).
 pub fn gemm_f32(w: &[f32], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32]) {
     let d = dots();
-    gemm_by_rows(n, x, m, y, |r, x, m, o, _| {
+    gemm_by_rows(n, k * 4, x, m, y, |r, x, m, o, _| {
         let row = &w[r * k..(r + 1) * k];
         for i in 0..m {
             o[i] = (d.f32)(row, &x[i * k..(i + 1) * k]);
@@ -435,7 +436,7 @@ pub fn gemm_f32(w: &[f32], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32
 /// `Y = X W^T` for f16 weights.
 pub fn gemm_f16(w: &[f16], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32]) {
     let d = dots();
-    gemm_by_rows(n, x, m, y, |r, x, m, o, _| {
+    gemm_by_rows(n, k * 2, x, m, y, |r, x, m, o, _| {
         let row = &w[r * k..(r + 1) * k];
         for i in 0..m {
             o[i] = (d.f16)(row, &x[i * k..(i + 1) * k]);
@@ -447,7 +448,7 @@ pub fn gemm_f16(w: &[f16], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32
 pub fn gemm_q8(q: &[i8], scales: &[f32], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32]) {
     let d = dots();
     let blocks = k.div_ceil(Q8_BLOCK);
-    gemm_by_rows(n, x, m, y, |r, x, m, o, _| {
+    gemm_by_rows(n, k + blocks * 4, x, m, y, |r, x, m, o, _| {
         let (row, s) = (&q[r * k..(r + 1) * k], &scales[r * blocks..(r + 1) * blocks]);
         for i in 0..m {
             o[i] = (d.q8)(row, s, &x[i * k..(i + 1) * k]);
@@ -461,7 +462,7 @@ where
     F: Fn(usize, &mut Vec<f32>) + Sync,
 {
     let d = dots();
-    gemm_by_rows(n, x, m, y, |r, x, m, o, scratch| {
+    gemm_by_rows(n, k * 4, x, m, y, |r, x, m, o, scratch| {
         decode(r, scratch);
         for i in 0..m {
             o[i] = (d.f32)(&scratch[..k], &x[i * k..(i + 1) * k]);

@@ -43,7 +43,44 @@ pub fn round_half_even(v: f32) -> f32 {
 /// BitNet b1.58 activation quantization of one row into `out` (same length as `x`).
 /// Returns the scale `127 / max(|x|)`. Round half to even, clamp to [-128, 127].
 pub fn quantize_row(x: &[f32], out: &mut [i8]) -> f32 {
-    let amax = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    #[cfg(target_arch = "x86_64")]
+    if super::dispatch_backend().uses_avx512() {
+        // SAFETY: the backend is available, so the CPU has AVX-512 F/BW.
+        return unsafe { quantize_row_avx512(x, out) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if super::dispatch_backend().uses_avx2() {
+        // SAFETY: the backend is available, so the CPU has AVX2.
+        return unsafe { quantize_row_avx2(x, out) };
+    }
+    quantize_row_generic(x, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_row_avx2(x: &[f32], out: &mut [i8]) -> f32 {
+    quantize_row_generic(x, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn quantize_row_avx512(x: &[f32], out: &mut [i8]) -> f32 {
+    quantize_row_generic(x, out)
+}
+
+/// `quantize_row`, written for the compiler to vectorize: the maximum over 16 lanes (exact in
+/// any order; NaN ignored as `f32::max` does), then independent roundings.
+#[inline(always)]
+fn quantize_row_generic(x: &[f32], out: &mut [i8]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l = l.max(v.abs());
+        }
+    }
+    let amax = lanes.iter().chain(tail).fold(0.0f32, |a, v| a.max(v.abs()));
     let s = 127.0f32 / amax.max(1e-5);
     for (o, v) in out.iter_mut().zip(x) {
         *o = round_half_even(v * s).clamp(-128.0, 127.0) as i8;
@@ -51,18 +88,36 @@ pub fn quantize_row(x: &[f32], out: &mut [i8]) -> f32 {
     s
 }
 
-/// Quantizes `m` rows of `k` floats, each padded with zeros to `padded_k`.
+/// Quantizes `m` rows of `k` floats, each padded with zeros to `padded_k`. A prompt's rows go
+/// to the thread pool.
 pub fn quantize_activations(x: &[f32], m: usize, k: usize, padded_k: usize) -> QuantizedActivations {
     debug_assert_eq!(x.len(), m * k);
     let mut q = vec![0i8; m * padded_k];
-    let mut scales = Vec::with_capacity(m);
-    let mut sums = Vec::with_capacity(m);
-    for r in 0..m {
-        let row = &mut q[r * padded_k..r * padded_k + k];
-        scales.push(quantize_row(&x[r * k..(r + 1) * k], row));
-        sums.push(row.iter().map(|&v| v as i32).sum());
-    }
+    // Each row's codes with its scale and sum, filled in place.
+    let mut rows: Vec<(&mut [i8], f32, i32)> = q.chunks_mut(padded_k.max(1)).map(|r| (r, 0.0, 0)).collect();
+    let per = crate::threads::rows_per_task(m, k);
+    crate::threads::for_each_chunk(&mut rows, per, |task, part| {
+        for (j, (row, scale, sum)) in part.iter_mut().enumerate() {
+            let r = task * per + j;
+            *scale = quantize_row(&x[r * k..(r + 1) * k], &mut row[..k]);
+            *sum = row.iter().map(|&v| v as i32).sum();
+        }
+    });
+    let (scales, sums) = rows.into_iter().map(|(_, s, t)| (s, t)).unzip();
     QuantizedActivations { q, scales, sums, m, padded_k }
+}
+
+/// `y`, shared by tasks that each write their own elements of it.
+struct SharedOut(*mut f32);
+// SAFETY: tasks write disjoint elements (see `scale_sums`).
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// # Safety
+    /// `i` is inside the slice and no other task writes or reads element `i`.
+    unsafe fn write(&self, i: usize, v: f32) {
+        *self.0.add(i) = v
+    }
 }
 
 impl PackedMatrix {
@@ -155,49 +210,53 @@ impl PackedMatrix {
                 }
                 *yv = total / s;
             }
-        } else if let ScaleKind::PerGroup { scales, .. } = self.scale() {
-            // Prompts: the totals of a block of rows ([row][m], each summed in group order),
-            // then written to y ([m][n]) a block of rows at a time, so that neither side
-            // strides through memory a row per value.
-            let groups = self.groups().1;
-            let mut totals = vec![0f32; PROMPT_ROWS * m];
-            for r0 in (0..n).step_by(PROMPT_ROWS) {
-                let rows = PROMPT_ROWS.min(n - r0);
-                totals[..rows * m].fill(0.0);
-                for (j, row_totals) in totals[..rows * m].chunks_exact_mut(m).enumerate() {
-                    let r = r0 + j;
-                    // Group by group over contiguous sums ([n][group][m]).
-                    for (g, s) in scales[r * groups..(r + 1) * groups].iter().enumerate() {
-                        let group_sums = &sums[(r * groups + g) * m..(r * groups + g + 1) * m];
-                        for (t, &v) in row_totals.iter_mut().zip(group_sums) {
-                            *t += s * v as f32;
-                        }
-                    }
-                }
-                for (mi, &s) in act.scales.iter().enumerate().take(m) {
-                    for (j, yv) in y[mi * n + r0..mi * n + r0 + rows].iter_mut().enumerate() {
-                        *yv = totals[j * m + mi] / s;
-                    }
-                }
-            }
         } else if let (1, ScaleKind::PerTensor(ws)) = (m, self.scale()) {
             // Decode's common case, in a form the compiler vectorizes.
             let (ws, s) = (*ws, act.scales[0]);
             y.iter_mut().zip(&sums[..n]).for_each(|(y, &sum)| *y = sum as f32 * ws / s);
         } else {
-            // Sums are [n][m], y is [m][n]: a block of rows at a time (see above).
-            let mut ws = [0f32; PROMPT_ROWS];
-            for r0 in (0..n).step_by(PROMPT_ROWS) {
-                let rows = PROMPT_ROWS.min(n - r0);
-                for (j, w) in ws[..rows].iter_mut().enumerate() {
-                    *w = self.scale_at(r0 + j, 0);
-                }
-                for (mi, &s) in act.scales.iter().enumerate().take(m) {
-                    for (j, yv) in y[mi * n + r0..mi * n + r0 + rows].iter_mut().enumerate() {
-                        *yv = sums[(r0 + j) * m + mi] as f32 * ws[j] / s;
+            // Prompts: sums are [n][m] (with groups, [n][group][m]), y is [m][n]. A block of
+            // rows at a time: their totals ([row][m], each summed in group order), then written
+            // to y, so that neither side strides through memory a row per value. Blocks go to
+            // the thread pool; each writes only its own rows' columns of y.
+            let groups = self.groups().1;
+            let y_out = SharedOut(y.as_mut_ptr());
+            let mut blocks: Vec<usize> = (0..n).step_by(PROMPT_ROWS).collect();
+            let per = crate::threads::rows_per_task(blocks.len(), PROMPT_ROWS * m * groups);
+            crate::threads::for_each_chunk(&mut blocks, per, |_, starts| {
+                let mut totals = vec![0f32; PROMPT_ROWS * m];
+                for &r0 in starts.iter() {
+                    let rows = PROMPT_ROWS.min(n - r0);
+                    for (j, row_totals) in totals[..rows * m].chunks_exact_mut(m).enumerate() {
+                        let r = r0 + j;
+                        match self.scale() {
+                            ScaleKind::PerGroup { scales, .. } => {
+                                row_totals.fill(0.0);
+                                // Group by group over contiguous sums ([n][group][m]).
+                                for (g, s) in scales[r * groups..(r + 1) * groups].iter().enumerate() {
+                                    let group_sums = &sums[(r * groups + g) * m..(r * groups + g + 1) * m];
+                                    for (t, &v) in row_totals.iter_mut().zip(group_sums) {
+                                        *t += s * v as f32;
+                                    }
+                                }
+                            }
+                            _ => {
+                                let ws = self.scale_at(r, 0);
+                                for (t, &v) in row_totals.iter_mut().zip(&sums[r * m..(r + 1) * m]) {
+                                    *t = v as f32 * ws;
+                                }
+                            }
+                        }
+                    }
+                    for (mi, &s) in act.scales.iter().enumerate().take(m) {
+                        for j in 0..rows {
+                            // SAFETY: element (mi, r0 + j) of y (m x n, checked by the
+                            // callers): rows r0..r0 + rows belong to this block alone.
+                            unsafe { y_out.write(mi * n + r0 + j, totals[j * m + mi] / s) };
+                        }
                     }
                 }
-            }
+            });
         }
         if let Some(mu) = self.row_offset() {
             for (mi, xr) in x.chunks_exact(k).enumerate() {
@@ -232,6 +291,40 @@ mod tests {
             if v.is_finite() {
                 let (a, b) = (round_half_even(v).clamp(-128.0, 127.0), v.round_ties_even().clamp(-128.0, 127.0));
                 assert_eq!(a, b, "{v}");
+            }
+        }
+    }
+
+    #[test]
+    fn quantize_row_equals_the_plain_loop_on_every_backend() {
+        let plain = |x: &[f32], out: &mut [i8]| {
+            let amax = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+            let s = 127.0f32 / amax.max(1e-5);
+            for (o, v) in out.iter_mut().zip(x) {
+                *o = (v * s).round_ties_even().clamp(-128.0, 127.0) as i8;
+            }
+            s
+        };
+        let mut seed = 11u64;
+        for len in [0, 1, 15, 16, 17, 33, 1536, 1541] {
+            for special in [None, Some(f32::NAN), Some(f32::INFINITY), Some(-3.5e-7)] {
+                let mut x: Vec<f32> = (0..len).map(|_| (lcg(&mut seed) % 20001) as f32 / 1000.0 - 10.0).collect();
+                if let (Some(v), true) = (special, len > 3) {
+                    x[len / 2] = v;
+                }
+                let mut want = vec![0i8; len];
+                let s = plain(&x, &mut want);
+                for backend in crate::kernels::available_backends() {
+                    let mut got = vec![0i8; len];
+                    let t = match backend {
+                        #[cfg(target_arch = "x86_64")]
+                        b if b.uses_avx512() => unsafe { quantize_row_avx512(&x, &mut got) },
+                        #[cfg(target_arch = "x86_64")]
+                        b if b.uses_avx2() => unsafe { quantize_row_avx2(&x, &mut got) },
+                        _ => quantize_row_generic(&x, &mut got),
+                    };
+                    assert_eq!((t.to_bits(), &got), (s.to_bits(), &want), "{} len {len} {special:?}", backend.name());
+                }
             }
         }
     }

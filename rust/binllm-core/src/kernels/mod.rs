@@ -291,14 +291,17 @@ fn kernel_for(backend: Backend, format: WeightFormat) -> GemmKernel {
 }
 
 /// Work (weight bytes x activation rows) below which a task is not worth handing to another
-/// thread: waking the pool and waiting for it costs about what a single thread spends on a
-/// GEMV over 0.5-1 MB (1536x1536 t2 is 0.6 MB and about 6 us on one Zen 5 core).
-const MIN_TASK_WORK: usize = 512 << 10;
+/// thread. A decode step reads its weights from memory, not from cache: a 1536x1536 t2 GEMV
+/// (0.6 MB) takes about 45 us on one core reading 13 GB/s, while handing a task to a spinning
+/// worker costs about a microsecond. At 512 KiB (tuned on cache-resident weights) every q, k,
+/// v and o GEMV of a 729M model, and k and v of 2B4T, ran on one thread: two-thread decode
+/// rose 6-16% with 64 KiB (2026-12-06, the two values alternating in one process).
+const MIN_TASK_WORK: usize = 64 << 10;
 
 /// Rows handed to one task, a multiple of 8 (the SIMD tiles). Small products are one task,
 /// which `for_each_chunk` runs on the calling thread without waking the pool; larger ones
 /// get 1 to 4 tasks per thread, as many as keep each task above `MIN_TASK_WORK`.
-fn rows_per_task(n_rows: usize, row_bytes: usize, m: usize) -> usize {
+pub(crate) fn rows_per_task(n_rows: usize, row_bytes: usize, m: usize) -> usize {
     let threads = crate::threads::num_threads().max(1);
     let work = n_rows.saturating_mul(row_bytes).saturating_mul(m);
     if threads == 1 || work < 2 * MIN_TASK_WORK {

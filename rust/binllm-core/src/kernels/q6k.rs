@@ -299,7 +299,7 @@ pub fn gemm(w: &[u8], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32]) {
     let acts = Q6kActivations::quantize(x, m, k);
     let row_bytes = acts.blocks * Q6K_BYTES;
     let dot = dot();
-    crate::kernels::float::gemm_by_rows(n, x, m, y, |r, _, m, o, _| {
+    crate::kernels::float::gemm_by_rows(n, row_bytes, x, m, y, |r, _, m, o, _| {
         let row = &w[r * row_bytes..(r + 1) * row_bytes];
         for (i, o) in o.iter_mut().enumerate().take(m) {
             let (q, d, s) = acts.row(i);

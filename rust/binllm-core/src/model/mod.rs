@@ -169,20 +169,36 @@ impl KvCache {
     }
 }
 
+/// RMS norm of each row of `x` (rows of `weight.len()` values) into `out`; a prompt's rows
+/// go to the thread pool.
 fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let d = weight.len();
-    for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        let ms = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
-        let inv = 1.0 / (ms + eps).sqrt();
-        for ((o, v), w) in o.iter_mut().zip(row).zip(weight) {
-            *o = v * inv * w;
+    let per = crate::threads::rows_per_task(x.len() / d, d);
+    crate::threads::for_each_chunk(out, per * d, |task, o| {
+        let x = &x[task * per * d..task * per * d + o.len()];
+        for (row, o) in x.chunks_exact(d).zip(o.chunks_exact_mut(d)) {
+            let inv = rms_inverse(row, eps);
+            for ((o, v), w) in o.iter_mut().zip(row).zip(weight) {
+                *o = v * inv * w;
+            }
         }
-    }
+    });
 }
 
 fn rmsnorm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
-    let copy = x.to_vec();
-    rmsnorm(&copy, weight, eps, x);
+    let d = weight.len();
+    let per = crate::threads::rows_per_task(x.len() / d, d);
+    crate::threads::for_each_chunk(x, per * d, |_, rows| {
+        for row in rows.chunks_exact_mut(d) {
+            let inv = rms_inverse(row, eps);
+            row.iter_mut().zip(weight).for_each(|(v, w)| *v = *v * inv * w);
+        }
+    });
+}
+
+fn rms_inverse(row: &[f32], eps: f32) -> f32 {
+    let ms = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+    1.0 / (ms + eps).sqrt()
 }
 
 /// `exp`, `cos` and `sin` of an f32 computed in f64 and rounded once: the same f32 on every
@@ -488,13 +504,18 @@ impl Model {
             rmsnorm(&x, &layer.ffn_norm, cfg.rms_eps, &mut h);
             seen(li, "ffn_in", &h);
             linear::forward_shared_input(&[&layer.gate, &layer.up], backend, &h, m, &mut [&mut gate, &mut up], self.act_quant)?;
-            match cfg.activation {
-                Activation::Silu => gate.iter_mut().zip(&up).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u),
-                Activation::Relu2 => gate.iter_mut().zip(&up).for_each(|(g, u)| {
-                    let r = g.max(0.0);
-                    *g = r * r * u
-                }),
-            }
+            let activation = cfg.activation;
+            let per = crate::threads::rows_per_task(m, cfg.intermediate);
+            crate::threads::for_each_chunk(&mut gate, per * cfg.intermediate, |task, g| {
+                let u = &up[task * per * cfg.intermediate..task * per * cfg.intermediate + g.len()];
+                match activation {
+                    Activation::Silu => g.iter_mut().zip(u).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u),
+                    Activation::Relu2 => g.iter_mut().zip(u).for_each(|(g, u)| {
+                        let r = g.max(0.0);
+                        *g = r * r * u
+                    }),
+                }
+            });
             if let Some(w) = &layer.ffn_sub_norm {
                 rmsnorm_in_place(&mut gate, w, cfg.rms_eps);
             }
