@@ -83,7 +83,12 @@ fn quantize_row_generic(x: &[f32], out: &mut [i8]) -> f32 {
     let amax = lanes.iter().chain(tail).fold(0.0f32, |a, v| a.max(v.abs()));
     let s = 127.0f32 / amax.max(1e-5);
     for (o, v) in out.iter_mut().zip(x) {
-        *o = round_half_even(v * s).clamp(-128.0, 127.0) as i8;
+        // `round_half_even(v * s).clamp(-128.0, 127.0) as i8`, in operations that have vector
+        // forms: NaN (from a NaN input) becomes 0 as `as` makes it.
+        let r = round_half_even(v * s);
+        let c = if r.is_nan() { 0.0 } else { r.max(-128.0).min(127.0) };
+        // SAFETY: `c` is a whole number in [-128, 127] (values past 2^22 were clamped).
+        *o = unsafe { c.to_int_unchecked::<i32>() } as i8;
     }
     s
 }
@@ -248,11 +253,16 @@ impl PackedMatrix {
                             }
                         }
                     }
-                    for (mi, &s) in act.scales.iter().enumerate().take(m) {
+                    // Divided by the activation scales along m (contiguous, in vector
+                    // lanes), then only moved: y[mi][r] = totals[r][mi].
+                    for row_totals in totals[..rows * m].chunks_exact_mut(m) {
+                        row_totals.iter_mut().zip(&act.scales).for_each(|(t, s)| *t /= s);
+                    }
+                    for mi in 0..m {
                         for j in 0..rows {
                             // SAFETY: element (mi, r0 + j) of y (m x n, checked by the
                             // callers): rows r0..r0 + rows belong to this block alone.
-                            unsafe { y_out.write(mi * n + r0 + j, totals[j * m + mi] / s) };
+                            unsafe { y_out.write(mi * n + r0 + j, totals[j * m + mi]) };
                         }
                     }
                 }
