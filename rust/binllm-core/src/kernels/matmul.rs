@@ -86,7 +86,7 @@ fn quantize_row_generic(x: &[f32], out: &mut [i8]) -> f32 {
         // `round_half_even(v * s).clamp(-128.0, 127.0) as i8`, in operations that have vector
         // forms: NaN (from a NaN input) becomes 0 as `as` makes it.
         let r = round_half_even(v * s);
-        let c = if r.is_nan() { 0.0 } else { r.max(-128.0).min(127.0) };
+        let c = if r.is_nan() { 0.0 } else { r.clamp(-128.0, 127.0) };
         // SAFETY: `c` is a whole number in [-128, 127] (values past 2^22 were clamped).
         *o = unsafe { c.to_int_unchecked::<i32>() } as i8;
     }
