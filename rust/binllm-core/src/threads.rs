@@ -281,7 +281,7 @@ pub fn num_threads() -> usize {
 /// prompt's norms, activation quantization, activation function, epilogues): about four tasks
 /// per thread, none under `MIN_TASK_VALUES` values, so that one row (a decode step) or a few
 /// stay on the calling thread: a task must outweigh handing it over (about a microsecond).
-pub fn rows_per_task(rows: usize, row_len: usize) -> usize {
+pub fn elementwise_rows_per_task(rows: usize, row_len: usize) -> usize {
     const MIN_TASK_VALUES: usize = 16 << 10;
     rows.div_ceil(4 * num_threads()).max(MIN_TASK_VALUES.div_ceil(row_len.max(1))).max(1)
 }

@@ -100,7 +100,7 @@ pub fn quantize_activations(x: &[f32], m: usize, k: usize, padded_k: usize) -> Q
     let mut q = vec![0i8; m * padded_k];
     // Each row's codes with its scale and sum, filled in place.
     let mut rows: Vec<(&mut [i8], f32, i32)> = q.chunks_mut(padded_k.max(1)).map(|r| (r, 0.0, 0)).collect();
-    let per = crate::threads::rows_per_task(m, k);
+    let per = crate::threads::elementwise_rows_per_task(m, k);
     crate::threads::for_each_chunk(&mut rows, per, |task, part| {
         for (j, (row, scale, sum)) in part.iter_mut().enumerate() {
             let r = task * per + j;
@@ -227,7 +227,7 @@ impl PackedMatrix {
             let groups = self.groups().1;
             let y_out = SharedOut(y.as_mut_ptr());
             let mut blocks: Vec<usize> = (0..n).step_by(PROMPT_ROWS).collect();
-            let per = crate::threads::rows_per_task(blocks.len(), PROMPT_ROWS * m * groups);
+            let per = crate::threads::elementwise_rows_per_task(blocks.len(), PROMPT_ROWS * m * groups);
             crate::threads::for_each_chunk(&mut blocks, per, |_, starts| {
                 let mut totals = vec![0f32; PROMPT_ROWS * m];
                 for &r0 in starts.iter() {

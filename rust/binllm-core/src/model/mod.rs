@@ -173,7 +173,7 @@ impl KvCache {
 /// go to the thread pool.
 fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let d = weight.len();
-    let per = crate::threads::rows_per_task(x.len() / d, d);
+    let per = crate::threads::elementwise_rows_per_task(x.len() / d, d);
     crate::threads::for_each_chunk(out, per * d, |task, o| {
         let x = &x[task * per * d..task * per * d + o.len()];
         for (row, o) in x.chunks_exact(d).zip(o.chunks_exact_mut(d)) {
@@ -187,7 +187,7 @@ fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 
 fn rmsnorm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
     let d = weight.len();
-    let per = crate::threads::rows_per_task(x.len() / d, d);
+    let per = crate::threads::elementwise_rows_per_task(x.len() / d, d);
     crate::threads::for_each_chunk(x, per * d, |_, rows| {
         for row in rows.chunks_exact_mut(d) {
             let inv = rms_inverse(row, eps);
@@ -505,7 +505,7 @@ impl Model {
             seen(li, "ffn_in", &h);
             linear::forward_shared_input(&[&layer.gate, &layer.up], backend, &h, m, &mut [&mut gate, &mut up], self.act_quant)?;
             let activation = cfg.activation;
-            let per = crate::threads::rows_per_task(m, cfg.intermediate);
+            let per = crate::threads::elementwise_rows_per_task(m, cfg.intermediate);
             crate::threads::for_each_chunk(&mut gate, per * cfg.intermediate, |task, g| {
                 let u = &up[task * per * cfg.intermediate..task * per * cfg.intermediate + g.len()];
                 match activation {
