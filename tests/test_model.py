@@ -11,7 +11,7 @@ import binllm
 import numpy as np
 import pytest
 from binllm import Model
-from helpers import make_random_hf_model
+from helpers import make_random_hf_model, on_one_and_two_threads
 
 LAYOUTS = ["bitnet_packed", "bitnet_bf16", "llama_bitnet", "llama_float"]
 
@@ -69,18 +69,9 @@ def test_prefill_and_decode_give_the_same_logits(bitnet):
 def test_a_prompt_gives_the_same_logits_on_one_and_two_threads(models, layout):
     # 200 rows: norms, activation quantization, activations and the integer kernels' epilogue
     # are split over the pool; every value is computed as on one thread.
-    from binllm import kernels
-
     m = Model.from_pretrained(models[layout])
     ids = np.random.default_rng(1).integers(0, 1000, 200).tolist()
-    before = kernels.num_threads()
-    try:
-        kernels.set_num_threads(1)
-        one = m.logits(ids)
-        kernels.set_num_threads(2)
-        two = m.logits(ids)
-    finally:
-        kernels.set_num_threads(before)
+    one, two = on_one_and_two_threads(lambda: m.logits(ids))
     np.testing.assert_array_equal(one, two)
 
 
