@@ -225,6 +225,8 @@ impl PackedMatrix {
             // to y, so that neither side strides through memory a row per value. Blocks go to
             // the thread pool; each writes only its own rows' columns of y.
             let groups = self.groups().1;
+            // The writes below go through a raw pointer: their bound is this check.
+            assert!(y.len() == m * n && act.scales.len() >= m, "epilogue operands disagree in size");
             let y_out = SharedOut(y.as_mut_ptr());
             let mut blocks: Vec<usize> = (0..n).step_by(PROMPT_ROWS).collect();
             let per = crate::threads::elementwise_rows_per_task(blocks.len(), PROMPT_ROWS * m * groups);
@@ -260,8 +262,8 @@ impl PackedMatrix {
                     }
                     for mi in 0..m {
                         for j in 0..rows {
-                            // SAFETY: element (mi, r0 + j) of y (m x n, checked by the
-                            // callers): rows r0..r0 + rows belong to this block alone.
+                            // SAFETY: element (mi, r0 + j) of y (m x n, asserted above):
+                            // rows r0..r0 + rows belong to this block alone.
                             unsafe { y_out.write(mi * n + r0 + j, totals[j * m + mi]) };
                         }
                     }
