@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from binllm._core import FileError
+
 
 def temporary_path(dst: Path, kind: str) -> Path:
     """A new name beside `dst` (so the final rename is atomic) for writing it: ``.DST.PID.HEX.KIND``."""
@@ -40,6 +42,14 @@ def remove_stale_temporaries(dst: Path, kind: str) -> None:
                 path.unlink(missing_ok=True)
         except (PermissionError, OverflowError):
             pass  # another user's live process, or not a pid
+
+
+def refuse_existing_folder(dst: Path, who: str) -> None:
+    """A model is written only where nothing is: `dst` absent or an empty folder; anything else
+    is a FileError saying that `who` (the command) never overwrites."""
+    dst = Path(dst)
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise FileError(f"{dst} already exists; {who} never overwrites a model (choose a new folder)")
 
 
 @contextmanager

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 import numpy as np
 
 from binllm import _core
-from binllm.files import folder_written_whole
+from binllm.files import folder_written_whole, refuse_existing_folder
 from binllm.quantize.calib import calibration_tokens, hessians, read_text
 from binllm.quantize.source import Source, read_source
 
@@ -95,11 +95,6 @@ def parse_keep(keep: Iterable[str], layers: int) -> tuple[set[int], bool, bool]:
     return blocks, embed, output
 
 
-def _check_dst(dst: Path) -> None:
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-        raise _core.FileError(f"{dst} already exists; binllm quantize never overwrites (choose a new folder)")
-
-
 def quantize_model(
     src: PathLike,
     dst: PathLike,
@@ -140,7 +135,7 @@ def quantize_model(
         opts["scale"] = scale
     say = progress or (lambda _m: None)
     dst = Path(dst)
-    _check_dst(dst)
+    refuse_existing_folder(dst, "binllm quantize")
     gguf_path = Path(gguf) if gguf is not None else None
     if gguf_path is not None and gguf_path.exists():
         raise _core.FileError(f"{gguf_path} already exists; binllm quantize never overwrites")

@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from binllm._core import FileError
 from binllm.extras import install_hint
+from binllm.files import refuse_existing_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    if not args.float_model and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileError(f"{out} already exists; binllm train never overwrites a model (choose a new folder)")
+    if not args.float_model:
+        refuse_existing_folder(out, "binllm train")
     checkpoint_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_name(out.name + "-checkpoints")
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     label = "float" if args.float_model else "ternary"

@@ -48,8 +48,8 @@ from torch import nn
 
 from binllm import _core
 from binllm._core import FileError, InvalidArgumentError, ModelFormatError, UnsupportedError
-from binllm.files import file_written_whole
-from binllm.quantize import Q8_BLOCK, _check_dst, _write_folder, _write_gguf, parse_keep, q8_blocks, q8_dequant, quantize_model
+from binllm.files import file_written_whole, refuse_existing_folder
+from binllm.quantize import Q8_BLOCK, _write_folder, _write_gguf, parse_keep, q8_blocks, q8_dequant, quantize_model
 from binllm.quantize.methods import CODE_BITS, FORMAT_OF, SCALE_BITS, Quantized
 from binllm.quantize.source import Source, read_source
 from binllm.train.bitlinear import activation_codes, quantize_activation
@@ -803,7 +803,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         raise InvalidArgumentError("--tokens must be at least 1")
     out = Path(args.out)
     if not args.resume:
-        _check_dst(out)
+        refuse_existing_folder(out, "binllm distill")
     gguf = Path(args.gguf) if args.gguf else None
     if gguf is not None and gguf.exists():
         raise FileError(f"{gguf} already exists; binllm distill never overwrites")

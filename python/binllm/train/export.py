@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from binllm._core import FileError, InvalidArgumentError
-from binllm.files import folder_written_whole
+from binllm._core import InvalidArgumentError
+from binllm.files import folder_written_whole, refuse_existing_folder
 from binllm.train.bitlinear import ternary_codes
 from binllm.train.model import BitNetLM
 
@@ -60,8 +60,7 @@ def state_tensors(model: BitNetLM, embedding_dtype=np.float16) -> dict[str, np.n
 def export_packed(model: BitNetLM, tokenizer_json: str | Path, folder: str | Path, embedding_dtype=np.float16) -> Path:
     """Writes the packed HF folder (which must not exist, or be empty); returns it."""
     final = Path(folder)
-    if final.exists() and (not final.is_dir() or any(final.iterdir())):
-        raise FileError(f"{final} already exists; binllm never overwrites a model (choose a new folder)")
+    refuse_existing_folder(final, "binllm")
     # Written under a temporary name and renamed when complete: an interrupted export leaves
     # no half-written model under the final name.
     with folder_written_whole(final) as folder:

@@ -292,10 +292,11 @@ pub fn elementwise_rows_per_task(rows: usize, row_len: usize) -> usize {
 /// as many chunks as threads wakes the pool once and nobody idles while work remains.
 pub fn for_each_chunk<T: Send>(out: &mut [T], items_per_chunk: usize, f: impl Fn(usize, &mut [T]) + Sync) {
     let items_per_chunk = items_per_chunk.max(1);
+    // One chunk (a decode step's element-wise work) runs here without asking for the pool.
     #[cfg(feature = "threads")]
-    {
+    if out.len() > items_per_chunk {
         let workers = pool::current();
-        if workers.threads > 1 && out.len() > items_per_chunk {
+        if workers.threads > 1 {
             use std::sync::atomic::{AtomicUsize, Ordering};
             use std::sync::Mutex;
             let parts: Vec<Mutex<Option<(usize, &mut [T])>>> = out.chunks_mut(items_per_chunk).enumerate().map(|p| Mutex::new(Some(p))).collect();

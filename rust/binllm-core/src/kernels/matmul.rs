@@ -44,14 +44,16 @@ pub fn round_half_even(v: f32) -> f32 {
 /// Returns the scale `127 / max(|x|)`. Round half to even, clamp to [-128, 127].
 pub fn quantize_row(x: &[f32], out: &mut [i8]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if super::dispatch_backend().uses_avx512() {
-        // SAFETY: the backend is available, so the CPU has AVX-512 F/BW.
-        return unsafe { quantize_row_avx512(x, out) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if super::dispatch_backend().uses_avx2() {
-        // SAFETY: the backend is available, so the CPU has AVX2.
-        return unsafe { quantize_row_avx2(x, out) };
+    {
+        let backend = super::dispatch_backend();
+        if backend.uses_avx512() {
+            // SAFETY: the backend is available, so the CPU has AVX-512 F/BW.
+            return unsafe { quantize_row_avx512(x, out) };
+        }
+        if backend.uses_avx2() {
+            // SAFETY: the backend is available, so the CPU has AVX2.
+            return unsafe { quantize_row_avx2(x, out) };
+        }
     }
     quantize_row_generic(x, out)
 }
@@ -219,6 +221,13 @@ impl PackedMatrix {
             // Decode's common case, in a form the compiler vectorizes.
             let (ws, s) = (*ws, act.scales[0]);
             y.iter_mut().zip(&sums[..n]).for_each(|(y, &sum)| *y = sum as f32 * ws / s);
+        } else if m == 1 {
+            // Decode with per-row (or OneBit) scales: the prompt loop's arithmetic, without its
+            // blocks and tasks.
+            let s = act.scales[0];
+            for (r, (yv, &sum)) in y.iter_mut().zip(&sums[..n]).enumerate() {
+                *yv = sum as f32 * self.scale_at(r, 0) / s;
+            }
         } else {
             // Prompts: sums are [n][m] (with groups, [n][group][m]), y is [m][n]. A block of
             // rows at a time: their totals ([row][m], each summed in group order), then written
