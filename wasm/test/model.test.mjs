@@ -145,6 +145,11 @@ test("bad files and arguments are errors with messages, not traps", { skip }, as
   }
   assert.throws(() => engine.logits(state.handle, []), /no token ids/);
   assert.throws(() => engine.generateStart(state.handle, "", {}), /prompt is empty/);
+  // A pasted blob whose length alone proves it longer than the context is refused before it is tokenized.
+  assert.throws(
+    () => engine.generateStart(state.handle, "a".repeat(1 << 23), {}),
+    (e) => e.name === "InvalidArgument" && /the prompt is at least \d+ tokens; the model's context is \d+/.test(e.message),
+  );
   assert.throws(() => engine.generateStart(state.handle, "hi", { temperature: -1 }), /temperature/);
   for (const [options, message] of [
     [{ maxNewTokens: 0 }, /max_new_tokens must be at least 1/],

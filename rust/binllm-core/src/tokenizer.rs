@@ -287,9 +287,10 @@ pub struct Tokenizer {
     /// A GGUF file's `tokenizer.ggml.add_bos_token`: prepend this id unless the text starts with it.
     bos_if_missing: Option<u32>,
     /// At least the bytes of text any one id stands for (the longest token's or added token's
-    /// UTF-8 length), when every byte's character is in the vocabulary (no byte of text is
-    /// dropped); see [`Tokenizer::min_token_count`].
-    max_token_bytes: Option<usize>,
+    /// UTF-8 length; 0 without tokens); see [`Tokenizer::min_token_count`].
+    max_token_bytes: usize,
+    /// Whether each byte's character is in the vocabulary: a byte that is not is dropped.
+    byte_kept: [bool; 256],
 }
 
 /// GPT-2's map from bytes to printable characters: printable Latin-1 maps to itself, the rest
@@ -772,10 +773,8 @@ impl Tokenizer {
         }
         // A BPE token's characters each stand for one byte of text, an added token for its
         // content's bytes: either way at most the text's UTF-8 length.
-        let table = byte_to_char_table();
-        let every_byte = table.iter().all(|c| vocab.contains_key(c.encode_utf8(&mut [0u8; 4]) as &str));
-        let longest = vocab.keys().map(String::len).chain(added.iter().map(|t| t.content.len())).max().unwrap_or(0);
-        let max_token_bytes = (every_byte && longest > 0).then_some(longest);
+        let byte_kept = byte_to_char_table().map(|c| vocab.contains_key(c.encode_utf8(&mut [0u8; 4]) as &str));
+        let max_token_bytes = vocab.keys().map(String::len).chain(added.iter().map(|t| t.content.len())).max().unwrap_or(0);
         let mut special_ids = vec![false; id_to_token.len()];
         for t in &added {
             if t.special {
@@ -794,6 +793,7 @@ impl Tokenizer {
             suffix: Vec::new(),
             bos_if_missing: None,
             max_token_bytes,
+            byte_kept,
         })
     }
 
@@ -949,13 +949,16 @@ impl Tokenizer {
         ids
     }
 
-    /// A lower bound on `encode(text, _).len()` from the text's length alone, without
-    /// tokenizing it: every byte of text ends up in some id, and no id stands for more bytes
-    /// than the longest token. 0 when some byte's character is missing from the vocabulary
-    /// (such bytes are dropped). A caller refuses a prompt longer than its context with this
-    /// before spending time on tokenizing it.
+    /// A lower bound on `encode(text, _).len()` from one pass over the text's bytes, without
+    /// tokenizing it: every byte whose character is in the vocabulary ends up in some id, and
+    /// no id stands for more bytes than the longest token (bytes outside the vocabulary, such
+    /// as the control bytes SmolLM2's lacks, are dropped and not counted). A caller refuses a
+    /// prompt longer than its context with this before spending time on tokenizing it.
     pub fn min_token_count(&self, text: &str) -> usize {
-        self.max_token_bytes.map_or(0, |longest| text.len().div_ceil(longest))
+        if self.max_token_bytes == 0 {
+            return 0;
+        }
+        text.bytes().filter(|&b| self.byte_kept[b as usize]).count().div_ceil(self.max_token_bytes)
     }
 
     /// The leftmost added token at or after `from` (longest there): where it starts, and it.
@@ -1227,10 +1230,12 @@ mod tests {
             let text: String = (0..rng.below(40)).map(|_| alphabet[rng.below(alphabet.len())]).collect();
             assert!(t.min_token_count(&text) <= t.encode(&text, false).len(), "{text:?}");
         }
-        // A vocabulary missing a byte drops that byte: no bound.
+        // A vocabulary missing a byte drops that byte: only the kept bytes count ("ab ab" keeps 4
+        // bytes, the longest token holds 2).
         let few = Tokenizer::new(["a", "b", "ab"].map(String::from).to_vec(), &[("a".into(), "b".into())], Vec::new()).unwrap();
-        assert_eq!(few.min_token_count("ab ab"), 0);
+        assert_eq!(few.min_token_count("ab ab"), 2);
         assert_eq!(few.encode("ab ab", false).len(), 2);
+        assert_eq!(few.min_token_count("   "), 0);
     }
 
     /// The quadratic merge loop `bpe` replaced: scan every pair, merge the lowest rank
