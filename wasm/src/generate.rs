@@ -162,7 +162,7 @@ pub unsafe extern "C" fn binllm_model_load_gguf_lazy(ptr: *const u8, len: usize,
 fn loaded_from_gguf(file: &GgufFile<'_>) -> Result<Loaded> {
     let tokenizer = Tokenizer::from_gguf(file)?;
     let model = Model::from_gguf(file)?;
-    let defaults = GenerationDefaults::from_gguf(&model.config, file)?;
+    let defaults = GenerationDefaults::from_gguf(model.config(), file)?;
     Loaded::new(model, tokenizer, &binllm_core::tokenizer::hf_json_from_gguf(file)?, defaults.eos)
 }
 
@@ -195,7 +195,7 @@ pub unsafe extern "C" fn binllm_model_load_hf(
         let model = Model::from_hf(config, &files)?;
         let generation = text_at(generation_config, generation_config_len, "generation_config.json")?;
         let tokenizer_config = text_at(tokenizer_config, tokenizer_config_len, "tokenizer_config.json")?;
-        let defaults = GenerationDefaults::from_hf(&model.config, Some(tokenizer_json), Some(generation), Some(tokenizer_config), None)?;
+        let defaults = GenerationDefaults::from_hf(model.config(), Some(tokenizer_json), Some(generation), Some(tokenizer_config), None)?;
         let eos = defaults.eos;
         Loaded::new(model, tokenizer, tokenizer_json, eos)
     })())
@@ -233,7 +233,7 @@ pub extern "C" fn binllm_model_free(handle: i32) {
 #[no_mangle]
 pub extern "C" fn binllm_model_info(handle: i32) -> i32 {
     count_or_error(with_model(handle, |m| {
-        let c = &m.model.config;
+        let c = m.model.config();
         let backend = binllm_core::kernels::active_backend().map(|b| b.name()).unwrap_or("none");
         let info = serde_json::json!({
             "architecture": c.architecture,
@@ -310,7 +310,7 @@ pub unsafe extern "C" fn binllm_generate_start(handle: i32, prompt: *const u8, l
         }
         // A prompt whose length alone proves it longer than the context is refused before it
         // is tokenized (a pasted megabyte); any other is tokenized and checked by the engine.
-        let context = m.model.config.max_positions;
+        let context = m.model.config().max_positions;
         let at_least = m.tokenizer.min_token_count(text);
         if at_least >= context {
             binllm_core::bail!(
@@ -436,8 +436,8 @@ pub unsafe extern "C" fn binllm_forward_logits(handle: i32, ids: *const u32, n: 
         if ids.is_empty() {
             binllm_core::bail!(InvalidArgument, "no token ids");
         }
-        if ids.len() > m.model.config.max_positions {
-            binllm_core::bail!(InvalidArgument, "{} ids exceed the model's context of {}", ids.len(), m.model.config.max_positions);
+        if ids.len() > m.model.config().max_positions {
+            binllm_core::bail!(InvalidArgument, "{} ids exceed the model's context of {}", ids.len(), m.model.config().max_positions);
         }
         let mut cache = m.model.new_cache(ids.len());
         let logits = m.model.forward(ids, &mut cache, all != 0)?;

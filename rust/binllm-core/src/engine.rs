@@ -358,7 +358,7 @@ struct Sequence {
 /// Checks a prompt and its parameters as `Engine::add` does, without an engine: bindings
 /// call it when a request arrives, before it waits in a queue.
 pub fn validate(model: &Model, prompt: &[u32], params: &GenerationParams) -> Result<()> {
-    let cfg = &model.config;
+    let cfg = model.config();
     if prompt.is_empty() {
         crate::bail!(InvalidArgument, "the prompt is empty");
     }
@@ -422,7 +422,7 @@ impl Engine {
             sampler: Sampler::new(params.sampling)?,
             feed: prompt.to_vec(),
             seen: Vec::new(),
-            seen_mask: if penalty { vec![false; self.model.config.vocab] } else { Vec::new() },
+            seen_mask: if penalty { vec![false; self.model.config().vocab] } else { Vec::new() },
             generated: 0,
             max_new_tokens: params.max_new_tokens,
             text: TextStream::new(params.stop),
@@ -456,7 +456,7 @@ impl Engine {
             self.sequences.iter_mut().zip(&feeds).map(|(s, feed)| Segment { tokens: feed, cache: &mut s.cache, all_logits: false }).collect();
         let logits = self.model.forward_batch(&mut segments)?;
         drop(segments);
-        let context = self.model.config.max_positions;
+        let context = self.model.config().max_positions;
         let mut events = Vec::with_capacity(self.sequences.len());
         for (seq, mut logits) in self.sequences.iter_mut().zip(logits) {
             let token = seq.sampler.sample_distinct(&mut logits, &seq.seen);

@@ -478,7 +478,7 @@ impl PyModel {
 
     /// Hyper-parameters as a dict.
     fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
-        let c = &self.inner.config;
+        let c = self.inner.config();
         let d = pyo3::types::PyDict::new(py);
         d.set_item("architecture", &c.architecture)?;
         d.set_item("hidden_size", c.hidden)?;
@@ -498,33 +498,15 @@ impl PyModel {
         d.set_item("tie_word_embeddings", c.tie_embeddings)?;
         d.set_item("bitnet", c.linear == binllm_core::model::LinearKind::BitNet)?;
         d.set_item("weight_scale", format!("{:?}", c.weight_scale).to_lowercase())?;
-        d.set_item("act_quant", self.inner.act_quant)?;
+        d.set_item("act_quant", self.inner.act_quant())?;
         d.set_item("bos_token_id", c.bos_token)?;
         d.set_item("eos_token_ids", c.eos_tokens.clone())?;
         Ok(d)
     }
 
-    /// Per-tensor-kind storage: list of (kind, storage, parameters, bytes).
-    fn tensor_summary(&self) -> Vec<(String, String, usize, usize)> {
-        let m = &self.inner;
-        let mut rows = Vec::new();
-        let mut add = |kind: &str, l: &binllm_core::model::Linear| {
-            let (n, k) = l.shape();
-            rows.push((kind.to_string(), l.storage().to_string(), n * k, l.nbytes()));
-        };
-        add("embedding", &m.embed);
-        for layer in &m.layers {
-            for (kind, l) in [("attention", &layer.q), ("attention", &layer.k), ("attention", &layer.v), ("attention", &layer.o)] {
-                add(kind, l);
-            }
-            for (kind, l) in [("mlp", &layer.gate), ("mlp", &layer.up), ("mlp", &layer.down)] {
-                add(kind, l);
-            }
-        }
-        if let Some(h) = &m.lm_head {
-            add("output", h);
-        }
-        rows
+    /// Every weight matrix as (kind, storage, parameters, bytes) (`Model::tensor_summary`).
+    fn tensor_summary(&self) -> Vec<(&'static str, &'static str, usize, usize)> {
+        self.inner.tensor_summary().into_iter().map(|t| (t.kind, t.storage, t.parameters, t.bytes)).collect()
     }
 
     /// Bytes of all weights held in memory.
@@ -598,7 +580,7 @@ impl PySession {
     /// as a float32 array (len, width); see `Model::forward_observed` in the core.
     #[pyo3(signature = (tokens, all_logits=false, observe=None))]
     fn forward<'py>(&mut self, py: Python<'py>, tokens: Vec<i64>, all_logits: bool, observe: Option<Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
-        let vocab = self.model.config.vocab;
+        let vocab = self.model.config().vocab;
         let ids = tokens
             .iter()
             .map(|&t| u32::try_from(t).ok().filter(|&u| (u as usize) < vocab))
@@ -624,7 +606,7 @@ impl PySession {
     #[pyo3(signature = (x, observe=None))]
     fn forward_hidden<'py>(&mut self, py: Python<'py>, x: &Bound<'py, PyAny>, observe: Option<Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
         let arr = float32_array(x)?;
-        let d = self.model.config.hidden;
+        let d = self.model.config().hidden;
         if arr.ndim() != 2 || arr.shape()[1] != d || arr.shape()[0] == 0 {
             return Err(PyError::InvalidArgument.new_err(format!("hidden states must be float32 (len, {d}) with len >= 1")));
         }

@@ -737,6 +737,17 @@ mod tests {
     }
 
     #[test]
+    fn tensor_summary_lists_every_linear_in_model_order() {
+        let model = load("{}", vec![]).unwrap();
+        let rows = model.tensor_summary();
+        let kinds: Vec<&str> = rows.iter().map(|t| t.kind).collect();
+        assert_eq!(kinds, ["embedding", "attention", "attention", "attention", "attention", "mlp", "mlp", "mlp", "output"]);
+        assert_eq!(rows[2], crate::model::TensorSummary { kind: "attention", storage: "f32", parameters: 32 * 64, bytes: 32 * 64 * 4 });
+        // Only the three norm vectors (final, input, post-attention) are left out.
+        assert_eq!(rows.iter().map(|t| t.bytes).sum::<usize>() + 3 * 64 * 4, model.nbytes());
+    }
+
+    #[test]
     fn shard_listing_is_sorted_distinct_and_stays_in_the_folder() {
         let names = index_shard_names(r#"{"weight_map": {"a": "m-2.safetensors", "b": "m-1.safetensors", "c": "m-2.safetensors"}}"#).unwrap();
         assert_eq!(names, ["m-1.safetensors", "m-2.safetensors"]);

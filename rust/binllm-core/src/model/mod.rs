@@ -32,53 +32,95 @@ pub use config::{Activation, LinearKind, ModelConfig, RopeScaling, RopeStyle, Su
 pub use defaults::GenerationDefaults;
 pub use linear::{FloatStorage, Linear};
 
-pub struct Layer {
-    pub attn_norm: Vec<f32>,
-    pub q: Linear,
-    pub k: Linear,
-    pub v: Linear,
-    pub o: Linear,
-    pub attn_sub_norm: Option<Vec<f32>>,
-    pub ffn_norm: Vec<f32>,
-    pub gate: Linear,
-    pub up: Linear,
-    pub down: Linear,
-    pub ffn_sub_norm: Option<Vec<f32>>,
+/// One decoder block's weights, in the module doc's names.
+struct Layer {
+    attn_norm: Vec<f32>,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    attn_sub_norm: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    ffn_sub_norm: Option<Vec<f32>>,
 }
 
+/// A model's hyper-parameters and weights. The weights are private to this module (the
+/// loaders build them, the exporter writes them, `load::LoadOptions` re-stores them): hosts
+/// see a model through its methods, so what a model holds can change without touching them.
 pub struct Model {
-    pub config: ModelConfig,
+    config: ModelConfig,
     /// Token embeddings, vocab x hidden (also the output layer when tied).
-    pub embed: Linear,
-    pub layers: Vec<Layer>,
-    pub norm: Vec<f32>,
+    embed: Linear,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
     /// None when the output layer is tied to the embeddings.
-    pub lm_head: Option<Linear>,
+    lm_head: Option<Linear>,
     /// Whether BitNet linears quantize activations to int8 (true for real inference; false is
     /// a reference mode used to compare against float implementations).
-    pub act_quant: bool,
+    act_quant: bool,
+}
+
+/// One weight matrix as `Model::tensor_summary` reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorSummary {
+    /// "embedding", "attention", "mlp" or "output".
+    pub kind: &'static str,
+    /// How its weights are stored (`Linear::storage`).
+    pub storage: &'static str,
+    pub parameters: usize,
+    /// Bytes it holds, scales included.
+    pub bytes: usize,
 }
 
 impl Model {
+    /// The hyper-parameters it was loaded with.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Whether BitNet linears quantize activations to int8 (`load::LoadOptions::act_quant`).
+    pub fn act_quant(&self) -> bool {
+        self.act_quant
+    }
+
+    /// Every weight matrix in model order (embeddings, each layer's attention and MLP linears,
+    /// the output layer when not tied), for hosts to report parameters and true bits per
+    /// weight by kind and storage. Norm vectors are left out (`nbytes` counts them).
+    pub fn tensor_summary(&self) -> Vec<TensorSummary> {
+        let summary = |kind, l: &Linear| {
+            let (n, k) = l.shape();
+            TensorSummary { kind, storage: l.storage(), parameters: n * k, bytes: l.nbytes() }
+        };
+        let mut rows = vec![summary("embedding", &self.embed)];
+        for layer in &self.layers {
+            rows.extend([&layer.q, &layer.k, &layer.v, &layer.o].map(|l| summary("attention", l)));
+            rows.extend([&layer.gate, &layer.up, &layer.down].map(|l| summary("mlp", l)));
+        }
+        rows.extend(self.lm_head.iter().map(|h| summary("output", h)));
+        rows
+    }
+
     /// Keeps the output layer (the embedding matrix when they are tied) in `storage`: `Q8`
     /// halves the bytes a decode step reads there against f16 (the largest single read of a
     /// model with a big vocabulary: half of BitNet 2B4T's bytes per token), at the cost of
     /// 8-bit weights (about 0.4% of a weight's magnitude; its effect on perplexity is in the
-    /// README).
-    pub fn set_output_storage(&mut self, storage: FloatStorage) -> Result<()> {
+    /// README). Hosts choose it through `load::LoadOptions`.
+    fn set_output_storage(&mut self, storage: FloatStorage) -> Result<()> {
         match &mut self.lm_head {
             Some(head) => *head = head.restored(storage)?,
             None => self.embed = self.embed.restored(storage)?,
         }
         Ok(())
     }
-}
 
-impl Model {
     /// Re-packs every ternary decoder linear in `format` (`Ternary2` or `Ternary1_6`), same
     /// codes and scales: t1.6 holds 1.6 bits a weight against t2's 2 (TQ1_0 files load as t2
-    /// unless asked). Binary linears and float ones stay as they are.
-    pub fn set_ternary_format(&mut self, format: crate::formats::WeightFormat) -> Result<()> {
+    /// unless asked). Binary linears and float ones stay as they are. Hosts choose it through
+    /// `load::LoadOptions`.
+    fn set_ternary_format(&mut self, format: crate::formats::WeightFormat) -> Result<()> {
         use crate::formats::{PackedMatrix, WeightFormat};
         if !matches!(format, WeightFormat::Ternary2 | WeightFormat::Ternary1_6) {
             crate::bail!(InvalidArgument, "ternary linears are stored as t2 or t1.6, not {}", format.name());
