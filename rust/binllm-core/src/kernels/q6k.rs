@@ -167,36 +167,91 @@ mod x86 {
 
     /// `dot_scalar` in 512-bit lanes (AVX-512 BW): per half super-block (128 weights) two
     /// 64-code vectors, two maddubs and two madds with the scales spread by one permute each.
-    #[target_feature(enable = "avx512f,avx512bw,avx2")]
+    #[target_feature(enable = "avx512f,avx512bw,avx2,f16c")]
     pub unsafe fn dot_512(w: &[u8], a: &[i8], d: &[f32], bsums: &[i16]) -> f32 {
+        dot_512_rows::<1>(w, a.as_ptr(), 0, d.as_ptr(), 0, bsums.as_ptr(), 0)[0]
+    }
+
+    /// `dot_512` of one weight row with `C` activation rows (codes `a` + c `a_stride`, scales
+    /// `d` + c `d_stride`, sums `s` + c `s_stride`): each super-block's codes, scales and
+    /// block scale are decoded once for all of them (a batch's output layer), and each row's
+    /// arithmetic is `dot_512`'s, so every result is bit-identical to it.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW, AVX2 and F16C; every activation row holds `w.len() / 210` super-blocks.
+    #[target_feature(enable = "avx512f,avx512bw,avx2,f16c")]
+    pub unsafe fn dot_512_rows<const C: usize>(
+        w: &[u8],
+        a: *const i8,
+        a_stride: usize,
+        d: *const f32,
+        d_stride: usize,
+        s: *const i16,
+        s_stride: usize,
+    ) -> [f32; C] {
         let (m4, m30) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x30));
         let lanes = [_mm512_loadu_si512(SCALE_LANES[0].as_ptr() as *const _), _mm512_loadu_si512(SCALE_LANES[1].as_ptr() as *const _)];
-        let mut total = 0f32;
+        let mut total = [0f32; C];
         for (b, blk) in w.chunks_exact(Q6K_BYTES).enumerate() {
-            let (p, pa) = (blk.as_ptr(), a.as_ptr().add(b * Q6K_WEIGHTS));
+            let p = blk.as_ptr();
             for line in [0, 64, 128, 192] {
                 prefetch_ahead(p.add(line));
             }
-            let mut acc = _mm512_setzero_si512();
+            // Codes [half][g] and their sub-block scales spread over the i16 lanes.
+            let mut codes = [[_mm512_setzero_si512(); 2]; 2];
+            let mut scales = [[_mm512_setzero_si512(); 2]; 2];
             for half in 0..2 {
                 let ql = _mm512_loadu_si512(p.add(64 * half) as *const _);
                 let qh = _mm256_loadu_si256(p.add(128 + 32 * half) as *const __m256i);
                 // [qh, qh >> 2]: the high bits of weights 0..64 at bits 0-1, of 64..128 at 4-5.
                 let qh2 = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(qh), _mm256_srli_epi16::<2>(qh));
-                let lo = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_and_si512(_mm512_slli_epi16::<4>(qh2), m30));
-                let hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4), _mm512_and_si512(qh2, m30));
+                codes[half][0] = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_and_si512(_mm512_slli_epi16::<4>(qh2), m30));
+                codes[half][1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4), _mm512_and_si512(qh2, m30));
                 let sc = _mm512_castsi128_si512(_mm_cvtepi8_epi16(_mm_loadl_epi64(p.add(192 + 8 * half) as *const __m128i)));
-                for (g, u) in [lo, hi].into_iter().enumerate() {
-                    let prod = _mm512_maddubs_epi16(u, _mm512_loadu_si512(pa.add(128 * half + 64 * g) as *const _));
-                    acc = _mm512_add_epi32(acc, _mm512_madd_epi16(prod, _mm512_permutexvar_epi16(lanes[g], sc)));
+                for (g, lane) in lanes.iter().enumerate() {
+                    scales[half][g] = _mm512_permutexvar_epi16(*lane, sc);
                 }
             }
-            let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(192) as *const __m128i));
-            let corr = _mm256_madd_epi16(sc, _mm256_loadu_si256(bsums.as_ptr().add(16 * b) as *const __m256i));
-            let isum = _mm512_reduce_add_epi32(acc) - 32 * hsum_i32(corr);
-            total += (block_scale(blk) * d[b]) * isum as f32;
+            let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(192) as *const __m128i));
+            let block = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes([blk[208], blk[209]]) as i32)));
+            for (c, total) in total.iter_mut().enumerate() {
+                let pa = a.add(c * a_stride + b * Q6K_WEIGHTS);
+                let mut acc = _mm512_setzero_si512();
+                for half in 0..2 {
+                    for g in 0..2 {
+                        let prod = _mm512_maddubs_epi16(codes[half][g], _mm512_loadu_si512(pa.add(128 * half + 64 * g) as *const _));
+                        acc = _mm512_add_epi32(acc, _mm512_madd_epi16(prod, scales[half][g]));
+                    }
+                }
+                let corr = _mm256_madd_epi16(sc16, _mm256_loadu_si256(s.add(c * s_stride + 16 * b) as *const __m256i));
+                let isum = _mm512_reduce_add_epi32(acc) - 32 * hsum_i32(corr);
+                *total += (block * *d.add(c * d_stride + b)) * isum as f32;
+            }
         }
         total
+    }
+
+    /// `out[r * m + i]`: every weight row of `w` (`row_bytes` each) against every row of
+    /// `acts`, four activation rows at a time (`dot_512_rows`).
+    ///
+    /// # Safety
+    /// AVX-512 F/BW, AVX2 and F16C; `row_bytes` is `acts.blocks` super-blocks.
+    #[target_feature(enable = "avx512f,avx512bw,avx2,f16c")]
+    pub unsafe fn rows_512(w: &[u8], row_bytes: usize, acts: &Q6kActivations, out: &mut [f32]) {
+        let (m, blocks) = (acts.d.len() / acts.blocks.max(1), acts.blocks);
+        let (sa, sd, ss) = (blocks * Q6K_WEIGHTS, blocks, blocks * 16);
+        for (row, out) in w.chunks_exact(row_bytes.max(1)).zip(out.chunks_mut(m.max(1))) {
+            let mut c = 0;
+            while c + 4 <= m {
+                let r = dot_512_rows::<4>(row, acts.q.as_ptr().add(c * sa), sa, acts.d.as_ptr().add(c * sd), sd, acts.bsums.as_ptr().add(c * ss), ss);
+                out[c..c + 4].copy_from_slice(&r);
+                c += 4;
+            }
+            while c < m {
+                out[c] = dot_512_rows::<1>(row, acts.q.as_ptr().add(c * sa), sa, acts.d.as_ptr().add(c * sd), sd, acts.bsums.as_ptr().add(c * ss), ss)[0];
+                c += 1;
+            }
+        }
     }
 }
 
@@ -298,6 +353,16 @@ pub fn dots_available() -> Vec<(&'static str, Q6kDot)> {
 pub fn gemm(w: &[u8], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32]) {
     let acts = Q6kActivations::quantize(x, m, k);
     let row_bytes = acts.blocks * Q6K_BYTES;
+    #[cfg(target_arch = "x86_64")]
+    if m > 1 && crate::kernels::dispatch_backend().uses_avx512() {
+        // A batch: each super-block decoded once for four activation rows.
+        return crate::kernels::float::gemm_by_row_runs(n, row_bytes, x, m, y, |first, _, m, part| {
+            let rows = &w[first * row_bytes..(first + part.len() / m) * row_bytes];
+            // SAFETY: the backend is available, so the CPU has AVX-512 F/BW, AVX2 and F16C;
+            // every row holds `acts.blocks` super-blocks.
+            unsafe { x86::rows_512(rows, row_bytes, &acts, part) }
+        });
+    }
     let dot = dot();
     crate::kernels::float::gemm_by_rows(n, row_bytes, x, m, y, |r, _, m, o, _| {
         let row = &w[r * row_bytes..(r + 1) * row_bytes];
@@ -345,6 +410,35 @@ mod tests {
                 assert!((want as f64 - exact).abs() <= 1e-6 * scale + 1e-9, "scalar: {want} vs {exact}");
                 for (name, dot) in dots_available() {
                     assert_eq!(dot(&w, q, d, s).to_bits(), want.to_bits(), "{name} blocks {blocks}");
+                }
+            }
+        }
+    }
+
+    /// A batch's product (several activation rows, each super-block decoded once for four of
+    /// them) equals the scalar twin row by row, bit for bit, for row and token counts across
+    /// the tiles and the thread split.
+    #[test]
+    fn batched_gemm_equals_the_scalar_twin_row_by_row() {
+        let mut next = rng(9);
+        let (n, blocks) = (37, 3);
+        let k = blocks * Q6K_WEIGHTS - 40; // a padded last block
+        let mut w: Vec<u8> = (0..n * blocks * Q6K_BYTES).map(|_| next() as u8).collect();
+        for b in 0..n * blocks {
+            let d = half::f16::from_f32((next() % 1000) as f32 * 1e-5);
+            w[b * Q6K_BYTES + 208..b * Q6K_BYTES + 210].copy_from_slice(&d.to_le_bytes());
+        }
+        for m in [1usize, 2, 4, 5, 8, 9] {
+            let x: Vec<f32> = (0..m * k).map(|_| (next() % 2001) as f32 / 1000.0 - 1.0).collect();
+            let mut y = vec![0f32; m * n];
+            gemm(&w, n, k, &x, m, &mut y);
+            let acts = Q6kActivations::quantize(&x, m, k);
+            let row_bytes = blocks * Q6K_BYTES;
+            for i in 0..m {
+                let (q, d, s) = acts.row(i);
+                for r in 0..n {
+                    let want = dot_scalar(&w[r * row_bytes..(r + 1) * row_bytes], q, d, s);
+                    assert_eq!(y[i * n + r].to_bits(), want.to_bits(), "m {m} row {r} x {i}");
                 }
             }
         }
