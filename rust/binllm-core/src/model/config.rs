@@ -168,6 +168,44 @@ pub struct ModelConfig {
 const MAX_DIM: usize = 1 << 20;
 const MAX_LAYERS: usize = 4096;
 
+/// The sizes `validate` bounds, by their Hugging Face names (its messages use them), with the
+/// GGUF keys (`{arch}.KEY`) that hold them.
+const SIZE_BOUNDS: [(&str, &str, usize); 7] = [
+    ("hidden_size", "embedding_length", MAX_DIM),
+    ("intermediate_size", "feed_forward_length", MAX_DIM),
+    ("num_attention_heads", "attention.head_count", MAX_DIM),
+    ("num_key_value_heads", "attention.head_count_kv", MAX_DIM),
+    ("head_dim", "attention.key_length", MAX_DIM),
+    ("vocab_size", "vocab_size", MAX_DIM),
+    ("num_hidden_layers", "block_count", MAX_LAYERS),
+];
+
+/// `validate`'s range check of the size `name` (a Hugging Face name; others pass).
+fn check_bounds(name: &str, value: u64) -> std::result::Result<(), String> {
+    match SIZE_BOUNDS.iter().find(|bound| bound.0 == name) {
+        Some(&(_, _, max)) if value == 0 || value > max as u64 => Err(format!("{name} = {value} is out of range (1..={max})")),
+        _ => Ok(()),
+    }
+}
+
+/// A size read from a file (a u64 in GGUF and JSON) as a usize no larger than `limit`
+/// (`usize::MAX`; a parameter so that tests run wasm32's on any host). A larger value would
+/// wrap (on wasm32, 2^32 + 256 became 256) and is refused: with `validate`'s message where it
+/// bounds the size `name`, the words a 64-bit build gives for the same value (every bound is
+/// far below 2^32), else as too large for this build.
+fn size_within(name: &str, value: u64, limit: u64) -> std::result::Result<usize, String> {
+    if value <= limit {
+        return usize::try_from(value).map_err(|_| format!("{name} = {value} does not fit in usize"));
+    }
+    check_bounds(name, value)?;
+    Err(format!("{name} = {value} is more than this build's {}-bit sizes hold", 64 - limit.leading_zeros()))
+}
+
+/// [`size_within`] this build's sizes.
+fn size(name: &str, value: u64) -> std::result::Result<usize, String> {
+    size_within(name, value, usize::MAX as u64)
+}
+
 /// Keys of a GGUF architecture's namespace (`{arch}.KEY`) that binllm reads or that do not
 /// change the computation. Any other key there is refused: llama.cpp puts exactly the math of
 /// an architecture under its name.
@@ -203,21 +241,17 @@ const BITNET_QUANT_KEYS: &[&str] = &["quant_method", "linear_class", "quantizati
 impl ModelConfig {
     /// Checks that the dimensions fit together.
     pub fn validate(&self) -> Result<()> {
-        let dims = [
+        let sizes = [
             ("hidden_size", self.hidden),
             ("intermediate_size", self.intermediate),
             ("num_attention_heads", self.heads),
             ("num_key_value_heads", self.kv_heads),
             ("head_dim", self.head_dim),
             ("vocab_size", self.vocab),
+            ("num_hidden_layers", self.layers),
         ];
-        for (name, v) in dims {
-            if v == 0 || v > MAX_DIM {
-                crate::bail!(Format, "{name} = {v} is out of range (1..={MAX_DIM})");
-            }
-        }
-        if self.layers == 0 || self.layers > MAX_LAYERS {
-            crate::bail!(Format, "num_hidden_layers = {} is out of range (1..={MAX_LAYERS})", self.layers);
+        for (name, v) in sizes {
+            check_bounds(name, v as u64).map_err(Error::Format)?;
         }
         if !self.heads.is_multiple_of(self.kv_heads) {
             crate::bail!(Format, "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})", self.heads, self.kv_heads);
@@ -452,10 +486,11 @@ impl ModelConfig {
         let uint = |k: &str| -> Result<Option<usize>> {
             match file.get(&key(k)) {
                 None => Ok(None),
-                Some(v) => v
-                    .as_u64()
-                    .map(|x| Some(x as usize))
-                    .ok_or_else(|| Error::Format(format!("GGUF metadata '{}' must be an integer, got {}", key(k), short(v)))),
+                Some(v) => {
+                    let x = v.as_u64().ok_or_else(|| Error::Format(format!("GGUF metadata '{}' must be an integer, got {}", key(k), short(v))))?;
+                    let name = SIZE_BOUNDS.iter().find(|bound| bound.1 == k).map_or_else(|| key(k), |bound| bound.0.to_string());
+                    size(&name, x).map(Some).map_err(Error::Format)
+                }
             }
         };
         let float = |k: &str| -> Result<Option<f64>> {
@@ -662,9 +697,8 @@ impl<'v> HfConfig<'v> {
     fn uint(&self, key: &str) -> Result<Option<usize>> {
         self.get(key)
             .map(|v| {
-                v.as_u64()
-                    .and_then(|x| usize::try_from(x).ok())
-                    .ok_or_else(|| Error::Format(format!("config.json: {key} must be a non-negative integer, got {}", short_json(v))))
+                let x = v.as_u64().ok_or_else(|| Error::Format(format!("config.json: {key} must be a non-negative integer, got {}", short_json(v))))?;
+                size(key, x).map_err(|m| Error::Format(format!("config.json: {m}")))
             })
             .transpose()
     }
@@ -1007,6 +1041,26 @@ mod tests {
         refused_as(r#""max_position_embeddings": 0"#, "config.json: max_position_embeddings must be positive", false);
         refused_as(r#""hidden_size": 1.5"#, "hidden_size must be a non-negative integer", false);
         refused_as(r#""hidden_size": "64""#, "hidden_size must be a non-negative integer", false);
+    }
+
+    #[test]
+    fn sizes_too_large_for_usize_are_refused_as_a_64_bit_build_refuses_them() {
+        // wasm32's usize, on any host: 2^32 + 256 must not wrap to 256.
+        let wasm32 = u32::MAX as u64;
+        let native = llama(&format!(r#""hidden_size": {}"#, (1u64 << 32) + 256)).unwrap_err().to_string();
+        let message = size_within("hidden_size", (1 << 32) + 256, wasm32).unwrap_err();
+        assert!(native.ends_with(&format!("config.json: {message}")), "{native} / {message}");
+        assert_eq!(message, "hidden_size = 4294967552 is out of range (1..=1048576)");
+        assert_eq!(size_within("num_hidden_layers", 1 << 32, wasm32).unwrap_err(), "num_hidden_layers = 4294967296 is out of range (1..=4096)");
+        // A size without a bound (the context) fits natively and is refused by name on wasm32.
+        assert_eq!(
+            size_within("bitnet.context_length", (1 << 32) + 1, wasm32).unwrap_err(),
+            "bitnet.context_length = 4294967297 is more than this build's 32-bit sizes hold"
+        );
+        assert_eq!(size_within("max_position_embeddings", u32::MAX as u64, wasm32), Ok(u32::MAX as usize));
+        if usize::BITS == 64 {
+            assert_eq!(llama(&format!(r#""max_position_embeddings": {}"#, (1u64 << 32) + 1)).unwrap().max_positions as u64, (1 << 32) + 1);
+        }
     }
 
     #[test]
