@@ -54,7 +54,8 @@ export interface GenerationStats {
 
 export interface GenerationResult extends GenerationStats {
   text: string;
-  /** True when `stop()` ended the generation (then finishReason is null). */
+  /** True when `stop()` ended the generation (then finishReason is null, and the text is what
+   * maxNewTokens of the tokens generated would give: text held back comes out). */
   stopped: boolean;
   /** OpenAI's finish reason: "stop" (end of sequence, a stop string) or "length". */
   finishReason: "stop" | "length" | null;
@@ -92,7 +93,7 @@ export interface BenchResult {
 }
 
 export declare class BinLLMError extends Error {
-  /** The kind: "Format", "Unsupported", "InvalidArgument", "TooLarge", "OutOfMemory", "Io", "WorkerError", ... */
+  /** The kind: "Format", "Unsupported", "InvalidArgument", "TooLarge", "OutOfMemory", "Io", "Internal" (a bug), "WorkerError", ... */
   name: string;
 }
 

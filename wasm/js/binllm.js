@@ -168,7 +168,8 @@ export class BinLLM {
     return this._request({ type: "generate", prompt, options }, { onToken });
   }
 
-  /** Stops the generation in progress after its current token. */
+  /** Stops the generation in progress after its current token; its text is then what
+   * maxNewTokens of the tokens generated would give (half a character held back comes out as U+FFFD). */
   stop() {
     this._worker?.postMessage({ type: "stop" });
   }

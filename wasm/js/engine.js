@@ -3,7 +3,8 @@
 // page never calls it directly (js/binllm.js talks to js/worker.js, which owns an Engine).
 //
 // Pointers and sizes cross the boundary as wasm32 i32s: values at or above 2 GiB come back
-// negative and are read with `>>> 0`.
+// negative and are read with `>>> 0`; a JS number passed as one wraps modulo 2^32, so every
+// size and token id is checked here first (`wasmSize`, `idBytes`).
 
 /**
  * A wasm32 memory holds at most 4 GiB. Files that must be in wasm memory whole (safetensors)
@@ -30,6 +31,25 @@ export class BinLLMError extends Error {
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
+
+/** `n` as a wasm32 size (0 to 2^32 - 1), which would wrap modulo 2^32 at the boundary. */
+function wasmSize(what, n) {
+  if (!(Number.isSafeInteger(n) && n >= 0 && n < 2 ** 32)) {
+    throw new BinLLMError(`${what} must be a whole number from 0 to 2^32 - 1, got ${n}`, "InvalidArgument");
+  }
+  return n;
+}
+
+/** Token ids as the little-endian u32s the module reads; an id out of u32's range would wrap. */
+function idBytes(ids) {
+  const out = new Uint32Array(ids.length);
+  for (let i = 0; i < ids.length; i++) {
+    const id = ids[i];
+    if (!(Number.isInteger(id) && id >= 0 && id < 2 ** 32)) throw new BinLLMError(`token id ${id} is not a whole number from 0 to 2^32 - 1`, "InvalidArgument");
+    out[i] = id;
+  }
+  return new Uint8Array(out.buffer);
+}
 
 export function formatBytes(n) {
   if (n >= 2 ** 30) return `${(n / 2 ** 30).toFixed(2)} GiB`;
@@ -62,6 +82,7 @@ export class WasmBuffer {
 
 /** Generation options of `Engine.generateStart` and their names in the module (Python's). */
 const GENERATION_OPTIONS = {
+  maxNewTokens: "max_new_tokens",
   temperature: "temperature",
   topK: "top_k",
   topP: "top_p",
@@ -70,6 +91,24 @@ const GENERATION_OPTIONS = {
   seed: "seed",
   stop: "stop",
 };
+/** The options that are whole numbers. */
+const WHOLE_OPTIONS = new Set(["maxNewTokens", "topK", "seed"]);
+
+/**
+ * Refuses the numbers JSON cannot carry to the module as they are: NaN and infinities (JSON
+ * writes null) and whole numbers from 2^53 (not exact in a double: 2^53 + 1 is 2^53). The
+ * module checks every value's range and kind.
+ */
+function checkOptionNumber(name, value) {
+  if (typeof value !== "number") return;
+  if (!Number.isFinite(value)) throw new BinLLMError(`${name} must be a finite number, got ${value}`, "InvalidArgument");
+  if (WHOLE_OPTIONS.has(name) && value >= 2 ** 53) {
+    throw new BinLLMError(`${name} must be below 2^53 (whole numbers are exact in JavaScript up to there), got ${value}`, "InvalidArgument");
+  }
+}
+
+/** Bytes of the module's trap report before the panic message: two usizes (wasm32: u32). */
+const TRAP_REPORT_HEADER_BYTES = 8;
 
 /** Stack of each extra kernel thread of a threaded build (the main thread has the linker's 1 MiB). */
 const THREAD_STACK_BYTES = 2 * 2 ** 20;
@@ -139,9 +178,13 @@ export class Engine {
     this.exports = instance.exports;
     this.memory = memory ?? instance.exports.memory;
     this.threads = 1;
+    /** Set by a trap: the instance is left mid-call and cannot be used again. */
+    this.trapped = null;
     if (this.exports.binllm_backend_available(1) !== 1) {
       throw new BinLLMError("this browser runs WebAssembly without SIMD128, which binllm's build needs", "Backend");
     }
+    /** Address of the module's trap report: a failed allocation's size, a panic's message. */
+    this.trapReport = this.exports.binllm_init() >>> 0;
   }
 
   /** Bytes of wasm memory in use (it only grows). */
@@ -166,18 +209,21 @@ export class Engine {
     return decoder.decode(this.resultBytes().slice());
   }
 
-  /** Runs a wasm call; a trap (out of memory, a bug) becomes a BinLLMError that says so. */
+  /**
+   * Runs a wasm call. A trap becomes a BinLLMError that says what it was: OutOfMemory when an
+   * allocation failed (the memory could not grow), else Internal (a panic, with its message,
+   * or another trap: a bug); either way this engine cannot be used again (`trapped`).
+   */
   call(what, fn) {
+    if (this.trapped) throw new BinLLMError(`${what}: this engine stopped after an earlier error (${this.trapped.message}); start a new one`, "Internal");
+    new Uint32Array(this.memory.buffer, this.trapReport, 2).fill(0);
     let status;
     try {
       status = fn();
     } catch (e) {
       if (e instanceof WebAssembly.RuntimeError) {
-        throw new BinLLMError(
-          `${what} stopped: ${e.message}. Most likely the model needs more memory than this ` +
-            `tab can give (the wasm32 build holds at most 4 GiB; in use: ${formatBytes(this.memoryBytes())}).`,
-          "OutOfMemory",
-        );
+        this.trapped = this.trapError(what, e);
+        throw this.trapped;
       }
       throw e;
     }
@@ -185,8 +231,28 @@ export class Engine {
     return status;
   }
 
+  /** The error a trap in `what` reports, read from the module's trap report. */
+  trapError(what, trap) {
+    const [failedAlloc, messageLength] = new Uint32Array(this.memory.buffer, this.trapReport, 2);
+    if (messageLength > 0) {
+      const bytes = new Uint8Array(this.memory.buffer, this.trapReport + TRAP_REPORT_HEADER_BYTES, messageLength).slice();
+      return new BinLLMError(`${what} failed on a bug in binllm: ${decoder.decode(bytes)}`, "Internal");
+    }
+    if (failedAlloc > 0) {
+      return new BinLLMError(
+        `${what} could not allocate ${formatBytes(failedAlloc)}: the WebAssembly memory cannot grow further (in use: ` +
+          `${formatBytes(this.memoryBytes())}; the wasm32 build holds at most 4 GiB and browsers may give less)`,
+        "OutOfMemory",
+      );
+    }
+    return new BinLLMError(`${what} failed on a bug in binllm: WebAssembly trap: ${trap.message}`, "Internal");
+  }
+
   alloc(size) {
-    const ptr = this.exports.binllm_alloc(size) >>> 0;
+    if (size >= 2 ** 32) {
+      throw new BinLLMError(`cannot reserve ${formatBytes(size)} of WebAssembly memory: the wasm32 build holds at most 4 GiB`, "OutOfMemory");
+    }
+    const ptr = this.exports.binllm_alloc(wasmSize("an allocation's size", size)) >>> 0;
     if (ptr === 0) {
       throw new BinLLMError(
         `cannot reserve ${formatBytes(size)} of WebAssembly memory (in use: ${formatBytes(this.memoryBytes())}; ` +
@@ -300,7 +366,7 @@ export class Engine {
   loadHf(json, weights) {
     const texts = ["config.json", "tokenizer.json", "generation_config.json", "tokenizer_config.json"].map((n) => json[n] ?? "");
     const placed = texts.map((t) => this.put(t));
-    const table = new Uint32Array(weights.flatMap((w) => [w.ptr, w.size]));
+    const table = new Uint32Array(weights.flatMap((w) => [w.ptr, w.size])); // (pointer, length) usize pairs
     try {
       return this.withBytes(new Uint8Array(table.buffer), (tablePtr) =>
         this.call("loading the model", () => this.exports.binllm_model_load_hf(...placed.flat(), tablePtr, weights.length)),
@@ -328,7 +394,7 @@ export class Engine {
   }
 
   decode(handle, ids, skipSpecial = true) {
-    const bytes = new Uint8Array(new Uint32Array(ids).buffer);
+    const bytes = idBytes(ids);
     this.withBytes(bytes, (p) => this.call("decoding", () => this.exports.binllm_decode(handle, p, ids.length, skipSpecial ? 1 : 0)));
     return this.resultText();
   }
@@ -338,13 +404,15 @@ export class Engine {
    * token count. Options are `binllm.Model.generate`'s, camel-cased: maxNewTokens (default 128),
    * temperature (0: greedy), topK (0: off), topP (1: off), minP (0: off), repetitionPenalty
    * (1: off), seed (an integer below 2^53), stop (a string or a list of them). The module
-   * checks the values; the first `generateStep` runs the prompt.
+   * checks the values (maxNewTokens and topK past 2^32 - 1 mean the same as 2^32 - 1: more
+   * than any context holds); the first `generateStep` runs the prompt.
    */
   generateStart(handle, prompt, { maxNewTokens = 128, ...rest } = {}) {
-    const options = { max_new_tokens: maxNewTokens };
-    for (const [name, value] of Object.entries(rest)) {
+    const options = {};
+    for (const [name, value] of Object.entries({ maxNewTokens, ...rest })) {
       if (value === undefined) continue;
       if (!(name in GENERATION_OPTIONS)) throw new BinLLMError(`unknown generation option '${name}'`, "InvalidArgument");
+      checkOptionNumber(name, value);
       options[GENERATION_OPTIONS[name]] = name === "stop" && typeof value === "string" ? [value] : value;
     }
     return this.withBytes(prompt, (p, l) =>
@@ -371,9 +439,14 @@ export class Engine {
     };
   }
 
-  /** Ends the generation in progress (if any) and frees its memory. */
+  /**
+   * Ends the generation in progress (if any) and frees its memory. Returns the text it held
+   * back (half a character, as U+FFFD; a possible start of a stop string), so that the text
+   * handed out equals a run whose maxNewTokens is the tokens generated ("" when none ran).
+   */
   generateCancel(handle) {
     this.call("cancelling", () => this.exports.binllm_generate_cancel(handle));
+    return this.resultText();
   }
 
   /**
@@ -382,18 +455,18 @@ export class Engine {
    * `all` is false.
    */
   logits(handle, ids, all = true) {
-    const bytes = new Uint8Array(new Uint32Array(ids).buffer);
+    const bytes = idBytes(ids);
     const n = this.withBytes(bytes, (p) => this.call("forward", () => this.exports.binllm_forward_logits(handle, p, ids.length, all ? 1 : 0)));
     return new Float32Array(this.resultBytes().slice().buffer, 0, n);
   }
 
   /** Benchmarks: a fresh cache, then forward passes that return the argmax token. */
   forwardReset(handle, capacity) {
-    this.call("forward", () => this.exports.binllm_forward_reset(handle, capacity));
+    this.call("forward", () => this.exports.binllm_forward_reset(handle, wasmSize("capacity", capacity)));
   }
 
   forwardArgmax(handle, ids) {
-    const bytes = new Uint8Array(new Uint32Array(ids).buffer);
+    const bytes = idBytes(ids);
     return this.withBytes(bytes, (p) => this.call("forward", () => this.exports.binllm_forward_argmax(handle, p, ids.length)));
   }
 }

@@ -267,9 +267,11 @@ async function generate({ id, prompt, options = {} }) {
       lastYield = performance.now();
     }
     if (stopRequested) {
-      // Text held back (half a character, a possible start of a stop string) is dropped, as
-      // when a Python caller stops reading a stream.
-      engine.generateCancel(handle);
+      // Text held back (half a character, a possible start of a stop string) comes out as it
+      // would had maxNewTokens ended the run here.
+      const rest = engine.generateCancel(handle);
+      text += rest;
+      if (rest) post({ type: "token", id, piece: rest, ...stats });
       return { text, stopped: true, finishReason: null, finishDetail: null, ...stats };
     }
   }
@@ -316,8 +318,9 @@ self.onmessage = async ({ data }) => {
     post({ type: "result", id, value });
   } catch (e) {
     post({ type: "error", id, name: e.name ?? "Error", message: e.message ?? String(e) });
-    // A trap leaves the wasm instance unusable: start afresh on the next load.
-    if (e.name === "OutOfMemory") {
+    // A trap leaves the wasm instance unusable, and memory that ran out is never given back:
+    // start afresh on the next load.
+    if (engine?.trapped || e.name === "OutOfMemory") {
       engine?.threadWorkers?.forEach((w) => w.terminate());
       engine = null;
       handle = 0;

@@ -88,9 +88,10 @@ fn handle_or_error(result: Result<Loaded>) -> i32 {
 }
 
 /// The value, or -1 with the error stored.
-fn count_or_error(result: Result<usize>) -> i32 {
+fn count_or_error(result: Result<usize>) -> isize {
     match result {
-        Ok(n) => n.min(i32::MAX as usize) as i32,
+        // Counts of things in memory: no more than isize::MAX.
+        Ok(n) => n.min(isize::MAX as usize) as isize,
         Err(e) => {
             set_error(&e);
             -1
@@ -168,10 +169,10 @@ fn loaded_from_gguf(file: &GgufFile<'_>) -> Result<Loaded> {
 
 /// Loads a Hugging Face folder's files: config.json, tokenizer.json, generation_config.json
 /// and tokenizer_config.json (either may be empty) and `n_files` safetensors files given as
-/// (pointer, length) pairs of u32 at `files`. Returns a model handle, or -1.
+/// (pointer, length) pairs of usize at `files` (u32 in wasm32). Returns a model handle, or -1.
 ///
 /// # Safety
-/// Every pointer must point to its length of readable bytes; `files` to `2 * n_files` u32s.
+/// Every pointer must point to its length of readable bytes; `files` to `2 * n_files` usizes.
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn binllm_model_load_hf(
@@ -183,7 +184,7 @@ pub unsafe extern "C" fn binllm_model_load_hf(
     generation_config_len: usize,
     tokenizer_config: *const u8,
     tokenizer_config_len: usize,
-    files: *const u32,
+    files: *const usize,
     n_files: usize,
 ) -> i32 {
     handle_or_error((|| {
@@ -191,7 +192,7 @@ pub unsafe extern "C" fn binllm_model_load_hf(
         let tokenizer_json = text_at(tokenizer, tokenizer_len, "tokenizer.json")?;
         let tokenizer = Tokenizer::from_json(tokenizer_json)?;
         let pairs = slice_at(files, n_files.checked_mul(2).ok_or_else(|| Error::InvalidArgument("too many files".into()))?);
-        let files = pairs.chunks_exact(2).map(|p| SafetensorsFile::parse(slice_at(p[0] as usize as *const u8, p[1] as usize))).collect::<Result<Vec<_>>>()?;
+        let files = pairs.chunks_exact(2).map(|p| SafetensorsFile::parse(slice_at(p[0] as *const u8, p[1]))).collect::<Result<Vec<_>>>()?;
         let model = Model::from_hf(config, &files)?;
         let generation = text_at(generation_config, generation_config_len, "generation_config.json")?;
         let tokenizer_config = text_at(tokenizer_config, tokenizer_config_len, "tokenizer_config.json")?;
@@ -208,7 +209,7 @@ pub unsafe extern "C" fn binllm_model_load_hf(
 /// # Safety
 /// `index` must point to `len` readable bytes.
 #[no_mangle]
-pub unsafe extern "C" fn binllm_hf_shard_names(index: *const u8, len: usize) -> i32 {
+pub unsafe extern "C" fn binllm_hf_shard_names(index: *const u8, len: usize) -> isize {
     count_or_error((|| {
         let names = binllm_core::model::load::index_shard_names(text_at(index, len, "model.safetensors.index.json")?)?;
         let bytes = serde_json::to_vec(&names).map_err(|e| Error::InvalidArgument(e.to_string()))?;
@@ -231,7 +232,7 @@ pub extern "C" fn binllm_model_free(handle: i32) {
 
 /// Writes the model's description (JSON) to the result buffer; returns its length, or -1.
 #[no_mangle]
-pub extern "C" fn binllm_model_info(handle: i32) -> i32 {
+pub extern "C" fn binllm_model_info(handle: i32) -> isize {
     count_or_error(with_model(handle, |m| {
         let c = m.model.config();
         let backend = binllm_core::kernels::active_backend().map(|b| b.name()).unwrap_or("none");
@@ -266,7 +267,7 @@ pub extern "C" fn binllm_model_info(handle: i32) -> i32 {
 /// # Safety
 /// `text` must point to `len` readable bytes.
 #[no_mangle]
-pub unsafe extern "C" fn binllm_encode(handle: i32, text: *const u8, len: usize, add_special: i32) -> i32 {
+pub unsafe extern "C" fn binllm_encode(handle: i32, text: *const u8, len: usize, add_special: i32) -> isize {
     count_or_error(with_model(handle, |m| {
         let ids = m.tokenizer.encode(text_at(text, len, "text")?, add_special != 0);
         let n = ids.len();
@@ -281,7 +282,7 @@ pub unsafe extern "C" fn binllm_encode(handle: i32, text: *const u8, len: usize,
 /// # Safety
 /// `ids` must point to `n` readable u32s.
 #[no_mangle]
-pub unsafe extern "C" fn binllm_decode(handle: i32, ids: *const u32, n: usize, skip_special: i32) -> i32 {
+pub unsafe extern "C" fn binllm_decode(handle: i32, ids: *const u32, n: usize, skip_special: i32) -> isize {
     count_or_error(with_model(handle, |m| {
         let text = m.tokenizer.decode(slice_at(ids, n), skip_special != 0).into_bytes();
         let len = text.len();
@@ -300,7 +301,7 @@ pub unsafe extern "C" fn binllm_decode(handle: i32, ids: *const u32, n: usize, s
 /// # Safety
 /// `prompt` and `options` must point to `len` and `options_len` readable bytes.
 #[no_mangle]
-pub unsafe extern "C" fn binllm_generate_start(handle: i32, prompt: *const u8, len: usize, options: *const u8, options_len: usize) -> i32 {
+pub unsafe extern "C" fn binllm_generate_start(handle: i32, prompt: *const u8, len: usize, options: *const u8, options_len: usize) -> isize {
     count_or_error(with_model(handle, |m| {
         m.cancel_generation();
         let params = generation_params(text_at(options, options_len, "the generation options")?)?;
@@ -333,12 +334,15 @@ fn generation_params(json: &str) -> Result<GenerationParams> {
     };
     let mut params = GenerationParams { sampling: SamplingParams::default(), max_new_tokens: 0, stop: Vec::new() };
     let whole = |key: &str, v: &Value| v.as_u64().ok_or_else(|| bad(format!("{key} must be an integer >= 0, got {v}")));
+    // A count past usize (2^32 - 1 on wasm32) asks for more than any context holds: usize::MAX
+    // means the same, and never wraps.
+    let count = |key: &str, v: &Value| whole(key, v).map(|n| usize::try_from(n).unwrap_or(usize::MAX));
     let number = |key: &str, v: &Value| v.as_f64().map(|x| x as f32).ok_or_else(|| bad(format!("{key} must be a number, got {v}")));
     for (key, v) in &options {
         match key.as_str() {
-            "max_new_tokens" => params.max_new_tokens = usize::try_from(whole(key, v)?).unwrap_or(usize::MAX),
+            "max_new_tokens" => params.max_new_tokens = count(key, v)?,
             "temperature" => params.sampling.temperature = number(key, v)?,
-            "top_k" => params.sampling.top_k = usize::try_from(whole(key, v)?).unwrap_or(usize::MAX),
+            "top_k" => params.sampling.top_k = count(key, v)?,
             "top_p" => params.sampling.top_p = number(key, v)?,
             "min_p" => params.sampling.min_p = number(key, v)?,
             "repetition_penalty" => params.sampling.repetition_penalty = number(key, v)?,
@@ -400,13 +404,18 @@ pub extern "C" fn binllm_generate_step(handle: i32) -> i32 {
     }
 }
 
-/// Ends the generation in progress (the caller stopped it) and frees its KV cache. Returns 0,
-/// or -1 for an unknown handle.
+/// Ends the generation in progress (the caller stopped it) and frees its KV cache. The result
+/// buffer holds the text it held back (UTF-8: an unfinished character as U+FFFD, a possible
+/// start of a stop string as it is; empty when none runs), so that the text handed out equals
+/// the run whose `max_new_tokens` is the tokens generated, as when a generation reaches its
+/// limit. Returns that text's length in bytes, or -1 for an unknown handle.
 #[no_mangle]
-pub extern "C" fn binllm_generate_cancel(handle: i32) -> i32 {
+pub extern "C" fn binllm_generate_cancel(handle: i32) -> isize {
     count_or_error(with_model(handle, |m| {
-        m.cancel_generation();
-        Ok(0)
+        let rest = m.sequence.take().and_then(|id| m.engine.stop(id)).unwrap_or_default().into_bytes();
+        let n = rest.len();
+        set_result(rest);
+        Ok(n)
     }))
 }
 
@@ -430,7 +439,7 @@ pub extern "C" fn binllm_result_len() -> usize {
 /// # Safety
 /// `ids` must point to `n` readable u32s.
 #[no_mangle]
-pub unsafe extern "C" fn binllm_forward_logits(handle: i32, ids: *const u32, n: usize, all: i32) -> i32 {
+pub unsafe extern "C" fn binllm_forward_logits(handle: i32, ids: *const u32, n: usize, all: i32) -> isize {
     count_or_error(with_model(handle, |m| {
         let ids = slice_at(ids, n);
         if ids.is_empty() {
@@ -448,10 +457,11 @@ pub unsafe extern "C" fn binllm_forward_logits(handle: i32, ids: *const u32, n: 
 }
 
 /// Starts a fresh KV cache of `capacity` tokens for `binllm_forward_argmax` (benchmarks).
+/// Returns 0, or -1.
 #[no_mangle]
-pub extern "C" fn binllm_forward_reset(handle: i32, capacity: u32) -> i32 {
+pub extern "C" fn binllm_forward_reset(handle: i32, capacity: usize) -> isize {
     count_or_error(with_model(handle, |m| {
-        m.bench_cache = Some(m.model.new_cache(capacity as usize));
+        m.bench_cache = Some(m.model.new_cache(capacity));
         Ok(0)
     }))
 }
@@ -462,7 +472,7 @@ pub extern "C" fn binllm_forward_reset(handle: i32, capacity: u32) -> i32 {
 /// # Safety
 /// `ids` must point to `n` readable u32s.
 #[no_mangle]
-pub unsafe extern "C" fn binllm_forward_argmax(handle: i32, ids: *const u32, n: usize) -> i32 {
+pub unsafe extern "C" fn binllm_forward_argmax(handle: i32, ids: *const u32, n: usize) -> isize {
     count_or_error(with_model(handle, |m| {
         let cache = m.bench_cache.as_mut().ok_or_else(|| Error::InvalidArgument("call binllm_forward_reset first".into()))?;
         let logits = m.model.forward(slice_at(ids, n), cache, false)?;
@@ -474,6 +484,93 @@ pub unsafe extern "C" fn binllm_forward_argmax(handle: i32, ids: *const u32, n: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn result_text() -> String {
+        String::from_utf8(unsafe { slice_at(binllm_result_ptr(), binllm_result_len()) }.to_vec()).unwrap()
+    }
+
+    /// binllm's embedded model, loaded through the C ABI as the host loads a folder: on a
+    /// 64-bit host its (pointer, length) table holds 64-bit pointers. `tokenizer` may change
+    /// tokenizer.json first.
+    fn load_default_model(tokenizer: impl FnOnce(Value) -> Value) -> i32 {
+        let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../python/binllm/default_model");
+        let read = |name: &str| std::fs::read_to_string(folder.join(name)).unwrap();
+        let (config, generation, tokenizer_config) = (read("config.json"), read("generation_config.json"), read("tokenizer_config.json"));
+        let tokenizer = tokenizer(serde_json::from_str(&read("tokenizer.json")).unwrap()).to_string();
+        let weights = std::fs::read(folder.join("model.safetensors")).unwrap();
+        let files = [weights.as_ptr() as usize, weights.len()];
+        let handle = unsafe {
+            binllm_model_load_hf(
+                config.as_ptr(),
+                config.len(),
+                tokenizer.as_ptr(),
+                tokenizer.len(),
+                generation.as_ptr(),
+                generation.len(),
+                tokenizer_config.as_ptr(),
+                tokenizer_config.len(),
+                files.as_ptr(),
+                1,
+            )
+        };
+        assert!(handle > 0, "{}", String::from_utf8_lossy(unsafe { slice_at(crate::binllm_last_error_ptr(), crate::binllm_last_error_len()) }));
+        handle
+    }
+
+    fn start(handle: i32, prompt: &str, options: &str) {
+        let n = unsafe { binllm_generate_start(handle, prompt.as_ptr(), prompt.len(), options.as_ptr(), options.len()) };
+        assert!(n > 0, "{}", String::from_utf8_lossy(unsafe { slice_at(crate::binllm_last_error_ptr(), crate::binllm_last_error_len()) }));
+    }
+
+    /// The text of `steps` steps (all of the run when it ends sooner) and whether it ended.
+    fn steps(handle: i32, steps: usize) -> (String, bool) {
+        let mut text = String::new();
+        for _ in 0..steps {
+            let status = binllm_generate_step(handle);
+            assert!(status >= 0);
+            let event: Value = serde_json::from_str(&result_text()).unwrap();
+            text += event["text"].as_str().unwrap();
+            if status == 1 {
+                return (text, true);
+            }
+        }
+        (text, false)
+    }
+
+    #[test]
+    fn a_stopped_generation_hands_out_what_it_held_back_as_its_token_limit_would() {
+        // ',' (which the model's greedy text after PROMPT starts with) decodes as the lone byte
+        // 0xC3, the start of a two-byte character: a run stopped right after one holds half a
+        // character back.
+        let handle = load_default_model(|mut json| {
+            let vocab = json["model"]["vocab"].as_object_mut().unwrap();
+            let (comma, lead) = (vocab[","].clone(), vocab["Ã"].clone());
+            vocab.insert(",".into(), lead);
+            vocab.insert("Ã".into(), comma);
+            json
+        });
+        const PROMPT: &str = "Once upon a time";
+        let mut endings = Vec::new();
+        for stop in ["[]", r#"["king's queen"]"#] {
+            for n in 1..=6 {
+                start(handle, PROMPT, &format!(r#"{{"max_new_tokens": {n}, "temperature": 0, "stop": {stop}}}"#));
+                let (limited, ended) = steps(handle, n + 1);
+                assert!(ended);
+                start(handle, PROMPT, &format!(r#"{{"max_new_tokens": 100, "temperature": 0, "stop": {stop}}}"#));
+                let (mut stopped, ended) = steps(handle, n);
+                assert!(!ended);
+                let held = binllm_generate_cancel(handle);
+                assert_eq!(held as usize, result_text().len());
+                stopped += &result_text();
+                assert_eq!(stopped, limited, "stopped after {n} tokens, stop strings {stop}");
+                endings.push(limited.chars().last());
+            }
+        }
+        assert!(endings.contains(&Some('\u{FFFD}')), "no run ended inside a character: {endings:?}");
+        // Nothing runs now: cancelling again hands out nothing.
+        assert_eq!(binllm_generate_cancel(handle), 0);
+        binllm_model_free(handle);
+    }
 
     #[test]
     fn unknown_handles_are_errors() {
@@ -488,6 +585,9 @@ mod tests {
         assert_eq!((p.max_new_tokens, p.sampling.top_k, p.sampling.seed), (5, 3, 9007199254740993));
         assert_eq!((p.sampling.temperature, p.sampling.top_p, p.sampling.min_p, p.sampling.repetition_penalty), (0.5, 0.9, 0.1, 1.2));
         assert_eq!(p.stop, ["a", "\n"]);
+        // Counts past usize mean "no limit" (usize::MAX), never a wrapped few.
+        let huge = generation_params(r#"{"max_new_tokens": 18446744073709551615, "top_k": 18446744073709551615}"#).unwrap();
+        assert_eq!((huge.max_new_tokens, huge.sampling.top_k), (usize::MAX, usize::MAX));
         let defaults = generation_params(r#"{"max_new_tokens": 1}"#).unwrap();
         assert_eq!(defaults.sampling.temperature, SamplingParams::default().temperature);
         for (json, message) in [

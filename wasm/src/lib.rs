@@ -10,18 +10,23 @@
 //! - formats are indices into `binllm_core::formats::FORMATS` (0 t2, 1 t1.6, 2 b1);
 //! - backends are indices into `binllm_core::kernels::ALL_BACKENDS` (0 scalar, 1 simd128);
 //! - buffers live in this module's memory, from `binllm_alloc` and back to `binllm_free`;
-//! - fallible calls return 0, or -1 with the message at `binllm_last_error_ptr` (UTF-8,
-//!   `binllm_last_error_len` bytes).
+//! - fallible calls return 0 (or a count), or -1 with the message at `binllm_last_error_ptr`
+//!   (UTF-8, `binllm_last_error_len` bytes);
+//! - a trap (an allocation that failed, a panic) cannot return an error: the host reads what
+//!   happened from the [`TrapReport`] whose address `binllm_init` gives.
 //!
-//! The crate also builds on the host (it is a workspace member), where the same functions are
-//! ordinary symbols of a shared library.
+//! Pointers, lengths and counts are `usize`/`isize` (i32 in wasm32's ABI; JS reads them with
+//! `>>> 0`): the crate also builds on the host (it is a workspace member, and its tests run
+//! there), where the same functions are ordinary symbols of a shared library with 64-bit
+//! pointers.
 
 use binllm_core::formats::FORMATS;
 use binllm_core::kernels::QuantizedActivations;
 use binllm_core::kernels::{Backend, ALL_BACKENDS};
 use binllm_core::{Error, PackedMatrix, Result, ScaleKind, WeightFormat};
-use std::alloc::Layout;
-use std::cell::RefCell;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::{RefCell, UnsafeCell};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 mod generate;
 pub use generate::*;
@@ -45,6 +50,104 @@ fn backend_at(index: u32) -> Result<Backend> {
         .get(index as usize)
         .copied()
         .ok_or_else(|| Error::InvalidArgument(format!("backend index {index} is out of range (0..{})", ALL_BACKENDS.len())))
+}
+
+/// Bytes of a panic's message the [`TrapReport`] keeps.
+const PANIC_MESSAGE_BYTES: usize = 1024;
+
+/// What the host reads after a trap, when the module can no longer be called: the size of the
+/// allocation that failed (Rust aborts then, and an abort is wasm's `unreachable`, the same
+/// trap as a panic's), and the panic's message. The host zeroes `failed_alloc_bytes` and
+/// `panic_message_len` before each call; layout: two usizes, then the message's bytes.
+#[repr(C)]
+pub struct TrapReport {
+    failed_alloc_bytes: AtomicUsize,
+    panic_message_len: AtomicUsize,
+    panic_message: UnsafeCell<[u8; PANIC_MESSAGE_BYTES]>,
+}
+
+// SAFETY: `panic_message` is written only by the panic hook, before the trap; nothing in Rust
+// reads it.
+unsafe impl Sync for TrapReport {}
+
+static TRAP_REPORT: TrapReport =
+    TrapReport { failed_alloc_bytes: AtomicUsize::new(0), panic_message_len: AtomicUsize::new(0), panic_message: UnsafeCell::new([0; PANIC_MESSAGE_BYTES]) };
+
+/// The system allocator, noting the size of any allocation it cannot make in the trap report.
+struct ReportingAllocator;
+
+// SAFETY: every call is passed to `System` unchanged.
+unsafe impl GlobalAlloc for ReportingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        noted(System.alloc(layout), layout.size())
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        noted(System.alloc_zeroed(layout), layout.size())
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        noted(System.realloc(ptr, layout, new_size), new_size)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+}
+
+fn noted(ptr: *mut u8, bytes: usize) -> *mut u8 {
+    if ptr.is_null() {
+        TRAP_REPORT.failed_alloc_bytes.store(bytes.max(1), Ordering::Relaxed);
+    }
+    ptr
+}
+
+#[global_allocator]
+static ALLOCATOR: ReportingAllocator = ReportingAllocator;
+
+/// Writes into the trap report's message, cutting what does not fit.
+struct MessageWriter<'a> {
+    buffer: &'a mut [u8],
+    len: usize,
+}
+
+impl std::fmt::Write for MessageWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let room = self.buffer.len() - self.len;
+        let mut n = s.len().min(room);
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
+        self.buffer[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+/// Installs the panic hook that writes a panic's message into the trap report, and returns
+/// the report's address. The host calls it once, after instantiating the module.
+#[no_mangle]
+pub extern "C" fn binllm_init() -> *const TrapReport {
+    std::panic::set_hook(Box::new(|info| {
+        // SAFETY: only this hook writes the message, and a panic ends in a trap (panic=abort),
+        // so no two hooks run at once on one thread; a second thread's panic may garble it.
+        let buffer = unsafe { &mut *TRAP_REPORT.panic_message.get() };
+        let mut writer = MessageWriter { buffer, len: 0 };
+        let _ = std::fmt::Write::write_fmt(&mut writer, format_args!("{info}"));
+        TRAP_REPORT.panic_message_len.store(writer.len, Ordering::Relaxed);
+    }));
+    &TRAP_REPORT
+}
+
+/// Traps on purpose, for the host's tests of trap reports: `kind` 0 panics, 1 allocates GiB
+/// after GiB until the memory cannot grow.
+#[no_mangle]
+pub extern "C" fn binllm_test_trap(kind: u32) {
+    if kind == 0 {
+        panic!("binllm_test_trap: a panic on purpose");
+    }
+    if kind == 1 {
+        loop {
+            std::mem::forget(Vec::<u8>::with_capacity(1 << 30));
+        }
+    }
 }
 
 /// Keeps `e`'s message for `binllm_last_error_*`, prefixed with its kind for the JS error's name.
@@ -122,14 +225,14 @@ pub extern "C" fn binllm_last_error_len() -> usize {
 /// Threads the kernels use: 1 in builds without threads; in a threaded build, `n` (the host
 /// then starts `n - 1` Web Workers that call `binllm_thread_main`). Returns 0, or -1.
 #[no_mangle]
-pub extern "C" fn binllm_set_threads(n: u32) -> i32 {
-    status(binllm_core::threads::set_num_threads(n as usize))
+pub extern "C" fn binllm_set_threads(n: usize) -> i32 {
+    status(binllm_core::threads::set_num_threads(n))
 }
 
 /// The threads the kernels use now.
 #[no_mangle]
-pub extern "C" fn binllm_threads() -> u32 {
-    binllm_core::threads::num_threads() as u32
+pub extern "C" fn binllm_threads() -> usize {
+    binllm_core::threads::num_threads()
 }
 
 /// A Web Worker's life as a kernel thread of a threaded build: joins the pool and works until

@@ -158,7 +158,7 @@ test("bad files and arguments are errors with messages, not traps", { skip }, as
     [{ topP: 0 }, /top_p/],
     [{ minP: 2 }, /min_p/],
     [{ repetitionPenalty: 0 }, /repetition_penalty/],
-    [{ seed: NaN }, /seed must be an integer/],
+    [{ seed: NaN }, /seed must be a finite number/],
     [{ stop: [""] }, /stop string is empty/],
     [{ stop: [1] }, /stop must be a list of strings/],
     [{ max_tokens: 3 }, /unknown generation option 'max_tokens'/],

@@ -444,6 +444,15 @@ impl Engine {
         self.sequences.len() != before
     }
 
+    /// Ends a sequence before its limit, as reaching `max_new_tokens` there would: removes it
+    /// and returns the text its stream held back (an unfinished character as U+FFFD, a
+    /// possible start of a stop string as it is), so the text handed out equals a run whose
+    /// `max_new_tokens` is the tokens generated. None when no such sequence runs.
+    pub fn stop(&mut self, id: u64) -> Option<String> {
+        let at = self.sequences.iter().position(|s| s.id == id)?;
+        Some(self.sequences.remove(at).text.finish())
+    }
+
     /// Runs every sequence one token further. Returns an event per sequence; finished ones
     /// have left the engine. An error (a kernel failing) leaves every sequence as it was
     /// before the step only in that nothing was sampled: drop the engine.
