@@ -75,7 +75,8 @@ class Model:
 
     def __init__(self, core: _core.Model, tokenizer_json: str, source: Path, defaults: dict):
         self._core = core
-        self.tokenizer = _tok.from_json(tokenizer_json)
+        # A folder's files are named as the core names them; a GGUF's tokenizer is in the file.
+        self.tokenizer = _tok.from_json(tokenizer_json, "tokenizer.json" if source.is_dir() else f"{source}: the tokenizer in its metadata")
         # The file's own text: `tokenizers`' to_str() walks every id up to the largest, which
         # one hostile id of 2**31 turns into minutes.
         self._tokenizer_json = tokenizer_json

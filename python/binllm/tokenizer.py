@@ -26,9 +26,10 @@ def from_gguf(path: Union[str, "os.PathLike[str]"]) -> Tokenizer:
     return Tokenizer.from_str(_core.gguf_tokenizer_json(str(path)))
 
 
-def from_json(text: str) -> Tokenizer:
-    """A tokenizer from tokenizer.json's text (what ``_core.load_model`` returns with a model)."""
+def from_json(text: str, name: str = "tokenizer.json") -> Tokenizer:
+    """A tokenizer from tokenizer.json's text (what ``_core.load_model`` returns with a model);
+    `name` says where the text came from in an error."""
     try:
         return Tokenizer.from_str(text)
     except Exception as e:  # tokenizers raises a bare Exception for malformed files
-        raise _core.ModelFormatError(f"tokenizer.json: {e}") from e
+        raise _core.ModelFormatError(f"{name}: {e}") from e

@@ -113,7 +113,14 @@ impl<'t, 'a> Tensors<'t, 'a> {
     }
 
     fn get(&self, name: &str) -> Result<&'t TensorView<'a>> {
-        self.optional(name).ok_or_else(|| Error::Format(format!("missing tensor '{name}'")))
+        self.optional(name).ok_or_else(|| {
+            // Named files: the error names them all, as no one of them has the tensor.
+            let mut files: Vec<&str> = self.files.values().copied().collect();
+            files.sort_unstable();
+            files.dedup();
+            let files = if files.is_empty() { String::new() } else { format!("{}: ", files.join(", ")) };
+            Error::Format(format!("{files}missing tensor '{name}'"))
+        })
     }
 
     /// A tensor that may be absent; reading it marks it consumed.
@@ -800,6 +807,21 @@ mod tests {
             Err(e) => panic!("wrong error kind: {e}"),
             Ok(_) => panic!("accepted; expected an error with '{needle}'"),
         }
+    }
+
+    #[test]
+    fn a_missing_tensor_names_the_files_it_is_missing_from() {
+        let mut all = tensors(vec![]);
+        all.retain(|t| t.0 != "model.norm.weight");
+        let (a, b) = all.split_at(all.len() / 2);
+        let (a, b) = (safetensors(a), safetensors(b));
+        let files = [SafetensorsFile::parse(&a).unwrap(), SafetensorsFile::parse(&b).unwrap()];
+        let names = ["m-2.safetensors".to_string(), "m-1.safetensors".to_string()];
+        let e = Model::from_hf_named(&CONFIG.replace("LAYERS", "{}"), &files, &names).err().expect("a missing tensor loads").to_string();
+        assert!(e.contains("m-1.safetensors, m-2.safetensors: missing tensor 'model.norm.weight'"), "{e}");
+        // Unnamed files (one GGUF, bytes from a host): whoever opened the file names it.
+        let e = Model::from_hf(&CONFIG.replace("LAYERS", "{}"), &files).err().expect("a missing tensor loads").to_string();
+        assert_eq!(e, "malformed model file: missing tensor 'model.norm.weight'");
     }
 
     #[test]
