@@ -22,12 +22,3 @@ def smollm2(smollm2_path):
 
     return Model.from_pretrained(smollm2_path)
 
-
-def pytest_collection_modifyitems(config, items):
-    """The fuzz tier runs only when asked for (`pytest -m fuzz`)."""
-    if "fuzz" in (config.getoption("-m") or ""):
-        return
-    skip = pytest.mark.skip(reason="opt-in fuzz tier: pytest -m fuzz")
-    for item in items:
-        if "fuzz" in item.keywords:
-            item.add_marker(skip)
