@@ -29,8 +29,23 @@ fn random_case(format: WeightFormat, n: usize, k: usize, m: usize, seed: &mut u6
     (w, act, codes)
 }
 
-const SHAPES: &[(usize, usize, usize)] =
-    &[(1, 1, 1), (1, 256, 1), (3, 17, 3), (17, 255, 1), (9, 320, 2), (16, 512, 4), (33, 1023, 17), (8, 1537, 5), (61, 2560, 1), (13, 700, 8)];
+/// Shapes across every walk: GEMV, small GEMM tiles, AMX's streaming walk (4 to 16 activation
+/// rows, several stripes of 32 weight rows and a partial one) and its whole-row walk (17+).
+const SHAPES: &[(usize, usize, usize)] = &[
+    (1, 1, 1),
+    (1, 256, 1),
+    (3, 17, 3),
+    (17, 255, 1),
+    (9, 320, 2),
+    (16, 512, 4),
+    (33, 1023, 17),
+    (8, 1537, 5),
+    (61, 2560, 1),
+    (13, 700, 8),
+    (70, 1100, 6),
+    (64, 512, 16),
+    (45, 2600, 9),
+];
 
 #[test]
 fn scalar_matches_direct_sum_over_codes() {

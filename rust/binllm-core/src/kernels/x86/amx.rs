@@ -4,14 +4,26 @@
 //! AMX multiplies 16 x 64 u8 tiles by 64 x 16 i8 tiles into 16 x 16 i32 sums in one
 //! instruction (`tdpbusd`, 16384 multiply-adds), 16 times the work of an AVX-512 VNNI
 //! instruction. The packed weights are decoded to unsigned codes (t2, t1.6: code + 1; b1: bit;
-//! the AVX-512 `decode_row` layout) 32 rows at a time, which stay in L2 while every pair of
-//! activation tiles runs over them; activations are laid out once per call in the tiles'
+//! the AVX-512 `decode_row` layout); activations are laid out once per call in the tiles'
 //! "VNNI" order (4 consecutive k of one row side by side). Sums are exact integers, so results
 //! equal every other backend's.
 //!
-//! Fewer rows (decode of one to eight sequences) stay on AVX-512 VNNI (`MIN_ROWS`): the GEMV
-//! reads the packed weights once at memory speed, and decoding to bytes costs more than
-//! VNNI's multiplies until about 8 rows.
+//! By the number of activation rows m:
+//! - m > 16 (prompts, `gemm`): 32 weight rows are decoded whole into a buffer that stays in
+//!   L2 while every pair of activation tiles runs over them, so decoding is paid once for
+//!   many rows.
+//! - `STREAM_MIN_ROWS` <= m <= 16 (batched decode, `gemm_streaming`): one activation tile, so
+//!   decoding must keep up with memory. Each 64-byte block of 32 weight rows is decoded into
+//!   an 8 KiB buffer in L1 and multiplied at once, plane by plane; the next stripe of rows is
+//!   prefetched in address order (32 rows read side by side are more streams than the
+//!   hardware prefetchers follow), and two sets of tiles alternate so that loads overlap
+//!   products (tiles are not renamed: a load into a tile waits for the product reading it).
+//!   6912 x 2560 t2 from memory on one Xeon core (2026-12-06, same process, alternating):
+//!   0.48-0.61 ms at 2 to 16 rows, against AVX-512 VNNI's 0.83 at 2, 1.0-1.1 at 4, 1.4-1.5
+//!   at 8 and the whole-row walk's 2.1-2.3 at 16. A decode step of 8 sequences at BitNet
+//!   2B4T's shape, one thread: 437 -> 284 ms.
+//! - One row (a single sequence's decode) stays on AVX-512 VNNI, whose GEMV reads the packed
+//!   weights at memory speed.
 //!
 //! Linux hands AMX's tile state to a process only after it asks (`arch_prctl`
 //! `ARCH_REQ_XCOMP_PERM`); [`available`] asks once and reports whether it may.
@@ -27,11 +39,27 @@ use std::sync::OnceLock;
 const ROWS: usize = 16;
 /// Bytes per tile row: 64 k of one weight row, or 4 k of 16 activation rows.
 const COLSB: usize = 64;
-/// Activation rows from which AMX is used. Decoding the weights to bytes costs AMX the same
-/// for 1 to 16 rows, about what AVX-512 VNNI spends on 8 (6912 x 2560 t2 on one Xeon core,
-/// 2026-12-06: 0.83-1.2 ms for AMX at 2 to 16 rows; VNNI 0.36-0.49 at 2, 0.83-0.99 at 8,
-/// 1.6-1.9 at 16, 7.6-8.4 at 64 against AMX's 3.0-3.6).
+/// Activation rows above which `gemm` (decode 32 rows whole, then every activation tile) is
+/// used: it pays decoding once for all tiles (at 64 rows 3.0-3.6 ms against VNNI's 7.6-8.4
+/// for 6912 x 2560 t2 on one Xeon core, 2026-12-06).
 const MIN_ROWS: usize = 16;
+
+/// Activation rows from which `gemm_streaming` is used (module docs): from 2 rows it beats
+/// AVX-512 VNNI, whose GEMV stays best for one.
+const STREAM_MIN_ROWS: usize = 2;
+
+/// A zeroed buffer of `len` bytes starting on a cache line. Tiles and the 64-byte stores that
+/// fill them then never straddle two lines: with `Vec<u8>`'s 16-byte alignment the streaming
+/// walk ran 2.5-3x slower in some processes than in others (6912 x 2560 t2, 8 rows:
+/// 2.0-2.4 ms against 0.5-0.8), by where the allocator put the buffer.
+fn line_buffer(len: usize) -> Vec<Line> {
+    vec![Line([0; COLSB]); len.div_ceil(COLSB)]
+}
+
+/// One cache line (`line_buffer`).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; COLSB]);
 
 /// Whether this CPU has AMX-INT8 and this process may use it (asked once).
 pub fn available() -> bool {
@@ -109,7 +137,9 @@ unsafe fn gemm<const F: u8>(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8],
     let groups = m.div_ceil(ROWS); // activation tiles of up to 16 rows
     let ktiles = kp / COLSB;
     // Activations in tile order: [group][k tile][k / 4 within the tile][row in group][k % 4].
-    let mut xb = vec![0i8; groups * ktiles * ROWS * COLSB];
+    let mut xb_lines = line_buffer(groups * ktiles * ROWS * COLSB);
+    // SAFETY: the lines are plain bytes, `groups * ktiles * ROWS * COLSB` of them.
+    let xb = std::slice::from_raw_parts_mut(xb_lines.as_mut_ptr() as *mut i8, groups * ktiles * ROWS * COLSB);
     for i in 0..m {
         let (g, c) = (i / ROWS, i % ROWS);
         let row = &x[i * kp..(i + 1) * kp];
@@ -124,7 +154,9 @@ unsafe fn gemm<const F: u8>(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8],
     // line, so the rows of a tile do not all fall in the same few cache sets. 32 rows of
     // 6912 codes are 220 KiB, in L2.
     let stride = kp + COLSB;
-    let mut codes = vec![0u8; 2 * ROWS * stride];
+    let mut code_lines = line_buffer(2 * ROWS * stride);
+    // SAFETY: as `xb`.
+    let codes = std::slice::from_raw_parts_mut(code_lines.as_mut_ptr() as *mut u8, 2 * ROWS * stride);
     // Sums of a pair of activation tiles: [group of the pair][weight tile][16 rows][16 rows].
     let mut sums = [0i32; 2 * 2 * ROWS * ROWS];
     let cfg = TileConfig::new();
@@ -159,6 +191,115 @@ unsafe fn gemm<const F: u8>(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8],
                 }
             }
             g += pair;
+        }
+    }
+    asm!("tilerelease", options(nostack, nomem));
+}
+
+/// `out[r * m + i]` for at most 16 activation rows: the streaming walk (module docs).
+///
+/// # Safety
+/// [`available`] is true, `m <= ROWS`, and the lengths `GemmKernel` documents hold.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn gemm_streaming<const F: u8>(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32]) {
+    let pl = planes(F);
+    let blocks = row_bytes / 64;
+    let ktiles = kp / COLSB;
+    debug_assert!(m <= ROWS && ktiles == blocks * pl);
+    // Activations in tile order: [k tile][k / 4 within the tile][row][k % 4].
+    let mut xb_lines = line_buffer(ktiles * ROWS * COLSB);
+    // SAFETY: the lines are plain bytes, `ktiles * ROWS * COLSB` of them.
+    let xb = std::slice::from_raw_parts_mut(xb_lines.as_mut_ptr() as *mut i8, ktiles * ROWS * COLSB);
+    for i in 0..m {
+        let row = &x[i * kp..(i + 1) * kp];
+        for t in 0..ktiles {
+            let tile = &mut xb[t * ROWS * COLSB..];
+            for r in 0..ROWS {
+                tile[r * COLSB + 4 * i..r * COLSB + 4 * i + 4].copy_from_slice(&row[t * COLSB + 4 * r..t * COLSB + 4 * r + 4]);
+            }
+        }
+    }
+    // Codes of one block of 32 rows, [plane][row][64], in two buffers taken in turn.
+    let buffer = pl * 2 * ROWS * COLSB;
+    let mut code_lines = line_buffer(2 * buffer);
+    // SAFETY: as `xb`.
+    let codes = std::slice::from_raw_parts_mut(code_lines.as_mut_ptr() as *mut u8, 2 * buffer);
+    let mut sums = [0i32; 2 * ROWS * ROWS];
+    let cfg = TileConfig::new();
+    asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+    let stripe = 2 * ROWS * row_bytes;
+    for r0 in (0..n_rows).step_by(2 * ROWS) {
+        let rows = (2 * ROWS).min(n_rows - r0);
+        if rows < 2 * ROWS {
+            // Rows past the matrix stay zero codes in both buffers.
+            codes.fill(0);
+        }
+        let first = w.as_ptr().add(r0 * row_bytes);
+        asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem));
+        for b in 0..blocks {
+            let buf = codes.as_mut_ptr().add((b % 2) * buffer);
+            for r in 0..rows {
+                // One line of the next stripe per row and block: the whole stripe, in order,
+                // into L2 (past the matrix's end the hint is harmless; into L1 measured 5-10%
+                // slower).
+                _mm_prefetch::<_MM_HINT_T1>(first.wrapping_add(stripe + (b * 2 * ROWS + r) * 64) as *const i8);
+                super::avx512::decode_block::<F>(first.add(r * row_bytes + b * 64), buf.add(r * COLSB), 2 * ROWS * COLSB);
+            }
+            let mut p = 0;
+            while p < pl {
+                let a = buf.add(p * 2 * ROWS * COLSB);
+                let xt = xb.as_ptr().add((b * pl + p) * ROWS * COLSB);
+                if p + 2 <= pl {
+                    // Two planes on two sets of tiles: the second set's loads overlap the
+                    // first set's products (tiles are not renamed).
+                    asm!(
+                        "tileloadd tmm2, [{a0} + {s}]",
+                        "tileloadd tmm3, [{a1} + {s}]",
+                        "tileloadd tmm4, [{b0} + {s}]",
+                        "tdpbusd tmm0, tmm2, tmm4",
+                        "tdpbusd tmm1, tmm3, tmm4",
+                        "tileloadd tmm5, [{c0} + {s}]",
+                        "tileloadd tmm6, [{c1} + {s}]",
+                        "tileloadd tmm7, [{b1} + {s}]",
+                        "tdpbusd tmm0, tmm5, tmm7",
+                        "tdpbusd tmm1, tmm6, tmm7",
+                        a0 = in(reg) a,
+                        a1 = in(reg) a.add(ROWS * COLSB),
+                        c0 = in(reg) a.add(2 * ROWS * COLSB),
+                        c1 = in(reg) a.add(3 * ROWS * COLSB),
+                        b0 = in(reg) xt,
+                        b1 = in(reg) xt.add(ROWS * COLSB),
+                        s = in(reg) COLSB,
+                        options(nostack, readonly)
+                    );
+                    p += 2;
+                } else {
+                    asm!(
+                        "tileloadd tmm2, [{a0} + {s}]",
+                        "tileloadd tmm3, [{a1} + {s}]",
+                        "tileloadd tmm4, [{b} + {s}]",
+                        "tdpbusd tmm0, tmm2, tmm4",
+                        "tdpbusd tmm1, tmm3, tmm4",
+                        a0 = in(reg) a,
+                        a1 = in(reg) a.add(ROWS * COLSB),
+                        b = in(reg) xt,
+                        s = in(reg) COLSB,
+                        options(nostack, readonly)
+                    );
+                    p += 1;
+                }
+            }
+        }
+        asm!(
+            "tilestored [{p0} + {s}], tmm0",
+            "tilestored [{p1} + {s}], tmm1",
+            p0 = in(reg) sums.as_mut_ptr(), p1 = in(reg) sums.as_mut_ptr().add(ROWS * ROWS), s = in(reg) ROWS * 4,
+            options(nostack)
+        );
+        for r in 0..rows {
+            for i in 0..m {
+                out[(r0 + r) * m + i] = signed_sum(F, sums[r * ROWS + i], x_sums[i]);
+            }
         }
     }
     asm!("tilerelease", options(nostack, nomem));
@@ -257,15 +398,18 @@ unsafe fn tiles_one_group(a0: *const u8, a1: *const u8, stride: usize, b: *const
 
 macro_rules! entry {
     ($name:ident, $f:ident, $format:expr) => {
-        /// AMX kernel (module docs); fewer than `MIN_ROWS` activation rows go to AVX-512 VNNI.
+        /// AMX kernel (module docs): AVX-512 VNNI below `STREAM_MIN_ROWS` activation rows,
+        /// the streaming walk up to `MIN_ROWS`, `gemm` above.
         ///
         /// # Safety
         /// [`available`] is true (it implies AVX-512 VNNI here), and the lengths `GemmKernel`
         /// documents hold.
         #[allow(clippy::too_many_arguments)]
         pub unsafe fn $name(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32]) {
-            if m < MIN_ROWS {
+            if m < STREAM_MIN_ROWS {
                 super::avx512::kernel($format, true)(w, n_rows, row_bytes, x, x_sums, m, kp, out)
+            } else if m <= MIN_ROWS {
+                gemm_streaming::<$f>(w, n_rows, row_bytes, x, x_sums, m, kp, out)
             } else {
                 gemm::<$f>(w, n_rows, row_bytes, x, x_sums, m, kp, out)
             }

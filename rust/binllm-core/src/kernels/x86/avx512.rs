@@ -177,19 +177,26 @@ unsafe fn decode_plane<const F: u8>(v: __m512i, p: usize) -> __m512i {
 #[target_feature(enable = "avx512f,avx512bw")]
 pub(super) unsafe fn decode_row<const F: u8>(w: *const u8, row_bytes: usize, out: *mut u8) {
     for b in 0..row_bytes / 64 {
-        let v = _mm512_loadu_si512(w.add(b * 64) as *const _);
-        let dst = out.add(b * block_weights(F));
-        if F == T16 {
-            let mut z = v;
-            for p in 0..5 {
-                let (t, next) = t16_trit(z);
-                _mm512_storeu_si512(dst.add(64 * p) as *mut _, t);
-                z = next;
-            }
-        } else {
-            for p in 0..planes(F) {
-                _mm512_storeu_si512(dst.add(64 * p) as *mut _, decode_plane::<F>(v, p));
-            }
+        decode_block::<F>(w.add(b * 64), out.add(b * block_weights(F)), 64);
+    }
+}
+
+/// Writes the 64-byte packed block at `w` as unsigned codes, one byte each: plane p's 64
+/// codes at `out + p * plane_stride`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn decode_block<const F: u8>(w: *const u8, out: *mut u8, plane_stride: usize) {
+    let v = _mm512_loadu_si512(w as *const _);
+    if F == T16 {
+        let mut z = v;
+        for p in 0..5 {
+            let (t, next) = t16_trit(z);
+            _mm512_storeu_si512(out.add(plane_stride * p) as *mut _, t);
+            z = next;
+        }
+    } else {
+        for p in 0..planes(F) {
+            _mm512_storeu_si512(out.add(plane_stride * p) as *mut _, decode_plane::<F>(v, p));
         }
     }
 }
