@@ -2,7 +2,8 @@
 one sequence alone and against llama.cpp's batched decoding, on the same seeded weights.
 
     .venv/bin/python benches/bench_batch.py [--shapes 729m,2b4t] [--threads 1,2]
-        [--batches 1,2,4,8,16] [--prompt 32] [--steps 16] [--repeats 2] [--out FILE.md]
+        [--batches 1,2,4,8,16] [--prompt 32] [--steps 16] [--repeats 2] [--output f16|q6_k]
+        [--out FILE.md]
 
 Each of the N sequences gets its own --prompt random ids; all prompts run in one engine step,
 then --steps decode steps are timed (one token of every sequence a step, greedy; the engine's
@@ -133,6 +134,7 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=32)
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--output", choices=("f16", "q6_k"), default="f16", help="the output layer's type in the file both engines run")
     ap.add_argument("--workdir", type=Path, default=ROOT / "target" / "bench-models")
     ap.add_argument("--no-llamacpp", action="store_true")
     ap.add_argument("--out", type=Path)
@@ -152,21 +154,24 @@ def main() -> None:
 
     date = datetime.date.today().isoformat()
     lines = [
-        f"Batched decode, {date}, backend {kernels.backend()}; {args.prompt}-token prompts, {args.steps} decode steps, best of {args.repeats}.",
+        f"Batched decode, {date}, backend {kernels.backend()}; TQ2_0 with {args.output} output layer; {args.prompt}-token prompts, {args.steps} decode steps, best of {args.repeats}.",
         "",
         "| shape | threads | N | binllm step ms | binllm tok/s | x binllm N=1 | latency x N=1 | llama.cpp step ms | llama.cpp tok/s | x llama.cpp N=1 | binllm / llama.cpp |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    bandwidths: list[str] = []
     for shape in args.shapes.split(","):
         if shape not in SHAPES:
             raise SystemExit(f"unknown shape {shape!r}")
         files = make_files(args.workdir / shape, shape)
-        engines = [("binllm", Binllm(files["t2"]))]
+        model = files["t2" if args.output == "f16" else "t2-q6_k"]
+        engines = [("binllm", Binllm(model))]
         if have_llama:
-            engines.append(("llama.cpp", LlamaCpp(files["t2"])))
+            engines.append(("llama.cpp", LlamaCpp(model)))
         for threads in [int(t) for t in args.threads.split(",")]:
             bandwidth = read_bandwidth(threads, nbytes=1 << 29, repeats=2)
             say(f"{shape}, {threads} thread(s), read bandwidth {bandwidth / 1e9:.1f} GB/s: batches {batches} ...")
+            bandwidths.append(f"{shape} {threads} thread(s) {bandwidth / 1e9:.1f} GB/s")
             step: dict[tuple[str, int], float] = {}
             for _ in range(args.repeats):
                 for n in batches:
@@ -185,6 +190,7 @@ def main() -> None:
                 print(row, flush=True)
         for _, engine in engines:
             engine.close()
+    lines += ["", f"Read bandwidth measured before each block of rows: {'; '.join(bandwidths)}."]
     text = "\n".join(lines)
     print(text)
     if args.out:
