@@ -35,7 +35,7 @@ impl Activation {
         match name {
             "silu" | "swish" => Ok(Activation::Silu),
             "relu2" | "relu_squared" | "squared_relu" => Ok(Activation::Relu2),
-            other => crate::bail!(Unsupported, "activation '{other}' (binllm runs silu and relu2)"),
+            other => crate::bail!(Unsupported, "activation {other:?} (binllm runs silu and relu2)"),
         }
     }
     pub fn name(self) -> &'static str {
@@ -360,7 +360,7 @@ impl ModelConfig {
             ("LlamaForCausalLM" | "BitnetForCausalLM", _) | ("", "llama") => "llama",
             (a, t) => crate::bail!(
                 Unsupported,
-                "architecture '{a}' (model_type '{t}'); binllm runs BitNetForCausalLM, BitnetForCausalLM (1bitLLM) and LlamaForCausalLM"
+                "config.json: architecture {a:?} (model_type {t:?}); binllm runs BitNetForCausalLM, BitnetForCausalLM (1bitLLM) and LlamaForCausalLM"
             ),
         };
         let bitnet_arch = architecture == "bitnet";
@@ -441,7 +441,7 @@ impl ModelConfig {
             rope_style: RopeStyle::NeoX,
             rope_scaling,
             rms_eps: c.float("rms_norm_eps")?.unwrap_or(if bitnet_arch { 1e-5 } else { 1e-6 }) as f32,
-            activation: Activation::from_name(act_name)?,
+            activation: Activation::from_name(act_name).map_err(|e| e.in_file(std::path::Path::new("config.json: hidden_act")))?,
             sub_norms,
             tie_embeddings: c.bool("tie_word_embeddings")?.unwrap_or(bitnet_arch),
             linear,
@@ -469,7 +469,7 @@ impl ModelConfig {
             "bitnet" => ("bitnet", Activation::Silu, SubNorms::BitNet),
             // bitnet.cpp's graph for BitNet b1.58 2B4T (LLM_FFN_RELU_SQR, sub-norms, NeoX).
             "bitnet-25" | "bitnet-b1.58" => ("bitnet", Activation::Relu2, SubNorms::BitNet),
-            other => crate::bail!(Unsupported, "GGUF architecture '{other}' (binllm runs llama, bitnet, bitnet-25 and bitnet-b1.58)"),
+            other => crate::bail!(Unsupported, "GGUF architecture {other:?} (binllm runs llama, bitnet, bitnet-25 and bitnet-b1.58)"),
         };
         let prefix = format!("{arch}.");
         for (k, v) in &file.metadata {
@@ -528,7 +528,9 @@ impl ModelConfig {
         let named = |k: &str| -> Result<Option<Activation>> {
             match file.get(k) {
                 None => Ok(None),
-                Some(v) => Activation::from_name(v.as_str().ok_or_else(|| Error::Format(format!("GGUF metadata '{k}' must be a string")))?).map(Some),
+                Some(v) => Activation::from_name(v.as_str().ok_or_else(|| Error::Format(format!("GGUF metadata '{k}' must be a string")))?)
+                    .map(Some)
+                    .map_err(|e| e.in_file(std::path::Path::new(&format!("GGUF metadata '{k}'")))),
             }
         };
         let activation = match (named(&key("hidden_activation"))?, named("binllm.activation")?) {
@@ -1096,11 +1098,35 @@ mod tests {
         assert!(matches!(with([vec![1.0; 7], vec![f32::NAN]].concat()), Err(Error::Format(m)) if m.contains("must be positive")));
     }
 
+    /// An unsupported architecture or activation names config.json and its key, and shows a
+    /// hostile value escaped (a NUL or newline stays inside the one line).
+    #[test]
+    fn unsupported_values_name_the_file_and_are_escaped() {
+        let v: Value = serde_json::from_str(&format!("{{{LLAMA}}}")).unwrap();
+        let mut gelu = v.as_object().unwrap().clone();
+        gelu.insert("hidden_act".into(), Value::String("gelu\u{0}\n".into()));
+        let mut gpt2 = v.as_object().unwrap().clone();
+        gpt2.insert("architectures".into(), serde_json::json!(["GPT2\nLMHeadModel"]));
+        for (m, needle) in [(gelu, "config.json: hidden_act: activation \"gelu\\0\\n\""), (gpt2, "config.json: architecture \"GPT2\\nLMHeadModel\"")] {
+            match ModelConfig::from_hf_json(&Value::Object(m).to_string()) {
+                Err(Error::Unsupported(msg)) => {
+                    assert!(msg.contains(needle), "'{msg}' lacks '{needle}'");
+                    assert!(!msg.contains('\n') && !msg.contains('\0'), "{msg:?}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn files_that_are_not_a_config_are_refused() {
-        for (text, needle) in
-            [("", "not valid JSON"), ("{", "not valid JSON"), ("\"llama\"", "not a JSON object"), ("null", "not a JSON object"), ("{}", "architecture ''")]
-        {
+        for (text, needle) in [
+            ("", "not valid JSON"),
+            ("{", "not valid JSON"),
+            ("\"llama\"", "not a JSON object"),
+            ("null", "not a JSON object"),
+            ("{}", "config.json: architecture \"\""),
+        ] {
             match ModelConfig::from_hf_json(text) {
                 Err(Error::Format(m)) | Err(Error::Unsupported(m)) => assert!(m.contains(needle), "{text:?}: '{m}' lacks '{needle}'"),
                 other => panic!("{text:?}: {other:?}"),
