@@ -105,6 +105,32 @@ pub fn prefetch_start(buf: &[u8]) {
     }
 }
 
+/// `out[r * m + i]` for every row of `k` weights in `w` and every row of `x` (m rows of `k`):
+/// four rows of `x` at a time through `four`, the rest through `one` (a backend's row kernel).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn f16_rows_in_fours(
+    w: &[f16],
+    k: usize,
+    x: &[f32],
+    m: usize,
+    out: &mut [f32],
+    four: impl Fn(&[f16], &[f32]) -> [f32; 4],
+    one: impl Fn(&[f16], &[f32]) -> f32,
+) {
+    for (row, out) in w.chunks_exact(k.max(1)).zip(out.chunks_mut(m.max(1))) {
+        let mut c = 0;
+        while c + 4 <= m {
+            out[c..c + 4].copy_from_slice(&four(row, &x[c * k..(c + 4) * k]));
+            c += 4;
+        }
+        while c < m {
+            out[c] = one(row, &x[c * k..(c + 1) * k]);
+            c += 1;
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::*;
@@ -204,17 +230,7 @@ mod x86 {
     /// and `m` rows of `x`, four rows of `x` at a time.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn gemm_f16_rows(w: &[f16], k: usize, x: &[f32], m: usize, out: &mut [f32]) {
-        for (row, out) in w.chunks_exact(k.max(1)).zip(out.chunks_mut(m.max(1))) {
-            let mut c = 0;
-            while c + 4 <= m {
-                out[c..c + 4].copy_from_slice(&dot_f16_rows::<4>(row, &x[c * k..(c + 4) * k]));
-                c += 4;
-            }
-            while c < m {
-                out[c] = dot_f16_rows::<1>(row, &x[c * k..(c + 1) * k])[0];
-                c += 1;
-            }
-        }
+        f16_rows_in_fours(w, k, x, m, out, |r, x| dot_f16_rows::<4>(r, x), |r, x| dot_f16_rows::<1>(r, x)[0])
     }
 }
 
@@ -349,17 +365,7 @@ mod x86_512 {
     /// measured within 10% of it.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub unsafe fn gemm_f16_rows(w: &[f16], k: usize, x: &[f32], m: usize, out: &mut [f32]) {
-        for (row, out) in w.chunks_exact(k.max(1)).zip(out.chunks_mut(m.max(1))) {
-            let mut c = 0;
-            while c + 4 <= m {
-                out[c..c + 4].copy_from_slice(&dot_f16_rows::<4>(row, &x[c * k..(c + 4) * k]));
-                c += 4;
-            }
-            while c < m {
-                out[c] = dot_f16_rows::<1>(row, &x[c * k..(c + 1) * k])[0];
-                c += 1;
-            }
-        }
+        f16_rows_in_fours(w, k, x, m, out, |r, x| dot_f16_rows::<4>(r, x), |r, x| dot_f16_rows::<1>(r, x)[0])
     }
 }
 
