@@ -416,8 +416,8 @@ mod tests {
     }
 
     /// A batch's product (several activation rows, each super-block decoded once for four of
-    /// them) equals the scalar twin row by row, bit for bit, for row and token counts across
-    /// the tiles and the thread split.
+    /// them) equals the scalar twin row by row, bit for bit, for token counts across the tiles
+    /// of four and a padded last super-block.
     #[test]
     fn batched_gemm_equals_the_scalar_twin_row_by_row() {
         let mut next = rng(9);
