@@ -682,8 +682,8 @@ mod tests {
                 variants.push(("avx512", |w, x| unsafe { x86_512::dot_f16(w, x) }, |w, k, x, m, o| unsafe { x86_512::gemm_f16_rows(w, k, x, m, o) }));
             }
         }
-        // Lengths across the 64-wide steps, the 16-wide tail and the blocks of k (512 weights
-        // for 8 rows of x); counts across the tiles of 4 weight rows and 4 rows of x.
+        // Lengths across the 64-wide steps, the 16-wide tail and the scalar tail; counts of x's
+        // rows across the tiles of four.
         for (k, rows) in [(1, 3), (17, 5), (64, 4), (127, 2), (1536, 5), (2560 + 80 + 3, 3)] {
             let w: Vec<f16> = (0..rows * k).map(|_| f16::from_f32(next())).collect();
             for m in [1, 2, 3, 4, 5, 8, 9, 17] {
