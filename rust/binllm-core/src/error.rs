@@ -37,13 +37,18 @@ impl Error {
     /// The error as found in `file`: its message starts with the file's name. Loaders take
     /// bytes; whoever opened the file names it.
     pub fn in_file(self, file: &std::path::Path) -> Error {
-        let f = file.display();
+        self.at(&file.display().to_string())
+    }
+
+    /// The error as found at `place` (a file, or a file and its key): its message starts with
+    /// `place: `. Backend errors are about the CPU, not a place, and stay as they are.
+    pub fn at(self, place: &str) -> Error {
         match self {
-            Error::InvalidArgument(m) => Error::InvalidArgument(format!("{f}: {m}")),
-            Error::Format(m) => Error::Format(format!("{f}: {m}")),
-            Error::Unsupported(m) => Error::Unsupported(format!("{f}: {m}")),
+            Error::InvalidArgument(m) => Error::InvalidArgument(format!("{place}: {m}")),
+            Error::Format(m) => Error::Format(format!("{place}: {m}")),
+            Error::Unsupported(m) => Error::Unsupported(format!("{place}: {m}")),
             Error::Backend(m) => Error::Backend(m),
-            Error::Io(e) => Error::Io(std::io::Error::new(e.kind(), format!("{f}: {e}"))),
+            Error::Io(e) => Error::Io(std::io::Error::new(e.kind(), format!("{place}: {e}"))),
         }
     }
 }

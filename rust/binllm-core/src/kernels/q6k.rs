@@ -238,17 +238,20 @@ mod x86 {
     /// AVX-512 F/BW, AVX2 and F16C; `row_bytes` is `acts.blocks` super-blocks.
     #[target_feature(enable = "avx512f,avx512bw,avx2,f16c")]
     pub unsafe fn rows_512(w: &[u8], row_bytes: usize, acts: &Q6kActivations, out: &mut [f32]) {
-        let (m, blocks) = (acts.d.len() / acts.blocks.max(1), acts.blocks);
-        let (sa, sd, ss) = (blocks * Q6K_WEIGHTS, blocks, blocks * 16);
+        let m = acts.d.len() / acts.blocks.max(1);
+        // Activation row c from row 0's pointers and one row's lengths (`acts.row`'s layout).
+        let (q, d, s) = acts.row(0);
+        let rows = |c: usize| (q.as_ptr().add(c * q.len()), q.len(), d.as_ptr().add(c * d.len()), d.len(), s.as_ptr().add(c * s.len()), s.len());
         for (row, out) in w.chunks_exact(row_bytes.max(1)).zip(out.chunks_mut(m.max(1))) {
             let mut c = 0;
             while c + 4 <= m {
-                let r = dot_512_rows::<4>(row, acts.q.as_ptr().add(c * sa), sa, acts.d.as_ptr().add(c * sd), sd, acts.bsums.as_ptr().add(c * ss), ss);
-                out[c..c + 4].copy_from_slice(&r);
+                let (q, sq, d, sd, s, ss) = rows(c);
+                out[c..c + 4].copy_from_slice(&dot_512_rows::<4>(row, q, sq, d, sd, s, ss));
                 c += 4;
             }
             while c < m {
-                out[c] = dot_512_rows::<1>(row, acts.q.as_ptr().add(c * sa), sa, acts.d.as_ptr().add(c * sd), sd, acts.bsums.as_ptr().add(c * ss), ss)[0];
+                let (q, sq, d, sd, s, ss) = rows(c);
+                out[c] = dot_512_rows::<1>(row, q, sq, d, sd, s, ss)[0];
                 c += 1;
             }
         }

@@ -441,7 +441,7 @@ impl ModelConfig {
             rope_style: RopeStyle::NeoX,
             rope_scaling,
             rms_eps: c.float("rms_norm_eps")?.unwrap_or(if bitnet_arch { 1e-5 } else { 1e-6 }) as f32,
-            activation: Activation::from_name(act_name).map_err(|e| e.in_file(std::path::Path::new("config.json: hidden_act")))?,
+            activation: Activation::from_name(act_name).map_err(|e| e.at("config.json: hidden_act"))?,
             sub_norms,
             tie_embeddings: c.bool("tie_word_embeddings")?.unwrap_or(bitnet_arch),
             linear,
@@ -530,7 +530,7 @@ impl ModelConfig {
                 None => Ok(None),
                 Some(v) => Activation::from_name(v.as_str().ok_or_else(|| Error::Format(format!("GGUF metadata '{k}' must be a string")))?)
                     .map(Some)
-                    .map_err(|e| e.in_file(std::path::Path::new(&format!("GGUF metadata '{k}'")))),
+                    .map_err(|e| e.at(&format!("GGUF metadata '{k}'"))),
             }
         };
         let activation = match (named(&key("hidden_activation"))?, named("binllm.activation")?) {
