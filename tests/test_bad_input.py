@@ -4,6 +4,7 @@ hardening; each case was reproduced before its fix)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -125,19 +126,29 @@ def _run_measured(args):
     return proc.returncode, stderr, usage.ru_maxrss * 1024
 
 
-@pytest.mark.parametrize("token_id", [16_777_215, 16_777_216, 10**9])
-def test_one_far_token_id_costs_no_gigabytes(tmp_path, token_id):
+@pytest.mark.parametrize(
+    "token_id, refusal",
+    [
+        (5000, "has id 5000, beyond the model's 4096 embedding rows"),  # convert's own check
+        # The rest the load refuses, before convert sees them.
+        (16_777_215, "tokenizer.json: token id 16777215 is far beyond its 4098 tokens"),
+        (16_777_216, "has id 16777216; ids are integers from 0 to 16777215"),
+        (10**9, "has id 1000000000; ids are integers from 0 to 16777215"),
+    ],
+)
+def test_one_far_token_id_costs_no_gigabytes(tmp_path, token_id, refusal):
     from binllm import ModelFormatError
 
     folder = _model_with_token_id(tmp_path / "model", token_id)
     rc, stderr, peak = _run_measured(["convert", str(folder), str(tmp_path / "out.gguf"), "--type", "tq2_0"])
-    assert rc == 1 and f"has id {token_id}, beyond the model's 4096 embedding rows" in stderr, stderr
+    assert rc == 1 and refusal in stderr, stderr
     # The unguarded case cost 4.9 GB; a clean CI clone measured a 1.34 GB peak for the refused
     # command (a laptop checkout under 1 GB), so the bound sits at 2 GiB.
     assert peak < 2 << 30 and not (tmp_path / "out.gguf").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
-    with pytest.raises(ModelFormatError, match="tokenizer.json"):
-        Model.from_pretrained(folder).generate("hi", max_new_tokens=1)
+    if token_id > 2 * 4096 + 1024:
+        with pytest.raises(ModelFormatError, match="tokenizer.json"):
+            Model.from_pretrained(folder)
 
 
 @pytest.mark.parametrize("name", ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"])
@@ -153,17 +164,24 @@ def test_deeply_nested_json_is_one_clear_error(tmp_path, name):
         Model.from_pretrained(folder).generate("hi", max_new_tokens=1)
 
 
-def test_a_token_id_of_2_to_the_31_is_refused_at_once(tmp_path):
+@pytest.mark.parametrize("token_id", [2**31, 2**32 - 1, 2**24])
+def test_a_token_id_the_detokenizer_cannot_hold_is_refused_at_load(tmp_path, token_id):
+    """`tokenizers` takes any u32 id; generation's detokenizer (built on first use) does not.
+    The load checks the ids, so the file is refused there with one line, not at the first
+    generation."""
     import time
 
     from binllm import ModelFormatError
 
-    model = Model.from_pretrained(_model_with_token_id(tmp_path / "model", 2**31))
+    folder = _model_with_token_id(tmp_path / "model", token_id)
     start = time.perf_counter()
-    assert model.info()["tokenizer"]["model"] == "BPE"
-    with pytest.raises(ModelFormatError, match="tokenizer.json: bad id"):
-        model.generate("hi", max_new_tokens=1)
+    want = rf"tokenizer\.json: token '.+' has id {token_id}; ids are integers from 0 to 16777215"
+    with pytest.raises(ModelFormatError, match=want):
+        Model.from_pretrained(folder)
     assert time.perf_counter() - start < 5  # tokenizers' to_str() took 20-50 s here
+    out = subprocess.run([sys.executable, "-m", "binllm", "generate", str(folder), "-n", "1", "hi"], capture_output=True, text=True)
+    assert out.returncode != 0 and out.stdout == "" and "Traceback" not in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and re.search(want, out.stderr), out.stderr
 
 
 def test_sampling_values_the_sampler_refuses_are_named_with_their_file_at_load(tmp_path):

@@ -28,8 +28,19 @@ def from_gguf(path: Union[str, "os.PathLike[str]"]) -> Tokenizer:
 
 def from_json(text: str, name: str = "tokenizer.json") -> Tokenizer:
     """A tokenizer from tokenizer.json's text (what ``_core.load_model`` returns with a model);
-    `name` says where the text came from in an error."""
+    `name` says where the text came from in an error.
+
+    The text is also checked as generation's detokenizer (``_core.Detokenizer``) reads it, so a
+    file it cannot hold (a token id of 2**31, which ``tokenizers`` accepts) is refused here, at
+    load, and not at the first generation; the detokenizer itself is built on first use."""
     try:
-        return Tokenizer.from_str(text)
+        tokenizer = Tokenizer.from_str(text)
     except Exception as e:  # tokenizers raises a bare Exception for malformed files
         raise _core.ModelFormatError(f"{name}: {e}") from e
+    try:
+        _core.Detokenizer.check(text)
+    except _core.BinllmError as e:
+        if name == "tokenizer.json":  # the core's message names tokenizer.json already
+            raise
+        raise type(e)(f"{name}: {e}") from None
+    return tokenizer

@@ -17,7 +17,10 @@
 use crate::error::{Error, Result};
 use crate::model::sampler::{Sampler, SamplingParams};
 use crate::model::{KvCache, Model, Segment};
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// Each token's bytes in decoded text, read from a Hugging Face `tokenizer.json`'s decoder.
@@ -36,38 +39,7 @@ pub struct Detokenizer {
 
 impl Detokenizer {
     pub fn from_json(text: &str) -> Result<Detokenizer> {
-        let v: Value = serde_json::from_str(text).map_err(|e| Error::Format(format!("tokenizer.json: {e}")))?;
-        let model = v.get("model").ok_or_else(|| Error::Format("tokenizer.json has no model".into()))?;
-        let vocab = model.get("vocab").ok_or_else(|| Error::Format("tokenizer.json: model has no vocab".into()))?;
-        // Unigram vocabularies are [piece, score] lists; BPE and WordLevel ones are maps.
-        let mut entries: Vec<(String, u32, bool)> = Vec::new();
-        match vocab {
-            Value::Object(map) => {
-                for (t, id) in map {
-                    let id = id.as_u64().filter(|&i| i < (1 << 24)).ok_or_else(|| Error::Format(format!("tokenizer.json: bad id for '{t}'")))?;
-                    entries.push((t.clone(), id as u32, false));
-                }
-            }
-            Value::Array(list) => {
-                for (id, e) in list.iter().enumerate() {
-                    let t = e.get(0).and_then(Value::as_str).ok_or_else(|| Error::Format("tokenizer.json: bad Unigram vocabulary entry".into()))?;
-                    entries.push((t.to_string(), id as u32, false));
-                }
-            }
-            _ => crate::bail!(Format, "tokenizer.json: model.vocab is neither a map nor a list"),
-        }
-        for a in v.get("added_tokens").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]) {
-            let content = a.get("content").and_then(Value::as_str);
-            let id = a.get("id").and_then(Value::as_u64).filter(|&i| i < (1 << 24));
-            let (Some(content), Some(id)) = (content, id) else {
-                crate::bail!(Format, "tokenizer.json: an added token lacks its id or content");
-            };
-            let special = a.get("special").and_then(Value::as_bool).unwrap_or(false);
-            entries.push((content.to_string(), id as u32, special));
-        }
-        let size = crate::tokenizer::id_table_len(entries.iter().map(|e| e.1).max(), entries.len())?;
-        let decoder = v.get("decoder").cloned().unwrap_or(Value::Null);
-        let plan = DecoderPlan::read(&decoder)?;
+        let (entries, size, plan) = DetokenizerSource::read(text)?.checked()?;
         let mut pieces: Vec<Box<[u8]>> = vec![Box::default(); size];
         let table = crate::tokenizer::char_to_byte_table();
         for (token, id, special) in entries {
@@ -78,6 +50,15 @@ impl Detokenizer {
             pieces[id as usize] = plan.bytes(&token, &table).into_boxed_slice();
         }
         Ok(Detokenizer { pieces, strip_first_space: plan.strip_first_space })
+    }
+
+    /// Fails exactly where [`Detokenizer::from_json`] would (every id, the table's length, the
+    /// decoder) without building the table: one pass over the file that skips the merges and
+    /// decodes no token. A model load calls it, so a tokenizer.json the detokenizer cannot hold
+    /// is refused there, while the table waits for the first generation (at a 128k vocabulary
+    /// the check costs about 2/3 of the build: both are mostly this one pass).
+    pub fn check(text: &str) -> Result<()> {
+        DetokenizerSource::read(text)?.checked().map(|_| ())
     }
 
     /// Bytes of token `id` (empty for special tokens and ids outside the vocabulary).
@@ -93,6 +74,324 @@ impl Detokenizer {
             text.push_str(&stream.push(self, id).0);
         }
         text + &stream.finish()
+    }
+}
+
+/// What a [`Detokenizer`] reads from tokenizer.json: `model.vocab` (a map of token to id, or
+/// Unigram's list of `[piece, score]`), `added_tokens` and `decoder`, with the vocabulary's
+/// tokens borrowed from the text where it has no escapes. Everything else (the merges above
+/// all) is skipped unparsed.
+struct DetokenizerSource<'a> {
+    model_found: bool,
+    vocab: Option<Vocab<'a>>,
+    added_tokens: Vec<AddedToken<'a>>,
+    decoder: Value,
+}
+
+/// One of `added_tokens`; what is missing is None.
+#[derive(Default)]
+struct AddedToken<'a> {
+    content: Option<Cow<'a, str>>,
+    id: Option<Value>,
+    special: bool,
+}
+
+enum Vocab<'a> {
+    /// `(token, id as written)`; the id is checked after parsing so the error can name it.
+    Map(Vec<(Cow<'a, str>, Value)>),
+    List(Vec<Value>),
+}
+
+/// `(token, id, special)` for every token, the id table's length, the decoder.
+type CheckedSource<'a> = (Vec<(Cow<'a, str>, u32, bool)>, usize, DecoderPlan);
+
+/// Ids at or above this are refused: real vocabularies stop near 2^18, and the id table must
+/// not be sized by a hostile number.
+const ID_LIMIT: u64 = 1 << 24;
+
+impl<'a> DetokenizerSource<'a> {
+    fn read(text: &'a str) -> Result<DetokenizerSource<'a>> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let source = (&mut de).deserialize_map(SourceVisitor).and_then(|s| de.end().map(|()| s));
+        source.map_err(|e| Error::Format(format!("tokenizer.json: {e}")))
+    }
+
+    /// The entries with their ids checked, the table's length and the decoder's plan: every
+    /// check a Detokenizer makes, in one place.
+    fn checked(self) -> Result<CheckedSource<'a>> {
+        if !self.model_found {
+            crate::bail!(Format, "tokenizer.json has no model");
+        }
+        let bad_id =
+            |token: &str, id: &Value| Error::Format(format!("tokenizer.json: token '{token}' has id {id}; ids are integers from 0 to {}", ID_LIMIT - 1));
+        let mut entries = Vec::new();
+        match self.vocab {
+            None => crate::bail!(Format, "tokenizer.json: model has no vocab"),
+            Some(Vocab::Map(map)) => {
+                entries.reserve(map.len());
+                for (token, id) in map {
+                    let Some(checked) = id.as_u64().filter(|&i| i < ID_LIMIT) else {
+                        return Err(bad_id(&token, &id));
+                    };
+                    entries.push((token, checked as u32, false));
+                }
+            }
+            Some(Vocab::List(list)) => {
+                entries.reserve(list.len());
+                for (id, e) in list.into_iter().enumerate() {
+                    let Some(token) = e.get(0).and_then(Value::as_str).map(str::to_string) else {
+                        crate::bail!(Format, "tokenizer.json: bad Unigram vocabulary entry");
+                    };
+                    if id as u64 >= ID_LIMIT {
+                        return Err(bad_id(&token, &Value::from(id)));
+                    }
+                    entries.push((Cow::Owned(token), id as u32, false));
+                }
+            }
+        }
+        for a in self.added_tokens {
+            let (Some(content), Some(id)) = (a.content, a.id) else {
+                crate::bail!(Format, "tokenizer.json: an added token lacks its id or content");
+            };
+            let Some(checked) = id.as_u64().filter(|&i| i < ID_LIMIT) else {
+                return Err(bad_id(&content, &id));
+            };
+            entries.push((content, checked as u32, a.special));
+        }
+        let size = crate::tokenizer::id_table_len(entries.iter().map(|e| e.1).max(), entries.len())?;
+        let plan = DecoderPlan::read(&self.decoder)?;
+        Ok((entries, size, plan))
+    }
+}
+
+/// tokenizer.json's top level: `model`, `added_tokens` and `decoder` are read, the rest skipped.
+struct SourceVisitor;
+
+impl<'de> Visitor<'de> for SourceVisitor {
+    type Value = DetokenizerSource<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a tokenizer.json object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+        let mut source = DetokenizerSource { model_found: false, vocab: None, added_tokens: Vec::new(), decoder: Value::Null };
+        while let Some(key) = map.next_key::<Text<'de>>()? {
+            match &*key.0 {
+                "model" => {
+                    source.model_found = true;
+                    source.vocab = map.next_value_seed(ModelVisitor)?;
+                }
+                "added_tokens" => source.added_tokens = map.next_value_seed(AddedTokensVisitor)?,
+                "decoder" => source.decoder = map.next_value()?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(source)
+    }
+}
+
+/// `model`: its `vocab` is read, the rest (the merges) skipped. A model that is not an object
+/// has no vocab.
+struct ModelVisitor;
+
+impl<'de> DeserializeSeed<'de> for ModelVisitor {
+    type Value = Option<Vocab<'de>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> std::result::Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ModelVisitor {
+    type Value = Option<Vocab<'de>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("model as an object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+        let mut vocab = None;
+        while let Some(key) = map.next_key::<Text<'de>>()? {
+            if &*key.0 == "vocab" {
+                vocab = Some(map.next_value_seed(VocabVisitor)?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(vocab)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+struct VocabVisitor;
+
+impl<'de> DeserializeSeed<'de> for VocabVisitor {
+    type Value = Vocab<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> std::result::Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for VocabVisitor {
+    type Value = Vocab<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("model.vocab as a map of token to id or a list of [piece, score]")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+        let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
+        while let Some((token, id)) = map.next_entry::<Text<'de>, Value>()? {
+            entries.push((token.0, id));
+        }
+        Ok(Vocab::Map(entries))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Self::Value, A::Error> {
+        let mut entries = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(e) = seq.next_element::<Value>()? {
+            entries.push(e);
+        }
+        Ok(Vocab::List(entries))
+    }
+}
+
+/// `added_tokens`: a list (or null) of objects whose `content`, `id` and `special` are read.
+struct AddedTokensVisitor;
+
+impl<'de> DeserializeSeed<'de> for AddedTokensVisitor {
+    type Value = Vec<AddedToken<'de>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> std::result::Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for AddedTokensVisitor {
+    type Value = Vec<AddedToken<'de>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("added_tokens as a list")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Self::Value, A::Error> {
+        let mut tokens = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(token) = seq.next_element_seed(AddedTokenVisitor)? {
+            tokens.push(token);
+        }
+        Ok(tokens)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Self::Value, E> {
+        Ok(Vec::new())
+    }
+}
+
+/// One added token: an object.
+struct AddedTokenVisitor;
+
+impl<'de> DeserializeSeed<'de> for AddedTokenVisitor {
+    type Value = AddedToken<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> std::result::Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for AddedTokenVisitor {
+    type Value = AddedToken<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an added token object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+        let mut token = AddedToken::default();
+        while let Some(key) = map.next_key::<Text<'de>>()? {
+            match &*key.0 {
+                "content" => token.content = map.next_value::<MaybeText<'de>>()?.0,
+                "id" => token.id = Some(map.next_value()?),
+                "special" => token.special = map.next_value::<Value>()?.as_bool().unwrap_or(false),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(token)
+    }
+}
+
+/// A JSON string, borrowed from the text unless it has escapes (serde's `Cow` always copies).
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct TextVisitor;
+        impl<'de> Visitor<'de> for TextVisitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> std::result::Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_string())))
+            }
+        }
+        deserializer.deserialize_str(TextVisitor)
+    }
+}
+
+/// A JSON value that is a string (borrowed as [`Text`] is), or None for any other value.
+struct MaybeText<'a>(Option<Cow<'a, str>>);
+
+impl<'de> Deserialize<'de> for MaybeText<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct MaybeTextVisitor;
+        impl<'de> Visitor<'de> for MaybeTextVisitor {
+            type Value = MaybeText<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> std::result::Result<MaybeText<'de>, E> {
+                Ok(MaybeText(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<MaybeText<'de>, E> {
+                Ok(MaybeText(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> std::result::Result<MaybeText<'de>, E> {
+                Ok(MaybeText(None))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> std::result::Result<MaybeText<'de>, E> {
+                Ok(MaybeText(None))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> std::result::Result<MaybeText<'de>, E> {
+                Ok(MaybeText(None))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> std::result::Result<MaybeText<'de>, E> {
+                Ok(MaybeText(None))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<MaybeText<'de>, E> {
+                Ok(MaybeText(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<MaybeText<'de>, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(MaybeText(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<MaybeText<'de>, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(MaybeText(None))
+            }
+        }
+        deserializer.deserialize_any(MaybeTextVisitor)
     }
 }
 
@@ -521,6 +820,49 @@ mod tests {
         let vocab: serde_json::Map<String, Value> = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), Value::from(i))).collect();
         let added: Vec<Value> = special.iter().map(|(c, id)| serde_json::json!({"id": id, "content": c, "special": true})).collect();
         serde_json::json!({"model": {"type": "BPE", "vocab": vocab, "merges": []}, "added_tokens": added, "decoder": {"type": "ByteLevel"}}).to_string()
+    }
+
+    #[test]
+    fn check_refuses_what_from_json_refuses_with_the_same_message() {
+        let good = byte_level_json(&["a", "b", "\\u00e9"], &[("<s>", 3)]);
+        assert!(Detokenizer::check(&good).is_ok() && Detokenizer::from_json(&good).is_ok());
+        let with_vocab =
+            |vocab: Value| serde_json::json!({"model": {"type": "BPE", "vocab": vocab, "merges": ["a b"]}, "decoder": {"type": "ByteLevel"}}).to_string();
+        let cases = [
+            (with_vocab(serde_json::json!({"a": 0, "big": 1u64 << 31})), "token 'big' has id 2147483648; ids are integers from 0 to 16777215"),
+            (with_vocab(serde_json::json!({"a": 0, "huge": u64::MAX})), "token 'huge' has id 18446744073709551615"),
+            (with_vocab(serde_json::json!({"a": 0, "neg": -1})), "token 'neg' has id -1"),
+            (with_vocab(serde_json::json!({"a": 0, "half": 1.5})), "token 'half' has id 1.5"),
+            (with_vocab(serde_json::json!({"a": 0, "text": "1"})), "token 'text' has id \"1\""),
+            (with_vocab(serde_json::json!({"a": 0, "far": 5000})), "token id 5000 is far beyond its 2 tokens"),
+            (with_vocab(serde_json::json!("a")), "expected model.vocab as a map"),
+            (with_vocab(serde_json::json!([["a", 0.0], [1, 0.0]])), "bad Unigram vocabulary entry"),
+            (
+                serde_json::json!({"model": {"vocab": {"a": 0}}, "added_tokens": [{"id": 1u64 << 31, "content": "<s>"}]}).to_string(),
+                "token '<s>' has id 2147483648",
+            ),
+            (serde_json::json!({"model": {"vocab": {"a": 0}}, "added_tokens": [{"content": "<s>"}]}).to_string(), "an added token lacks its id or content"),
+            (
+                serde_json::json!({"model": {"vocab": {"a": 0}}, "added_tokens": [{"id": 1, "content": 5}]}).to_string(),
+                "an added token lacks its id or content",
+            ),
+            (serde_json::json!({"model": {"vocab": {"a": 0}}, "added_tokens": [3]}).to_string(), "expected an added token object"),
+            (serde_json::json!({"model": {"vocab": {"a": 0}}, "added_tokens": "<s>"}).to_string(), "expected added_tokens as a list"),
+            (
+                serde_json::json!({"model": {"vocab": {"a": 0}}, "decoder": {"type": "WordPiece"}}).to_string(),
+                "decoder {\"type\":\"WordPiece\"} is not supported",
+            ),
+            (serde_json::json!({"model": null}).to_string(), "model has no vocab"),
+            (serde_json::json!({"decoder": null}).to_string(), "has no model"),
+            ("[1, 2]".to_string(), "expected a tokenizer.json object"),
+            ("{\"model\": {\"vocab\": {\"a\": 0}}} x".to_string(), "trailing characters"),
+            ("{\"model\": {\"vocab\": {\"a\": 0".to_string(), "EOF while parsing"),
+        ];
+        for (text, want) in cases {
+            let checked = Detokenizer::check(&text).unwrap_err().to_string();
+            assert!(checked.contains("tokenizer.json") && checked.contains(want), "{text}: {checked}");
+            assert_eq!(Detokenizer::from_json(&text).unwrap_err().to_string(), checked, "{text}");
+        }
     }
 
     #[test]
