@@ -160,6 +160,27 @@ def test_cancel_frees_the_sequence_and_the_queue_is_bounded(default):
         Engine(default, max_batch=0)
 
 
+def test_a_cancelled_request_hands_out_the_text_it_held_back(default):
+    """A stop string that never comes holds back its length minus one characters; cancelling
+    delivers them as a last piece, so the text is what max_new_tokens=completion_tokens gives
+    (the browser's stop() does the same)."""
+    stop = "~" * 12
+    pieces, submitted, box = [], threading.Event(), {}
+
+    def listen(piece):
+        pieces.append(piece)
+        if len(pieces) == 1:  # the first piece out: cancel before the next step
+            assert submitted.wait(30)
+            box["request"].cancel()
+
+    with Engine(default) as engine:
+        box["request"] = request = engine.submit("ROMEO:", max_new_tokens=200, stop=stop, listener=listen, **GREEDY)
+        submitted.set()
+        assert request.wait(30) and request.finish_reason == "cancelled"
+    assert len(pieces) == 3 and pieces[-1] is None and len(pieces[1]) == len(stop) - 1, pieces
+    assert pieces[0] + pieces[1] == default.generate("ROMEO:", max_new_tokens=request.completion_tokens, stop=stop, **GREEDY)
+
+
 def test_the_engine_is_part_of_the_package():
     import binllm
     import binllm.engine

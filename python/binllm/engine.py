@@ -31,7 +31,12 @@ class Request:
     call :meth:`text`. ``finish_reason`` is "stop" (end-of-sequence token or a stop string),
     "length" (``max_new_tokens`` or the context is full), "cancelled" or "error" (then
     ``error`` holds the exception, also raised by iteration) once done. ``completion_tokens``
-    counts the tokens generated so far and grows every step."""
+    counts the tokens generated so far and grows every step.
+
+    A cancelled request's text is what ``max_new_tokens=completion_tokens`` would have given:
+    what the stream held back (half a UTF-8 character, as U+FFFD; text that might have begun a
+    stop string) comes out as one last piece before the end, as the browser build's ``stop()``
+    does."""
 
     def __init__(self, prompt_tokens: int, listener: Optional[Callable[[Optional[str]], None]]):
         self.prompt_tokens = prompt_tokens
@@ -69,7 +74,8 @@ class Request:
 
     # called by users
     def cancel(self) -> None:
-        """Stops the generation at the next step; its sequence leaves the batch."""
+        """Stops the generation at the next step; its sequence leaves the batch, and the text
+        it held back comes out as a last piece."""
         self._cancelled.set()
 
     @property
@@ -175,10 +181,12 @@ class Engine:
                 while not self._closed and not self._queue and not running:
                     self._lock.wait()
                 if self._closed:
-                    leftover = [r for r, *_ in self._queue] + list(running.values())
+                    leftover = [r for r, *_ in self._queue]
                     self._queue.clear()
                     self._running = []
-                    for request in leftover:
+                    for sid, request in running.items():
+                        self._cancel(core, sid, request)
+                    for request in leftover + list(running.values()):
                         request._finish("cancelled")
                     return
                 admitted = []
@@ -194,7 +202,7 @@ class Engine:
                     ended.append((request, "error", e))
             for sid, request in list(running.items()):
                 if request._cancelled.is_set():
-                    core.cancel(sid)
+                    self._cancel(core, sid, request)
                     del running[sid]
                     ended.append((request, "cancelled", None))
             events = []
@@ -220,3 +228,11 @@ class Engine:
                 self._running = list(running.values())
             for request, reason, error in ended:
                 request._finish(reason, error)
+
+    @staticmethod
+    def _cancel(core, sid: int, request: Request) -> None:
+        """Takes a cancelled sequence out of the core engine and hands its request the text the
+        stream held back (not to a listener that failed: its request ends with that error)."""
+        rest = core.cancel(sid)
+        if rest and request.error is None:
+            request._emit(rest)
