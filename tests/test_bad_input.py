@@ -184,6 +184,23 @@ def test_a_token_id_the_detokenizer_cannot_hold_is_refused_at_load(tmp_path, tok
     assert len(out.stderr.strip().splitlines()) == 1 and re.search(want, out.stderr), out.stderr
 
 
+def test_a_gguf_tokenizer_the_detokenizer_cannot_hold_is_named_by_the_gguf(tmp_path):
+    """The same check on a GGUF file's embedded tokenizer.huggingface.json names the GGUF file,
+    not a tokenizer.json the user never gave."""
+    from binllm import ModelFormatError, _core
+    from binllm.convert import tokenizer_metadata
+
+    good = Model.from_pretrained()
+    bad = (_model_with_token_id(tmp_path / "model", 2**31) / "tokenizer.json").read_text()
+    config = good.config
+    metadata, _ = tokenizer_metadata(default_model_path(), config["vocab_size"], config["bos_token_id"], config["eos_token_ids"][0])
+    metadata = [(key, kind, bad if key == "tokenizer.huggingface.json" else value) for key, kind, value in metadata]
+    _core.export_gguf(good._core, str(tmp_path / "bad.gguf"), type="tq2_0", embedding_type="f16", name="bad", metadata=metadata)
+    with pytest.raises(ModelFormatError, match=r"bad\.gguf: the tokenizer in its metadata: token '.+' has id 2147483648; ids are") as raised:
+        Model.from_pretrained(tmp_path / "bad.gguf")
+    assert "tokenizer.json" not in str(raised.value)
+
+
 def test_sampling_values_the_sampler_refuses_are_named_with_their_file_at_load(tmp_path):
     import json
     import shutil

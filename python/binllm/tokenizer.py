@@ -37,10 +37,5 @@ def from_json(text: str, name: str = "tokenizer.json") -> Tokenizer:
         tokenizer = Tokenizer.from_str(text)
     except Exception as e:  # tokenizers raises a bare Exception for malformed files
         raise _core.ModelFormatError(f"{name}: {e}") from e
-    try:
-        _core.Detokenizer.check(text)
-    except _core.BinllmError as e:
-        if name == "tokenizer.json":  # the core's message names tokenizer.json already
-            raise
-        raise type(e)(f"{name}: {e}") from None
+    _core.Detokenizer.check(text, name)
     return tokenizer

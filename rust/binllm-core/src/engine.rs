@@ -38,8 +38,9 @@ pub struct Detokenizer {
 }
 
 impl Detokenizer {
+    /// The detokenizer of tokenizer.json's text; an error names tokenizer.json.
     pub fn from_json(text: &str) -> Result<Detokenizer> {
-        let (entries, size, plan) = DetokenizerSource::read(text)?.checked()?;
+        let (entries, size, plan) = DetokenizerSource::read(text).and_then(DetokenizerSource::checked).map_err(|e| e.at("tokenizer.json"))?;
         let mut pieces: Vec<Box<[u8]>> = vec![Box::default(); size];
         let table = crate::tokenizer::char_to_byte_table();
         for (token, id, special) in entries {
@@ -56,9 +57,11 @@ impl Detokenizer {
     /// decoder) without building the table: one pass over the file that skips the merges and
     /// decodes no token. A model load calls it, so a tokenizer.json the detokenizer cannot hold
     /// is refused there, while the table waits for the first generation (at a 128k vocabulary
-    /// the check costs about 2/3 of the build: both are mostly this one pass).
-    pub fn check(text: &str) -> Result<()> {
-        DetokenizerSource::read(text)?.checked().map(|_| ())
+    /// the check costs about 2/3 of the build: both are mostly this one pass). An error starts
+    /// with `place`: "tokenizer.json" for a folder's file, the GGUF file for the tokenizer in
+    /// its metadata.
+    pub fn check(text: &str, place: &str) -> Result<()> {
+        DetokenizerSource::read(text).and_then(DetokenizerSource::checked).map(|_| ()).map_err(|e| e.at(place))
     }
 
     /// Bytes of token `id` (empty for special tokens and ids outside the vocabulary).
@@ -105,58 +108,47 @@ enum Vocab<'a> {
 /// `(token, id, special)` for every token, the id table's length, the decoder.
 type CheckedSource<'a> = (Vec<(Cow<'a, str>, u32, bool)>, usize, DecoderPlan);
 
-/// Ids at or above this are refused: real vocabularies stop near 2^18, and the id table must
-/// not be sized by a hostile number.
-const ID_LIMIT: u64 = 1 << 24;
-
 impl<'a> DetokenizerSource<'a> {
     fn read(text: &'a str) -> Result<DetokenizerSource<'a>> {
         let mut de = serde_json::Deserializer::from_str(text);
         let source = (&mut de).deserialize_map(SourceVisitor).and_then(|s| de.end().map(|()| s));
-        source.map_err(|e| Error::Format(format!("tokenizer.json: {e}")))
+        source.map_err(|e| Error::Format(e.to_string()))
     }
 
     /// The entries with their ids checked, the table's length and the decoder's plan: every
-    /// check a Detokenizer makes, in one place.
+    /// check a Detokenizer makes, in one place. Errors do not name the file: callers do.
     fn checked(self) -> Result<CheckedSource<'a>> {
         if !self.model_found {
-            crate::bail!(Format, "tokenizer.json has no model");
+            crate::bail!(Format, "no model");
         }
-        let bad_id =
-            |token: &str, id: &Value| Error::Format(format!("tokenizer.json: token '{token}' has id {id}; ids are integers from 0 to {}", ID_LIMIT - 1));
+        let token_id = crate::tokenizer::token_id;
         let mut entries = Vec::new();
         match self.vocab {
-            None => crate::bail!(Format, "tokenizer.json: model has no vocab"),
+            None => crate::bail!(Format, "model has no vocab"),
             Some(Vocab::Map(map)) => {
                 entries.reserve(map.len());
                 for (token, id) in map {
-                    let Some(checked) = id.as_u64().filter(|&i| i < ID_LIMIT) else {
-                        return Err(bad_id(&token, &id));
-                    };
-                    entries.push((token, checked as u32, false));
+                    let id = token_id(&token, &id)?;
+                    entries.push((token, id, false));
                 }
             }
             Some(Vocab::List(list)) => {
                 entries.reserve(list.len());
                 for (id, e) in list.into_iter().enumerate() {
                     let Some(token) = e.get(0).and_then(Value::as_str).map(str::to_string) else {
-                        crate::bail!(Format, "tokenizer.json: bad Unigram vocabulary entry");
+                        crate::bail!(Format, "bad Unigram vocabulary entry");
                     };
-                    if id as u64 >= ID_LIMIT {
-                        return Err(bad_id(&token, &Value::from(id)));
-                    }
-                    entries.push((Cow::Owned(token), id as u32, false));
+                    let id = token_id(&token, &Value::from(id))?;
+                    entries.push((Cow::Owned(token), id, false));
                 }
             }
         }
         for a in self.added_tokens {
             let (Some(content), Some(id)) = (a.content, a.id) else {
-                crate::bail!(Format, "tokenizer.json: an added token lacks its id or content");
+                crate::bail!(Format, "an added token lacks its id or content");
             };
-            let Some(checked) = id.as_u64().filter(|&i| i < ID_LIMIT) else {
-                return Err(bad_id(&content, &id));
-            };
-            entries.push((content, checked as u32, a.special));
+            let id = token_id(&content, &id)?;
+            entries.push((content, id, a.special));
         }
         let size = crate::tokenizer::id_table_len(entries.iter().map(|e| e.1).max(), entries.len())?;
         let plan = DecoderPlan::read(&self.decoder)?;
@@ -171,7 +163,7 @@ impl<'de> Visitor<'de> for SourceVisitor {
     type Value = DetokenizerSource<'de>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a tokenizer.json object")
+        f.write_str("an object")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
@@ -415,7 +407,7 @@ impl DecoderPlan {
             Some("Sequence") => decoder.get("decoders").and_then(Value::as_array).map(|a| a.iter().collect()).unwrap_or_default(),
             _ => vec![decoder],
         };
-        let unsupported = |what: String| Error::Unsupported(format!("tokenizer.json: decoder {what} is not supported"));
+        let unsupported = |what: String| Error::Unsupported(format!("decoder {what} is not supported"));
         let mut fused = false;
         for (i, step) in steps.iter().enumerate() {
             match step.get("type").and_then(Value::as_str) {
@@ -825,7 +817,7 @@ mod tests {
     #[test]
     fn check_refuses_what_from_json_refuses_with_the_same_message() {
         let good = byte_level_json(&["a", "b", "\\u00e9"], &[("<s>", 3)]);
-        assert!(Detokenizer::check(&good).is_ok() && Detokenizer::from_json(&good).is_ok());
+        assert!(Detokenizer::check(&good, "tokenizer.json").is_ok() && Detokenizer::from_json(&good).is_ok());
         let with_vocab =
             |vocab: Value| serde_json::json!({"model": {"type": "BPE", "vocab": vocab, "merges": ["a b"]}, "decoder": {"type": "ByteLevel"}}).to_string();
         let cases = [
@@ -853,15 +845,18 @@ mod tests {
                 "decoder {\"type\":\"WordPiece\"} is not supported",
             ),
             (serde_json::json!({"model": null}).to_string(), "model has no vocab"),
-            (serde_json::json!({"decoder": null}).to_string(), "has no model"),
-            ("[1, 2]".to_string(), "expected a tokenizer.json object"),
+            (serde_json::json!({"decoder": null}).to_string(), "tokenizer.json: no model"),
+            ("[1, 2]".to_string(), "invalid type: sequence, expected an object"),
             ("{\"model\": {\"vocab\": {\"a\": 0}}} x".to_string(), "trailing characters"),
             ("{\"model\": {\"vocab\": {\"a\": 0".to_string(), "EOF while parsing"),
         ];
         for (text, want) in cases {
-            let checked = Detokenizer::check(&text).unwrap_err().to_string();
-            assert!(checked.contains("tokenizer.json") && checked.contains(want), "{text}: {checked}");
+            let checked = Detokenizer::check(&text, "tokenizer.json").unwrap_err().to_string();
+            assert!(checked.contains(": tokenizer.json: ") && checked.contains(want), "{text}: {checked}");
             assert_eq!(Detokenizer::from_json(&text).unwrap_err().to_string(), checked, "{text}");
+            // The tokenizer in a GGUF file's metadata is named by the file, not tokenizer.json.
+            let in_gguf = Detokenizer::check(&text, "model.gguf: the tokenizer in its metadata").unwrap_err().to_string();
+            assert_eq!(in_gguf, checked.replace("tokenizer.json", "model.gguf: the tokenizer in its metadata"), "{text}");
         }
     }
 

@@ -293,24 +293,38 @@ pub struct Tokenizer {
     byte_kept: [bool; 256],
 }
 
-/// GPT-2's map from bytes to printable characters: printable Latin-1 maps to itself, the rest
-/// to 256, 257, ... in byte order.
-/// GPT-2's byte alphabet read backwards: the byte each of its 256 characters stands for.
+/// Token ids at or above this are refused: real vocabularies stop near 2^18, and an id table
+/// must not be sized by a hostile number.
+pub(crate) const ID_LIMIT: u64 = 1 << 24;
+
+/// The id tokenizer.json gives `token` (`id` as written), or the error naming both (the caller
+/// names the file: `Error::at`).
+pub(crate) fn token_id(token: &str, id: &Value) -> Result<u32> {
+    match id.as_u64() {
+        Some(i) if i < ID_LIMIT => Ok(i as u32),
+        _ => crate::bail!(Format, "token '{token}' has id {id}; ids are integers from 0 to {}", ID_LIMIT - 1),
+    }
+}
+
 /// The length of an id-indexed table for `count` tokens whose largest id is `largest`. Ids may
 /// have a few gaps, but a table far longer than the file's own tokens is refused before it is
-/// allocated: one token with id 16,777,215 must not cost hundreds of megabytes.
+/// allocated: one token with id 16,777,215 must not cost hundreds of megabytes. The caller
+/// names the file (`Error::at`).
 pub(crate) fn id_table_len(largest: Option<u32>, count: usize) -> Result<usize> {
     let len = largest.map_or(0, |id| id as usize + 1);
     if len > 2 * count + 1024 {
-        crate::bail!(Format, "tokenizer.json: token id {} is far beyond its {count} tokens (ids must run from 0 with few gaps)", len - 1);
+        crate::bail!(Format, "token id {} is far beyond its {count} tokens (ids must run from 0 with few gaps)", len - 1);
     }
     Ok(len)
 }
 
+/// GPT-2's byte alphabet read backwards: the byte each of its 256 characters stands for.
 pub(crate) fn char_to_byte_table() -> HashMap<char, u8> {
     byte_to_char_table().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect()
 }
 
+/// GPT-2's map from bytes to printable characters: printable Latin-1 maps to itself, the rest
+/// to 256, 257, ... in byte order.
 fn byte_to_char_table() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut next = 256u32;
@@ -833,21 +847,20 @@ impl Tokenizer {
         let vocab_map = model.get("vocab").and_then(Value::as_object).ok_or_else(|| Error::Format("tokenizer.json: model.vocab is not an object".into()))?;
         let mut entries: Vec<(String, u32)> = Vec::with_capacity(vocab_map.len());
         for (t, id) in vocab_map {
-            let id = id.as_u64().filter(|&i| i < (1 << 24)).ok_or_else(|| Error::Format(format!("tokenizer.json: bad id for '{t}'")))?;
-            entries.push((t.clone(), id as u32));
+            entries.push((t.clone(), token_id(t, id).map_err(|e| e.at("tokenizer.json"))?));
         }
         let mut added = Vec::new();
         for a in v.get("added_tokens").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]) {
             let content = a.get("content").and_then(Value::as_str).unwrap_or("").to_string();
-            let id = a.get("id").and_then(Value::as_u64).filter(|&i| i < (1 << 24));
-            let (Some(id), false) = (id, content.is_empty()) else {
+            let (Some(id), false) = (a.get("id"), content.is_empty()) else {
                 return Err(Error::Format("tokenizer.json: an added token lacks its id or content".into()));
             };
+            let id = token_id(&content, id).map_err(|e| e.at("tokenizer.json"))?;
             let special = a.get("special").and_then(Value::as_bool).unwrap_or(false);
-            entries.push((content.clone(), id as u32));
-            added.push(AddedToken { content, id: id as u32, special });
+            entries.push((content.clone(), id));
+            added.push(AddedToken { content, id, special });
         }
-        let size = id_table_len(entries.iter().map(|e| e.1).max(), entries.len())?;
+        let size = id_table_len(entries.iter().map(|e| e.1).max(), entries.len()).map_err(|e| e.at("tokenizer.json"))?;
         let mut id_to_token = vec![String::new(); size];
         for (t, id) in entries {
             id_to_token[id as usize] = t;
