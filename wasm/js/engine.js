@@ -60,9 +60,11 @@ export function formatBytes(n) {
 
 /** A block of bytes inside wasm memory that a file is streamed into. */
 export class WasmBuffer {
-  constructor(engine, size) {
+  /** `name` (the file's, or null) is what errors about its bytes name. */
+  constructor(engine, size, name = null) {
     this.engine = engine;
     this.size = size;
+    this.name = name;
     this.ptr = engine.alloc(size);
     this.filled = 0;
   }
@@ -281,15 +283,15 @@ export class Engine {
   }
 
   /** A WasmBuffer for a model file of `size` bytes, after checking it can fit at all. */
-  reserveModelFile(size, name = "the model file") {
+  reserveModelFile(size, name = null) {
     if (size > MAX_MODEL_FILE_BYTES) {
       throw new BinLLMError(
-        `${name} is ${formatBytes(size)}: too large for the browser build, whose 4 GiB of wasm32 memory must hold ` +
+        `${name ?? "the model file"} is ${formatBytes(size)}: too large for the browser build, whose 4 GiB of wasm32 memory must hold ` +
           `the file and the model unpacked from it (files up to ${formatBytes(MAX_MODEL_FILE_BYTES)} can load)`,
         "TooLarge",
       );
     }
-    return new WasmBuffer(this, size);
+    return new WasmBuffer(this, size, name);
   }
 
   /** The host side of `binllm_host.read_file`: copies bytes of `this.source` into wasm memory. */
@@ -361,15 +363,19 @@ export class Engine {
   /**
    * A model from a Hugging Face folder's files: `json` maps config.json, tokenizer.json,
    * generation_config.json, tokenizer_config.json to their text (the last two may be missing);
-   * `weights` are filled WasmBuffers of safetensors files, freed here.
+   * `weights` are filled WasmBuffers of safetensors files, freed here. An error names the file
+   * it is about ("config.json: ...", "model-00001-of-00002.safetensors: ..."): a buffer by the
+   * name `reserveModelFile` got, an unnamed one as model.safetensors (a folder's one file) or,
+   * among several, by its place in the list.
    */
   loadHf(json, weights) {
     const texts = ["config.json", "tokenizer.json", "generation_config.json", "tokenizer_config.json"].map((n) => json[n] ?? "");
-    const placed = texts.map((t) => this.put(t));
+    const names = weights.map((w, i) => w.name ?? (weights.length === 1 ? "model.safetensors" : `safetensors file ${i + 1} of ${weights.length}`));
+    const placed = [...texts, JSON.stringify(names)].map((t) => this.put(t));
     const table = new Uint32Array(weights.flatMap((w) => [w.ptr, w.size])); // (pointer, length) usize pairs
     try {
       return this.withBytes(new Uint8Array(table.buffer), (tablePtr) =>
-        this.call("loading the model", () => this.exports.binllm_model_load_hf(...placed.flat(), tablePtr, weights.length)),
+        this.call("loading the model", () => this.exports.binllm_model_load_hf(...placed.slice(0, 4).flat(), tablePtr, weights.length, ...placed[4])),
       );
     } finally {
       placed.forEach(([p, l]) => this.exports.binllm_free(p, l));

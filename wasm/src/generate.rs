@@ -169,7 +169,9 @@ fn loaded_from_gguf(file: &GgufFile<'_>) -> Result<Loaded> {
 
 /// Loads a Hugging Face folder's files: config.json, tokenizer.json, generation_config.json
 /// and tokenizer_config.json (either may be empty) and `n_files` safetensors files given as
-/// (pointer, length) pairs of usize at `files` (u32 in wasm32). Returns a model handle, or -1.
+/// (pointer, length) pairs of usize at `files` (u32 in wasm32), named by `names` (a JSON list
+/// of `n_files` strings). An error names the file it is about, as the native loader's do:
+/// "model-00002-of-00002.safetensors: ...". Returns a model handle, or -1.
 ///
 /// # Safety
 /// Every pointer must point to its length of readable bytes; `files` to `2 * n_files` usizes.
@@ -186,14 +188,25 @@ pub unsafe extern "C" fn binllm_model_load_hf(
     tokenizer_config_len: usize,
     files: *const usize,
     n_files: usize,
+    names: *const u8,
+    names_len: usize,
 ) -> i32 {
     handle_or_error((|| {
         let config = text_at(config, config_len, "config.json")?;
         let tokenizer_json = text_at(tokenizer, tokenizer_len, "tokenizer.json")?;
         let tokenizer = Tokenizer::from_json(tokenizer_json)?;
+        let names: Vec<String> = serde_json::from_str(text_at(names, names_len, "the safetensors files' names")?)
+            .map_err(|e| Error::InvalidArgument(format!("the safetensors files' names are not a JSON list of strings: {e}")))?;
+        if names.len() != n_files {
+            binllm_core::bail!(InvalidArgument, "{} names for {n_files} safetensors files", names.len());
+        }
         let pairs = slice_at(files, n_files.checked_mul(2).ok_or_else(|| Error::InvalidArgument("too many files".into()))?);
-        let files = pairs.chunks_exact(2).map(|p| SafetensorsFile::parse(slice_at(p[0] as *const u8, p[1]))).collect::<Result<Vec<_>>>()?;
-        let model = Model::from_hf(config, &files)?;
+        let files = pairs
+            .chunks_exact(2)
+            .zip(&names)
+            .map(|(p, name)| SafetensorsFile::parse(slice_at(p[0] as *const u8, p[1])).map_err(|e| e.at(name)))
+            .collect::<Result<Vec<_>>>()?;
+        let model = Model::from_hf_named(config, &files, &names)?;
         let generation = text_at(generation_config, generation_config_len, "generation_config.json")?;
         let tokenizer_config = text_at(tokenizer_config, tokenizer_config_len, "tokenizer_config.json")?;
         let defaults = GenerationDefaults::from_hf(model.config(), Some(tokenizer_json), Some(generation), Some(tokenizer_config), None)?;
@@ -499,6 +512,7 @@ mod tests {
         let tokenizer = tokenizer(serde_json::from_str(&read("tokenizer.json")).unwrap()).to_string();
         let weights = std::fs::read(folder.join("model.safetensors")).unwrap();
         let files = [weights.as_ptr() as usize, weights.len()];
+        let names = r#"["model.safetensors"]"#;
         let handle = unsafe {
             binllm_model_load_hf(
                 config.as_ptr(),
@@ -511,6 +525,8 @@ mod tests {
                 tokenizer_config.len(),
                 files.as_ptr(),
                 1,
+                names.as_ptr(),
+                names.len(),
             )
         };
         assert!(handle > 0, "{}", String::from_utf8_lossy(unsafe { slice_at(crate::binllm_last_error_ptr(), crate::binllm_last_error_len()) }));
