@@ -172,9 +172,9 @@ impl<'de> Visitor<'de> for SourceVisitor {
             match &*key.0 {
                 "model" => {
                     source.model_found = true;
-                    source.vocab = map.next_value_seed(ModelVisitor)?;
+                    source.vocab = map.next_value_seed(Any(ModelVisitor))?;
                 }
-                "added_tokens" => source.added_tokens = map.next_value_seed(AddedTokensVisitor)?,
+                "added_tokens" => source.added_tokens = map.next_value_seed(Any(AddedTokensVisitor))?,
                 "decoder" => source.decoder = map.next_value()?,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
@@ -189,14 +189,6 @@ impl<'de> Visitor<'de> for SourceVisitor {
 /// has no vocab.
 struct ModelVisitor;
 
-impl<'de> DeserializeSeed<'de> for ModelVisitor {
-    type Value = Option<Vocab<'de>>;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> std::result::Result<Self::Value, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
 impl<'de> Visitor<'de> for ModelVisitor {
     type Value = Option<Vocab<'de>>;
 
@@ -208,7 +200,7 @@ impl<'de> Visitor<'de> for ModelVisitor {
         let mut vocab = None;
         while let Some(key) = map.next_key::<Text<'de>>()? {
             if &*key.0 == "vocab" {
-                vocab = Some(map.next_value_seed(VocabVisitor)?);
+                vocab = Some(map.next_value_seed(Any(VocabVisitor))?);
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
@@ -222,14 +214,6 @@ impl<'de> Visitor<'de> for ModelVisitor {
 }
 
 struct VocabVisitor;
-
-impl<'de> DeserializeSeed<'de> for VocabVisitor {
-    type Value = Vocab<'de>;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> std::result::Result<Self::Value, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
 
 impl<'de> Visitor<'de> for VocabVisitor {
     type Value = Vocab<'de>;
@@ -258,14 +242,6 @@ impl<'de> Visitor<'de> for VocabVisitor {
 /// `added_tokens`: a list (or null) of objects whose `content`, `id` and `special` are read.
 struct AddedTokensVisitor;
 
-impl<'de> DeserializeSeed<'de> for AddedTokensVisitor {
-    type Value = Vec<AddedToken<'de>>;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> std::result::Result<Self::Value, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
 impl<'de> Visitor<'de> for AddedTokensVisitor {
     type Value = Vec<AddedToken<'de>>;
 
@@ -275,7 +251,7 @@ impl<'de> Visitor<'de> for AddedTokensVisitor {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Self::Value, A::Error> {
         let mut tokens = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(token) = seq.next_element_seed(AddedTokenVisitor)? {
+        while let Some(token) = seq.next_element_seed(Any(AddedTokenVisitor))? {
             tokens.push(token);
         }
         Ok(tokens)
@@ -288,14 +264,6 @@ impl<'de> Visitor<'de> for AddedTokensVisitor {
 
 /// One added token: an object.
 struct AddedTokenVisitor;
-
-impl<'de> DeserializeSeed<'de> for AddedTokenVisitor {
-    type Value = AddedToken<'de>;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> std::result::Result<Self::Value, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
 
 impl<'de> Visitor<'de> for AddedTokenVisitor {
     type Value = AddedToken<'de>;
@@ -317,6 +285,18 @@ impl<'de> Visitor<'de> for AddedTokenVisitor {
             }
         }
         Ok(token)
+    }
+}
+
+/// A visitor as a seed that takes whatever JSON value comes (serde's own seeds must name a
+/// type): each visitor says what it accepts.
+struct Any<V>(V);
+
+impl<'de, V: Visitor<'de>> DeserializeSeed<'de> for Any<V> {
+    type Value = V::Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> std::result::Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self.0)
     }
 }
 
