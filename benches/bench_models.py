@@ -27,7 +27,8 @@ after that prompt (ik: llama-bench's tg at depth --prompt). Read bandwidth: binl
 streaming-read probe over 1 GiB with the same thread count, the best of 1, 2, 4 and 8
 interleaved prefetched streams, before and after the engines. Limit: bandwidth / bytes one
 decode step reads (weights as held, the whole tied output layer, the KV cache at the mean
-decode position: f32 in binllm, f16 in the peers); "decode / limit" is the share reached.
+decode position, f16 in every engine: binllm's default cache type, as the peers'); "decode /
+limit" is the share reached.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ class Binllm:
         self.model = binllm.Model.from_pretrained(path, output_type=output_type, ternary_format=ternary_format)
 
     def bytes_per_token(self, kv_values: float) -> float:
-        return self.model._core.nbytes + 4 * kv_values
+        return self.model._core.nbytes + {"f16": 2, "f32": 4}[self.model.config["kv_type"]] * kv_values
 
     def bench(self, threads: int, prompt: int, decode: int) -> dict:
         from binllm import kernels

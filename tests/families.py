@@ -465,11 +465,15 @@ def _act_quant(x):
     return np.clip(np.round(x * s), -128, 127).astype(np.float32), s
 
 
-def reference_logits(folder: str | Path, input_ids, act_quant: bool = True, head: np.ndarray | None = None, embed: np.ndarray | None = None) -> np.ndarray:
+def reference_logits(
+    folder: str | Path, input_ids, act_quant: bool = True, head: np.ndarray | None = None, embed: np.ndarray | None = None, kv_type: str = "f16"
+) -> np.ndarray:
     """Logits [T, vocab] of a replica folder, computed in numpy from config.json and the
     safetensors alone (never binllm), following each family's published modeling code.
     `head` replaces the output layer (a GGUF replica's untied `output.weight`), `embed` the
-    embedding matrix (and with it a tied output layer)."""
+    embedding matrix (and with it a tied output layer). `kv_type` "f16" rounds keys (after
+    RoPE) and values to float16 before attention, as a KV cache of binllm's default type
+    (and llama.cpp's) holds them; "f32" keeps them."""
     folder = Path(folder)
     cfg = json.loads((folder / "config.json").read_text())
     t = read_safetensors(folder / "model.safetensors")
@@ -521,6 +525,8 @@ def reference_logits(folder: str | Path, input_ids, act_quant: bool = True, head
         k = linear(h, p + "self_attn.k_proj").reshape(T, nkv, hd).transpose(1, 0, 2)
         v = linear(h, p + "self_attn.v_proj").reshape(T, nkv, hd).transpose(1, 0, 2)
         q, k = rope(q), rope(k)
+        if kv_type == "f16":
+            k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
         k, v = np.repeat(k, nh // nkv, axis=0), np.repeat(v, nh // nkv, axis=0)
         sc = (q @ k.transpose(0, 2, 1)) * np.float32(hd**-0.5) + mask
         pr = np.exp(sc - sc.max(-1, keepdims=True))

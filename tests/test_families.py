@@ -37,6 +37,10 @@ from binllm import Model, ModelFormatError, UnsupportedError
 FIXTURES = Path(__file__).parent / "fixtures" / "families"
 MANIFEST = json.loads((FIXTURES / "MANIFEST.json").read_text())
 NOACTQ_TOL = 2e-5  # of the logit range
+# An f16 cache against a reference that rounds keys and values to f16: a key that two sums
+# put 1e-7 apart can round to neighbouring f16 values (1e-3 apart). Observed up to 2.2e-5 of
+# the logit range (llama31).
+F16_KV_TOL = 1e-4
 ACTQ_MEAN_TOL = 1e-3  # of the logit range
 ARGMAX_AGREEMENT = 0.95
 
@@ -51,10 +55,10 @@ def reference(name: str):
     return np.load(FIXTURES / f"{name.replace('_tf5', '')}.npz")
 
 
-def check_close(got: np.ndarray, want: np.ndarray, what: str):
+def check_close(got: np.ndarray, want: np.ndarray, what: str, tol: float = NOACTQ_TOL):
     scale = np.abs(want).max()
     diff = np.abs(got - want)
-    assert diff.max() <= NOACTQ_TOL * scale, f"{what}: max |diff| {diff.max():.3g} (logit range {scale:.3g})"
+    assert diff.max() <= tol * scale, f"{what}: max |diff| {diff.max():.3g} (logit range {scale:.3g})"
 
 
 def check_actq(got: np.ndarray, want: np.ndarray, what: str):
@@ -78,10 +82,11 @@ def test_replicas_are_what_the_references_were_made_from(replicas):
 def test_logits_match_transformers(replicas, name):
     ref = reference(name)
     ids = ref["input_ids"]
-    model = Model.from_pretrained(replicas[name])
+    # transformers keeps keys and values in f32.
+    model = Model.from_pretrained(replicas[name], kv_type="f32")
     assert list(model.encode(F.TEXT)[: len(ids)]) == list(ids), "token ids differ from the tokenizer's"
     check_actq(model.logits(ids), ref["logits"], name)
-    plain = Model.from_pretrained(replicas[name], act_quant=False)
+    plain = Model.from_pretrained(replicas[name], act_quant=False, kv_type="f32")
     check_close(plain.logits(ids), ref["logits_noactq"], name)
 
 
@@ -91,8 +96,11 @@ def test_logits_match_the_published_formulas(replicas, name):
     model = Model.from_pretrained(folder)
     ids = model.encode(F.TEXT)[:40]
     check_actq(model.logits(ids), F.reference_logits(folder, ids), name)
+    plain = Model.from_pretrained(folder, act_quant=False, kv_type="f32")
+    check_close(plain.logits(ids), F.reference_logits(folder, ids, act_quant=False, kv_type="f32"), name)
+    # The default f16 cache against the formulas with keys and values rounded to f16.
     plain = Model.from_pretrained(folder, act_quant=False)
-    check_close(plain.logits(ids), F.reference_logits(folder, ids, act_quant=False), name)
+    check_close(plain.logits(ids), F.reference_logits(folder, ids, act_quant=False), f"{name} (f16 cache)", F16_KV_TOL)
 
 
 def test_transformers_5_config_computes_what_a_top_level_rope_theta_does(replicas):

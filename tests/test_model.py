@@ -65,6 +65,23 @@ def test_prefill_and_decode_give_the_same_logits(bitnet):
     np.testing.assert_allclose(session.forward(ids[3:], all_logits=True), full[3:], rtol=1e-5, atol=1e-5)
 
 
+def test_the_kv_cache_holds_f16_by_default_or_f32_when_asked(models):
+    folder = models["llama_float"]
+    default, f32 = Model.from_pretrained(folder), Model.from_pretrained(folder, kv_type="f32")
+    assert (default.config["kv_type"], f32.config["kv_type"]) == ("f16", "f32")
+    ids = np.random.default_rng(2).integers(0, 1000, 40).tolist()
+    sessions = [m._core.session(64) for m in (default, f32)]
+    halves, floats = (s.forward(ids, all_logits=True) for s in sessions)
+    # 40 positions of one KV head of 64 dims, keys and values, 2 layers.
+    assert sessions[1].cache_nbytes == 2 * sessions[0].cache_nbytes == 40 * 64 * 2 * 2 * 4
+    # Rounding keys and values to f16 moves these logits by 2.2e-5 of their range (the
+    # formulas with rounded keys and values are matched in test_families.py).
+    scale = np.abs(floats).max()
+    assert 0 < np.abs(halves - floats).max() < 1e-3 * scale
+    with pytest.raises(ValueError, match="kv_type 'q8_0'.*f16 or f32"):
+        Model.from_pretrained(folder, kv_type="q8_0")
+
+
 @pytest.mark.parametrize("layout", ["bitnet_packed", "llama_float"])
 def test_a_prompt_gives_the_same_logits_on_one_and_two_threads(models, layout):
     # 200 rows: norms, activation quantization, activations and the integer kernels' epilogue

@@ -23,12 +23,12 @@ EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 
 
-def _load(model_arg: str | None, threads: int | None, quiet: bool = False, output_type: str | None = None):
+def _load(model_arg: str | None, threads: int | None, quiet: bool = False, output_type: str | None = None, kv_type: str | None = None):
     from binllm.model import Model, default_model_path
 
     path = model_arg or default_model_path()
     start = time.perf_counter()
-    model = Model.from_pretrained(path, threads=threads, output_type=output_type)
+    model = Model.from_pretrained(path, threads=threads, output_type=output_type, kv_type=kv_type)
     if not quiet:
         print(f"[binllm] loaded {model.source.name} in {time.perf_counter() - start:.2f} s", file=sys.stderr)
     return model
@@ -45,6 +45,7 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     p.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
     _output_type_arg(p)
+    _kv_type_arg(p)
 
 
 def _output_type_arg(p: argparse.ArgumentParser) -> None:
@@ -54,6 +55,10 @@ def _output_type_arg(p: argparse.ArgumentParser) -> None:
         default=None,
         help="keep the output layer (the embeddings when tied) as this type; against f16, q8_0 halves what each token reads there and q6_k reads 41%%",
     )
+
+
+def _kv_type_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kv-type", choices=["f16", "f32"], default=None, help="how the KV cache holds keys and values (default f16, as llama.cpp; f32 reads twice the bytes)")
 
 
 def _sampling(ns) -> dict:
@@ -73,7 +78,7 @@ def cmd_generate(ns) -> int:
     if len(ns.args) > 2:
         raise ValueError("usage: binllm generate [MODEL] PROMPT")
     model_arg, prompt = (ns.args[0], ns.args[1]) if len(ns.args) == 2 else (None, ns.args[0])
-    model = _load(model_arg, ns.threads, output_type=ns.output_type)
+    model = _load(model_arg, ns.threads, output_type=ns.output_type, kv_type=ns.kv_type)
     if ns.chat:
         if not model.chat_template:
             raise BinllmError(f"{model.source.name} has no chat template, so --chat cannot format the prompt; drop --chat, or use `binllm chat` (plain mode)")
@@ -102,7 +107,7 @@ def _plain_prompt(messages: list[dict]) -> str:
 
 
 def cmd_chat(ns) -> int:
-    model = _load(ns.model, ns.threads, output_type=ns.output_type)
+    model = _load(ns.model, ns.threads, output_type=ns.output_type, kv_type=ns.kv_type)
     messages = []
     if ns.system:
         messages.append({"role": "system", "content": ns.system})
@@ -138,7 +143,7 @@ def cmd_chat(ns) -> int:
 def cmd_serve(ns) -> int:
     from binllm.server import serve
 
-    serve(ns.model, host=ns.host, port=ns.port, max_batch=ns.max_batch, max_queue=ns.max_queue, ctx=ns.ctx, api_key=ns.api_key, threads=ns.threads)
+    serve(ns.model, host=ns.host, port=ns.port, max_batch=ns.max_batch, max_queue=ns.max_queue, ctx=ns.ctx, api_key=ns.api_key, threads=ns.threads, kv_type=ns.kv_type)
     return 0
 
 
@@ -325,7 +330,7 @@ def cmd_lm_eval(ns) -> int:
 def cmd_bench(ns) -> int:
     from binllm.bench import bench_model
 
-    model = _load(ns.model, ns.threads, output_type=ns.output_type)
+    model = _load(ns.model, ns.threads, output_type=ns.output_type, kv_type=ns.kv_type)
     result = bench_model(model, prompt_tokens=ns.prompt_tokens, decode_tokens=ns.decode_tokens, repeats=ns.repeats, progress=True)
     print(f"prompt  {result['prompt_tokens']:>5} tokens  {result['prompt_tok_s']:>9.1f} tok/s")
     print(f"decode  {result['decode_tokens']:>5} tokens  {result['decode_tok_s']:>9.1f} tok/s")
@@ -391,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ctx", type=int, default=None, help="tokens per request, prompt and completion (default: the model's context)")
     s.add_argument("--api-key", default=os.environ.get("BINLLM_API_KEY"), help="require 'Authorization: Bearer KEY' (default: $BINLLM_API_KEY, else none)")
     s.add_argument("--threads", type=int, default=None)
+    _kv_type_arg(s)
     s.set_defaults(func=cmd_serve)
 
     i = sub.add_parser("info", help="architecture, parameters, memory and bits per weight of a model")
@@ -421,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--threads", type=int, default=None)
     _output_type_arg(b)
+    _kv_type_arg(b)
     b.set_defaults(func=cmd_bench)
 
     q = sub.add_parser("quantize", help="binarize a float model after training (PTQ): absmean, sign, onebit, billm, arb, gptq-ternary")

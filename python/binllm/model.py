@@ -98,6 +98,7 @@ class Model:
         revision: str | None = None,
         output_type: str | None = None,
         ternary_format: str | None = None,
+        kv_type: str | None = None,
     ) -> "Model":
         """Loads a Hugging Face folder (config.json + safetensors), a ``.gguf`` file, or a model
         id from the Hugging Face hub (needs ``huggingface_hub`` and a network). No argument (or
@@ -109,7 +110,9 @@ class Model:
         embeddings when tied): against f16, "q8_0" halves what each decoded token reads there
         and "q6_k" (GGML's 6-bit blocks, with int8 activations as llama.cpp runs them) reads 41%.
         ``ternary_format`` ("t2" or "t1.6") re-packs ternary linears: t1.6 holds 1.6 bits a
-        weight (TQ1_0's density) against t2's 2.
+        weight (TQ1_0's density) against t2's 2. ``kv_type`` ("f16", the default, or "f32")
+        is how the KV cache holds keys and values: f16, as llama.cpp's default cache, reads and
+        holds half of f32's bytes; "f32" keeps them unrounded.
         """
         _core.threads_from_env()  # a bad BINLLM_THREADS is an error, not silently all cores
         if threads is not None:
@@ -119,7 +122,7 @@ class Model:
             raise ModelFormatError(f"{path} is not a model folder: it has no config.json")
         if not path.is_dir() and path.suffix.lower() != ".gguf":
             raise ModelFormatError(f"{path}: binllm loads Hugging Face folders and .gguf files")
-        core, tokenizer_json, defaults = _core.load_model(str(path), act_quant, output_type, ternary_format)
+        core, tokenizer_json, defaults = _core.load_model(str(path), act_quant, output_type, ternary_format, kv_type)
         if tokenizer_json is None:
             raise ModelNotFoundError(f"{path} has no tokenizer.json")
         return cls(core, tokenizer_json, path, defaults)

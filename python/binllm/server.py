@@ -589,7 +589,7 @@ def model_name_for(model_arg: str | None) -> str:
     return path.name if path.exists() else model_arg
 
 
-def serve(model_arg: str | None = None, host: str = "127.0.0.1", port: int = 8080, max_batch: int = 8, max_queue: int = 64, ctx: int | None = None, api_key: str | None = None, threads: int | None = None, log_level: str = "info") -> None:
+def serve(model_arg: str | None = None, host: str = "127.0.0.1", port: int = 8080, max_batch: int = 8, max_queue: int = 64, ctx: int | None = None, api_key: str | None = None, threads: int | None = None, log_level: str = "info", kv_type: str | None = None) -> None:
     """Loads the model and serves it until interrupted (``binllm serve``)."""
     try:
         import uvicorn
@@ -598,7 +598,7 @@ def serve(model_arg: str | None = None, host: str = "127.0.0.1", port: int = 808
     from binllm.engine import Engine
     from binllm.model import Model
 
-    model = Model.from_pretrained(model_arg, threads=threads)
+    model = Model.from_pretrained(model_arg, threads=threads, kv_type=kv_type)
     name = model_name_for(model_arg)
     with Engine(model, max_batch=max_batch, max_queue=max_queue) as engine:
         app = create_app(engine, name, ctx=ctx, api_key=api_key, aliases=(model_arg,) if model_arg else ())

@@ -407,15 +407,16 @@ use binllm_core::model::load::LoadOptions;
 /// each file parsed once (`binllm_core::model::load::load_with_defaults`): returns (model,
 /// tokenizer.json text or None, defaults dict).
 #[pyfunction]
-#[pyo3(signature = (path, act_quant=true, output_type=None, ternary_format=None))]
+#[pyo3(signature = (path, act_quant=true, output_type=None, ternary_format=None, kv_type=None))]
 fn load_model<'py>(
     py: Python<'py>,
     path: std::path::PathBuf,
     act_quant: bool,
     output_type: Option<&str>,
     ternary_format: Option<&str>,
+    kv_type: Option<&str>,
 ) -> PyResult<(PyModel, Option<String>, Bound<'py, pyo3::types::PyDict>)> {
-    let options = LoadOptions::from_names(act_quant, output_type, ternary_format).map_err(to_py)?;
+    let options = LoadOptions::from_names(act_quant, output_type, ternary_format, kv_type).map_err(to_py)?;
     let loaded = py.detach(|| binllm_core::model::load::load_with_defaults(&path)).map_err(to_py)?;
     let model = py.detach(|| options.apply(loaded.model)).map_err(to_py)?;
     let g = &loaded.defaults;
@@ -445,9 +446,16 @@ struct PyModel {
 impl PyModel {
     /// Loads a Hugging Face folder or a .gguf file.
     #[staticmethod]
-    #[pyo3(signature = (path, act_quant=true, output_type=None, ternary_format=None))]
-    fn load(py: Python<'_>, path: std::path::PathBuf, act_quant: bool, output_type: Option<&str>, ternary_format: Option<&str>) -> PyResult<Self> {
-        let options = LoadOptions::from_names(act_quant, output_type, ternary_format).map_err(to_py)?;
+    #[pyo3(signature = (path, act_quant=true, output_type=None, ternary_format=None, kv_type=None))]
+    fn load(
+        py: Python<'_>,
+        path: std::path::PathBuf,
+        act_quant: bool,
+        output_type: Option<&str>,
+        ternary_format: Option<&str>,
+        kv_type: Option<&str>,
+    ) -> PyResult<Self> {
+        let options = LoadOptions::from_names(act_quant, output_type, ternary_format, kv_type).map_err(to_py)?;
         let model = py.detach(|| options.apply(binllm_core::model::load::load_path(&path)?)).map_err(to_py)?;
         Ok(PyModel { inner: Arc::new(model) })
     }
@@ -455,9 +463,9 @@ impl PyModel {
     /// A model from a Hugging Face config.json's text and safetensors files' bytes (held in
     /// memory: calibration builds one block at a time this way).
     #[staticmethod]
-    #[pyo3(signature = (config_json, files, act_quant=true))]
-    fn from_hf_bytes(py: Python<'_>, config_json: &str, files: Vec<Vec<u8>>, act_quant: bool) -> PyResult<Self> {
-        let options = LoadOptions { act_quant, ..LoadOptions::default() };
+    #[pyo3(signature = (config_json, files, act_quant=true, kv_type=None))]
+    fn from_hf_bytes(py: Python<'_>, config_json: &str, files: Vec<Vec<u8>>, act_quant: bool, kv_type: Option<&str>) -> PyResult<Self> {
+        let options = LoadOptions::from_names(act_quant, None, None, kv_type).map_err(to_py)?;
         let model = py
             .detach(|| {
                 let parsed = files.iter().map(|f| binllm_core::loader::SafetensorsFile::parse(f)).collect::<Result<Vec<_>, Error>>()?;
@@ -469,9 +477,9 @@ impl PyModel {
 
     /// A model from the bytes of a GGUF file.
     #[staticmethod]
-    #[pyo3(signature = (data, act_quant=true))]
-    fn from_gguf_bytes(py: Python<'_>, data: &[u8], act_quant: bool) -> PyResult<Self> {
-        let options = LoadOptions { act_quant, ..LoadOptions::default() };
+    #[pyo3(signature = (data, act_quant=true, kv_type=None))]
+    fn from_gguf_bytes(py: Python<'_>, data: &[u8], act_quant: bool, kv_type: Option<&str>) -> PyResult<Self> {
+        let options = LoadOptions::from_names(act_quant, None, None, kv_type).map_err(to_py)?;
         let model = py.detach(|| options.apply(binllm_core::loader::GgufFile::parse(data).and_then(|f| Model::from_gguf(&f))?)).map_err(to_py)?;
         Ok(PyModel { inner: Arc::new(model) })
     }
@@ -499,6 +507,7 @@ impl PyModel {
         d.set_item("bitnet", c.linear == binllm_core::model::LinearKind::BitNet)?;
         d.set_item("weight_scale", format!("{:?}", c.weight_scale).to_lowercase())?;
         d.set_item("act_quant", self.inner.act_quant())?;
+        d.set_item("kv_type", self.inner.kv_type().name())?;
         d.set_item("bos_token_id", c.bos_token)?;
         d.set_item("eos_token_ids", c.eos_tokens.clone())?;
         Ok(d)
@@ -925,6 +934,15 @@ impl PyDetokenizer {
         Ok(PyDetokenizer { inner: Arc::new(binllm_core::engine::Detokenizer::from_json(tokenizer_json).map_err(to_py)?) })
     }
 
+    /// Raises what `Detokenizer(tokenizer_json)` would raise, without building its table: a
+    /// load calls it, and the table waits for the first generation. The message starts with
+    /// `place` (where the text came from).
+    #[staticmethod]
+    #[pyo3(signature = (tokenizer_json, place="tokenizer.json"))]
+    fn check(py: Python<'_>, tokenizer_json: &str, place: &str) -> PyResult<()> {
+        py.detach(|| binllm_core::engine::Detokenizer::check(tokenizer_json, place)).map_err(to_py)
+    }
+
     /// Text of `ids`, special tokens left out, as the engine streams it.
     fn decode(&self, ids: Vec<u32>) -> String {
         self.inner.decode(&ids)
@@ -1006,9 +1024,11 @@ impl PyEngine {
         self.lock().add(&prompt, params).map_err(to_py)
     }
 
-    /// Removes a sequence; False when none has that id.
-    fn cancel(&self, id: u64) -> bool {
-        self.lock().cancel(id)
+    /// Removes a sequence as reaching `max_new_tokens` there would (`Engine::stop`): returns
+    /// the text its stream held back (half a character as U+FFFD, text that might have begun a
+    /// stop string), "" when nothing was held back, None when no sequence has that id.
+    fn cancel(&self, id: u64) -> Option<String> {
+        self.lock().stop(id)
     }
 
     /// Runs every sequence one token further (without the GIL). Returns a list of

@@ -232,6 +232,41 @@ mod x86 {
     pub unsafe fn gemm_f16_rows(w: &[f16], k: usize, x: &[f32], m: usize, out: &mut [f32]) {
         f16_rows_in_fours(w, k, x, m, out, |r, x| dot_f16_rows::<4>(r, x), |r, x| dot_f16_rows::<1>(r, x)[0])
     }
+
+    /// `widen_f16` eight values at a time (F16C), prefetching the source as the dots do.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn widen_f16(h: &[f16], out: &mut [f32]) {
+        let n = h.len();
+        assert!(out.len() >= n);
+        let (ph, po) = (h.as_ptr() as *const u16, out.as_mut_ptr());
+        let mut i = 0;
+        while i + 8 <= n {
+            if i % 32 == 0 {
+                prefetch_ahead(ph.add(i));
+            }
+            _mm256_storeu_ps(po.add(i), _mm256_cvtph_ps(_mm_loadu_si128(ph.add(i) as *const __m128i)));
+            i += 8;
+        }
+        for j in i..n {
+            out[j] = h[j].to_f32();
+        }
+    }
+
+    /// `narrow_f16` eight values at a time (F16C, rounding to nearest even).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn narrow_f16(x: &[f32], out: &mut [f16]) {
+        let n = x.len();
+        assert!(out.len() >= n);
+        let (px, po) = (x.as_ptr(), out.as_mut_ptr() as *mut u16);
+        let mut i = 0;
+        while i + 8 <= n {
+            _mm_storeu_si128(po.add(i) as *mut __m128i, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(px.add(i))));
+            i += 8;
+        }
+        for j in i..n {
+            out[j] = f16::from_f32(x[j]);
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -367,6 +402,37 @@ mod x86_512 {
     pub unsafe fn gemm_f16_rows(w: &[f16], k: usize, x: &[f32], m: usize, out: &mut [f32]) {
         f16_rows_in_fours(w, k, x, m, out, |r, x| dot_f16_rows::<4>(r, x), |r, x| dot_f16_rows::<1>(r, x)[0])
     }
+
+    /// `widen_f16` sixteen values at a time.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn widen_f16(h: &[f16], out: &mut [f32]) {
+        let n = h.len();
+        assert!(out.len() >= n);
+        let (ph, po) = (h.as_ptr() as *const u16, out.as_mut_ptr());
+        let mut i = 0;
+        while i + 16 <= n {
+            if i % 32 == 0 {
+                prefetch_ahead(ph.add(i));
+            }
+            _mm512_storeu_ps(po.add(i), _mm512_cvtph_ps(_mm256_loadu_si256(ph.add(i) as *const __m256i)));
+            i += 16;
+        }
+        super::x86::widen_f16(&h[i..], &mut out[i..n]);
+    }
+
+    /// `narrow_f16` sixteen values at a time (rounding to nearest even).
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn narrow_f16(x: &[f32], out: &mut [f16]) {
+        let n = x.len();
+        assert!(out.len() >= n);
+        let (px, po) = (x.as_ptr(), out.as_mut_ptr() as *mut u16);
+        let mut i = 0;
+        while i + 16 <= n {
+            _mm256_storeu_si256(po.add(i) as *mut __m256i, _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm512_loadu_ps(px.add(i))));
+            i += 16;
+        }
+        super::x86::narrow_f16(&x[i..], &mut out[i..n]);
+    }
 }
 
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
@@ -398,6 +464,23 @@ mod wasm {
         let zero = u16x8_splat(0);
         [i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(zero, h), i16x8_shuffle::<4, 12, 5, 13, 6, 14, 7, 15>(zero, h)]
             .map(|top| f32x4_mul(v128_and(i32x4_shr(top, 3), u32x4_splat(0x8fff_ffff)), f32x4_splat(5.192_297e33)))
+    }
+
+    /// `super::widen_f16_plain` eight values at a time (`widen`).
+    pub fn widen_f16(h: &[f16], out: &mut [f32]) {
+        let n = h.len();
+        assert!(out.len() >= n);
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= n, within both slices; v128 loads and stores may be unaligned.
+            unsafe {
+                let [a, b] = widen(v128_load(h.as_ptr().add(i) as *const v128));
+                v128_store(out.as_mut_ptr().add(i) as *mut v128, a);
+                v128_store(out.as_mut_ptr().add(i + 4) as *mut v128, b);
+            }
+            i += 8;
+        }
+        super::widen_f16_plain(&h[i..], &mut out[i..n]);
     }
 
     /// `dot_f16_lanes` without FMA, vectorized: lane j of the four accumulators is `acc[j]`
@@ -445,6 +528,21 @@ pub struct Dots {
     /// of `k` weights in `w` and `m` rows of `x`: the same results as `f16` one by one, bit for
     /// bit, with each weight read once for all rows of `x` where the backend has a kernel.
     pub f16_rows: fn(&[f16], usize, &[f32], usize, &mut [f32]),
+    /// `widen_f16(h, out)`: `out[i] = h[i]` as f32 (exact) for every value of `h`.
+    pub widen_f16: fn(&[f16], &mut [f32]),
+    /// `narrow_f16(x, out)`: `out[i] = x[i]` rounded to the nearest f16 (ties to even), as
+    /// `f16::from_f32` rounds.
+    pub narrow_f16: fn(&[f32], &mut [f16]),
+}
+
+/// The baseline `Dots::widen_f16`.
+fn widen_f16_plain(h: &[f16], out: &mut [f32]) {
+    h.iter().zip(out).for_each(|(h, o)| *o = h.to_f32());
+}
+
+/// The baseline `Dots::narrow_f16`.
+fn narrow_f16_plain(x: &[f32], out: &mut [f16]) {
+    x.iter().zip(out).for_each(|(x, o)| *o = f16::from_f32(*x));
 }
 
 /// `f16_rows` by one `dot` per product.
@@ -468,6 +566,8 @@ pub fn dots() -> Dots {
                 q8: |q, s, x| unsafe { x86_512::dot_q8(q, s, x) },
                 f16: |w, x| unsafe { x86_512::dot_f16(w, x) },
                 f16_rows: |w, k, x, m, out| unsafe { x86_512::gemm_f16_rows(w, k, x, m, out) },
+                widen_f16: |h, out| unsafe { x86_512::widen_f16(h, out) },
+                narrow_f16: |x, out| unsafe { x86_512::narrow_f16(x, out) },
             };
         }
         if backend.uses_avx2() {
@@ -477,6 +577,8 @@ pub fn dots() -> Dots {
                 q8: |q, s, x| unsafe { x86::dot_q8(q, s, x) },
                 f16: |w, x| unsafe { x86::dot_f16(w, x) },
                 f16_rows: |w, k, x, m, out| unsafe { x86::gemm_f16_rows(w, k, x, m, out) },
+                widen_f16: |h, out| unsafe { x86::widen_f16(h, out) },
+                narrow_f16: |x, out| unsafe { x86::narrow_f16(x, out) },
             };
         }
     }
@@ -491,6 +593,11 @@ pub fn dots() -> Dots {
         f16_rows: |w, k, x, m, out| f16_rows_by_dots(wasm::dot_f16, w, k, x, m, out),
         #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
         f16_rows: |w, k, x, m, out| f16_rows_by_dots(|w, x| dot_f16_lanes(w, x, false), w, k, x, m, out),
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        widen_f16: wasm::widen_f16,
+        #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+        widen_f16: widen_f16_plain,
+        narrow_f16: narrow_f16_plain,
     }
 }
 
@@ -698,6 +805,65 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// f16 <-> f32 conversion (the f16 KV cache) on every kernel this CPU can run equals
+    /// `half`'s `to_f32`/`from_f32`: widening for all 65,536 f16 values, narrowing for f32
+    /// values across f16's range (ties, subnormals, overflow to infinity, NaN); lengths cross
+    /// the vector steps and their tails.
+    #[test]
+    fn f16_conversions_equal_half() {
+        type Widen = fn(&[f16], &mut [f32]);
+        type Narrow = fn(&[f32], &mut [f16]);
+        let mut variants: Vec<(&str, Widen, Narrow)> = vec![("baseline", widen_f16_plain, narrow_f16_plain), ("chosen", dots().widen_f16, dots().narrow_f16)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("f16c");
+            if avx2 {
+                // SAFETY: the features were checked just above.
+                variants.push(("avx2", |h, o| unsafe { x86::widen_f16(h, o) }, |x, o| unsafe { x86::narrow_f16(x, o) }));
+            }
+            if avx2 && std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: as above.
+                variants.push(("avx512", |h, o| unsafe { x86_512::widen_f16(h, o) }, |x, o| unsafe { x86_512::narrow_f16(x, o) }));
+            }
+        }
+        let same = |a: f32, b: f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+        let halves: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
+        let mut seed = 17u64;
+        let mut floats: Vec<f32> = (0..40_000)
+            .map(|i| {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let r = (seed >> 32) as u32;
+                match i % 4 {
+                    // f16's range and a bit past it, any f32, f16 values, and the midpoints
+                    // between neighbouring f16 values (ties).
+                    0 => f32::from_bits((r % 0x4800_0000) | (r & 0x8000_0000)),
+                    1 => f32::from_bits(r),
+                    2 => f16::from_bits(r as u16).to_f32(),
+                    _ => (f16::from_bits(r as u16 & 0x7bff).to_f32() + f16::from_bits((r as u16 & 0x7bff) + 1).to_f32()) / 2.0,
+                }
+            })
+            .collect();
+        floats.extend([0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 65504.0, 65520.0, 65519.99, 1e-8, -6e-8, 5.96e-8, 2.98e-8]);
+        for (name, widen, narrow) in &variants {
+            for len in [0, 1, 7, 8, 9, 15, 16, 17, 33, 100] {
+                let mut out = vec![0f32; len];
+                widen(&halves[1000..1000 + len], &mut out);
+                assert!(halves[1000..1000 + len].iter().zip(&out).all(|(h, o)| same(h.to_f32(), *o)), "{name} widen len {len}");
+            }
+            let mut wide = vec![0f32; halves.len()];
+            widen(&halves, &mut wide);
+            for (h, w) in halves.iter().zip(&wide) {
+                assert!(same(h.to_f32(), *w), "{name} widen {:#06x}: {w}", h.to_bits());
+            }
+            let mut narrowed = vec![f16::ZERO; floats.len()];
+            narrow(&floats, &mut narrowed);
+            for (x, n) in floats.iter().zip(&narrowed) {
+                let want = f16::from_f32(*x);
+                assert!(want.to_bits() == n.to_bits() || (want.is_nan() && n.is_nan()), "{name} narrow {x:e}: {:#06x} vs {:#06x}", n.to_bits(), want.to_bits());
             }
         }
     }

@@ -23,7 +23,7 @@
 
 use super::config::{LinearKind, ModelConfig, RopeScaling, WeightScale};
 use super::names::{gguf_name, hf_name, EMBED, LM_HEAD, NORM};
-use super::{FloatStorage, Layer, Linear, Model};
+use super::{FloatStorage, KvType, Layer, Linear, Model};
 use crate::error::{Error, Result};
 use crate::formats::{PackedMatrix, ScaleKind, WeightFormat};
 use crate::loader::{DType, GgufFile, SafetensorsFile, TensorView};
@@ -411,7 +411,7 @@ impl<'t, 'a> Tensors<'t, 'a> {
         }
         drop(used);
         self.check_all_consumed()?;
-        Ok(Model { config: c.clone(), embed, layers, norm, lm_head, act_quant: true })
+        Ok(Model { config: c.clone(), embed, layers, norm, lm_head, act_quant: true, kv_type: KvType::F16 })
     }
 }
 
@@ -485,24 +485,26 @@ impl Model {
 
 /// How a loaded model is stored and run, chosen by each host at load: int8 activations for
 /// BitNet-style linears (`act_quant`, off only for float reference runs), the output layer's
-/// storage, the ternary linears' packed format. The default keeps what the checkpoint holds.
+/// storage, the ternary linears' packed format, the KV cache's type. The default keeps what
+/// the checkpoint holds and caches keys and values as f16.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LoadOptions {
     pub act_quant: bool,
     pub output_storage: Option<FloatStorage>,
     pub ternary_format: Option<WeightFormat>,
+    pub kv_type: KvType,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { act_quant: true, output_storage: None, ternary_format: None }
+        LoadOptions { act_quant: true, output_storage: None, ternary_format: None, kv_type: KvType::F16 }
     }
 }
 
 impl LoadOptions {
-    /// The options as hosts name them: `output_type` f32 / f16 / q8_0, `ternary_format` t2 /
-    /// t1.6.
-    pub fn from_names(act_quant: bool, output_type: Option<&str>, ternary_format: Option<&str>) -> Result<Self> {
+    /// The options as hosts name them: `output_type` f32 / f16 / q8_0 / q6_k, `ternary_format`
+    /// t2 / t1.6, `kv_type` f16 / f32.
+    pub fn from_names(act_quant: bool, output_type: Option<&str>, ternary_format: Option<&str>, kv_type: Option<&str>) -> Result<Self> {
         let output_storage = output_type.map(FloatStorage::from_name).transpose()?;
         let ternary_format = match ternary_format {
             None => None,
@@ -512,7 +514,8 @@ impl LoadOptions {
                     .ok_or_else(|| Error::InvalidArgument(format!("ternary_format '{name}' (binllm stores ternary linears as t2 or t1.6)")))?,
             ),
         };
-        Ok(LoadOptions { act_quant, output_storage, ternary_format })
+        let kv_type = kv_type.map(KvType::from_name).transpose()?.unwrap_or(KvType::F16);
+        Ok(LoadOptions { act_quant, output_storage, ternary_format, kv_type })
     }
 
     /// `model` stored and run as these options say.
@@ -524,6 +527,7 @@ impl LoadOptions {
             model.set_ternary_format(format)?;
         }
         model.act_quant = self.act_quant;
+        model.kv_type = self.kv_type;
         Ok(model)
     }
 }
@@ -732,15 +736,20 @@ mod tests {
 
     #[test]
     fn load_options_are_named_checked_and_applied() {
-        assert_eq!(LoadOptions::from_names(true, None, None).unwrap(), LoadOptions::default());
-        let named = LoadOptions::from_names(false, Some("q8_0"), Some("t1.6")).unwrap();
-        assert_eq!(named, LoadOptions { act_quant: false, output_storage: Some(FloatStorage::Q8), ternary_format: Some(WeightFormat::Ternary1_6) });
-        assert!(matches!(LoadOptions::from_names(true, None, Some("b1")), Err(Error::InvalidArgument(m)) if m.contains("t2 or t1.6")));
-        assert!(LoadOptions::from_names(true, Some("f8"), None).is_err());
+        assert_eq!(LoadOptions::from_names(true, None, None, None).unwrap(), LoadOptions::default());
+        let named = LoadOptions::from_names(false, Some("q8_0"), Some("t1.6"), Some("f32")).unwrap();
+        assert_eq!(
+            named,
+            LoadOptions { act_quant: false, output_storage: Some(FloatStorage::Q8), ternary_format: Some(WeightFormat::Ternary1_6), kv_type: KvType::F32 }
+        );
+        assert!(matches!(LoadOptions::from_names(true, None, Some("b1"), None), Err(Error::InvalidArgument(m)) if m.contains("t2 or t1.6")));
+        assert!(LoadOptions::from_names(true, Some("f8"), None, None).is_err());
+        assert!(matches!(LoadOptions::from_names(true, None, None, Some("q8_0")), Err(Error::InvalidArgument(m)) if m.contains("f16 or f32")));
         let options = LoadOptions { ternary_format: None, ..named };
         let model = options.apply(load("{}", vec![]).unwrap()).unwrap();
         assert!(!model.act_quant);
         assert!(matches!(model.lm_head, Some(Linear::Q8 { .. })));
+        assert_eq!(model.new_cache(8).kv_type(), KvType::F32);
     }
 
     #[test]

@@ -30,6 +30,7 @@ use crate::kernels::float::prefetch_ahead;
 use crate::kernels::{self, Backend};
 pub use config::{Activation, LinearKind, ModelConfig, RopeScaling, RopeStyle, SubNorms, WeightScale};
 pub use defaults::GenerationDefaults;
+use half::f16;
 pub use linear::{FloatStorage, Linear};
 
 /// One decoder block's weights, in the module doc's names.
@@ -61,6 +62,8 @@ pub struct Model {
     /// Whether BitNet linears quantize activations to int8 (true for real inference; false is
     /// a reference mode used to compare against float implementations).
     act_quant: bool,
+    /// How new caches hold keys and values (`load::LoadOptions::kv_type`).
+    kv_type: KvType,
 }
 
 /// One weight matrix as `Model::tensor_summary` reports it.
@@ -84,6 +87,11 @@ impl Model {
     /// Whether BitNet linears quantize activations to int8 (`load::LoadOptions::act_quant`).
     pub fn act_quant(&self) -> bool {
         self.act_quant
+    }
+
+    /// How its caches hold keys and values (`load::LoadOptions::kv_type`).
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
     }
 
     /// Every weight matrix in model order (embeddings, each layer's attention and MLP linears,
@@ -151,21 +159,127 @@ pub struct Segment<'a> {
     pub all_logits: bool,
 }
 
+/// How a KV cache holds keys and values: as f32, or rounded once to f16 (half the bytes a
+/// decode step reads there, and half the memory; llama.cpp's and ik_llama.cpp's default).
+/// Attention widens f16 back to f32 exactly, so an f16 cache gives the logits an f32 cache
+/// would give for the rounded keys and values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvType {
+    F32,
+    F16,
+}
+
+impl KvType {
+    /// The type as hosts name it: "f16" or "f32".
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "f16" => Ok(KvType::F16),
+            "f32" => Ok(KvType::F32),
+            _ => crate::bail!(InvalidArgument, "kv_type '{}' (binllm caches keys and values as f16 or f32)", name.escape_debug()),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F16 => "f16",
+            KvType::F32 => "f32",
+        }
+    }
+}
+
+/// One layer's keys or values, in the cache's type.
+enum KvRows {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+/// A view of `KvRows`.
+#[derive(Clone, Copy)]
+enum KvSlice<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+impl KvRows {
+    fn new(kv_type: KvType) -> Self {
+        match kv_type {
+            KvType::F32 => KvRows::F32(Vec::new()),
+            KvType::F16 => KvRows::F16(Vec::new()),
+        }
+    }
+    fn len(&self) -> usize {
+        match self {
+            KvRows::F32(v) => v.len(),
+            KvRows::F16(v) => v.len(),
+        }
+    }
+    fn truncate(&mut self, len: usize) {
+        match self {
+            KvRows::F32(v) => v.truncate(len),
+            KvRows::F16(v) => v.truncate(len),
+        }
+    }
+    fn nbytes(&self) -> usize {
+        match self {
+            KvRows::F32(v) => v.len() * 4,
+            KvRows::F16(v) => v.len() * 2,
+        }
+    }
+    fn view(&self) -> KvSlice<'_> {
+        match self {
+            KvRows::F32(v) => KvSlice::F32(v),
+            KvRows::F16(v) => KvSlice::F16(v),
+        }
+    }
+    /// Writes `row` at `start`, `start + stride`, ... (growing with zeros to `min_len` first),
+    /// rounded to the cache's type by `narrow` (scratch: room for a row).
+    fn put(&mut self, row: &[f32], start: usize, stride: usize, min_len: usize, narrow: fn(&[f32], &mut [f16]), scratch: &mut Vec<f16>) {
+        match self {
+            KvRows::F32(v) => {
+                if v.len() < min_len {
+                    v.resize(min_len, 0.0);
+                }
+                if stride == 1 {
+                    v[start..start + row.len()].copy_from_slice(row);
+                } else {
+                    row.iter().enumerate().for_each(|(c, &x)| v[start + c * stride] = x);
+                }
+            }
+            KvRows::F16(v) => {
+                if v.len() < min_len {
+                    v.resize(min_len, f16::ZERO);
+                }
+                if stride == 1 {
+                    narrow(row, &mut v[start..start + row.len()]);
+                } else {
+                    scratch.resize(row.len(), f16::ZERO);
+                    narrow(row, scratch);
+                    scratch.iter().enumerate().for_each(|(c, &x)| v[start + c * stride] = x);
+                }
+            }
+        }
+    }
+}
+
 /// Keys and values of every layer for the tokens seen so far.
 ///
-/// Values are stored a position per row (`kv_dim` floats). Keys are stored in blocks of
+/// Values are stored a position per row (`kv_dim` values). Keys are stored in blocks of
 /// `KEY_LANES` positions, dimension-major inside a block (`k[block][dim][lane]`), so that
 /// attention scores `KEY_LANES` keys at once from contiguous floats (see `key_scores`). Lanes
-/// of the last block past `len` are unused.
+/// of the last block past `len` are unused. Both are f32 or f16 (`KvType`).
 pub struct KvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    k: Vec<KvRows>,
+    v: Vec<KvRows>,
     kv_dim: usize,
     len: usize,
     capacity: usize,
+    kv_type: KvType,
 }
 
 impl KvCache {
+    fn new(layers: usize, kv_dim: usize, capacity: usize, kv_type: KvType) -> Self {
+        let rows = || (0..layers).map(|_| KvRows::new(kv_type)).collect();
+        KvCache { k: rows(), v: rows(), kv_dim, len: 0, capacity, kv_type }
+    }
     pub fn len(&self) -> usize {
         self.len
     }
@@ -174,6 +288,10 @@ impl KvCache {
     }
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+    /// How keys and values are held.
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
     }
     /// Forgets everything after the first `len` tokens (to reuse a shared prompt prefix).
     pub fn truncate(&mut self, len: usize) {
@@ -190,24 +308,23 @@ impl KvCache {
     }
     /// Bytes held by cached keys and values.
     pub fn nbytes(&self) -> usize {
-        self.k.iter().chain(&self.v).map(|x| x.len() * 4).sum()
+        self.k.iter().chain(&self.v).map(KvRows::nbytes).sum()
     }
 
     /// Stores the keys and values (rows of `kv_dim`) of layer `layer` for the positions after
     /// the `len` cached ones.
     fn append(&mut self, layer: usize, keys: &[f32], values: &[f32]) {
-        let (kv_dim, k) = (self.kv_dim, &mut self.k[layer]);
+        let kv_dim = self.kv_dim;
+        let narrow = kernels::float::dots().narrow_f16;
+        let mut scratch = Vec::new();
         for (t, row) in keys.chunks_exact(kv_dim).enumerate() {
             let (block, lane) = ((self.len + t) / KEY_LANES, (self.len + t) % KEY_LANES);
             let start = block * kv_dim * KEY_LANES;
-            if k.len() < start + kv_dim * KEY_LANES {
-                k.resize(start + kv_dim * KEY_LANES, 0.0);
-            }
-            for (c, &x) in row.iter().enumerate() {
-                k[start + c * KEY_LANES + lane] = x;
-            }
+            self.k[layer].put(row, start + lane, KEY_LANES, start + kv_dim * KEY_LANES, narrow, &mut scratch);
         }
-        self.v[layer].extend_from_slice(values);
+        let v = &mut self.v[layer];
+        let at = v.len();
+        v.put(values, at, 1, at + values.len(), narrow, &mut scratch);
     }
 }
 
@@ -300,8 +417,10 @@ fn key_scores<const H: usize>(q: [&[f32]; H], keys: [&[f32]; H], sums: &mut [[f3
 #[derive(Clone, Copy)]
 struct AttentionTask<'a> {
     q: &'a [f32],
-    keys: &'a [f32],
-    values: &'a [f32],
+    keys: KvSlice<'a>,
+    values: KvSlice<'a>,
+    /// Widens an f16 cache's keys and values (`Dots::widen_f16`).
+    widen: fn(&[f16], &mut [f32]),
     hd: usize,
     kv_dim: usize,
     group: usize,
@@ -311,16 +430,34 @@ struct AttentionTask<'a> {
     heads: usize,
 }
 
+/// `range` of `rows` as f32: the cache's own floats, or an f16 cache's values widened into
+/// `buf` (exactly).
+#[inline(always)]
+fn kv_f32<'a>(rows: KvSlice<'a>, range: std::ops::Range<usize>, widen: fn(&[f16], &mut [f32]), buf: &'a mut Vec<f32>) -> &'a [f32] {
+    match rows {
+        KvSlice::F32(r) => &r[range],
+        KvSlice::F16(r) => {
+            buf.resize(range.len(), 0.0);
+            widen(&r[range], buf);
+            buf
+        }
+    }
+}
+
 /// Attention of `task.heads` heads from `task.h0` of one query row (`Model::attention`),
-/// into `o` (heads x hd). Compiled once per instruction set (`attend`).
+/// into `o` (heads x hd). Compiled once per instruction set (`attend`). Only the KV heads of
+/// the task's heads are read (kv0..kv1); an f16 cache's are widened a key block and a value
+/// row at a time into L1-sized buffers, so the arithmetic is the f32 cache's.
 #[inline(always)]
 fn attend_generic(t: &AttentionTask, o: &mut [f32]) {
-    let AttentionTask { q, keys, values, hd, kv_dim, group, scale, visible, h0, heads } = *t;
+    let AttentionTask { q, keys, values, widen, hd, kv_dim, group, scale, visible, h0, heads } = *t;
+    let (kv0, kv1) = (h0 / group, (h0 + heads - 1) / group + 1);
+    let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
     let mut scores = vec![0f32; heads * visible];
     let mut max = vec![f32::NEG_INFINITY; heads];
     let block_len = kv_dim * KEY_LANES;
     for b in 0..visible.div_ceil(KEY_LANES) {
-        let block = &keys[b * block_len..(b + 1) * block_len];
+        let block = kv_f32(keys, b * block_len + kv0 * hd * KEY_LANES..b * block_len + kv1 * hd * KEY_LANES, widen, &mut kbuf);
         let j0 = b * KEY_LANES;
         let lanes = KEY_LANES.min(visible - j0);
         let mut store = |t: usize, sums: &[f32; KEY_LANES]| {
@@ -331,7 +468,7 @@ fn attend_generic(t: &AttentionTask, o: &mut [f32]) {
             }
         };
         let head_q = |h: usize| &q[h * hd..(h + 1) * hd];
-        let head_k = |h: usize| &block[(h / group) * hd * KEY_LANES..(h / group + 1) * hd * KEY_LANES];
+        let head_k = |h: usize| &block[(h / group - kv0) * hd * KEY_LANES..(h / group - kv0 + 1) * hd * KEY_LANES];
         let mut t = 0;
         while t + HEADS_AT_ONCE <= heads {
             let mut sums = [[0f32; KEY_LANES]; HEADS_AT_ONCE];
@@ -362,10 +499,10 @@ fn attend_generic(t: &AttentionTask, o: &mut [f32]) {
     }
     o.fill(0.0);
     for j in 0..visible {
-        let vj = &values[j * kv_dim..(j + 1) * kv_dim];
+        let vj = kv_f32(values, j * kv_dim + kv0 * hd..j * kv_dim + kv1 * hd, widen, &mut vbuf);
         for (t, h) in (h0..h0 + heads).enumerate() {
             let p = scores[t * visible + j];
-            let kv = h / group;
+            let kv = h / group - kv0;
             for c in (0..hd).step_by(16) {
                 prefetch_ahead(vj[kv * hd + c..].as_ptr());
             }
@@ -392,10 +529,11 @@ fn attend(t: &AttentionTask, o: &mut [f32]) {
 }
 
 impl Model {
+    /// An empty cache for up to `capacity` tokens (at most the model's positions), holding
+    /// keys and values as the model's `kv_type` says.
     pub fn new_cache(&self, capacity: usize) -> KvCache {
         let capacity = capacity.min(self.config.max_positions).max(1);
-        let (layers, kv_dim) = (self.config.layers, self.config.kv_heads * self.config.head_dim);
-        KvCache { k: vec![Vec::new(); layers], v: vec![Vec::new(); layers], kv_dim, len: 0, capacity }
+        KvCache::new(self.config.layers, self.config.kv_heads * self.config.head_dim, capacity, self.kv_type)
     }
 
     /// Bytes of all weights held (packed codes, scales, float tensors).
@@ -534,7 +672,7 @@ impl Model {
                 self.rope(&mut k[r0 * kv_dim..r1 * kv_dim], cfg.kv_heads, pos0, &inv_freq);
                 seg.cache.append(li, &k[r0 * kv_dim..r1 * kv_dim], &v[r0 * kv_dim..r1 * kv_dim]);
                 let cache = &*seg.cache;
-                self.attention(&q[r0 * q_dim..r1 * q_dim], &cache.k[li], &cache.v[li], pos0, r1 - r0, &mut attn[r0 * q_dim..r1 * q_dim]);
+                self.attention(&q[r0 * q_dim..r1 * q_dim], cache.k[li].view(), cache.v[li].view(), pos0, r1 - r0, &mut attn[r0 * q_dim..r1 * q_dim]);
             }
             if let Some(w) = &layer.attn_sub_norm {
                 rmsnorm_in_place(&mut attn, w, cfg.rms_eps);
@@ -639,12 +777,25 @@ impl Model {
     /// head's arithmetic is that of the plain loop: each q.k is summed in order over the head
     /// dimension (`key_scores` runs SIMD lanes across keys, not across dimensions), softmax and
     /// the weighted sum of values go by position.
-    fn attention(&self, q: &[f32], keys: &[f32], values: &[f32], pos0: usize, m: usize, out: &mut [f32]) {
+    fn attention(&self, q: &[f32], keys: KvSlice, values: KvSlice, pos0: usize, m: usize, out: &mut [f32]) {
         let cfg = &self.config;
         let (hd, heads) = (cfg.head_dim, cfg.heads);
         let (q_dim, kv_dim) = (heads * hd, cfg.kv_heads * hd);
         let group = heads / cfg.kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
+        let widen = kernels::float::dots().widen_f16;
+        // Several query rows read the same keys and values: an f16 cache's are widened once
+        // for all of them, not once per row.
+        let (mut wide_k, mut wide_v) = (Vec::new(), Vec::new());
+        let (keys, values) = match (keys, values) {
+            (KvSlice::F16(k), KvSlice::F16(v)) if m > 1 => {
+                let seen = pos0 + m;
+                let k = kv_f32(KvSlice::F16(k), 0..seen.div_ceil(KEY_LANES) * KEY_LANES * kv_dim, widen, &mut wide_k);
+                let v = kv_f32(KvSlice::F16(v), 0..seen * kv_dim, widen, &mut wide_v);
+                (KvSlice::F32(k), KvSlice::F32(v))
+            }
+            kv => kv,
+        };
         // Heads per task: a divisor of `heads`, small enough that one row gives every thread work.
         let tasks_per_row = (crate::threads::num_threads() / m).clamp(1, heads);
         let mut per_task = heads.div_ceil(tasks_per_row);
@@ -653,7 +804,8 @@ impl Model {
         }
         crate::threads::for_each_chunk(out, per_task * hd, |task, o| {
             let (i, h0) = (task * per_task / heads, task * per_task % heads);
-            let t = AttentionTask { q: &q[i * q_dim..(i + 1) * q_dim], keys, values, hd, kv_dim, group, scale, visible: pos0 + i + 1, h0, heads: per_task };
+            let t =
+                AttentionTask { q: &q[i * q_dim..(i + 1) * q_dim], keys, values, widen, hd, kv_dim, group, scale, visible: pos0 + i + 1, h0, heads: per_task };
             attend(&t, o);
         });
     }
@@ -705,18 +857,75 @@ mod tests {
 
     #[test]
     fn cache_blocks_survive_truncate_and_append() {
-        let mut cache = KvCache { k: vec![Vec::new()], v: vec![Vec::new()], kv_dim: 2, len: 0, capacity: 64 };
-        let rows = |from: usize, n: usize| (from..from + n).flat_map(|p| [p as f32, -(p as f32)]).collect::<Vec<_>>();
-        cache.append(0, &rows(0, 11), &rows(0, 11));
-        cache.len = 11;
-        cache.truncate(5);
-        cache.append(0, &rows(5, 4), &rows(5, 4));
-        cache.len = 9;
-        assert_eq!(cache.v[0], rows(0, 9));
-        for p in 0..9 {
-            let block = &cache.k[0][p / KEY_LANES * 2 * KEY_LANES..];
-            assert_eq!([block[p % KEY_LANES], block[KEY_LANES + p % KEY_LANES]], [p as f32, -(p as f32)]);
+        for kv_type in [KvType::F32, KvType::F16] {
+            let mut cache = KvCache::new(1, 2, 64, kv_type);
+            let rows = |from: usize, n: usize| (from..from + n).flat_map(|p| [p as f32, -(p as f32)]).collect::<Vec<_>>();
+            cache.append(0, &rows(0, 11), &rows(0, 11));
+            cache.len = 11;
+            cache.truncate(5);
+            cache.append(0, &rows(5, 4), &rows(5, 4));
+            cache.len = 9;
+            let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
+            let widen = kernels::float::dots().widen_f16;
+            let keys = kv_f32(cache.k[0].view(), 0..cache.k[0].len(), widen, &mut kbuf);
+            assert_eq!(kv_f32(cache.v[0].view(), 0..cache.v[0].len(), widen, &mut vbuf), rows(0, 9));
+            for p in 0..9 {
+                let block = &keys[p / KEY_LANES * 2 * KEY_LANES..];
+                assert_eq!([block[p % KEY_LANES], block[KEY_LANES + p % KEY_LANES]], [p as f32, -(p as f32)]);
+            }
+            let size = if kv_type == KvType::F16 { 2 } else { 4 };
+            assert_eq!(cache.nbytes(), (2 * 2 * KEY_LANES + 9 * 2) * size);
         }
-        assert_eq!(cache.nbytes(), (2 * 2 * KEY_LANES + 9 * 2) * 4);
+    }
+
+    /// Attention over an f16 cache equals attention over an f32 cache that holds the same
+    /// keys and values rounded to f16, bit for bit: the widening is exact and the sums are the
+    /// same. Heads split into tasks of 1-4 heads (with GQA, a task reads only its KV heads),
+    /// on every backend this CPU runs (`attend` picks AVX2 or the baseline).
+    #[test]
+    fn f16_cache_attention_equals_f32_of_rounded_values() {
+        let mut seed = 3u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 6.0
+        };
+        let (hd, heads, kv_heads) = (16, 8, 2);
+        let (kv_dim, group) = (kv_heads * hd, heads / kv_heads);
+        for positions in [1, 7, 8, 9, 30] {
+            let keys: Vec<f32> = (0..positions * kv_dim).map(|_| next()).collect();
+            let values: Vec<f32> = (0..positions * kv_dim).map(|_| next()).collect();
+            let q: Vec<f32> = (0..heads * hd).map(|_| next()).collect();
+            let rounded = |x: &[f32]| x.iter().map(|v| f16::from_f32(*v).to_f32()).collect::<Vec<_>>();
+            let (mut exact, mut halves) = (KvCache::new(1, kv_dim, 64, KvType::F32), KvCache::new(1, kv_dim, 64, KvType::F16));
+            exact.append(0, &rounded(&keys), &rounded(&values));
+            halves.append(0, &keys, &values);
+            for per_task in [1, 2, 4, 8] {
+                for h0 in (0..heads).step_by(per_task) {
+                    let outs = [&exact, &halves].map(|c| {
+                        let t = AttentionTask {
+                            q: &q,
+                            keys: c.k[0].view(),
+                            values: c.v[0].view(),
+                            widen: kernels::float::dots().widen_f16,
+                            hd,
+                            kv_dim,
+                            group,
+                            scale: 0.25,
+                            visible: positions,
+                            h0,
+                            heads: per_task,
+                        };
+                        let mut o = vec![0f32; per_task * hd];
+                        attend(&t, &mut o);
+                        o
+                    });
+                    assert_eq!(
+                        outs[0].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        outs[1].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "{positions} positions, heads {h0}..+{per_task}"
+                    );
+                }
+            }
+        }
     }
 }
