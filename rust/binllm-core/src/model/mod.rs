@@ -457,7 +457,6 @@ fn attend_generic(t: &AttentionTask, o: &mut [f32]) {
     let mut max = vec![f32::NEG_INFINITY; heads];
     let block_len = kv_dim * KEY_LANES;
     for b in 0..visible.div_ceil(KEY_LANES) {
-        let block = kv_f32(keys, b * block_len + kv0 * hd * KEY_LANES..b * block_len + kv1 * hd * KEY_LANES, widen, &mut kbuf);
         let j0 = b * KEY_LANES;
         let lanes = KEY_LANES.min(visible - j0);
         let mut store = |t: usize, sums: &[f32; KEY_LANES]| {
@@ -468,9 +467,14 @@ fn attend_generic(t: &AttentionTask, o: &mut [f32]) {
             }
         };
         let head_q = |h: usize| &q[h * hd..(h + 1) * hd];
-        let head_k = |h: usize| &block[(h / group - kv0) * hd * KEY_LANES..(h / group - kv0 + 1) * hd * KEY_LANES];
+        // The block's keys of KV heads ka..kb, as f32 (an f16 cache's widened for the heads
+        // scored next only, so that they stay in L1).
+        let span = |ka: usize, kb: usize| b * block_len + ka * hd * KEY_LANES..b * block_len + kb * hd * KEY_LANES;
         let mut t = 0;
         while t + HEADS_AT_ONCE <= heads {
+            let ka = (h0 + t) / group;
+            let block = kv_f32(keys, span(ka, (h0 + t + HEADS_AT_ONCE - 1) / group + 1), widen, &mut kbuf);
+            let head_k = |h: usize| &block[(h / group - ka) * hd * KEY_LANES..(h / group - ka + 1) * hd * KEY_LANES];
             let mut sums = [[0f32; KEY_LANES]; HEADS_AT_ONCE];
             let hs: [usize; HEADS_AT_ONCE] = std::array::from_fn(|i| h0 + t + i);
             key_scores(hs.map(head_q), hs.map(head_k), &mut sums);
@@ -480,8 +484,9 @@ fn attend_generic(t: &AttentionTask, o: &mut [f32]) {
             t += HEADS_AT_ONCE;
         }
         while t < heads {
+            let kv = (h0 + t) / group;
             let mut sums = [[0f32; KEY_LANES]; 1];
-            key_scores([head_q(h0 + t)], [head_k(h0 + t)], &mut sums);
+            key_scores([head_q(h0 + t)], [kv_f32(keys, span(kv, kv + 1), widen, &mut kbuf)], &mut sums);
             store(t, &sums[0]);
             t += 1;
         }
@@ -526,6 +531,101 @@ fn attend(t: &AttentionTask, o: &mut [f32]) {
         return unsafe { attend_avx2(t, o) };
     }
     attend_generic(t, o)
+}
+
+/// Query rows of a prompt attended together by `attend_rows`.
+const QUERY_ROWS: usize = 4;
+
+/// `attend_generic` for `rows` (at most `QUERY_ROWS`) consecutive query rows of a prompt, all
+/// of `t.q` (rows of every head), into `o` (rows x heads x hd); `t.visible` is what the first
+/// row sees, each later row one key more. A head's key block is scored for every row at once
+/// and a value row is added to every row's output at once, so each is read from L2 once per
+/// `QUERY_ROWS` rows instead of once per row. Each row's sums, softmax and weighted sum are
+/// those of `attend_generic`, in the same order: the results are bit-identical.
+#[inline(always)]
+fn attend_rows_generic(t: &AttentionTask, rows: usize, o: &mut [f32]) {
+    let AttentionTask { q, keys, values, widen, hd, kv_dim, group, scale, visible, h0, heads } = *t;
+    assert!((1..=QUERY_ROWS).contains(&rows) && q.len() % rows == 0 && o.len() == rows * heads * hd);
+    let q_dim = q.len() / rows;
+    let last = visible + rows - 1; // keys the last row sees
+    let (kv0, kv1) = (h0 / group, (h0 + heads - 1) / group + 1);
+    let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
+    // scores[(r * heads + t) * last + j], max[r * heads + t].
+    let mut scores = vec![0f32; rows * heads * last];
+    let mut max = vec![f32::NEG_INFINITY; rows * heads];
+    let block_len = kv_dim * KEY_LANES;
+    for b in 0..last.div_ceil(KEY_LANES) {
+        let j0 = b * KEY_LANES;
+        for t in 0..heads {
+            let (h, kv) = (h0 + t, (h0 + t) / group);
+            let k = kv_f32(keys, b * block_len + kv * hd * KEY_LANES..b * block_len + (kv + 1) * hd * KEY_LANES, widen, &mut kbuf);
+            // Rows past `rows` repeat the last one; their sums are dropped.
+            let qs: [&[f32]; QUERY_ROWS] = std::array::from_fn(|r| {
+                let r = r.min(rows - 1);
+                &q[r * q_dim + h * hd..r * q_dim + (h + 1) * hd]
+            });
+            let mut sums = [[0f32; KEY_LANES]; QUERY_ROWS];
+            key_scores(qs, [k; QUERY_ROWS], &mut sums);
+            for (r, sums) in sums[..rows].iter().enumerate() {
+                let seen = visible + r;
+                if j0 >= seen {
+                    continue;
+                }
+                let at = r * heads + t;
+                for (l, &sum) in sums[..KEY_LANES.min(seen - j0)].iter().enumerate() {
+                    let s = sum * scale;
+                    max[at] = max[at].max(s);
+                    scores[at * last + j0 + l] = s;
+                }
+            }
+        }
+    }
+    for (at, row) in scores.chunks_exact_mut(last).enumerate() {
+        let row = &mut row[..visible + at / heads];
+        let mut total = 0f32;
+        for s in row.iter_mut() {
+            *s = exp_f32(*s - max[at]);
+            total += *s;
+        }
+        for s in row.iter_mut() {
+            *s /= total;
+        }
+    }
+    o.fill(0.0);
+    for j in 0..last {
+        let vj = kv_f32(values, j * kv_dim + kv0 * hd..j * kv_dim + kv1 * hd, widen, &mut vbuf);
+        for (r, o) in o.chunks_exact_mut(heads * hd).enumerate() {
+            if j >= visible + r {
+                continue;
+            }
+            for (t, h) in (h0..h0 + heads).enumerate() {
+                let p = scores[(r * heads + t) * last + j];
+                let kv = h / group - kv0;
+                if r == 0 {
+                    for c in (0..hd).step_by(16) {
+                        prefetch_ahead(vj[kv * hd + c..].as_ptr());
+                    }
+                }
+                o[t * hd..(t + 1) * hd].iter_mut().zip(&vj[kv * hd..(kv + 1) * hd]).for_each(|(a, b)| *a += p * b);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn attend_rows_avx2(t: &AttentionTask, rows: usize, o: &mut [f32]) {
+    attend_rows_generic(t, rows, o)
+}
+
+/// `attend_rows_generic` compiled as `attend` is.
+fn attend_rows(t: &AttentionTask, rows: usize, o: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if kernels::dispatch_backend().uses_avx2() {
+        // SAFETY: the backend is available, so the CPU has AVX2.
+        return unsafe { attend_rows_avx2(t, rows, o) };
+    }
+    attend_rows_generic(t, rows, o)
 }
 
 impl Model {
@@ -796,6 +896,16 @@ impl Model {
             }
             kv => kv,
         };
+        if m >= QUERY_ROWS * crate::threads::num_threads() {
+            // A prompt: tasks of QUERY_ROWS rows, every head.
+            crate::threads::for_each_chunk(out, QUERY_ROWS * q_dim, |task, o| {
+                let (i, rows) = (task * QUERY_ROWS, o.len() / q_dim);
+                let t =
+                    AttentionTask { q: &q[i * q_dim..(i + rows) * q_dim], keys, values, widen, hd, kv_dim, group, scale, visible: pos0 + i + 1, h0: 0, heads };
+                attend_rows(&t, rows, o);
+            });
+            return;
+        }
         // Heads per task: a divisor of `heads`, small enough that one row gives every thread work.
         let tasks_per_row = (crate::threads::num_threads() / m).clamp(1, heads);
         let mut per_task = heads.div_ceil(tasks_per_row);
@@ -924,6 +1034,52 @@ mod tests {
                         outs[1].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                         "{positions} positions, heads {h0}..+{per_task}"
                     );
+                }
+            }
+        }
+    }
+
+    /// A prompt's query rows attended `QUERY_ROWS` at a time give what each row gives alone,
+    /// bit for bit (GQA, a cache starting part-way, every count of rows, f32 and f16 caches).
+    #[test]
+    fn query_rows_together_equal_rows_alone() {
+        let mut seed = 9u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 6.0
+        };
+        let (hd, heads, kv_heads) = (16, 6, 2);
+        let (kv_dim, q_dim) = (kv_heads * hd, heads * hd);
+        let positions = 21;
+        let keys: Vec<f32> = (0..positions * kv_dim).map(|_| next()).collect();
+        let values: Vec<f32> = (0..positions * kv_dim).map(|_| next()).collect();
+        let q: Vec<f32> = (0..QUERY_ROWS * q_dim).map(|_| next()).collect();
+        for kv_type in [KvType::F32, KvType::F16] {
+            let mut cache = KvCache::new(1, kv_dim, 64, kv_type);
+            cache.append(0, &keys, &values);
+            for visible in [1, 7, 8, 9, positions - QUERY_ROWS + 1] {
+                for rows in 1..=QUERY_ROWS {
+                    let base = AttentionTask {
+                        q: &[],
+                        keys: cache.k[0].view(),
+                        values: cache.v[0].view(),
+                        widen: kernels::float::dots().widen_f16,
+                        hd,
+                        kv_dim,
+                        group: heads / kv_heads,
+                        scale: 0.3,
+                        visible,
+                        h0: 0,
+                        heads,
+                    };
+                    let mut together = vec![0f32; rows * q_dim];
+                    attend_rows(&AttentionTask { q: &q[..rows * q_dim], ..base }, rows, &mut together);
+                    for r in 0..rows {
+                        let mut alone = vec![0f32; q_dim];
+                        attend(&AttentionTask { q: &q[r * q_dim..(r + 1) * q_dim], visible: visible + r, ..base }, &mut alone);
+                        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&together[r * q_dim..(r + 1) * q_dim]), bits(&alone), "{kv_type:?} visible {visible} rows {rows} row {r}");
+                    }
                 }
             }
         }
