@@ -24,6 +24,10 @@ def test_generate_streams_text_equal_to_the_python_api(model_dir):
     assert out.returncode == 0, out.stderr
     assert out.stdout.rstrip("\n") == Model.from_pretrained(model_dir).generate("the quick brown", max_new_tokens=12)
     assert "loaded" in out.stderr
+    # --kv-type f32 runs the f32 cache: the Python API's output with that cache.
+    out = run("generate", model_dir, "the quick brown", "-n", "12", "--kv-type", "f32")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.rstrip("\n") == Model.from_pretrained(model_dir, kv_type="f32").generate("the quick brown", max_new_tokens=12)
 
 
 def test_info_and_json(model_dir):
