@@ -413,6 +413,19 @@ fn key_scores<const H: usize>(q: [&[f32]; H], keys: [&[f32]; H], sums: &mut [[f3
     *sums = acc;
 }
 
+/// Scores (whose largest is `max`) to probabilities, exp / total, as the plain loop divides.
+#[inline(always)]
+fn softmax_in_place(row: &mut [f32], max: f32) {
+    let mut total = 0f32;
+    for s in row.iter_mut() {
+        *s = exp_f32(*s - max);
+        total += *s;
+    }
+    for s in row.iter_mut() {
+        *s /= total;
+    }
+}
+
 /// What one attention task needs: the geometry and the query row's inputs.
 #[derive(Clone, Copy)]
 struct AttentionTask<'a> {
@@ -491,16 +504,8 @@ fn attend_generic(t: &AttentionTask, o: &mut [f32]) {
             t += 1;
         }
     }
-    // Softmax per head; probabilities are exp / total, as the plain loop divides.
     for (t, row) in scores.chunks_exact_mut(visible).enumerate() {
-        let mut total = 0f32;
-        for s in row.iter_mut() {
-            *s = exp_f32(*s - max[t]);
-            total += *s;
-        }
-        for s in row.iter_mut() {
-            *s /= total;
-        }
+        softmax_in_place(row, max[t]);
     }
     o.fill(0.0);
     for j in 0..visible {
@@ -581,15 +586,7 @@ fn attend_rows_generic(t: &AttentionTask, rows: usize, o: &mut [f32]) {
         }
     }
     for (at, row) in scores.chunks_exact_mut(last).enumerate() {
-        let row = &mut row[..visible + at / heads];
-        let mut total = 0f32;
-        for s in row.iter_mut() {
-            *s = exp_f32(*s - max[at]);
-            total += *s;
-        }
-        for s in row.iter_mut() {
-            *s /= total;
-        }
+        softmax_in_place(&mut row[..visible + at / heads], max[at]);
     }
     o.fill(0.0);
     for j in 0..last {
