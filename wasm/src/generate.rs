@@ -33,9 +33,11 @@ struct Loaded {
 }
 
 impl Loaded {
-    fn new(model: Model, tokenizer: Tokenizer, tokenizer_json: &str, eos: Vec<u32>) -> Result<Loaded> {
+    /// `tokenizer_json` came from `place` (tokenizer.json, or a GGUF file's metadata), which
+    /// its errors name.
+    fn new(model: Model, tokenizer: Tokenizer, tokenizer_json: &str, place: &str, eos: Vec<u32>) -> Result<Loaded> {
         let model = Arc::new(model);
-        let engine = Engine::new(model.clone(), Arc::new(Detokenizer::from_json(tokenizer_json)?), eos.clone());
+        let engine = Engine::new(model.clone(), Arc::new(Detokenizer::from_json_at(tokenizer_json, place)?), eos.clone());
         Ok(Loaded { model, tokenizer, eos, engine, sequence: None, bench_cache: None })
     }
 
@@ -164,7 +166,7 @@ fn loaded_from_gguf(file: &GgufFile<'_>) -> Result<Loaded> {
     let tokenizer = Tokenizer::from_gguf(file)?;
     let model = Model::from_gguf(file)?;
     let defaults = GenerationDefaults::from_gguf(model.config(), file)?;
-    Loaded::new(model, tokenizer, &binllm_core::tokenizer::hf_json_from_gguf(file)?, defaults.eos)
+    Loaded::new(model, tokenizer, &binllm_core::tokenizer::hf_json_from_gguf(file)?, "the GGUF file's tokenizer metadata", defaults.eos)
 }
 
 /// Loads a Hugging Face folder's files: config.json, tokenizer.json, generation_config.json
@@ -211,7 +213,7 @@ pub unsafe extern "C" fn binllm_model_load_hf(
         let tokenizer_config = text_at(tokenizer_config, tokenizer_config_len, "tokenizer_config.json")?;
         let defaults = GenerationDefaults::from_hf(model.config(), Some(tokenizer_json), Some(generation), Some(tokenizer_config), None)?;
         let eos = defaults.eos;
-        Loaded::new(model, tokenizer, tokenizer_json, eos)
+        Loaded::new(model, tokenizer, tokenizer_json, "tokenizer.json", eos)
     })())
 }
 

@@ -40,7 +40,13 @@ pub struct Detokenizer {
 impl Detokenizer {
     /// The detokenizer of tokenizer.json's text; an error names tokenizer.json.
     pub fn from_json(text: &str) -> Result<Detokenizer> {
-        let (entries, size, plan) = DetokenizerSource::read(text).and_then(DetokenizerSource::checked).map_err(|e| e.at("tokenizer.json"))?;
+        Self::from_json_at(text, "tokenizer.json")
+    }
+
+    /// [`Detokenizer::from_json`] of a tokenizer that came from `place` (a GGUF file's
+    /// metadata, say): an error starts with `place`, as [`Detokenizer::check`]'s does.
+    pub fn from_json_at(text: &str, place: &str) -> Result<Detokenizer> {
+        let (entries, size, plan) = DetokenizerSource::read(text).and_then(DetokenizerSource::checked).map_err(|e| e.at(place))?;
         let mut pieces: Vec<Box<[u8]>> = vec![Box::default(); size];
         let table = crate::tokenizer::char_to_byte_table();
         for (token, id, special) in entries {
@@ -837,6 +843,8 @@ mod tests {
             // The tokenizer in a GGUF file's metadata is named by the file, not tokenizer.json.
             let in_gguf = Detokenizer::check(&text, "model.gguf: the tokenizer in its metadata").unwrap_err().to_string();
             assert_eq!(in_gguf, checked.replace("tokenizer.json", "model.gguf: the tokenizer in its metadata"), "{text}");
+            let built = Detokenizer::from_json_at(&text, "model.gguf: the tokenizer in its metadata").unwrap_err().to_string();
+            assert_eq!(built, in_gguf, "{text}");
         }
     }
 
