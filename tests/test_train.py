@@ -157,6 +157,45 @@ def test_cli_trains_and_exports_a_loadable_model(tmp_path):
     assert "--twin" not in twin and "--float" in twin and twin[twin.index("--tokenizer") + 1] == str(tmp_path / "t.json")
 
 
+def test_float_llama_is_exported_as_a_llama_folder_binllm_and_transformers_run(tokenizer_file, tmp_path):
+    from dataclasses import replace
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT * 3)
+    out = tmp_path / "float"
+    argv = [str(corpus), "--out", str(out), "--tokenizer", str(tokenizer_file), "--hidden", "64", "--intermediate", "96", "--layers", "2",
+            "--heads", "4", "--kv-heads", "2", "--context", "64", "--batch-size", "2", "--steps", "20", "--warmup", "1", "--eval-every", "0",
+            "--threads", "1", "--float", "--arch", "llama", "--activation", "silu"]
+    assert train_main(argv) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["tie_word_embeddings"] and "quantization_config" not in config
+    # The checkpoint's weights, run by the training graph, by binllm and by transformers.
+    state = torch.load(tmp_path / "float-checkpoints" / "checkpoint.pt", weights_only=False)["model"]
+    model = BitNetLM(replace(TINY, ternary=False, sub_norms=False, hidden_act="silu"))
+    model.load_state_dict(state)
+    ids = tokens(tokenizer_file)[:40]
+    with torch.no_grad():
+        expected = model.eval()(torch.from_numpy(ids.astype(np.int64))[None])[0].numpy()
+    got = np.asarray(binllm.Model.from_pretrained(out, kv_type="f32").logits(ids.tolist()))
+    # Observed: 2e-7 of the range (float sums in another order); transformers: identical.
+    np.testing.assert_allclose(got, expected, atol=1e-5 * np.ptp(expected), rtol=0)
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        reference = hf(torch.from_numpy(ids.astype(np.int64))[None]).logits[0].numpy()
+    np.testing.assert_allclose(expected, reference, atol=1e-6 * np.ptp(expected), rtol=0)
+
+
+def test_arch_llama_is_a_float_silu_model_only(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT)
+    base = [str(corpus), "--out", str(tmp_path / "m"), "--steps", "1", "--arch", "llama"]
+    for extra in ([], ["--float"], ["--activation", "silu"]):
+        with pytest.raises(binllm.InvalidArgumentError, match="--arch llama"):
+            train_main(base + extra)
+    assert not (tmp_path / "m").exists()
+
+
 def test_training_never_overwrites_and_an_interrupted_export_leaves_nothing(tokenizer_file, tmp_path, monkeypatch):
     from binllm.train import export
 

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from binllm._core import InvalidArgumentError
 from binllm.extras import install_hint
 from binllm.files import refuse_existing_folder
 
@@ -41,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rope-theta", type=float, default=10000.0)
     g.add_argument("--activation", choices=["relu2", "silu"], default="relu2",
                    help="MLP gate: relu2 (BitNet b1.58 2B4T) or silu (what llama.cpp's bitnet architecture runs)")
-    g.add_argument("--float", dest="float_model", action="store_true", help="train the float twin (plain Linear) instead; nothing is exported")
+    g.add_argument("--float", dest="float_model", action="store_true",
+                   help="train the float twin (plain Linear) instead; exported only with --arch llama")
+    g.add_argument("--arch", choices=["bitnet", "llama"], default="bitnet",
+                   help="bitnet (default): BitNet b1.58's sub-norms before o_proj and down_proj; llama: none, with --float "
+                        "and --activation silu, exported as a float Llama folder that binllm quantize and binllm distill read")
     g = p.add_argument_group("optimization")
     g.add_argument("--steps", type=int, default=1000)
     g.add_argument("--batch-size", type=int, default=16)
@@ -94,14 +99,20 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from binllm.train import data
-    from binllm.train.export import export_packed
+    from binllm.train.export import export_float_llama, export_packed
     from binllm.train.model import ModelConfig
     from binllm.train.trainer import TrainConfig, Trainer, evaluate
 
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    if not args.float_model:
+    llama = args.arch == "llama"
+    if llama and not (args.float_model and args.activation == "silu"):
+        raise InvalidArgumentError("--arch llama trains a float Llama model: it needs --float and --activation silu")
+    if llama and args.twin:
+        raise InvalidArgumentError("--twin trains a ternary BitNet model's float twin; --arch llama is a float model already")
+    exported = llama or not args.float_model
+    if exported:
         refuse_existing_folder(out, "binllm train")
     checkpoint_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_name(out.name + "-checkpoints")
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -139,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         vocab_size=vocab, hidden_size=args.hidden, intermediate_size=intermediate, num_hidden_layers=args.layers,
         num_attention_heads=args.heads, num_key_value_heads=args.kv_heads or args.heads,
         max_position_embeddings=args.context, rope_theta=args.rope_theta, ternary=not args.float_model,
-        hidden_act=args.activation,
+        hidden_act=args.activation, sub_norms=not llama,
     )
     train_config = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, min_learning_rate_ratio=args.min_lr_ratio,
@@ -171,8 +182,11 @@ def main(argv: list[str] | None = None) -> int:
         **result,
     }
     print(f"{label}: held-out perplexity {summary['heldout_perplexity']:.3f} over {summary['heldout_windows']} windows", file=sys.stderr)
-    if not args.float_model:
-        export_packed(trainer.model, tokenizer_path, out, embedding_dtype=np.dtype(args.embedding_dtype).type)
+    if exported:
+        if llama:
+            export_float_llama(trainer.model, tokenizer_path, out)
+        else:
+            export_packed(trainer.model, tokenizer_path, out, embedding_dtype=np.dtype(args.embedding_dtype).type)
         print(f"exported {out}", file=sys.stderr)
     if twin is not None:
         print("waiting for the float twin ...", file=sys.stderr)

@@ -480,6 +480,7 @@ class Distiller:
         self.tokens_seen = 0
         self.seconds = 0.0
         self.history: list[dict[str, Any]] = []
+        self.warned_rising = False
         self.optimizer = self._optimizer()
 
     def _optimizer(self) -> torch.optim.Optimizer:
@@ -537,6 +538,16 @@ class Distiller:
         self.say(f"{where}: held-out perplexity {math.exp(nll):.2f}")
         return nll
 
+    def _warn_if_rising(self, nll: float) -> None:
+        """Says once when the held-out perplexity has risen 10% above the best so far: the
+        model stage is diverging, most often from a learning rate too high for this model."""
+        best = min((h["heldout_nll"] for h in self.history if "heldout_nll" in h), default=None)
+        if best is None or nll <= best + math.log(1.1) or self.warned_rising:
+            return
+        self.warned_rising = True
+        self.say(f"warning: held-out perplexity {math.exp(nll):.2f} is {math.exp(nll - best):.2f}x the best so far ({math.exp(best):.2f}); "
+                 f"the model stage is diverging: try a lower --lr than {self.cfg.lr:g}")
+
     # -- stages ---------------------------------------------------------------------------
     def run_blocks(self) -> None:
         cfg = self.cfg
@@ -567,6 +578,7 @@ class Distiller:
             set_lr(opt, cfg.block_lr)
             train_x, train_y, ref = x[:-held], y[:-held], (y[:-held] - x[:-held]).pow(2).mean()
             before = block_error(block, x[-held:], y[-held:], cos, sin)
+            start_state = copy.deepcopy(block.state_dict())
             started, steps = time.perf_counter(), 0
             for _ in range(cfg.block_steps):
                 if budget and time.perf_counter() - started >= budget:
@@ -580,11 +592,18 @@ class Distiller:
                 steps += 1
             elapsed = time.perf_counter() - started
             after = block_error(block, x[-held:], y[-held:], cos, sin)
+            # A block whose held-out error grew keeps its start: the stage never hands the
+            # model stage a block worse than the PTQ result it began from.
+            kept_start = after > before
+            if kept_start:
+                block.load_state_dict(start_state)
             self.seconds += elapsed
             self.blocks_done = layer + 1
-            record = {"stage": "blocks", "block": layer, "steps": steps, "error_before": round(before, 5), "error_after": round(after, 5), "seconds": round(elapsed, 1)}
+            record = {"stage": "blocks", "block": layer, "steps": steps, "error_before": round(before, 5), "error_after": round(after, 5),
+                      "kept_start": kept_start, "seconds": round(elapsed, 1)}
             self.history.append(record)
-            self.say(f"block {layer + 1}/{layers}: output error {before:.4f} -> {after:.4f} ({steps} steps, {elapsed:.0f} s)")
+            self.say(f"block {layer + 1}/{layers}: output error {before:.4f} -> {after:.4f} ({steps} steps, {elapsed:.0f} s)"
+                     + ("; worse, so the block keeps its start" if kept_start else ""))
             self.save()
             x = y
         self.optimizer = self._optimizer()  # the model stage starts with fresh moments
@@ -648,6 +667,7 @@ class Distiller:
             last = (total_steps and self.step >= total_steps) or (deadline and self.seconds >= deadline)
             if cfg.eval_every and (self.step % cfg.eval_every == 0 or last):
                 record["heldout_nll"] = round(self._eval(f"step {self.step} ({self.tokens_seen} tokens)"), 4)
+                self._warn_if_rising(record["heldout_nll"])
             self.history.append(record)
             if cfg.log_every and self.step % cfg.log_every == 0:
                 self.say(f"step {self.step}{'/' + str(total_steps) if total_steps else ''}: KL {loss_ema:.4f} lr {lr:.2e} {per_step / elapsed:.0f} tok/s")

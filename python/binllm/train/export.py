@@ -7,6 +7,10 @@ model.safetensors, tokenizer.json, tokenizer_config.json, generation_config.json
 Each BitLinear becomes uint8 [out/4, in] (bits 2i..2i+1 of packed row r hold output row
 i * out/4 + r, stored as code + 1) plus `weight_scale` [1] = 1 / mean|W| (the INVERTED scale,
 divided by at inference). Embeddings (also the output layer) stay float; norms are float32.
+
+A float model without sub-norms (`binllm train --float --arch llama`) is written instead as a
+plain Llama folder (LlamaForCausalLM, float32, tied embeddings): a float teacher for `binllm
+quantize` and `binllm distill`.
 """
 
 from __future__ import annotations
@@ -59,27 +63,30 @@ def state_tensors(model: BitNetLM, embedding_dtype=np.float16) -> dict[str, np.n
 
 def export_packed(model: BitNetLM, tokenizer_json: str | Path, folder: str | Path, embedding_dtype=np.float16) -> Path:
     """Writes the packed HF folder (which must not exist, or be empty); returns it."""
+    return _export(folder, lambda f: _write(model, tokenizer_json, f, embedding_dtype))
+
+
+def export_float_llama(model: BitNetLM, tokenizer_json: str | Path, folder: str | Path) -> Path:
+    """Writes a float model without sub-norms as a float32 Llama HF folder (which must not
+    exist, or be empty); returns it."""
+    cfg = model.config
+    if cfg.ternary or cfg.sub_norms or cfg.hidden_act != "silu" or not cfg.tie_word_embeddings:
+        raise InvalidArgumentError("a Llama folder holds a float model with silu, no sub-norms and tied embeddings")
+    return _export(folder, lambda f: _write_llama(model, tokenizer_json, f))
+
+
+def _export(folder: str | Path, write) -> Path:
     final = Path(folder)
     refuse_existing_folder(final, "binllm")
     # Written under a temporary name and renamed when complete: an interrupted export leaves
     # no half-written model under the final name.
-    with folder_written_whole(final) as folder:
-        _write(model, tokenizer_json, folder, embedding_dtype)
+    with folder_written_whole(final) as tmp:
+        write(tmp)
     return final
 
 
-def _write(model: BitNetLM, tokenizer_json: str | Path, folder: Path, embedding_dtype) -> None:
-    from safetensors.numpy import save_file
-    from tokenizers import Tokenizer
-
-    cfg = model.config
-    tokenizer = Tokenizer.from_file(str(tokenizer_json))
-    bos, eos = tokenizer.token_to_id(BOS), tokenizer.token_to_id(EOS)
-    save_file(state_tensors(model, embedding_dtype), str(folder / "model.safetensors"), metadata={"format": "pt"})
-    (folder / "model.safetensors").chmod(0o644)  # safetensors writes 0600; the file ships in a package
-    config = {
-        "architectures": ["BitNetForCausalLM"],
-        "model_type": "bitnet",
+def _shape(cfg) -> dict:
+    return {
         "hidden_size": cfg.hidden_size,
         "intermediate_size": cfg.intermediate_size,
         "num_hidden_layers": cfg.num_hidden_layers,
@@ -92,11 +99,42 @@ def _write(model: BitNetLM, tokenizer_json: str | Path, folder: Path, embedding_
         "rms_norm_eps": cfg.rms_norm_eps,
         "hidden_act": cfg.hidden_act,
         "tie_word_embeddings": True,
-        "bos_token_id": bos,
-        "eos_token_id": eos,
+    }
+
+
+def _write_llama(model: BitNetLM, tokenizer_json: str | Path, folder: Path) -> None:
+    from safetensors.numpy import save_file
+
+    tensors = {name: p.detach().float().numpy().copy() for name, p in model.state_dict().items()}
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "model.safetensors").chmod(0o644)
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **_shape(model.config),
+              "attention_bias": False, "mlp_bias": False, "torch_dtype": "float32"}
+    _write_common(model, tokenizer_json, folder, config)
+
+
+def _write(model: BitNetLM, tokenizer_json: str | Path, folder: Path, embedding_dtype) -> None:
+    from safetensors.numpy import save_file
+
+    save_file(state_tensors(model, embedding_dtype), str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "model.safetensors").chmod(0o644)  # safetensors writes 0600; the file ships in a package
+    config = {
+        "architectures": ["BitNetForCausalLM"],
+        "model_type": "bitnet",
+        **_shape(model.config),
         "torch_dtype": "float16" if embedding_dtype == np.float16 else "float32",
         "quantization_config": {"quant_method": "bitnet", "linear_class": "bitlinear", "quantization_mode": "offline"},
     }
+    _write_common(model, tokenizer_json, folder, config)
+
+
+def _write_common(model: BitNetLM, tokenizer_json: str | Path, folder: Path, config: dict) -> None:
+    """config.json (with the tokenizer's BOS/EOS ids), the tokenizer and generation files."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_json))
+    bos, eos = tokenizer.token_to_id(BOS), tokenizer.token_to_id(EOS)
+    config = {**config, "bos_token_id": bos, "eos_token_id": eos}
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (folder / "generation_config.json").write_text(json.dumps({"bos_token_id": bos, "eos_token_id": eos, "do_sample": True, "temperature": 0.8, "top_k": 40}, indent=2) + "\n")
     tokenizer.save(str(folder / "tokenizer.json"))
@@ -104,7 +142,7 @@ def _write(model: BitNetLM, tokenizer_json: str | Path, folder: Path, embedding_
         "bos_token": BOS,
         "eos_token": EOS,
         "add_bos_token": False,
-        "model_max_length": cfg.max_position_embeddings,
+        "model_max_length": model.config.max_position_embeddings,
         "tokenizer_class": "PreTrainedTokenizerFast",
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
