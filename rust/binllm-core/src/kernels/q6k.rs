@@ -264,46 +264,61 @@ mod wasm {
     use core::arch::wasm32::*;
 
     /// `dot_scalar` in 128-bit lanes: per 16 codes (one sub-block) the unsigned 6-bit codes
-    /// (valid 7-bit operands of relaxed SIMD's i8 x i7 dot, exact for them) times the
-    /// activations, four products to an i32 lane (or two i8 x i8 -> i16 products added and an
-    /// i16 dot with the scale), times the sub-block's scale; `32 * sum_j sc[j] * bsum[j]` comes
-    /// off per block. The sums are exact, as the scalar twin's.
+    /// times the activations in i16 pair sums (relaxed SIMD's i8 x i7 dot, exact for 6-bit
+    /// codes: a pair is at most 2 * 63 * 127; or two i8 x i8 -> i16 products added), then an
+    /// i16 dot with the sub-block's scale (widened once per block and splatted from memory) to
+    /// i32 lanes. `32 * sum_j sc[j] * bsum[j]` comes off per block in i32 lanes too. The sums
+    /// are exact, as the scalar twin's.
     pub fn dot(w: &[u8], a: &[i8], d: &[f32], bsums: &[i16]) -> f32 {
         let (m4, m30) = (u8x16_splat(0x0F), u8x16_splat(0x30));
+        let load = |bytes: &[u8]| {
+            let bytes = &bytes[..16];
+            // SAFETY: `bytes` holds 16 bytes; v128 loads may be unaligned.
+            unsafe { v128_load(bytes.as_ptr() as *const v128) }
+        };
         let mut total = 0f32;
         for (b, blk) in w.chunks_exact(Q6K_BYTES).enumerate() {
             let a = &a[b * Q6K_WEIGHTS..(b + 1) * Q6K_WEIGHTS];
-            let load = |bytes: &[u8]| {
-                let bytes = &bytes[..16];
-                // SAFETY: `bytes` holds 16 bytes; v128 loads may be unaligned.
-                unsafe { v128_load(bytes.as_ptr() as *const v128) }
-            };
-            let mut acc = i32x4_splat(0);
+            let sc8 = load(&blk[192..208]);
+            let sc = [i16x8_extend_low_i8x16(sc8), i16x8_extend_high_i8x16(sc8)];
+            let mut scales = [0i16; 16];
+            // SAFETY: `scales` holds 16 i16 values, two v128 stores.
+            unsafe {
+                v128_store(scales.as_mut_ptr() as *mut v128, sc[0]);
+                v128_store(scales.as_mut_ptr().add(8) as *mut v128, sc[1]);
+            }
+            let bs = &bsums[16 * b..16 * b + 16];
+            // SAFETY: `bs` holds 16 i16 values.
+            let (bs0, bs1) = unsafe { (v128_load(bs.as_ptr() as *const v128), v128_load(bs.as_ptr().add(8) as *const v128)) };
+            let corr = i32x4_add(i32x4_dot_i16x8(sc[0], bs0), i32x4_dot_i16x8(sc[1], bs1));
+            let mut acc = i32x4_mul(corr, i32x4_splat(-32));
             for half in 0..2 {
                 for part in 0..2 {
                     let (ql0, ql1, qh) =
                         (load(&blk[64 * half + 16 * part..]), load(&blk[64 * half + 32 + 16 * part..]), load(&blk[128 + 32 * half + 16 * part..]));
+                    // 16-bit shifts (one instruction on x86 engines, where 8-bit ones take
+                    // two or three): the masks keep only bits that come from the same byte.
                     let u = [
-                        v128_or(v128_and(ql0, m4), v128_and(i8x16_shl(qh, 4), m30)),
-                        v128_or(v128_and(ql1, m4), v128_and(i8x16_shl(qh, 2), m30)),
-                        v128_or(u8x16_shr(ql0, 4), v128_and(qh, m30)),
-                        v128_or(u8x16_shr(ql1, 4), v128_and(u8x16_shr(qh, 2), m30)),
+                        v128_or(v128_and(ql0, m4), v128_and(i16x8_shl(qh, 4), m30)),
+                        v128_or(v128_and(ql1, m4), v128_and(i16x8_shl(qh, 2), m30)),
+                        v128_or(v128_and(u16x8_shr(ql0, 4), m4), v128_and(qh, m30)),
+                        v128_or(v128_and(u16x8_shr(ql1, 4), m4), v128_and(u16x8_shr(qh, 2), m30)),
                     ];
                     for (g, u) in u.into_iter().enumerate() {
                         let xs = &a[128 * half + 32 * g + 16 * part..][..16];
                         // SAFETY: `xs` holds 16 bytes.
                         let x = unsafe { v128_load(xs.as_ptr() as *const v128) };
-                        let scale = blk[192 + 8 * half + 2 * g + part] as i8;
                         #[cfg(target_feature = "relaxed-simd")]
-                        let scaled = i32x4_mul(i32x4_relaxed_dot_i8x16_i7x16_add(x, u, i32x4_splat(0)), i32x4_splat(scale as i32));
+                        let pairs = i16x8_relaxed_dot_i8x16_i7x16(x, u);
                         #[cfg(not(target_feature = "relaxed-simd"))]
-                        let scaled = i32x4_dot_i16x8(i16x8_add(i16x8_extmul_low_i8x16(u, x), i16x8_extmul_high_i8x16(u, x)), i16x8_splat(scale as i16));
-                        acc = i32x4_add(acc, scaled);
+                        let pairs = i16x8_add(i16x8_extmul_low_i8x16(u, x), i16x8_extmul_high_i8x16(u, x));
+                        // SAFETY: the index is below 16.
+                        let scale = unsafe { v128_load16_splat(scales.as_ptr().add(8 * half + 2 * g + part) as *const u16) };
+                        acc = i32x4_add(acc, i32x4_dot_i16x8(pairs, scale));
                     }
                 }
             }
-            let corr: i32 = blk[192..208].iter().zip(&bsums[16 * b..16 * b + 16]).map(|(&c, &s)| c as i8 as i32 * s as i32).sum();
-            let isum = i32x4_extract_lane::<0>(acc) + i32x4_extract_lane::<1>(acc) + i32x4_extract_lane::<2>(acc) + i32x4_extract_lane::<3>(acc) - 32 * corr;
+            let isum = i32x4_extract_lane::<0>(acc) + i32x4_extract_lane::<1>(acc) + i32x4_extract_lane::<2>(acc) + i32x4_extract_lane::<3>(acc);
             total += (block_scale(blk) * d[b]) * isum as f32;
         }
         total
