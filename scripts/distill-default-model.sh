@@ -7,11 +7,12 @@
 #
 # 1. The corpus (scripts/default-corpus.sh).
 # 2. A float Llama model of the embedded model's shape (no sub-norms: what binllm distill reads),
-#    with its tokenizer, data, steps and schedule (binllm train --float --arch llama, 1 thread).
-# 3. binllm distill from it into t2 for the scratch run's 1,843,200 tokens (900 steps x 8 x 256),
+#    with its tokenizer, data, steps and schedule, read from its training_summary.json
+#    (binllm train --float --arch llama, 1 thread).
+# 3. binllm distill from it into t2 for the scratch run's tokens (1,843,200: 900 steps x 8 x 256),
 #    model stage only, --lr 5e-4, from gptq-ternary (group 256, MSE scales) and from absmean, two
 #    runs at once on 1 thread each; then both again with distill's defaults (block and model
-#    stages, --lr 2e-3) for the scratch run's 12.1 minutes.
+#    stages, --lr 2e-3) for the scratch run's training minutes (12.1).
 # 4. Held-out perplexity of every model through binllm (scripts/evaluate_default_model.py: the
 #    tails binllm train kept out, 305 windows of 256 tokens).
 set -euo pipefail
@@ -27,10 +28,25 @@ rm -rf "$RUNS"  # binllm train and distill never overwrite
 mkdir -p "$RUNS" "$RESULTS"
 cd "$ROOT"
 
+# The embedded model's shape and schedule, as its training summary records them.
+mapfile -t SHAPE < <("$PY" - "$ROOT/python/binllm/default_model/training_summary.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+m, t = s["model_config"], s["train_config"]
+args = {"hidden": m["hidden_size"], "intermediate": m["intermediate_size"], "layers": m["num_hidden_layers"],
+        "heads": m["num_attention_heads"], "kv-heads": m["num_key_value_heads"], "context": m["max_position_embeddings"],
+        "rope-theta": m["rope_theta"], "activation": m["hidden_act"], "batch-size": t["batch_size"], "steps": t["steps"],
+        "warmup": t["warmup_steps"], "lr": t["learning_rate"], "min-lr-ratio": t["min_learning_rate_ratio"],
+        "weight-decay": t["weight_decay"], "grad-clip": t["grad_clip"], "seed": t["seed"]}
+for k, v in args.items():
+    print(f"--{k}"); print(v)
+PY
+)
+# The scratch run's tokens and training minutes: the distillation budgets.
+read -r TOKENS MINUTES < <("$PY" -c 'import json, sys; s = json.load(open(sys.argv[1])); print(s["tokens"], round(s["train_seconds"] / 60, 1))' \
+    "$ROOT/python/binllm/default_model/training_summary.json")
 "$PY" -m binllm.train.cli "${TEXT[@]}" --out "$RUNS/float-llama" --checkpoint-dir "$RUNS/float-llama-checkpoints" \
-    --tokenizer "$ROOT/python/binllm/default_model/tokenizer.json" --threads 1 --float --arch llama \
-    --hidden 256 --intermediate 768 --activation silu --layers 4 --heads 4 --context 256 \
-    --batch-size 8 --steps 900 --warmup 50 --lr 3e-3 --seed 0 \
+    --tokenizer "$ROOT/python/binllm/default_model/tokenizer.json" --threads 1 --float --arch llama "${SHAPE[@]}" \
     --eval-every 50 --eval-windows 16 --checkpoint-every 50 --log-every 10 2> "$RUNS/float-llama.log"
 
 distill() {  # NAME INIT ARGS...
@@ -43,11 +59,11 @@ distill() {  # NAME INIT ARGS...
 "$PY" -m binllm quantize "$RUNS/float-llama" "$RUNS/init-gptq" --method gptq-ternary --group-size 256 --scale mse \
     --calib "${TEXT[0]}" --calib-tokens 4096 --quiet
 "$PY" -m binllm quantize "$RUNS/float-llama" "$RUNS/init-absmean" --method absmean --quiet
-distill lr5e-4-gptq "$RUNS/init-gptq" --stage model --lr 5e-4 --tokens 1843200 --eval-every 100 &
-distill lr5e-4-absmean "$RUNS/init-absmean" --stage model --lr 5e-4 --tokens 1843200 --eval-every 100 &
+distill lr5e-4-gptq "$RUNS/init-gptq" --stage model --lr 5e-4 --tokens "$TOKENS" --eval-every 100 &
+distill lr5e-4-absmean "$RUNS/init-absmean" --stage model --lr 5e-4 --tokens "$TOKENS" --eval-every 100 &
 wait
-distill defaults-gptq "$RUNS/init-gptq" --minutes 12.1 --eval-every 50 &
-distill defaults-absmean "$RUNS/init-absmean" --minutes 12.1 --eval-every 50 &
+distill defaults-gptq "$RUNS/init-gptq" --minutes "$MINUTES" --eval-every 50 &
+distill defaults-absmean "$RUNS/init-absmean" --minutes "$MINUTES" --eval-every 50 &
 wait
 
 OMP_NUM_THREADS=1 "$PY" scripts/evaluate_default_model.py "$ROOT/python/binllm/default_model" "${TEXT[@]}" \
