@@ -1,6 +1,32 @@
+"""Test tiers. Every test runs in `bash scripts/test.sh` and in CI. The `integration` marker
+(set here, in one place) picks the tests that drive something outside this process or load
+real weights: Chromium, node, llama.cpp, the lm-eval harness, wheel builds, the fuzz tier's
+processes, the live transformers references, torch training, and every test that loads
+SmolLM2-135M. `pytest -m "not integration"` is the developers' fast loop (about a minute on
+two cores; README, "Developing")."""
+
 import numpy as np
 import pytest
 from helpers import find_smollm2
+
+INTEGRATION_MODULES = {
+    "test_browser",
+    "test_wasm_kernels",
+    "test_llamacpp",
+    "test_fuzz",
+    "test_harness",
+    "test_wheels",
+    "test_golden_live",
+    "test_train",
+    "test_distill",
+}
+REAL_WEIGHTS = {"smollm2", "smollm2_path"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__ in INTEGRATION_MODULES or REAL_WEIGHTS & set(item.fixturenames):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture

@@ -553,7 +553,7 @@ def bitnet_2b4t_vocab_gguf(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_browser_logits_equal_native_logits(chromium, bitnet_2b4t_vocab_gguf, tmp_path, threads):
+def test_browser_logits_match_native_logits(chromium, bitnet_2b4t_vocab_gguf, tmp_path, threads):
     r = browser_vs_native_logits(bitnet_2b4t_vocab_gguf, tmp_path, threads=threads)
     assert r["info"]["threads"] == threads, r["info"]
     assert r["maxDiff"] <= LOGITS_RELATIVE_TOLERANCE * r["maxAbs"], r
@@ -561,7 +561,7 @@ def test_browser_logits_equal_native_logits(chromium, bitnet_2b4t_vocab_gguf, tm
 
 
 @pytest.mark.skipif(os.environ.get("BINLLM_BROWSER_FULL_SIZE", "") in ("", "0"), reason="opt-in tier: BINLLM_BROWSER_FULL_SIZE=1 (a 2B4T-shaped model, 1.2 GB, minutes)")
-def test_browser_logits_equal_native_logits_at_2b4t_shape(chromium, tmp_path):
+def test_browser_logits_match_native_logits_at_2b4t_shape(chromium, tmp_path):
     """BitNet b1.58 2B4T's shape (hidden 2560, 30 layers, 20/5 heads, ff 6912, vocab 128256, tied
     f16 output) with random weights: browser logits equal native ones, and the model fits in
     1.5 GiB of wasm memory (the file is never in wasm memory)."""

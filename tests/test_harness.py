@@ -56,7 +56,7 @@ def direct_logprob(model: Model, context: list[int], continuation: list[int]) ->
     return float(logp[np.arange(len(t)), t].sum()), bool((logits.argmax(1) == t).all())
 
 
-def test_loglikelihood_equals_model_logits(lm):
+def test_loglikelihood_matches_model_logits(lm):
     model = lm.model
     requests = [
         Req("the quick brown", " fox"),

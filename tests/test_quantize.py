@@ -121,7 +121,7 @@ def test_q8_blocks_round_ties_away_from_zero_as_the_loader_does():
     assert q16.shape == (1, 35) and q16[0, :6].tolist() == [1, 2, 3, -1, -3, 127]
 
 
-def test_hessians_equal_numpy_on_the_first_layer(float_model):
+def test_hessians_match_numpy_on_the_first_layer(float_model):
     model = Model.from_pretrained(float_model)
     ids = IDS * 3
     hs = hessians(model, ids, ctx=16)

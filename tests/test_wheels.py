@@ -73,7 +73,7 @@ def assert_release_ready(wheel: Path, arch: str) -> None:
 
 
 def assert_generated(proc: subprocess.CompletedProcess) -> None:
-    pieces = re.search(r"generated (\d+) text pieces", proc.stderr)
+    pieces = re.search(r"generated (\d+) tokens", proc.stderr)
     assert pieces and int(pieces.group(1)) > 0, proc.stderr
     assert proc.stdout.strip(), proc.stderr
 

@@ -84,15 +84,24 @@ def cmd_generate(ns) -> int:
             raise BinllmError(f"{model.source.name} has no chat template, so --chat cannot format the prompt; drop --chat, or use `binllm chat` (plain mode)")
         prompt = [{"role": "user", "content": prompt}]
     start = time.perf_counter()
-    pieces = 0
-    for piece in model.generate(prompt, stream=True, **_sampling(ns)):
+    ids, params, stops = model._prepare(prompt, **_sampling(ns))
+    steps = model._steps(ids, ns.max_new_tokens, params, stops)
+    tokens = 0
+    while True:
+        try:
+            piece, tokens = next(steps)
+        except StopIteration as end:
+            reason = end.value
+            break
         sys.stdout.write(piece)
         sys.stdout.flush()
-        pieces += 1
     elapsed = time.perf_counter() - start
     sys.stdout.write("\n")
-    rate = f", {pieces / elapsed:.1f} pieces/s" if elapsed > 0 else ""
-    print(f"[binllm] generated {pieces} text pieces in {elapsed:.2f} s{rate}", file=sys.stderr)
+    rate = f", {tokens / elapsed:.1f} tokens/s" if elapsed > 0 else ""
+    print(f"[binllm] generated {tokens} tokens in {elapsed:.2f} s{rate}", file=sys.stderr)
+    context = model.config["max_position_embeddings"]
+    if reason == "length" and tokens < ns.max_new_tokens:
+        print(f"[binllm] stopped before {ns.max_new_tokens} tokens: the model's context ({context} tokens) is full", file=sys.stderr)
     return 0
 
 
