@@ -76,27 +76,36 @@ fn dot_f16_lanes(w: &[f16], x: &[f32], fma: bool) -> f32 {
 /// a plain streaming read), 8 KiB ahead at 44-45 GB/s; 1-4 KiB help little, 16-32 KiB less.
 pub const PREFETCH_BYTES: usize = 8192;
 
-/// Hints the cache line at `p` into L1. It never faults, so any address will do.
+/// Hints the cache line at `p` into L2 (and the caches above it) ahead of a kernel that
+/// streams weights. It never faults, so any address will do. The one software prefetch of the
+/// x86 kernels (the GEMVs' `prefetch` and `prefetch_ahead`). Into L2 (T1) rather than L1
+/// (T0): a one-thread decode on this 2-core Xeon, both hints in one process, alternating
+/// (2026-12-07): 729M 46.4 -> 48.6 tok/s (AVX2 backend 39.5 -> 42.6, AVX-512 VNNI 44.3 ->
+/// 46.7), BitNet 2B4T shape 10.9 -> 12.0 (its Q6_K-output file 15.2 -> 15.9), two threads
+/// 71.5 -> 74.6 and 19.9 -> 20.9 (medians of 6-12 alternations); an f16 output layer alone
+/// (32002 x 1536 from memory) 13.6 -> 14.6 GB/s, a plain read 14.3. The lines still reach
+/// L1 in time: L2 answers within a few dozen cycles, and the L1 misses T0 spent on 8 KiB of
+/// lines ahead no longer hold fill buffers.
 #[inline(always)]
-fn prefetch_line(p: *const i8) {
+pub(crate) fn prefetch_line(p: *const i8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch only hints the cache and never faults; SSE is baseline on x86-64.
     unsafe {
-        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>(p)
+        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        _mm_prefetch::<_MM_HINT_T1>(p)
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
 }
 
-/// Hints the cache line `PREFETCH_BYTES` after `p` into L1 (past the end of a buffer the hint
-/// is harmless, hence `wrapping_add`).
+/// Hints the cache line `PREFETCH_BYTES` after `p` (`prefetch_line`; past the end of a buffer
+/// the hint is harmless, hence `wrapping_add`).
 #[inline(always)]
 pub fn prefetch_ahead<T>(p: *const T) {
     prefetch_line((p as *const i8).wrapping_add(PREFETCH_BYTES));
 }
 
-/// Hints the first `PREFETCH_BYTES` of `buf` into L1, where a kernel that prefetches
+/// Hints the first `PREFETCH_BYTES` of `buf` (`prefetch_line`), where a kernel that prefetches
 /// `PREFETCH_BYTES` ahead of itself will start reading.
 #[inline]
 pub fn prefetch_start(buf: &[u8]) {
@@ -118,17 +127,52 @@ fn f16_rows_in_fours(
     four: impl Fn(&[f16], &[f32]) -> [f32; 4],
     one: impl Fn(&[f16], &[f32]) -> f32,
 ) {
-    for (row, out) in w.chunks_exact(k.max(1)).zip(out.chunks_mut(m.max(1))) {
+    let (k, m) = (k.max(1), m.max(1));
+    // A block of weight rows at a time, every row of `x` over it: the block's rows stay in
+    // L1/L2 while each four rows of `x` pass over them, instead of all of `x` passing (from
+    // L2, beyond four rows) over each weight row.
+    for (rows, out) in w.chunks(F16_ROW_BLOCK * k).zip(out.chunks_mut(F16_ROW_BLOCK * m)) {
         let mut c = 0;
         while c + 4 <= m {
-            out[c..c + 4].copy_from_slice(&four(row, &x[c * k..(c + 4) * k]));
+            for (row, out) in rows.chunks_exact(k).zip(out.chunks_mut(m)) {
+                out[c..c + 4].copy_from_slice(&four(row, &x[c * k..(c + 4) * k]));
+            }
             c += 4;
         }
         while c < m {
-            out[c] = one(row, &x[c * k..(c + 1) * k]);
+            for (row, out) in rows.chunks_exact(k).zip(out.chunks_mut(m)) {
+                out[c] = one(row, &x[c * k..(c + 1) * k]);
+            }
             c += 1;
         }
     }
+}
+
+/// Weight rows `f16_rows_in_fours` walks together (48 KiB of f16 at k = 1536). 8 rows of `x`
+/// against 32002 x 1536 f16 on one Xeon core (2026-12-07, same process, alternating):
+/// 20.8 ms against 22.4 a row at a time.
+#[cfg(target_arch = "x86_64")]
+const F16_ROW_BLOCK: usize = 16;
+
+/// 16 floats on a cache line.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct FloatLine([f32; 16]);
+
+/// `x` starting on a cache line: itself, or a copy in `buf`. A kernel that reads several rows
+/// of `x` for each weight loads every 64-byte vector of a row that is not so aligned (glibc
+/// aligns to 16 bytes) from two lines: 8 rows of `x` against 32002 x 1536 f16 took 22.4 ms
+/// aligned and 27.7 ms not (one Xeon core, 2026-12-07, same process, alternating).
+fn cache_aligned<'a>(x: &'a [f32], buf: &'a mut Vec<FloatLine>) -> &'a [f32] {
+    if (x.as_ptr() as usize).is_multiple_of(64) {
+        return x;
+    }
+    buf.clear();
+    buf.resize(x.len().div_ceil(16), FloatLine([0.0; 16]));
+    // SAFETY: the lines are plain f32s, at least `x.len()` of them.
+    let copy = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut f32, x.len()) };
+    copy.copy_from_slice(x);
+    copy
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -394,10 +438,9 @@ mod x86_512 {
 
     /// `out[r * m + i] = dot_f16(row r of w, row i of x)` for the rows of `k` weights in `w`
     /// and `m` rows of `x` (a batch's output layer), four rows of `x` at a time: each weight
-    /// is read and converted once per four products. From 4 rows of `x` up this runs at the
-    /// FMA port's rate (one 512-bit FMA port on this 2-core Xeon: 13-23 GFMA/s, by the day);
-    /// walking 4 weight rows together a block of k at a time, so that `x` stays in L1,
-    /// measured within 10% of it.
+    /// is read and converted once per four products. From 4 rows of `x` up this runs at 18-26
+    /// GFMA/s on this 2-core Xeon (2026-12-07), a third of what its two 512-bit FMA ports do
+    /// on registers: each conversion costs about four products' issue slots.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub unsafe fn gemm_f16_rows(w: &[f16], k: usize, x: &[f32], m: usize, out: &mut [f32]) {
         f16_rows_in_fours(w, k, x, m, out, |r, x| dot_f16_rows::<4>(r, x), |r, x| dot_f16_rows::<1>(r, x)[0])
@@ -654,6 +697,8 @@ pub fn gemm_f16(w: &[f16], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32
         // The GEMV streams each row once anyway.
         return gemm_by_rows(n, k * 2, x, m, y, |r, x, _, o, _| o[0] = (d.f16)(&w[r * k..(r + 1) * k], x));
     }
+    let mut buf = Vec::new();
+    let x = cache_aligned(x, &mut buf);
     gemm_by_row_runs(n, k * 2, x, m, y, |first, x, m, part| (d.f16_rows)(&w[first * k..(first + part.len() / m) * k], k, x, m, part));
 }
 
@@ -790,8 +835,8 @@ mod tests {
             }
         }
         // Lengths across the 64-wide steps, the 16-wide tail and the scalar tail; counts of x's
-        // rows across the tiles of four.
-        for (k, rows) in [(1, 3), (17, 5), (64, 4), (127, 2), (1536, 5), (2560 + 80 + 3, 3)] {
+        // rows across the tiles of four; weight rows across blocks of `F16_ROW_BLOCK`.
+        for (k, rows) in [(1, 3), (17, 5), (64, 4), (127, 2), (1536, 5), (2560 + 80 + 3, 3), (100, 37)] {
             let w: Vec<f16> = (0..rows * k).map(|_| f16::from_f32(next())).collect();
             for m in [1, 2, 3, 4, 5, 8, 9, 17] {
                 let x: Vec<f32> = (0..m * k).map(|_| next()).collect();
@@ -802,6 +847,20 @@ mod tests {
                         for i in 0..m {
                             let single = dot(&w[r * k..(r + 1) * k], &x[i * k..(i + 1) * k]);
                             assert_eq!(out[r * m + i].to_bits(), single.to_bits(), "{name} k {k} m {m} row {r} x {i}");
+                        }
+                    }
+                }
+                // The whole product, with x starting on and off a cache line (`cache_aligned`).
+                let mut shifted = vec![0f32; m * k + 32];
+                for offset in [0, 1, 4] {
+                    let start = shifted.as_ptr().align_offset(64) + offset;
+                    shifted[start..start + m * k].copy_from_slice(&x);
+                    let mut y = vec![0f32; m * rows];
+                    gemm_f16(&w, rows, k, &shifted[start..start + m * k], m, &mut y);
+                    for r in 0..rows {
+                        for i in 0..m {
+                            let single = (dots().f16)(&w[r * k..(r + 1) * k], &x[i * k..(i + 1) * k]);
+                            assert_eq!(y[i * rows + r].to_bits(), single.to_bits(), "gemm_f16 offset {offset} k {k} m {m} row {r} x {i}");
                         }
                     }
                 }

@@ -82,8 +82,7 @@ unsafe fn hsum(v: __m256i) -> i32 {
 #[inline(always)]
 fn prefetch(w: *const u8, tile_bytes: usize, offset: usize) {
     let tiles = PREFETCH_BYTES.div_ceil(tile_bytes).max(1);
-    // SAFETY: a prefetch is only a hint and never faults.
-    unsafe { _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(tiles * tile_bytes + offset) as *const i8) }
+    crate::kernels::float::prefetch_line(w.wrapping_add(tiles * tile_bytes + offset) as *const i8)
 }
 
 #[inline]

@@ -111,8 +111,7 @@ unsafe fn loads<const N: usize>(p: *const u8, step: usize) -> [__m512i; N] {
 #[inline(always)]
 fn prefetch(w: *const u8, tile_bytes: usize, offset: usize) {
     let tiles = PREFETCH_BYTES.div_ceil(tile_bytes).max(1);
-    // SAFETY: a prefetch only hints the cache and never faults.
-    unsafe { _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(tiles * tile_bytes + offset) as *const i8) }
+    crate::kernels::float::prefetch_line(w.wrapping_add(tiles * tile_bytes + offset) as *const i8)
 }
 
 /// Sums of each of four vectors' 16 lanes, as the four lanes of one 128-bit vector.
