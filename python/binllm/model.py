@@ -144,7 +144,10 @@ class Model:
         tokenizer_config.json or GGUF)."""
         template = self.chat_template
         if not template:
-            raise BinllmError("this model has no chat template")
+            raise BinllmError(
+                f"{self.source.name} has no chat template (none in chat_template.jinja, tokenizer_config.json or the GGUF): "
+                "give the prompt as a string, or chat with `binllm chat`, whose plain mode needs none"
+            )
         special = {key: self.generation_defaults[key] or "" for key in ("bos_token", "eos_token")}
         return chat_template.render(template, messages=list(messages), add_generation_prompt=add_generation_prompt, **special)
 
