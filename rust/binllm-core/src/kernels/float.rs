@@ -78,14 +78,13 @@ pub const PREFETCH_BYTES: usize = 8192;
 
 /// Hints the cache line at `p` into L2 (and the caches above it) ahead of a kernel that
 /// streams weights. It never faults, so any address will do. The one software prefetch of the
-/// x86 kernels (the GEMVs' `prefetch` and `prefetch_ahead`). Into L2 (T1) rather than L1
-/// (T0): a one-thread decode on this 2-core Xeon, both hints in one process, alternating
-/// (2026-12-07): 729M 46.4 -> 48.6 tok/s (AVX2 backend 39.5 -> 42.6, AVX-512 VNNI 44.3 ->
-/// 46.7), BitNet 2B4T shape 10.9 -> 12.0 (its Q6_K-output file 15.2 -> 15.9), two threads
-/// 71.5 -> 74.6 and 19.9 -> 20.9 (medians of 6-12 alternations); an f16 output layer alone
-/// (32002 x 1536 from memory) 13.6 -> 14.6 GB/s, a plain read 14.3. The lines still reach
-/// L1 in time: L2 answers within a few dozen cycles, and the L1 misses T0 spent on 8 KiB of
-/// lines ahead no longer hold fill buffers.
+/// x86 kernels (`prefetch_ahead`, the GEMVs' `prefetch`, the AMX walk's next stripe; the
+/// bandwidth probe keeps its own). Into L2 (T1) rather than L1 (T0): a one-thread decode on
+/// this 2-core Xeon, both hints in one process, alternating (2026-12-07): 729M 46.4 -> 48.6
+/// tok/s (AVX2 backend 39.5 -> 42.6, AVX-512 VNNI 44.3 -> 46.7), BitNet 2B4T shape 10.9 ->
+/// 12.0 (its Q6_K-output file 15.2 -> 15.9), two threads 71.5 -> 74.6 and 19.9 -> 20.9
+/// (medians of 6-12 alternations); an f16 output layer alone (32002 x 1536 from memory) 13.6
+/// -> 14.6 GB/s, where a plain read gave 14.3. Not measured on other CPUs.
 #[inline(always)]
 pub(crate) fn prefetch_line(p: *const i8) {
     #[cfg(target_arch = "x86_64")]

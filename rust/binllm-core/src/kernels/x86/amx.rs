@@ -242,7 +242,7 @@ unsafe fn gemm_streaming<const F: u8>(w: &[u8], n_rows: usize, row_bytes: usize,
                 // One line of the next stripe per row and block: the whole stripe, in order,
                 // into L2 (past the matrix's end the hint is harmless; into L1 measured 5-10%
                 // slower).
-                _mm_prefetch::<_MM_HINT_T1>(first.wrapping_add(stripe + (b * 2 * ROWS + r) * 64) as *const i8);
+                crate::kernels::float::prefetch_line(first.wrapping_add(stripe + (b * 2 * ROWS + r) * 64) as *const i8);
                 super::avx512::decode_block::<F>(first.add(r * row_bytes + b * 64), buf.add(r * COLSB), 2 * ROWS * COLSB);
             }
             let mut p = 0;
