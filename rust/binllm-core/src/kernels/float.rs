@@ -153,22 +153,17 @@ fn f16_rows_in_fours(
 #[cfg(target_arch = "x86_64")]
 const F16_ROW_BLOCK: usize = 16;
 
-/// 16 floats on a cache line.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct FloatLine([f32; 16]);
-
 /// `x` starting on a cache line: itself, or a copy in `buf`. A kernel that reads several rows
 /// of `x` for each weight loads every 64-byte vector of a row that is not so aligned (glibc
 /// aligns to 16 bytes) from two lines: 8 rows of `x` against 32002 x 1536 f16 took 22.4 ms
 /// aligned and 27.7 ms not (one Xeon core, 2026-12-07, same process, alternating).
-fn cache_aligned<'a>(x: &'a [f32], buf: &'a mut Vec<FloatLine>) -> &'a [f32] {
+fn cache_aligned<'a>(x: &'a [f32], buf: &'a mut Vec<super::CacheLine>) -> &'a [f32] {
     if (x.as_ptr() as usize).is_multiple_of(64) {
         return x;
     }
-    buf.clear();
-    buf.resize(x.len().div_ceil(16), FloatLine([0.0; 16]));
-    // SAFETY: the lines are plain f32s, at least `x.len()` of them.
+    *buf = super::line_buffer(x.len() * 4);
+    // SAFETY: the lines are plain bytes, at least `x.len() * 4` of them, on a 64-byte boundary
+    // (so aligned for f32), and any bytes are a valid f32.
     let copy = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut f32, x.len()) };
     copy.copy_from_slice(x);
     copy

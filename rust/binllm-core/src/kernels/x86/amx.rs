@@ -30,6 +30,7 @@
 
 use super::{block_weights, planes, signed_sum, B1, T16, T2};
 use crate::formats::WeightFormat;
+use crate::kernels::line_buffer;
 use crate::kernels::GemmKernel;
 use std::arch::asm;
 use std::arch::x86_64::*;
@@ -47,19 +48,6 @@ const MIN_ROWS: usize = 16;
 /// Activation rows from which `gemm_streaming` is used (module docs): from 2 rows it beats
 /// AVX-512 VNNI, whose GEMV stays best for one.
 const STREAM_MIN_ROWS: usize = 2;
-
-/// A zeroed buffer of `len` bytes starting on a cache line. Tiles and the 64-byte stores that
-/// fill them then never straddle two lines: with `Vec<u8>`'s 16-byte alignment the streaming
-/// walk ran 2.5-3x slower in some processes than in others (6912 x 2560 t2, 8 rows:
-/// 2.0-2.4 ms against 0.5-0.8), by where the allocator put the buffer.
-fn line_buffer(len: usize) -> Vec<Line> {
-    vec![Line([0; COLSB]); len.div_ceil(COLSB)]
-}
-
-/// One cache line (`line_buffer`).
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([u8; COLSB]);
 
 /// Whether this CPU has AMX-INT8 and this process may use it (asked once).
 pub fn available() -> bool {
