@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benches"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from bench_models import SHAPES, make_files, read_bandwidth, say  # noqa: E402
+from bench_models import SHAPES, cpu_name, make_files, read_bandwidth, say  # noqa: E402
 
 
 def prompts(n: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
@@ -154,7 +154,7 @@ def main() -> None:
 
     date = datetime.date.today().isoformat()
     lines = [
-        f"Batched decode, {date}, backend {kernels.backend()}; TQ2_0 with {args.output} output layer; {args.prompt}-token prompts, {args.steps} decode steps, best of {args.repeats}.",
+        f"Batched decode, {date}, {cpu_name()}, backend {kernels.backend()}; TQ2_0 with {args.output} output layer; {args.prompt}-token prompts, {args.steps} decode steps, best of {args.repeats}.",
         "",
         "| shape | threads | N | binllm step ms | binllm tok/s | x binllm N=1 | latency x N=1 | llama.cpp step ms | llama.cpp tok/s | x llama.cpp N=1 | binllm / llama.cpp |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

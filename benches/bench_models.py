@@ -54,6 +54,19 @@ SHAPES = {
 }
 
 
+def cpu_name() -> str:
+    """The CPU's model name as Linux reports it (results differ between machine kinds)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
 def say(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
@@ -61,6 +74,13 @@ def say(message: str) -> None:
 def ik_tool(name: str) -> list[str] | None:
     run = IK / "run"
     return [str(run), name] if run.is_file() and (IK / "bin" / name).is_file() else None
+
+
+def ik_failure(returncode: int) -> str:
+    """Why an ik_llama.cpp tool failed, in words: a build for another CPU dies of SIGILL."""
+    if returncode == -4:
+        return "died of SIGILL: built for another CPU (rebuild it here and set BINLLM_IK_LLAMA_CPP to it)"
+    return f"failed (exit status {returncode})"
 
 
 def make_files(folder: Path, shape: str) -> dict[str, Path]:
@@ -96,11 +116,18 @@ def make_files(folder: Path, shape: str) -> dict[str, Path]:
             if needs_ik:
                 f16 = folder / "model.f16.gguf"
                 convert(hf, f16, type="f16")
-                for key, kind in (("iq2_bn", "IQ2_BN"), ("iq1_bn", "IQ1_BN")):
-                    say(f"{shape}: ik_llama.cpp llama-quantize {kind} ...")
-                    # The output path must not start with a digit (llama-quantize reads it as a type).
-                    subprocess.run(quantize + ["--token-embedding-type", "f16", "--output-tensor-type", "f16", str(f16), str(files[key]), kind, "2"], check=True, capture_output=True)
-                f16.unlink()
+                try:
+                    for key, kind in (("iq2_bn", "IQ2_BN"), ("iq1_bn", "IQ1_BN")):
+                        say(f"{shape}: ik_llama.cpp llama-quantize {kind} ...")
+                        # The output path must not start with a digit (llama-quantize reads it as a type).
+                        cmd = quantize + ["--token-embedding-type", "f16", "--output-tensor-type", "f16", str(f16), str(files[key]), kind, "2"]
+                        done = subprocess.run(cmd, capture_output=True)
+                        if done.returncode != 0:
+                            files[key].unlink(missing_ok=True)
+                            say(f"{shape}: no ik rows: ik_llama.cpp's llama-quantize at {IK} {ik_failure(done.returncode)}")
+                            break
+                finally:
+                    f16.unlink()
     return {k: v for k, v in files.items() if v.is_file()}
 
 
@@ -271,7 +298,7 @@ def main() -> None:
                     f"{vsp(ref_ik)} | {vsp(ref_llama)} | {bandwidth / 1e9:.1f} | {limit:.2f} | {b['decode_tok_s'] / limit:.0%} |"
                 )
     header = [
-        f"bench_models, {date}: backend {kernels.backend()}, prompt {args.prompt}, decode {args.decode} tokens, best of {args.repeats}, engines alternating.",
+        f"bench_models, {date}, {cpu_name()} ({os.cpu_count()} cores): backend {kernels.backend()}, prompt {args.prompt}, decode {args.decode} tokens, best of {args.repeats}, engines alternating.",
         "",
         "| shape | threads | engine | prompt tok/s | decode tok/s | decode vs ik IQ2_BN | decode vs llama.cpp | prompt vs ik | prompt vs llama.cpp | read GB/s | limit tok/s | decode / limit |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",

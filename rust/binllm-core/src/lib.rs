@@ -12,6 +12,7 @@ pub mod error;
 pub mod formats;
 pub mod kernels;
 pub mod loader;
+pub mod memory;
 pub mod model;
 pub mod threads;
 pub mod tokenizer;

@@ -518,7 +518,8 @@ impl LoadOptions {
         Ok(LoadOptions { act_quant, output_storage, ternary_format, kv_type })
     }
 
-    /// `model` stored and run as these options say.
+    /// `model` stored and run as these options say, its weights on huge pages where the
+    /// operating system has them (`Model::use_huge_pages`).
     pub fn apply(&self, mut model: Model) -> Result<Model> {
         if let Some(storage) = self.output_storage {
             model.set_output_storage(storage)?;
@@ -528,6 +529,7 @@ impl LoadOptions {
         }
         model.act_quant = self.act_quant;
         model.kv_type = self.kv_type;
+        model.use_huge_pages();
         Ok(model)
     }
 }

@@ -690,6 +690,20 @@ impl Model {
         KvCache::new(self.config.layers, self.config.kv_heads * self.config.head_dim, capacity, self.kv_type)
     }
 
+    /// Hints the operating system to hold every weight matrix on huge pages (what a decode
+    /// step streams; `memory::use_huge_pages`). The loaders' last step (`LoadOptions::apply`).
+    pub fn use_huge_pages(&self) {
+        self.embed.use_huge_pages();
+        if let Some(head) = &self.lm_head {
+            head.use_huge_pages();
+        }
+        for l in &self.layers {
+            for linear in [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down] {
+                linear.use_huge_pages();
+            }
+        }
+    }
+
     /// Bytes of all weights held (packed codes, scales, float tensors).
     pub fn nbytes(&self) -> usize {
         let lin = |l: &Linear| l.nbytes();
@@ -882,7 +896,7 @@ impl Model {
         drop((x, h, q, k, v, attn, proj, gate, up, normed));
         if m > segments.len() {
             // After a prompt's buffers are dropped.
-            release_freed_memory();
+            crate::memory::release_freed_memory();
         }
         if segments.len() == 1 {
             return Ok(vec![logits]);
@@ -972,23 +986,6 @@ impl Model {
                 AttentionTask { q: &q[i * q_dim..(i + 1) * q_dim], keys, values, widen, hd, kv_dim, group, scale, visible: pos0 + i + 1, h0, heads: per_task };
             attend(&t, o);
         });
-    }
-}
-
-/// Hands memory freed by a prompt's buffers (megabytes per token batch) back to the system.
-/// glibc raises its mmap threshold after such frees and then keeps similar blocks in its heap,
-/// so without this the resident size of a process that ran one long prompt stays above what
-/// the model holds.
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        extern "C" {
-            fn malloc_trim(pad: usize) -> i32;
-        }
-        // SAFETY: malloc_trim only returns free heap pages to the kernel.
-        unsafe {
-            malloc_trim(0);
-        }
     }
 }
 
