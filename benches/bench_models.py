@@ -18,7 +18,8 @@ Engines, alternating within every repeat so that all see the same background loa
   embeddings/output binllm's convert wrote as Q6_K (`convert --output-type q6_k`; loading the
   f16 file with `--output-type q6_k` gives the same blocks);
 - llama.cpp (llama-cpp-python) on the TQ2_0 file and on the Q6_K-output one;
-- ik_llama.cpp (../shared/peers/ik_llama.cpp, prebuilt; skipped with a reason when absent):
+- ik_llama.cpp (../shared/peers/ik_llama.cpp, prebuilt, or the build BINLLM_IK_LLAMA_CPP names:
+  a folder with bin/, lib/ and run; skipped with a reason when absent or built for another CPU):
   IQ2_BN with its strongest flags (-rtr 1 -fa 1) and IQ1_BN (-fa 1), made by its own
   llama-quantize from an F16 export of the same weights (embeddings/output kept f16).
 
@@ -81,6 +82,14 @@ def ik_failure(returncode: int) -> str:
     if returncode == -4:
         return "died of SIGILL: built for another CPU (rebuild it here and set BINLLM_IK_LLAMA_CPP to it)"
     return f"failed (exit status {returncode})"
+
+
+def ik_runs(path: Path, shape: str) -> bool:
+    """Whether ik_llama.cpp's llama-bench runs `path` here (a short prompt); says why not."""
+    done = subprocess.run(ik_tool("llama-bench") + ["-m", str(path), "-p", "8", "-n", "0", "-r", "1", "-t", "1", "-o", "json"], capture_output=True)
+    if done.returncode != 0:
+        say(f"{shape}: no ik rows: ik_llama.cpp's llama-bench at {IK} {ik_failure(done.returncode)}")
+    return done.returncode == 0
 
 
 def make_files(folder: Path, shape: str) -> dict[str, Path]:
@@ -266,7 +275,7 @@ def main() -> None:
         if have_llama:
             engines.append(("llama.cpp TQ2_0", LlamaCpp(files["t2"])))
             engines.append(("llama.cpp TQ2_0 + Q6_K file", LlamaCpp(files["t2-q6_k"])))
-        if "iq2_bn" in files and ik_tool("llama-bench"):
+        if "iq2_bn" in files and ik_tool("llama-bench") and ik_runs(files["iq2_bn"], shape):
             engines.append(("ik_llama.cpp IQ2_BN -rtr 1 -fa 1", IkLlamaCpp(files["iq2_bn"], ["-rtr", "1", "-fa", "1"])))
             engines.append(("ik_llama.cpp IQ1_BN -fa 1", IkLlamaCpp(files["iq1_bn"], ["-fa", "1"])))
         if wanted:
