@@ -27,6 +27,7 @@ import os
 import shutil
 import socketserver
 import subprocess
+import sys
 import threading
 from functools import partial
 from pathlib import Path
@@ -216,9 +217,20 @@ def python_expectations(model_path: Path, out: Path) -> dict:
     return expected
 
 
+def scalar_python_expectations(model_path: Path, out: Path) -> None:
+    """`python_expectations` in a process on the scalar backend, whose float arithmetic is the
+    wasm build's (its SIMD dots equal the scalar ones bit for bit, and the rest is the same
+    core code): a sampled token turns on the last bits of the logits, which the x86 backends'
+    FMA dots change (on an AVX2-only AMD EPYC, 2026-12-07, SmolLM2's sampled run after "The
+    capital of France is" parted after " Paris.\nCapital:"), so only the same arithmetic agrees
+    token for token."""
+    code = "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import test_browser; test_browser.python_expectations(Path(sys.argv[2]), Path(sys.argv[3]))"
+    run([sys.executable, "-c", code, str(ROOT / "tests"), str(model_path), str(out)], timeout=600, env={"BINLLM_BACKEND": "scalar"})
+
+
 def test_wasm_engine_tokenizes_and_generates_like_python(wasm_module, model_file, tmp_path):
     expect = tmp_path / "expected.json"
-    python_expectations(model_file, expect)
+    scalar_python_expectations(model_file, expect)
     proc = run(["node", "--test", "wasm/test/model.test.mjs"], timeout=900, env={"BINLLM_WASM_EXPECT": str(expect)})
     assert "# fail 0" in proc.stdout, proc.stdout[-4000:]
     assert "# skipped 0" in proc.stdout and "# pass 6" in proc.stdout, proc.stdout[-4000:]
