@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benches"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from bench_models import SHAPES, cpu_name, make_files, read_bandwidth, say  # noqa: E402
+from bench_models import SHAPES, make_files, read_bandwidth, say  # noqa: E402
+from kernel_cases import cpu_name  # noqa: E402
 
 
 def prompts(n: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:

@@ -47,25 +47,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benches"))
+from kernel_cases import cpu_name  # noqa: E402
+
 IK = Path(os.environ.get("BINLLM_IK_LLAMA_CPP", ROOT.parent / "shared" / "peers" / "ik_llama.cpp"))
 
 SHAPES = {
     "729m": dict(hidden=1536, heads=16, kv_heads=16, intermediate=4096, layers=24, vocab=32002, max_positions=2048, activation="silu"),
     "2b4t": dict(hidden=2560, heads=20, kv_heads=5, intermediate=6912, layers=30, vocab=128256, max_positions=4096, activation="relu2"),
 }
-
-
-def cpu_name() -> str:
-    """The CPU's model name as Linux reports it (results differ between machine kinds)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def say(message: str) -> None:

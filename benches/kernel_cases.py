@@ -23,6 +23,7 @@ import contextlib
 import ctypes
 import glob
 import os
+import platform
 import time
 from dataclasses import dataclass
 
@@ -206,17 +207,20 @@ def memory_bandwidth(rounds: int = 3) -> dict:
     return out
 
 
-def machine_summary() -> str:
-    model = "unknown CPU"
+def cpu_name() -> str:
+    """The CPU's model name as Linux reports it (results differ between machine kinds)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{model}, {ALL_THREADS} threads usable, binllm backend {kernels.backend()}"
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_summary() -> str:
+    return f"{cpu_name()}, {ALL_THREADS} threads usable, binllm backend {kernels.backend()}"
 
 
 def _us(s: float) -> str:
