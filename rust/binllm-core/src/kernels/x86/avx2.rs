@@ -19,7 +19,7 @@
 //! - Otherwise `tile`: R weight rows x C activation rows, each plane decoded once per tile,
 //!   u8 x i8 products summed in i16 and widened once per 4 blocks. GEMM uses 2 x 4 (the
 //!   accumulators and i16 partial sums fill the 16 ymm registers), remainders one narrower
-//!   tile.
+//!   tile; up to `ONE_ROW_MAX_M` activation rows, one weight row at a time.
 
 use super::{block_weights, planes, signed_sum, B1, T16, T2};
 use crate::formats::WeightFormat;
@@ -36,6 +36,13 @@ const GEMV_FLUSH_BLOCKS: usize = 4;
 const TILE_FLUSH_BLOCKS: usize = 4;
 /// How far ahead GEMV prefetches weights (rounded up to whole tiles; see avx512.rs).
 const PREFETCH_BYTES: usize = 8192;
+/// Up to this many activation rows (a small batch's decode step), GEMM walks one weight row at
+/// a time, prefetched as the GEMV is (one sequential stream), instead of `GEMM_ROWS` rows
+/// together. A batched decode step on a Zen 3 core (2026-12-07, one process, alternating):
+/// 2B4T's shape 168 -> 130 ms at 2 sequences, 216 -> 170 at 3, 222 -> 186-207 at 4; 729M 36.4
+/// -> 34.1, 49.8 -> 48.6, 53.9 -> 50.4. At 8 and 16 rows the 2 x 4 tiles were as fast or
+/// faster.
+const ONE_ROW_MAX_M: usize = 4;
 /// GEMM register tile (weight rows x activation rows).
 const GEMM_ROWS: usize = 2;
 const GEMM_COLS: usize = 4;
@@ -114,7 +121,9 @@ unsafe fn tile<const R: usize, const C: usize, const F: u8>(w: *const u8, row_by
             for h in 0..2 {
                 let mut v = [_mm256_setzero_si256(); R];
                 for r in 0..R {
-                    if C == 1 {
+                    // A single row streams (`ONE_ROW_MAX_M`): a prefetch a line. The t1.6 GEMV's
+                    // tiles (C == 1) ask for every half line.
+                    if C == 1 || (R == 1 && h == 0) {
                         prefetch(w, R * row_bytes, r * row_bytes + b * 64 + 32 * h);
                     }
                     v[r] = _mm256_loadu_si256(w.add(r * row_bytes + b * 64 + 32 * h) as *const _);
@@ -244,6 +253,12 @@ unsafe fn gemm<const F: u8>(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8],
         while r < n_rows {
             run_tile::<1, 1, F>(w, row_bytes, x, x_sums, m, kp, out, r, 0);
             r += 1;
+        }
+        return;
+    }
+    if m <= ONE_ROW_MAX_M {
+        for r in 0..n_rows {
+            gemm_rows::<F, 1>(w, row_bytes, x, x_sums, m, kp, out, r);
         }
         return;
     }
