@@ -256,9 +256,7 @@ impl PackedMatrix {
         Self::check_scale(format, n, k, &scale)?;
         let bw = spec.block_weights;
         let row_bytes = format.row_bytes(k);
-        let mut data = Vec::with_capacity(n * row_bytes);
-        crate::memory::prefer_huge_pages(data.spare_capacity_mut());
-        data.resize(n * row_bytes, 0u8);
+        let mut data = crate::memory::huge_page_vec(n * row_bytes, 0u8);
         // Padding codes: 0 for ternary, +1 for binary (activations there are zero, so any code is exact).
         let pad = if format.is_ternary() { 0 } else { 1 };
         let mut block_codes = vec![pad; bw];

@@ -279,11 +279,8 @@ impl<'a> TensorView<'a> {
     /// `to_f32` then an f16 conversion gives).
     pub fn to_f16(&self) -> Result<Vec<half::f16>> {
         let numel = self.checked_size()?;
-        // Huge pages from the first touch (`memory::prefer_huge_pages`): an output layer is
-        // what a decode step streams most of.
-        let mut out = Vec::with_capacity(numel);
-        crate::memory::prefer_huge_pages(out.spare_capacity_mut());
-        out.resize(numel, half::f16::ZERO);
+        // On huge pages: an output layer is what a decode step streams most of.
+        let mut out = crate::memory::huge_page_vec(numel, half::f16::ZERO);
         match self.dtype {
             DType::F16 => {
                 // SAFETY: f16 is 2 plain bytes; `out` holds exactly numel * 2 of them.

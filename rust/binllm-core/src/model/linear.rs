@@ -125,18 +125,14 @@ impl Linear {
 
     /// Hints the operating system to hold the weights on huge pages (`memory::use_huge_pages`).
     pub fn use_huge_pages(&self) {
-        fn bytes<T: Copy>(v: &[T]) -> &[u8] {
-            // SAFETY: plain numbers (f32, f16, i8, u8) viewed as their bytes, same extent.
-            unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+        use crate::memory::use_huge_pages;
+        match self {
+            Linear::Packed(p) => use_huge_pages(p.packed_data()),
+            Linear::Float { w, .. } => use_huge_pages(w),
+            Linear::Half { w, .. } => use_huge_pages(w),
+            Linear::Q8 { q, .. } => use_huge_pages(q),
+            Linear::Q6K { blocks, .. } => use_huge_pages(blocks),
         }
-        let data = match self {
-            Linear::Packed(p) => p.packed_data(),
-            Linear::Float { w, .. } => bytes(w),
-            Linear::Half { w, .. } => bytes(w),
-            Linear::Q8 { q, .. } => bytes(q),
-            Linear::Q6K { blocks, .. } => blocks,
-        };
-        crate::memory::use_huge_pages(data);
     }
 
     /// Storage name for `Model::info`.
