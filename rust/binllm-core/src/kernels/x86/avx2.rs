@@ -20,6 +20,16 @@
 //!   u8 x i8 products summed in i16 and widened once per 4 blocks. GEMM uses 2 x 4 (the
 //!   accumulators and i16 partial sums fill the 16 ymm registers), remainders one narrower
 //!   tile; up to `ONE_ROW_MAX_M` activation rows, one weight row at a time.
+//! - Prompts of t1.6, and of t2 and b1 whose activations outgrow L2 (`DECODED_MIN_X_BYTES`):
+//!   `decoded_gemm` decodes each weight once into code bytes (L2), blocked along K so that an
+//!   activation tile stays in L1, and runs plain `vpmaddubsw` tiles over them. Every product
+//!   then costs one `vpmaddubsw` lane and one i16 add, which set the speed on a Zen 3 core
+//!   (about one `vpmaddubsw` a cycle). Measured there (2026-12-07, one thread, one process,
+//!   alternating): t1.6 at 4096 x 1536, 128 rows, 23 -> 60 G products/s (its trit decoding
+//!   was most of the work); t2 at 2560 x 6912, 128 rows, 86 -> 101 (the 2 x 4 tiles read
+//!   884 KB of activations from beyond L2 for every two weight rows). At 8 rows the tiles are
+//!   faster (82 against 67: decoding into memory does not pay there), hence the threshold. A
+//!   729M t1.6 prompt 61.6 -> 104 tok/s.
 
 use super::{block_weights, planes, signed_sum, B1, T16, T2};
 use crate::formats::WeightFormat;
@@ -43,6 +53,17 @@ const PREFETCH_BYTES: usize = 8192;
 /// -> 34.1, 49.8 -> 48.6, 53.9 -> 50.4. At 8 and 16 rows the 2 x 4 tiles were as fast or
 /// faster.
 const ONE_ROW_MAX_M: usize = 4;
+/// Prompts (more than `ONE_ROW_MAX_M` activation rows) of t1.6, and of t2 and b1 whose
+/// activations (m x kp bytes) pass this size, take the decoded GEMM (`decoded_gemm`).
+const DECODED_MIN_X_BYTES: usize = 256 << 10;
+/// Weights per K-chunk of the decoded GEMM (whole blocks, at least one).
+const DECODED_K: usize = 2048;
+/// Decoded codes per block of weight rows (`DECODED_K` columns of them), kept in L2 while
+/// every activation tile passes over them.
+const DECODED_BLOCK_BYTES: usize = 128 << 10;
+/// 32-weight chunks between widenings of `decoded_tile`'s i16 partial sums: a chunk adds at
+/// most 2 * 3 * 128 = 768 to them (t2's unused code 3 included), 32 chunks 24576.
+const DECODED_FLUSH_CHUNKS: usize = 32;
 /// GEMM register tile (weight rows x activation rows).
 const GEMM_ROWS: usize = 2;
 const GEMM_COLS: usize = 4;
@@ -256,6 +277,9 @@ unsafe fn gemm<const F: u8>(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8],
         }
         return;
     }
+    if m > ONE_ROW_MAX_M && (F == T16 || m * kp > DECODED_MIN_X_BYTES) {
+        return decoded_gemm::<F>(w, n_rows, row_bytes, x, x_sums, m, kp, out);
+    }
     if m <= ONE_ROW_MAX_M {
         for r in 0..n_rows {
             gemm_rows::<F, 1>(w, row_bytes, x, x_sums, m, kp, out, r);
@@ -288,6 +312,156 @@ unsafe fn gemm_rows<const F: u8, const R: usize>(w: &[u8], row_bytes: usize, x: 
         1 => run_tile::<R, 1, F>(w, row_bytes, x, x_sums, m, kp, out, r0, i),
         2 => run_tile::<R, 2, F>(w, row_bytes, x, x_sums, m, kp, out, r0, i),
         _ => run_tile::<R, 3, F>(w, row_bytes, x, x_sums, m, kp, out, r0, i),
+    }
+}
+
+/// Writes the unsigned codes of `row_bytes` bytes of a packed row (whole blocks) in
+/// activation order: byte i of `out` meets activation i of those blocks (`row_bytes / 64 *
+/// block_weights` bytes).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn decode_row<const F: u8>(w: *const u8, row_bytes: usize, out: *mut u8) {
+    for b in 0..row_bytes / 64 {
+        for h in 0..2 {
+            let v = _mm256_loadu_si256(w.add(b * 64 + 32 * h) as *const _);
+            let mut z = v;
+            for p in 0..planes(F) {
+                let codes = if F == T16 {
+                    let (c, next) = t16_trit(z);
+                    z = next;
+                    c
+                } else {
+                    decode_plane::<F>(v, p)
+                };
+                _mm256_storeu_si256(out.add(b * block_weights(F) + 64 * p + 32 * h) as *mut _, codes);
+            }
+        }
+    }
+}
+
+/// R rows of decoded codes (`cs` bytes apart) against C activation rows (`xs` apart), `len`
+/// weights (a multiple of 32).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn decoded_tile<const R: usize, const C: usize>(codes: *const u8, cs: usize, x: *const i8, xs: usize, len: usize) -> [[i32; C]; R] {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_si256(); C]; R];
+    let chunks = len / 32;
+    let mut c0 = 0;
+    while c0 < chunks {
+        let end = (c0 + DECODED_FLUSH_CHUNKS).min(chunks);
+        let mut part = [[_mm256_setzero_si256(); C]; R];
+        for ch in c0..end {
+            let mut cv = [_mm256_setzero_si256(); R];
+            for r in 0..R {
+                cv[r] = _mm256_loadu_si256(codes.add(r * cs + 32 * ch) as *const _);
+            }
+            for c in 0..C {
+                let xv = _mm256_loadu_si256(x.add(c * xs + 32 * ch) as *const _);
+                for r in 0..R {
+                    part[r][c] = _mm256_add_epi16(part[r][c], _mm256_maddubs_epi16(cv[r], xv));
+                }
+            }
+        }
+        for r in 0..R {
+            for c in 0..C {
+                acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_madd_epi16(part[r][c], ones));
+            }
+        }
+        c0 = end;
+    }
+    let mut sums = [[0i32; C]; R];
+    for r in 0..R {
+        for c in 0..C {
+            sums[r][c] = hsum(acc[r][c]);
+        }
+    }
+    sums
+}
+
+/// Adds tile (r0, i0)'s sums over one K-chunk into `out` ([n][m]).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn decoded_run<const R: usize, const C: usize>(
+    codes: *const u8,
+    cs: usize,
+    x: *const i8,
+    kp: usize,
+    len: usize,
+    m: usize,
+    out: &mut [i32],
+    r0: usize,
+    i0: usize,
+) {
+    let sums = decoded_tile::<R, C>(codes, cs, x.add(i0 * kp), kp, len);
+    for r in 0..R {
+        for c in 0..C {
+            out[(r0 + r) * m + i0 + c] += sums[r][c];
+        }
+    }
+}
+
+/// `decoded_run` at activation rows i.., `GEMM_COLS` of them or the narrower rest.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn decoded_cols<const R: usize>(codes: *const u8, cs: usize, x: *const i8, kp: usize, len: usize, m: usize, out: &mut [i32], r0: usize, i0: usize) {
+    match m - i0 {
+        1 => decoded_run::<R, 1>(codes, cs, x, kp, len, m, out, r0, i0),
+        2 => decoded_run::<R, 2>(codes, cs, x, kp, len, m, out, r0, i0),
+        3 => decoded_run::<R, 3>(codes, cs, x, kp, len, m, out, r0, i0),
+        _ => decoded_run::<R, GEMM_COLS>(codes, cs, x, kp, len, m, out, r0, i0),
+    }
+}
+
+/// Prompts: weights decoded once into unsigned code bytes in activation order, then
+/// multiplied by plain `vpmaddubsw` tiles (`decoded_tile`, R x C = `GEMM_ROWS` x
+/// `GEMM_COLS`). Blocked for the caches: a block of weight rows, `DECODED_K` columns at a
+/// time, is decoded into `DECODED_BLOCK_BYTES` (L2), and each tile of activation rows over
+/// that K-chunk (8 KiB at most, L1) meets every row of the block. `out` gathers the K-chunks'
+/// sums; the signed sums are taken at the end.
+#[target_feature(enable = "avx2")]
+unsafe fn decoded_gemm<const F: u8>(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32]) {
+    const R: usize = GEMM_ROWS;
+    let bw = block_weights(F);
+    let kc_blocks = (DECODED_K / bw).max(1);
+    let kc = kc_blocks * bw;
+    let nb = (DECODED_BLOCK_BYTES / kc / R).max(1) * R;
+    let mut codes = vec![0u8; nb * kc];
+    out[..n_rows * m].fill(0);
+    let blocks = row_bytes / 64;
+    let mut r0 = 0;
+    while r0 < n_rows {
+        let rows = nb.min(n_rows - r0);
+        let mut b0 = 0;
+        while b0 < blocks {
+            let bn = kc_blocks.min(blocks - b0);
+            let len = bn * bw;
+            for j in 0..rows {
+                decode_row::<F>(w.as_ptr().add((r0 + j) * row_bytes + b0 * 64), bn * 64, codes.as_mut_ptr().add(j * kc));
+            }
+            let xp = x.as_ptr().add(b0 * bw);
+            // An activation tile (in L1) meets every decoded row of the block (in L2).
+            for i in (0..m).step_by(GEMM_COLS) {
+                let mut r = 0;
+                while r < rows {
+                    let cp = codes.as_ptr().add(r * kc);
+                    if r + R <= rows {
+                        decoded_cols::<R>(cp, kc, xp, kp, len, m, out, r0 + r, i);
+                        r += R;
+                    } else {
+                        decoded_cols::<1>(cp, kc, xp, kp, len, m, out, r0 + r, i);
+                        r += 1;
+                    }
+                }
+            }
+            b0 += bn;
+        }
+        r0 += rows;
+    }
+    for row in out[..n_rows * m].chunks_exact_mut(m) {
+        for (v, &s) in row.iter_mut().zip(x_sums) {
+            *v = signed_sum(F, *v, s);
+        }
     }
 }
 

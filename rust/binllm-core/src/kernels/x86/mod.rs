@@ -77,6 +77,29 @@ mod tests {
         }
     }
 
+    /// Prompts long enough for AVX2's decoded GEMM (t2 and b1 past `DECODED_MIN_X_BYTES` of
+    /// activations; t1.6 from 5 rows): blocks of decoded rows with a remainder (GEMM_ROWS),
+    /// K-chunks with a remainder, every activation-tile remainder, and saturated weights with
+    /// extreme activations over whole rows (the i16 widening bound).
+    #[test]
+    fn prompts_through_the_decoded_gemm_match_scalar() {
+        let mut seed = 7;
+        for spec in &FORMATS {
+            let (n, k) = (67, 6000);
+            let data: Vec<u8> = (0..n * spec.format.row_bytes(k)).map(|_| lcg(&mut seed) as u8).collect();
+            let w = PackedMatrix::from_packed(spec.format, n, k, data, ScaleKind::PerTensor(1.0)).unwrap();
+            let kp = w.padded_k();
+            for m in [5, 7, 44, 45, 46, 47] {
+                let act = activations(m, kp, |_| lcg(&mut seed) as u8 as i8);
+                check(&w, &act, &format!("{} ({n}, {k}) m={m} random", spec.name));
+            }
+            let w = PackedMatrix::from_packed(spec.format, 3, k, vec![0xFF; 3 * spec.format.row_bytes(k)], ScaleKind::PerTensor(1.0)).unwrap();
+            for (value, name) in [(-128i8, "all -128"), (127, "all 127")] {
+                check(&w, &activations(48, kp, |_| value), &format!("{} all 0xFF m=48 {name}", spec.name));
+            }
+        }
+    }
+
     #[test]
     fn rows_longer_than_a_t16_segment_match_scalar() {
         // Byte 0xFF is five trits of 2; with activations of -128 a lane of the z trick reaches
