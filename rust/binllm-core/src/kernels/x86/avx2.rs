@@ -118,6 +118,31 @@ unsafe fn hsum(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(s)
 }
 
+/// Adds the i16 partial sums of a tile into its i32 accumulators (pairs summed).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn widen_into<const R: usize, const C: usize>(acc: &mut [[__m256i; C]; R], part: &[[__m256i; C]; R]) {
+    let ones = _mm256_set1_epi16(1);
+    for r in 0..R {
+        for c in 0..C {
+            acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_madd_epi16(part[r][c], ones));
+        }
+    }
+}
+
+/// The total of each accumulator of a tile.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn hsums<const R: usize, const C: usize>(acc: &[[__m256i; C]; R]) -> [[i32; C]; R] {
+    let mut sums = [[0i32; C]; R];
+    for r in 0..R {
+        for c in 0..C {
+            sums[r][c] = hsum(acc[r][c]);
+        }
+    }
+    sums
+}
+
 /// As in avx512.rs: asks for the line the tile `PREFETCH_BYTES` ahead (whole tiles) will read
 /// (a row is a tile of the t2 and b1 GEMV).
 #[inline(always)]
@@ -129,7 +154,6 @@ fn prefetch(w: *const u8, tile_bytes: usize, offset: usize) {
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn tile<const R: usize, const C: usize, const F: u8>(w: *const u8, row_bytes: usize, x: *const i8, kp: usize) -> [[i32; C]; R] {
-    let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_si256(); C]; R];
     let blocks = row_bytes / 64;
     let mut b0 = 0;
@@ -168,20 +192,10 @@ unsafe fn tile<const R: usize, const C: usize, const F: u8>(w: *const u8, row_by
                 }
             }
         }
-        for r in 0..R {
-            for c in 0..C {
-                acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_madd_epi16(part[r][c], ones));
-            }
-        }
+        widen_into(&mut acc, &part);
         b0 = end;
     }
-    let mut sums = [[0i32; C]; R];
-    for r in 0..R {
-        for c in 0..C {
-            sums[r][c] = hsum(acc[r][c]);
-        }
-    }
-    sums
+    hsums(&acc)
 }
 
 /// i16 pair sums of `v & mask` with `x_low` plus `v4 & mask` with `x_high`.
@@ -344,7 +358,6 @@ unsafe fn decode_row<const F: u8>(w: *const u8, row_bytes: usize, out: *mut u8) 
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn decoded_tile<const R: usize, const C: usize>(codes: *const u8, cs: usize, x: *const i8, xs: usize, len: usize) -> [[i32; C]; R] {
-    let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_si256(); C]; R];
     let chunks = len / 32;
     let mut c0 = 0;
@@ -363,20 +376,10 @@ unsafe fn decoded_tile<const R: usize, const C: usize>(codes: *const u8, cs: usi
                 }
             }
         }
-        for r in 0..R {
-            for c in 0..C {
-                acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_madd_epi16(part[r][c], ones));
-            }
-        }
+        widen_into(&mut acc, &part);
         c0 = end;
     }
-    let mut sums = [[0i32; C]; R];
-    for r in 0..R {
-        for c in 0..C {
-            sums[r][c] = hsum(acc[r][c]);
-        }
-    }
-    sums
+    hsums(&acc)
 }
 
 /// Adds tile (r0, i0)'s sums over one K-chunk into `out` ([n][m]).
