@@ -241,9 +241,10 @@ impl PackedMatrix {
             // gathered into an L1 buffer laid out as y is ([m][PROMPT_ROWS]), divided by the
             // activation scales, and copied to y a run of `PROMPT_ROWS` values at a time. y
             // (megabytes for a prompt) is thus written in whole vectors; a value at a time, its
-            // cache misses held the store queue: 7% of a 729M prompt on a Zen 3 core, 2% now
-            // (perf; prompt tok/s in one process, alternating: 89.8 -> 95.7, 2026-12-07).
-            // Blocks go to the thread pool; each writes only its own rows' columns of y.
+            // cache misses held the store queue. On a Zen 3 core (2026-12-07): 7.4% of a 729M
+            // prompt's perf samples before, 5.3% after; prompt tok/s in one process, alternating
+            // with the old write pattern, 73.1 -> 76.0 (medians of 12). Blocks go to the thread
+            // pool; each writes only its own rows' columns of y.
             let groups = self.groups().1;
             // The writes below go through a raw pointer: their bound is this check.
             assert!(y.len() == m * n && act.scales.len() >= m, "epilogue operands disagree in size");

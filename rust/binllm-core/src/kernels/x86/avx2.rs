@@ -23,13 +23,14 @@
 //! - Prompts of t1.6, and of t2 and b1 whose activations outgrow L2 (`DECODED_MIN_X_BYTES`):
 //!   `decoded_gemm` decodes each weight once into code bytes (L2), blocked along K so that an
 //!   activation tile stays in L1, and runs plain `vpmaddubsw` tiles over them. Every product
-//!   then costs one `vpmaddubsw` lane and one i16 add, which set the speed on a Zen 3 core
-//!   (about one `vpmaddubsw` a cycle). Measured there (2026-12-07, one thread, one process,
-//!   alternating): t1.6 at 4096 x 1536, 128 rows, 23 -> 60 G products/s (its trit decoding
-//!   was most of the work); t2 at 2560 x 6912, 128 rows, 86 -> 101 (the 2 x 4 tiles read
-//!   884 KB of activations from beyond L2 for every two weight rows). At 8 rows the tiles are
-//!   faster (82 against 67: decoding into memory does not pay there), hence the threshold. A
-//!   729M t1.6 prompt 61.6 -> 104 tok/s.
+//!   then costs one `vpmaddubsw` lane and one i16 add, which set the speed on a Zen 3 core: a
+//!   standalone loop of that pair runs about 2.1 `vpmaddubsw` a nanosecond (`vpmaddubsw`
+//!   alone 5.8), and the tile reaches it. Measured there (2026-12-07, one thread, one
+//!   process, alternating): t1.6 at 4096 x 1536, 128 rows, 23 -> 60 G products/s (its trit
+//!   decoding was most of the work); t2 at 2560 x 6912, 128 rows, 86 -> 101 (the 2 x 4 tiles
+//!   read 884 KB of activations from beyond L2 for every two weight rows). At 8 rows the
+//!   tiles are faster (82 against 67: decoding into memory does not pay there), hence the
+//!   threshold. A 729M t1.6 prompt 61.6 -> 104 tok/s.
 
 use super::{block_weights, planes, signed_sum, B1, T16, T2};
 use crate::formats::WeightFormat;
