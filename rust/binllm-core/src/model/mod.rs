@@ -514,6 +514,26 @@ fn kv_f32<'a>(rows: KvSlice<'a>, range: std::ops::Range<usize>, widen: fn(&[f16]
     }
 }
 
+/// `key_scores` of the consecutive heads `hs` against key block `b` of `task`: over f16 keys
+/// widened in registers where `F16C` (`x86::key_scores_f16`), else over the block's keys of
+/// those heads' KV heads as f32 (an f16 cache's widened into `kbuf` for these heads only, so
+/// that they stay in L1).
+#[inline(always)]
+fn block_scores<const F16C: bool, const H: usize>(task: &AttentionTask, b: usize, hs: [usize; H], kbuf: &mut Vec<f32>, sums: &mut [[f32; KEY_LANES]; H]) {
+    let AttentionTask { q, keys, widen, hd, kv_dim, group, .. } = *task;
+    let head_q = |h: usize| &q[h * hd..(h + 1) * hd];
+    // Keys of KV heads ka..kb in block b.
+    let span = |ka: usize, kb: usize| b * kv_dim * KEY_LANES + ka * hd * KEY_LANES..b * kv_dim * KEY_LANES + kb * hd * KEY_LANES;
+    #[cfg(target_arch = "x86_64")]
+    if let (true, KvSlice::F16(k16)) = (F16C, keys) {
+        // SAFETY: `F16C`: this instance runs only where the CPU has AVX2 and F16C.
+        return unsafe { x86::key_scores_f16(hs.map(head_q), hs.map(|h| &k16[span(h / group, h / group + 1)]), sums) };
+    }
+    let ka = hs[0] / group;
+    let block = kv_f32(keys, span(ka, hs[H - 1] / group + 1), widen, kbuf);
+    key_scores(hs.map(head_q), hs.map(|h| &block[(h / group - ka) * hd * KEY_LANES..(h / group - ka + 1) * hd * KEY_LANES]), sums);
+}
+
 /// Attention of `task.heads` heads from `task.h0` of one query row (`Model::attention`),
 /// into `o` (heads x hd). Compiled once per instruction set (`attend`). Only the KV heads of
 /// the task's heads are read (kv0..kv1). An f16 cache's keys and values are read as f16 and
@@ -521,13 +541,12 @@ fn kv_f32<'a>(rows: KvSlice<'a>, range: std::ops::Range<usize>, widen: fn(&[f16]
 /// widened a key block and a value row at a time into L1-sized buffers; either way the
 /// arithmetic is the f32 cache's.
 #[inline(always)]
-fn attend_generic<const F16C: bool>(t: &AttentionTask, o: &mut [f32]) {
-    let AttentionTask { q, keys, values, widen, hd, kv_dim, group, scale, visible, h0, heads } = *t;
+fn attend_generic<const F16C: bool>(task: &AttentionTask, o: &mut [f32]) {
+    let AttentionTask { values, widen, hd, kv_dim, group, scale, visible, h0, heads, .. } = *task;
     let (kv0, kv1) = (h0 / group, (h0 + heads - 1) / group + 1);
     let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
     let mut scores = vec![0f32; heads * visible];
     let mut max = vec![f32::NEG_INFINITY; heads];
-    let block_len = kv_dim * KEY_LANES;
     for b in 0..visible.div_ceil(KEY_LANES) {
         let j0 = b * KEY_LANES;
         let lanes = KEY_LANES.min(visible - j0);
@@ -538,48 +557,18 @@ fn attend_generic<const F16C: bool>(t: &AttentionTask, o: &mut [f32]) {
                 scores[t * visible + j0 + l] = s;
             }
         };
-        let head_q = |h: usize| &q[h * hd..(h + 1) * hd];
-        // The block's keys of KV heads ka..kb, as f32 (an f16 cache's widened for the heads
-        // scored next only, so that they stay in L1).
-        let span = |ka: usize, kb: usize| b * block_len + ka * hd * KEY_LANES..b * block_len + kb * hd * KEY_LANES;
         let mut t = 0;
-        #[cfg(target_arch = "x86_64")]
-        if let (true, KvSlice::F16(k16)) = (F16C, keys) {
-            let head_k = |h: usize| &k16[span(h / group, h / group + 1)];
-            while t + HEADS_AT_ONCE <= heads {
-                let mut sums = [[0f32; KEY_LANES]; HEADS_AT_ONCE];
-                let hs: [usize; HEADS_AT_ONCE] = std::array::from_fn(|i| h0 + t + i);
-                // SAFETY: `F16C`: this instance runs only where the CPU has AVX2 and F16C.
-                unsafe { x86::key_scores_f16(hs.map(head_q), hs.map(head_k), &mut sums) };
-                for (i, s) in sums.iter().enumerate() {
-                    store(t + i, s);
-                }
-                t += HEADS_AT_ONCE;
-            }
-            while t < heads {
-                let mut sums = [[0f32; KEY_LANES]; 1];
-                // SAFETY: as above.
-                unsafe { x86::key_scores_f16([head_q(h0 + t)], [head_k(h0 + t)], &mut sums) };
-                store(t, &sums[0]);
-                t += 1;
-            }
-        }
         while t + HEADS_AT_ONCE <= heads {
-            let ka = (h0 + t) / group;
-            let block = kv_f32(keys, span(ka, (h0 + t + HEADS_AT_ONCE - 1) / group + 1), widen, &mut kbuf);
-            let head_k = |h: usize| &block[(h / group - ka) * hd * KEY_LANES..(h / group - ka + 1) * hd * KEY_LANES];
             let mut sums = [[0f32; KEY_LANES]; HEADS_AT_ONCE];
-            let hs: [usize; HEADS_AT_ONCE] = std::array::from_fn(|i| h0 + t + i);
-            key_scores(hs.map(head_q), hs.map(head_k), &mut sums);
+            block_scores::<F16C, HEADS_AT_ONCE>(task, b, std::array::from_fn(|i| h0 + t + i), &mut kbuf, &mut sums);
             for (i, s) in sums.iter().enumerate() {
                 store(t + i, s);
             }
             t += HEADS_AT_ONCE;
         }
         while t < heads {
-            let kv = (h0 + t) / group;
             let mut sums = [[0f32; KEY_LANES]; 1];
-            key_scores([head_q(h0 + t)], [kv_f32(keys, span(kv, kv + 1), widen, &mut kbuf)], &mut sums);
+            block_scores::<F16C, 1>(task, b, [h0 + t], &mut kbuf, &mut sums);
             store(t, &sums[0]);
             t += 1;
         }

@@ -430,7 +430,7 @@ unsafe fn decoded_gemm<const F: u8>(w: &[u8], n_rows: usize, row_bytes: usize, x
     let kc_blocks = (DECODED_K / bw).max(1);
     let kc = kc_blocks * bw;
     let nb = (DECODED_BLOCK_BYTES / kc / R).max(1) * R;
-    let mut codes = vec![0u8; nb * kc];
+    let mut codes = vec![0u8; nb.min(n_rows) * kc];
     out[..n_rows * m].fill(0);
     let blocks = row_bytes / 64;
     let mut r0 = 0;
