@@ -144,12 +144,18 @@ unsafe fn hsums<const R: usize, const C: usize>(acc: &[[__m256i; C]; R]) -> [[i3
     sums
 }
 
-/// As in avx512.rs: asks for the line the tile `PREFETCH_BYTES` ahead (whole tiles) will read
-/// (a row is a tile of the t2 and b1 GEMV).
+/// How far past a tile of `tile_bytes` its prefetches reach: `PREFETCH_BYTES` rounded up to
+/// whole tiles (a row is a tile of the t2 and b1 GEMV), as in avx512.rs. Computed once per
+/// kernel call (a division per block cost the GEMV a few percent).
 #[inline(always)]
-fn prefetch(w: *const u8, tile_bytes: usize, offset: usize) {
-    let tiles = PREFETCH_BYTES.div_ceil(tile_bytes).max(1);
-    crate::kernels::float::prefetch_line(w.wrapping_add(tiles * tile_bytes + offset) as *const i8)
+fn prefetch_distance(tile_bytes: usize) -> usize {
+    PREFETCH_BYTES.div_ceil(tile_bytes).max(1) * tile_bytes
+}
+
+/// Asks for the line `ahead` bytes (`prefetch_distance`) past `offset` in the tiles at `w`.
+#[inline(always)]
+fn prefetch(w: *const u8, ahead: usize, offset: usize) {
+    crate::kernels::float::prefetch_line(w.wrapping_add(ahead + offset) as *const i8)
 }
 
 #[inline]
@@ -157,6 +163,7 @@ fn prefetch(w: *const u8, tile_bytes: usize, offset: usize) {
 unsafe fn tile<const R: usize, const C: usize, const F: u8>(w: *const u8, row_bytes: usize, x: *const i8, kp: usize) -> [[i32; C]; R] {
     let mut acc = [[_mm256_setzero_si256(); C]; R];
     let blocks = row_bytes / 64;
+    let ahead = prefetch_distance(R * row_bytes);
     let mut b0 = 0;
     while b0 < blocks {
         let end = (b0 + TILE_FLUSH_BLOCKS).min(blocks);
@@ -170,7 +177,7 @@ unsafe fn tile<const R: usize, const C: usize, const F: u8>(w: *const u8, row_by
                     // A single row streams (`ONE_ROW_MAX_M`): a prefetch a line. The t1.6 GEMV's
                     // tiles (C == 1) ask for every half line.
                     if C == 1 || (R == 1 && h == 0) {
-                        prefetch(w, R * row_bytes, r * row_bytes + b * 64 + 32 * h);
+                        prefetch(w, ahead, r * row_bytes + b * 64 + 32 * h);
                     }
                     v[r] = _mm256_loadu_si256(w.add(r * row_bytes + b * 64 + 32 * h) as *const _);
                 }
@@ -213,11 +220,11 @@ unsafe fn masked_dots(v: __m256i, v4: __m256i, mask: i8, x_low: __m256i, x_high:
 /// 2^s. Each scale's products are summed in i16 and scaled back by an exact shift (every
 /// such sum is a multiple of its scale). i16 partial sums are widened every
 /// `GEMV_FLUSH_BLOCKS` blocks: a half block adds at most 3072 (t2) or 2048 (b1) to them.
-/// `len` bytes of the row at `w` are read; `stride` (the distance to the next row) sets how
-/// far ahead the prefetch reaches.
+/// `len` bytes of the row at `w` are read; the prefetches reach `ahead` bytes past them
+/// (`prefetch_distance` of the row's stride, computed once by the caller).
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn gemv<const F: u8>(w: *const u8, stride: usize, len: usize, x: *const i8) -> i32 {
+unsafe fn gemv<const F: u8>(w: *const u8, ahead: usize, len: usize, x: *const i8) -> i32 {
     let ones = _mm256_set1_epi16(1);
     let mut acc = _mm256_setzero_si256();
     let blocks = len / 64;
@@ -226,7 +233,7 @@ unsafe fn gemv<const F: u8>(w: *const u8, stride: usize, len: usize, x: *const i
         let end = (b0 + GEMV_FLUSH_BLOCKS).min(blocks);
         let mut part = _mm256_setzero_si256();
         for b in b0..end {
-            prefetch(w, stride, b * 64);
+            prefetch(w, ahead, b * 64);
             for h in 0..2 {
                 let mut xs = [_mm256_setzero_si256(); 8];
                 for p in 0..planes(F) {
@@ -276,8 +283,9 @@ unsafe fn run_tile<const R: usize, const C: usize, const F: u8>(
 unsafe fn gemm<const F: u8>(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32]) {
     let mut r = 0;
     if m == 1 && F != T16 {
+        let ahead = prefetch_distance(row_bytes);
         for (r, out) in out[..n_rows].iter_mut().enumerate() {
-            *out = signed_sum(F, gemv::<F>(w.as_ptr().add(r * row_bytes), row_bytes, row_bytes, x.as_ptr()), x_sums[0]);
+            *out = signed_sum(F, gemv::<F>(w.as_ptr().add(r * row_bytes), ahead, row_bytes, x.as_ptr()), x_sums[0]);
         }
         return;
     }
@@ -496,11 +504,12 @@ pub unsafe fn gemm_b1_i8_avx2(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8
 unsafe fn gemv_grouped<const F: u8>(w: &[u8], n_rows: usize, row_bytes: usize, group_bytes: usize, x: &[i8], group_sums: &[i32], out: &mut [i32]) {
     let groups = row_bytes.div_ceil(group_bytes);
     let group_weights = group_bytes / 64 * block_weights(F);
+    let ahead = prefetch_distance(row_bytes);
     for r in 0..n_rows {
         let wp = w.as_ptr().add(r * row_bytes);
         for g in 0..groups {
             let (start, len) = (g * group_bytes, group_bytes.min(row_bytes - g * group_bytes));
-            let s = gemv::<F>(wp.add(start), row_bytes, len, x.as_ptr().add(g * group_weights));
+            let s = gemv::<F>(wp.add(start), ahead, len, x.as_ptr().add(g * group_weights));
             out[r * groups + g] = signed_sum(F, s, group_sums[g]);
         }
     }
