@@ -174,9 +174,11 @@ unsafe fn tile<const R: usize, const C: usize, const F: u8>(w: *const u8, row_by
             for h in 0..2 {
                 let mut v = [_mm256_setzero_si256(); R];
                 for r in 0..R {
-                    // A single row streams (`ONE_ROW_MAX_M`): a prefetch a line. The t1.6 GEMV's
-                    // tiles (C == 1) ask for every half line.
-                    if C == 1 || (R == 1 && h == 0) {
+                    // The t1.6 GEMV's tiles (C == 1) and a single row's stream (`ONE_ROW_MAX_M`):
+                    // one prefetch a line. Every half line, as the t1.6 tiles had it, was slower
+                    // (Zen 3, 2026-12-07, one process, alternating, medians of 6: t1.6 decode
+                    // at 2B4T's shape 7.09 -> 7.51 tok/s, 729M 25.6 -> 26.2).
+                    if h == 0 && (C == 1 || R == 1) {
                         prefetch(w, ahead, r * row_bytes + b * 64 + 32 * h);
                     }
                     v[r] = _mm256_loadu_si256(w.add(r * row_bytes + b * 64 + 32 * h) as *const _);
