@@ -73,7 +73,7 @@ impl FormatSpec {
 
     /// The index of the first code not in `codes`, if any. Chunks are checked with a
     /// branch-free range test the compiler vectorizes (BitNet 2B4T's two billion codes: about
-    /// a tenth of a second, where a call per code took half of the model's load time).
+    /// 0.15 s, where a call per code took half of the model's 7.6 s load).
     pub fn first_invalid(&self, codes: &[i8]) -> Option<usize> {
         let (lo, hi, zero) = (self.codes[0], self.codes[self.codes.len() - 1], self.zero);
         const CHUNK: usize = 4096;

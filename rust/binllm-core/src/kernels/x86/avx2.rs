@@ -179,7 +179,7 @@ unsafe fn tile<const R: usize, const C: usize, const F: u8>(w: *const u8, row_by
                     // (Zen 3, 2026-12-07, one process, alternating, medians of 6: t1.6 decode
                     // at 2B4T's shape 7.09 -> 7.51 tok/s, 729M 25.6 -> 26.2).
                     if h == 0 && (C == 1 || R == 1) {
-                        prefetch(w, ahead, r * row_bytes + b * 64 + 32 * h);
+                        prefetch(w, ahead, r * row_bytes + b * 64);
                     }
                     v[r] = _mm256_loadu_si256(w.add(r * row_bytes + b * 64 + 32 * h) as *const _);
                 }
