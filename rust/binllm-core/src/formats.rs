@@ -155,6 +155,8 @@ impl WeightFormat {
 const POW3: [u16; 5] = [1, 3, 9, 27, 81];
 
 fn pack_t2(codes: &[i8], out: &mut [u8]) {
+    // Fixed-size views: no bounds check per code, so the loop vectorizes.
+    let (codes, out): (&[i8; 256], &mut [u8; 64]) = (codes[..256].try_into().unwrap(), (&mut out[..64]).try_into().unwrap());
     for j in 0..64 {
         let mut b = 0u8;
         for p in 0..4 {
@@ -186,6 +188,7 @@ fn t16_trit(byte: u8, p: usize) -> u8 {
     ((shifted as u16 * 3) >> 8) as u8
 }
 fn pack_t16(codes: &[i8], out: &mut [u8]) {
+    let (codes, out): (&[i8; 320], &mut [u8; 64]) = (codes[..320].try_into().unwrap(), (&mut out[..64]).try_into().unwrap());
     for j in 0..64 {
         let mut v = 0u16;
         for p in 0..5 {
@@ -214,6 +217,7 @@ fn dot_t16(block: &[u8], x: &[i8]) -> i32 {
 }
 
 fn pack_b1(codes: &[i8], out: &mut [u8]) {
+    let (codes, out): (&[i8; 512], &mut [u8; 64]) = (codes[..512].try_into().unwrap(), (&mut out[..64]).try_into().unwrap());
     for j in 0..64 {
         let mut b = 0u8;
         for p in 0..8 {
@@ -293,9 +297,13 @@ impl PackedMatrix {
             for (b, out) in data[r * row_bytes..(r + 1) * row_bytes].chunks_exact_mut(BLOCK_BYTES).enumerate() {
                 let start = b * bw;
                 let end = (start + bw).min(k);
-                block_codes[..end - start].copy_from_slice(&row[start..end]);
-                block_codes[end - start..].fill(pad);
-                (spec.pack_block)(&block_codes, out);
+                if end - start == bw {
+                    (spec.pack_block)(&row[start..end], out);
+                } else {
+                    block_codes[..end - start].copy_from_slice(&row[start..end]);
+                    block_codes[end - start..].fill(pad);
+                    (spec.pack_block)(&block_codes, out);
+                }
             }
         }
         Ok(PackedMatrix { format, n, k, scale, row_offset: None, data })

@@ -361,7 +361,9 @@ pub(crate) fn unpack_ternary(dtype: DType, data: &[u8], rows: usize, cols: usize
                 for (i, b) in blocks::<66>(data).enumerate() {
                     scales.push(f16_at(b[64], b[65]));
                     let fields = tq2_0_fields(b);
-                    if let Some(pos) = fields.iter().position(|&q| q == 3) {
+                    // A branch-free test first (it vectorizes); the position only for the error.
+                    if fields.iter().fold(false, |bad, &q| bad | (q == 3)) {
+                        let pos = fields.iter().position(|&q| q == 3).unwrap_or(0);
                         return Err(format!("TQ2_0 weight {} holds the 2-bit code 3, which is not ternary", i * 256 + pos));
                     }
                     codes.extend(fields.iter().map(|&q| q as i8 - 1));
@@ -1017,6 +1019,13 @@ mod tests {
         let v = TensorView { name: "w".into(), dtype: DType::TQ2_0, shape: vec![256], data: &q, lazy: None };
         assert!(matches!(v.to_ternary(), Err(Error::Format(_))));
         assert_eq!(v.to_f32().unwrap()[7], 2.0); // ggml reads (3 - 1) * d
+
+        // The error names the first such weight: block 1, second half, field 3, byte 5.
+        let mut q = quantize_tq2_0(&[0; 512], 1, 512, &[1.0, 1.0]).unwrap();
+        q[66 + 32 + 5] = 0xC1;
+        let v = TensorView { name: "w".into(), dtype: DType::TQ2_0, shape: vec![512], data: &q, lazy: None };
+        let err = v.to_ternary().unwrap_err().to_string();
+        assert!(err.contains("TQ2_0 weight 485 holds the 2-bit code 3"), "{err}");
         let mut q = quantize_i2_s(&[0; 128], 1, 128, 1.0).unwrap();
         q[0] = 0xFF;
         let v = TensorView { name: "w".into(), dtype: DType::I2_S, shape: vec![128], data: &q, lazy: None };
