@@ -52,11 +52,9 @@ pub struct FormatSpec {
     pub block_weights: usize,
     /// Bits of the codes alone (scales not counted).
     pub code_bits: f64,
-    /// The codes this format holds, in increasing order (every value between the first and
-    /// the last, except 0 where `zero` is false).
+    /// The codes this format holds, in increasing order: every value between the first and
+    /// the last, 0 aside (binary holds -1 and 1).
     pub codes: &'static [i8],
-    /// Whether 0 is one of `codes`.
-    pub zero: bool,
     /// Packs `block_weights` codes into one block.
     pub pack_block: fn(&[i8], &mut [u8]),
     /// Unpacks one block into `block_weights` codes.
@@ -75,7 +73,7 @@ impl FormatSpec {
     /// branch-free range test the compiler vectorizes (BitNet 2B4T's two billion codes: about
     /// 0.15 s, where a call per code took half of the model's 7.6 s load).
     pub fn first_invalid(&self, codes: &[i8]) -> Option<usize> {
-        let (lo, hi, zero) = (self.codes[0], self.codes[self.codes.len() - 1], self.zero);
+        let (lo, hi, zero) = (self.codes[0], self.codes[self.codes.len() - 1], self.valid_code(0));
         const CHUNK: usize = 4096;
         for (i, chunk) in codes.chunks(CHUNK).enumerate() {
             let ok = chunk.iter().fold(true, |ok, &c| ok & (c >= lo) & (c <= hi) & (zero | (c != 0)));
@@ -95,7 +93,6 @@ pub static FORMATS: [FormatSpec; 3] = [
         block_weights: 256,
         code_bits: 2.0,
         codes: &[-1, 0, 1],
-        zero: true,
         pack_block: pack_t2,
         unpack_block: unpack_t2,
         dot_block: dot_t2,
@@ -106,7 +103,6 @@ pub static FORMATS: [FormatSpec; 3] = [
         block_weights: 320,
         code_bits: 1.6,
         codes: &[-1, 0, 1],
-        zero: true,
         pack_block: pack_t16,
         unpack_block: unpack_t16,
         dot_block: dot_t16,
@@ -117,7 +113,6 @@ pub static FORMATS: [FormatSpec; 3] = [
         block_weights: 512,
         code_bits: 1.0,
         codes: &[-1, 1],
-        zero: false,
         pack_block: pack_b1,
         unpack_block: unpack_b1,
         dot_block: dot_b1,
@@ -539,9 +534,9 @@ mod tests {
     fn first_invalid_finds_every_code_outside_the_format_wherever_it_is() {
         for spec in &FORMATS {
             // The range test relies on the table: every value from the first code to the last
-            // is a code, 0 aside where `zero` says so.
+            // is a code, 0 aside.
             for c in spec.codes[0]..=spec.codes[spec.codes.len() - 1] {
-                assert_eq!(spec.valid_code(c), c != 0 || spec.zero, "{} code {c}", spec.name);
+                assert_eq!(spec.valid_code(c), c != 0 || spec.valid_code(0), "{} code {c}", spec.name);
             }
             // Positions in the first chunk, at a chunk's edges and in a short last chunk.
             let n = 3 * 4096 + 100;

@@ -418,7 +418,7 @@ fn check_codes(codes: &[i8], rows: usize, cols: usize, block: usize, what: &str)
     if numel != Some(codes.len()) {
         crate::bail!(InvalidArgument, "{what}: {} codes for a {rows} x {cols} matrix", codes.len());
     }
-    if let Some(i) = codes.iter().position(|c| !(-1..=1).contains(c)) {
+    if let Some(i) = crate::formats::WeightFormat::Ternary2.spec().first_invalid(codes) {
         crate::bail!(InvalidArgument, "{what}: code {} at index {i} is not -1, 0 or 1", codes[i]);
     }
     Ok(())

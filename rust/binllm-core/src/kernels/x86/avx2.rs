@@ -32,7 +32,7 @@
 //!   tiles are faster (82 against 67: decoding into memory does not pay there), hence the
 //!   threshold. A 729M t1.6 prompt 61.6 -> 104 tok/s.
 
-use super::{block_weights, planes, signed_sum, B1, T16, T2};
+use super::{block_weights, planes, prefetch_distance, signed_sum, B1, T16, T2};
 use crate::formats::WeightFormat;
 use crate::kernels::{GemmKernel, GroupedGemvKernel};
 use core::arch::x86_64::*;
@@ -45,8 +45,6 @@ const GEMV_FLUSH_BLOCKS: usize = 4;
 /// prompts on a Zen 3 core (2026-12-07, one process, alternating): 101 tok/s widening every
 /// half block, 115 every 4 blocks.
 const TILE_FLUSH_BLOCKS: usize = 4;
-/// How far ahead GEMV prefetches weights (rounded up to whole tiles; see avx512.rs).
-const PREFETCH_BYTES: usize = 8192;
 /// Up to this many activation rows (a small batch's decode step), GEMM walks one weight row at
 /// a time, prefetched as the GEMV is (one sequential stream), instead of `GEMM_ROWS` rows
 /// together. A batched decode step on a Zen 3 core (2026-12-07, one process, alternating):
@@ -142,14 +140,6 @@ unsafe fn hsums<const R: usize, const C: usize>(acc: &[[__m256i; C]; R]) -> [[i3
         }
     }
     sums
-}
-
-/// How far past a tile of `tile_bytes` its prefetches reach: `PREFETCH_BYTES` rounded up to
-/// whole tiles (a row is a tile of the t2 and b1 GEMV), as in avx512.rs. Computed once per
-/// kernel call (a division per block cost the GEMV a few percent).
-#[inline(always)]
-fn prefetch_distance(tile_bytes: usize) -> usize {
-    PREFETCH_BYTES.div_ceil(tile_bytes).max(1) * tile_bytes
 }
 
 /// Asks for the line `ahead` bytes (`prefetch_distance`) past `offset` in the tiles at `w`.

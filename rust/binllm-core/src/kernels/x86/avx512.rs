@@ -15,7 +15,7 @@
 //!   the u8 dot saturates at 255 x 128, so there trits are decoded (`t16_trit`, no multiply).
 //!
 //! Rows are read a tile at a time (4 or 8 rows side by side), which hardware prefetchers
-//! follow poorly: each tile prefetches the lines of the tile about `PREFETCH_BYTES` ahead,
+//! follow poorly: each tile prefetches the lines of the tile about `prefetch_distance` ahead,
 //! which takes GEMV from about 45% to about 75-90% of the streaming read bandwidth when the
 //! weights come from DRAM.
 //!
@@ -35,7 +35,7 @@
 //! Every load feeding a dot goes through `load`: Zen 5 runs `vpdpbusd` with a memory operand
 //! at half the rate of the register form.
 
-use super::{block_weights, planes, signed_sum, B1, T16, T2};
+use super::{block_weights, planes, prefetch_distance, signed_sum, B1, T16, T2};
 use crate::formats::WeightFormat;
 use crate::kernels::{GemmKernel, GroupedGemvKernel};
 use core::arch::x86_64::*;
@@ -66,10 +66,6 @@ pub fn kernel(format: WeightFormat, vnni: bool) -> GemmKernel {
 const GEMV_ROWS_T2: usize = 8;
 const GEMV_ROWS_B1: usize = 4;
 const GEMV_ROWS_T16: usize = 8;
-/// How far ahead GEMV prefetches weights (rounded up to whole tiles). Measured on Zen 5:
-/// 8-16 KiB all reach 75-95% of the streaming read bandwidth from DRAM; more evicts L1 lines
-/// before use when the matrix sits in L3.
-const PREFETCH_BYTES: usize = 8192;
 /// GEMM tile of t2 and b1 (weight rows x activation rows, decoded in registers).
 const PACKED_ROWS: usize = 4;
 const PACKED_COLS: usize = 4;
@@ -106,12 +102,11 @@ unsafe fn loads<const N: usize>(p: *const u8, step: usize) -> [__m512i; N] {
     v
 }
 
-/// Prefetches the line that the tile `PREFETCH_BYTES` ahead (whole tiles of `tile_bytes`)
-/// reads at `offset`. Past the end of the matrix the hint is harmless, hence `wrapping_add`.
+/// Prefetches the line that the tile `prefetch_distance` ahead reads at `offset`. Past the end
+/// of the matrix the hint is harmless, hence `wrapping_add`.
 #[inline(always)]
 fn prefetch(w: *const u8, tile_bytes: usize, offset: usize) {
-    let tiles = PREFETCH_BYTES.div_ceil(tile_bytes).max(1);
-    crate::kernels::float::prefetch_line(w.wrapping_add(tiles * tile_bytes + offset) as *const i8)
+    crate::kernels::float::prefetch_line(w.wrapping_add(prefetch_distance(tile_bytes) + offset) as *const i8)
 }
 
 /// Sums of each of four vectors' 16 lanes, as the four lanes of one 128-bit vector.
