@@ -173,7 +173,12 @@ def main() -> None:
     base = results["native binllm (1 thread)"]
     if "error" in base:
         sys.exit(f"native binllm failed: {base['error']}")
-    print(f"\n{model.name}: prompt {args.prompt} tokens, decode {args.decode} tokens, best of {args.repeats}; native backend {best}\n")
+    relaxed = results.get("binllm wasm relaxed SIMD (Chromium)") or {}
+    dot = relaxed.get("info", {}).get("dot_product", "?")
+    print(
+        f"\n{model.name}: prompt {args.prompt} tokens, decode {args.decode} tokens, best of {args.repeats}; "
+        f"native backend {best}; the relaxed modules' dot product form {dot} (their choice for this engine)\n"
+    )
     print("| engine | prompt tok/s | decode tok/s | prompt vs native | decode vs native | wasm memory after load / after the run |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, r in results.items():

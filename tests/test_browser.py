@@ -379,21 +379,32 @@ def test_demo_page_reads_a_picked_file_after_a_bad_one(chromium, smollm2_path, t
 
 
 # Kernels of the relaxed-SIMD module (the one BinLLM.load picks in Chromium) against its scalar
-# kernels, inside the browser: relaxed SIMD's dot product is implementation-defined where an
-# operand's top bit is set, so only an engine that runs it can show the sums stay exact.
+# kernels, inside the browser, in both dot product forms (`binllm_set_dot_form`: 1 i32, 2 i16):
+# relaxed SIMD's dot products are implementation-defined where an operand's top bit is set, so
+# only an engine that runs them can show the sums stay exact. The form the module picks by
+# itself must follow this engine's i32 dot of 127s with 0xff bytes, computed here by a module of
+# one function: 65534 (two saturated pair sums, x86 without a four-way dot) means i16.
 RELAXED_KERNELS_PAGE = """<!doctype html><meta charset="utf-8"><body data-state="running"><pre id="out"></pre>
 <script type="module">
 try {
   const bytes = await (await fetch("../pkg/binllm_wasm_relaxed.wasm")).arrayBuffer();
   const { instance } = await WebAssembly.instantiate(bytes, { binllm_host: { read_file: () => -1 } });
   const w = instance.exports;
+  const probeModule = new Uint8Array([0, 0x61, 0x73, 0x6d, 1, 0, 0, 0, 1, 5, 1, 0x60, 0, 1, 0x7f, 3, 2, 1, 0, 7, 5, 1, 1, 0x66, 0, 0,
+    0x0a, 0x40, 1, 0x3e, 0, ...[0x7f, 0xff, 0].flatMap((v) => [0xfd, 0x0c, ...new Array(16).fill(v)]), 0xfd, 0x93, 0x02, 0xfd, 0x1b, 0, 0x0b]);
+  const probe = (await WebAssembly.instantiate(probeModule)).instance.exports.f();
+  const picked = w.binllm_dot_form();
   let s = 12345;
   const next = () => { s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0; return s; };
   const put = (a) => { const b = new Uint8Array(a.buffer, a.byteOffset, a.byteLength); const p = w.binllm_alloc(b.length); new Uint8Array(w.memory.buffer, p, b.length).set(b); return [p, b.length]; };
   let cases = 0, bad = [];
-  for (const f of [0, 1, 2]) for (const [n, k, m] of [[1,1,1],[3,17,1],[5,255,2],[8,256,1],[9,1023,3],[17,1536,1],[4,4096,5]]) {
+  for (const form of [1, 2]) {
+  if (w.binllm_set_dot_form(form) !== 0) throw new Error(`binllm_set_dot_form(${form}) failed`);
+  for (const f of [0, 1, 2]) for (const [n, k, m, extreme] of [[1,1,1],[3,17,1],[5,255,2],[8,256,1],[9,1023,3],[17,1536,1],[4,4096,5],[6,6912,1],[3,4096,1,1],[3,4096,5,-1]]) {
     const codes = new Int8Array(n * k); for (let i = 0; i < codes.length; i++) codes[i] = f == 2 ? (next() % 2 ? 1 : -1) : (next() % 3) - 1;
     const x = new Int8Array(m * k); for (let i = 0; i < x.length; i++) x[i] = (next() % 256) - 128;
+    // The largest partial sums: every code `extreme`, every activation -128.
+    if (extreme) { codes.fill(extreme); x.fill(-128); }
     const len = n * w.binllm_row_bytes(f, k); const [cp, cl] = put(codes); const op = w.binllm_alloc(len);
     w.binllm_pack(f, cp, n, k, op, len); const packed = new Uint8Array(w.memory.buffer, op, len).slice();
     const res = [];
@@ -403,8 +414,10 @@ try {
       res.push([st, Array.from(new Int32Array(w.memory.buffer, out, n * m))]);
     }
     cases++;
-    if (JSON.stringify(res[0]) !== JSON.stringify(res[1])) bad.push({ f, n, k, m, scalar: res[0][1].slice(0, 4), simd: res[1][1].slice(0, 4) });
+    if (JSON.stringify(res[0]) !== JSON.stringify(res[1])) bad.push({ form, f, n, k, m, scalar: res[0][1].slice(0, 4), simd: res[1][1].slice(0, 4) });
   }
+  }
+  w.binllm_set_dot_form(0);
   // Q6_K output-layer products: the kernel (reference 0) against the scalar twin (1).
   for (const [n, k, m] of [[1,256,1],[5,576,2],[4,2560,3]]) {
     const blocks = Math.ceil(k / 256), wb = new Uint8Array(n * blocks * 210);
@@ -419,7 +432,7 @@ try {
     cases++;
     if (JSON.stringify(res[0]) !== JSON.stringify(res[1])) bad.push({ q6_k: true, n, k, m, simd: res[0][1].slice(0, 4), scalar: res[1][1].slice(0, 4) });
   }
-  window.benchResult = { cases, bad };
+  window.benchResult = { cases, bad, probe, picked, decided: w.binllm_dot_form() };
 } catch (e) { window.benchResult = { error: `${e}` }; }
 document.getElementById("out").textContent = JSON.stringify(window.benchResult);
 document.body.dataset.state = "done";
@@ -436,7 +449,8 @@ def test_relaxed_simd_kernels_match_scalar_in_chromium(chromium, tmp_path):
         proc = run(["node", "tools/run-in-chromium.mjs", f"{base}/www/kernels.html", "--timeout", "120"], timeout=300, cwd=WASM)
     result = json.loads(proc.stdout.strip().splitlines()[-1])["first"]["bench"]
     assert result and "error" not in result, result
-    assert result["cases"] == 24 and result["bad"] == [], result
+    assert result["cases"] == 2 * 3 * 10 + 3 and result["bad"] == [], result
+    assert result["picked"] == result["decided"] == (2 if result["probe"] == 65534 else 1), result
 
 
 # A user's page after `npm install binllm-wasm`: the bare specifier resolves through an import

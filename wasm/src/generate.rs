@@ -267,6 +267,7 @@ pub extern "C" fn binllm_model_info(handle: i32) -> isize {
             "eos_token_ids": m.eos,
             "weight_bytes": m.model.nbytes(),
             "backend": backend,
+            "dot_product": crate::dot_form_name(),
             "threads": binllm_core::threads::num_threads(),
         });
         let bytes = info.to_string().into_bytes();

@@ -244,6 +244,43 @@ pub extern "C" fn binllm_thread_main() {
     binllm_core::threads::run_worker();
 }
 
+/// The relaxed SIMD dot product the kernels use (`kernels::wasm32::simd128::dot_form`): 1 for
+/// the i32 form, 2 for the i16 form, 0 in a build without relaxed SIMD.
+#[no_mangle]
+pub extern "C" fn binllm_dot_form() -> u32 {
+    #[cfg(target_arch = "wasm32")]
+    return binllm_core::kernels::wasm32::simd128::dot_form().map_or(0, |f| 1 + f as u32);
+    #[cfg(not(target_arch = "wasm32"))]
+    0
+}
+
+/// `binllm_dot_form` by name ("i32", "i16"), for the model's description.
+pub(crate) fn dot_form_name() -> Option<&'static str> {
+    #[cfg(target_arch = "wasm32")]
+    return binllm_core::kernels::wasm32::simd128::dot_form().map(|f| f.name());
+    #[cfg(not(target_arch = "wasm32"))]
+    None
+}
+
+/// Makes the kernels use a dot product form (1 i32, 2 i16; 0: decide from the engine again),
+/// so that tests and benchmarks can run both on any engine. 0, or -1 with the error (a build
+/// without relaxed SIMD has no form to choose).
+#[no_mangle]
+pub extern "C" fn binllm_set_dot_form(form: u32) -> i32 {
+    status((|| {
+        if form > 2 {
+            binllm_core::bail!(InvalidArgument, "dot product form {form} is not 0 (decide), 1 (i32) or 2 (i16)");
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            use binllm_core::kernels::wasm32::simd128::{force_dot_form, DotForm};
+            force_dot_form([None, Some(DotForm::I32), Some(DotForm::I16)][form as usize])
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        binllm_core::bail!(Backend, "this build has no relaxed SIMD dot product to choose")
+    })())
+}
+
 /// 1 if the backend at `backend` (index into `ALL_BACKENDS`) runs in this build, else 0.
 #[no_mangle]
 pub extern "C" fn binllm_backend_available(backend: u32) -> i32 {

@@ -106,12 +106,27 @@ function directSums(codes, x, n, k, m) {
   return out;
 }
 
+// The relaxed module's kernels run in either dot product form (1 i32, 2 i16; it picks one from
+// the engine); both are checked here. The SIMD128 module has none (binllm_dot_form() is 0).
+const DOT_FORMS = wasm.binllm_dot_form() === 0 ? [0] : [1, 2];
+
+/** Simd128's sums in every dot product form; they must all be equal. */
+function simdSums(format, packed, n, k, x, m) {
+  const results = DOT_FORMS.map((form) => {
+    assert.equal(wasm.binllm_set_dot_form(form), 0, lastError());
+    return integerSums(SIMD128, format, packed, n, k, x, m);
+  });
+  wasm.binllm_set_dot_form(0);
+  for (const r of results.slice(1)) assert.deepEqual(r, results[0], `dot product forms differ, ${format.name} n=${n} k=${k} m=${m}`);
+  return results[0];
+}
+
 function check(format, n, k, m, next) {
   const { codes, x } = randomCase(format, n, k, m, next);
   const packed = pack(format, codes, n, k);
   const want = directSums(codes, x, n, k, m);
   const scalar = integerSums(SCALAR, format, packed, n, k, x, m);
-  const simd = integerSums(SIMD128, format, packed, n, k, x, m);
+  const simd = simdSums(format, packed, n, k, x, m);
   const where = `${format.name} n=${n} k=${k} m=${m}`;
   assert.deepEqual(scalar, want, `scalar vs JS sum, ${where}`);
   assert.deepEqual(simd, scalar, `simd128 vs scalar, ${where}`);
@@ -149,7 +164,7 @@ test("extreme codes and activations (the i16 partial sums' worst case) stay exac
         const x = new Int8Array(m * k).fill(value);
         const packed = pack(format, codes, n, k);
         const want = new Int32Array(n * m).fill(code * value * k);
-        assert.deepEqual(integerSums(SIMD128, format, packed, n, k, x, m), want, `${format.name} ${code} x ${value}`);
+        assert.deepEqual(simdSums(format, packed, n, k, x, m), want, `${format.name} ${code} x ${value}`);
         assert.deepEqual(integerSums(SCALAR, format, packed, n, k, x, m), want, `${format.name} ${code} x ${value}`);
       }
     }
@@ -182,6 +197,12 @@ test("bad arguments are errors with a message, not traps", () => {
     // 1 x 17 t2 needs 64 packed bytes, not 4.
     assert.equal(wasm.binllm_integer_sums(SCALAR, 0, ptr, 4, 1, 17, ptr, 0, ptr), -1);
     assert.match(lastError(), /must be 64 bytes/);
+    assert.equal(wasm.binllm_set_dot_form(3), -1);
+    assert.match(lastError(), /dot product form 3 is not/);
+    if (DOT_FORMS[0] === 0) {
+      assert.equal(wasm.binllm_set_dot_form(2), -1);
+      assert.match(lastError(), /no relaxed SIMD dot product/);
+    }
   } finally {
     wasm.binllm_free(ptr, 4);
   }

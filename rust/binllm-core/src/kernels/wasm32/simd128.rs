@@ -16,17 +16,28 @@
 //! weight rows x 4 activation rows.
 //!
 //! Built with relaxed SIMD (`-C target-feature=+relaxed-simd`, the second module
-//! `scripts/build-wasm.sh` writes), t2 and b1 use `i32x4.relaxed_dot_i8x16_i7x16_add_s`: one
-//! instruction for four products and their sum where SIMD128 needs an extmul pair, an add and
-//! a widening. Its result is implementation-defined only where the second operand has its top
-//! bit set; t2's and b1's `d` is 0..2, so every engine gives the exact sum. t1.6's `d` is
-//! negative and stays on the SIMD128 path.
+//! `scripts/build-wasm.sh` writes), t2 and b1 use relaxed SIMD's i8 x i7 dot products. Their
+//! results are implementation-defined only where the second operand has its top bit set; t2's
+//! and b1's `d` is 0..2 (at most 8 as `4d`), so every engine gives the exact sum. t1.6's `d` is
+//! negative and stays on the SIMD128 path. Which of the two dot products runs is decided once,
+//! from how the engine computes them (`dot_form`):
+//!
+//! - `i32x4.relaxed_dot_i8x16_i7x16_add_s`, four products and their sum into i32 lanes, where
+//!   the engine has a four-way dot instruction (V8: `vpdpbusd` with AVX-VNNI, `sdot` on arm64):
+//!   one instruction where SIMD128 needs an extmul pair, an add and a widening;
+//! - `i16x8.relaxed_dot_i8x16_i7x16_s`, pair sums in i16 lanes added up over a block and
+//!   widened once per block, where the engine builds the i32 form from the pair dot (V8 on x86
+//!   without AVX-VNNI: `pmaddubsw`, then `pmaddwd` by ones and an add), so that the i32 form
+//!   costs several instructions per pair dot. On a Zen 3 in Chromium 156 (2026-12-07, both
+//!   forms alternating in one page) the i16 form decoded 29% faster at a 729M shape and 70-86%
+//!   faster at BitNet 2B4T's, and ran prompts 27% faster (729M).
 
 #![allow(clippy::needless_range_loop)] // tiles index several arrays by row and column
 
 use crate::formats::WeightFormat;
 use crate::kernels::GemmKernel;
 use core::arch::wasm32::*;
+use core::sync::atomic::{AtomicU8, Ordering};
 
 use crate::kernels::{planes, B1, T16, T2};
 
@@ -105,6 +116,9 @@ unsafe fn tile<const R: usize, const C: usize, const F: u8>(w: *const u8, row_by
         return gemv_t2_relaxed_tile::<R, C>(w, row_bytes, x);
     }
     let relaxed = RELAXED_DOT && F != T16;
+    // The i32 dot adds into `acc` directly; the i16 dot and SIMD128's extmul sum a block in
+    // `part` first.
+    let dot32 = relaxed && dot_form() == Some(DotForm::I32);
     let block_weights = 64 * planes(F);
     let mut acc = [[i32x4_splat(0); C]; R];
     for b in 0..row_bytes / 64 {
@@ -124,8 +138,10 @@ unsafe fn tile<const R: usize, const C: usize, const F: u8>(w: *const u8, row_by
                 for c in 0..C {
                     let xv = v128_load(x.add(c * kp + b * block_weights + 64 * p + 16 * q) as *const v128);
                     for r in 0..R {
-                        if relaxed {
+                        if dot32 {
                             acc[r][c] = dot_add(xv, d[r], acc[r][c]);
+                        } else if relaxed {
+                            part[r][c] = i16x8_add(part[r][c], dot_pairs(xv, d[r]));
                         } else {
                             let products = i16x8_add(i16x8_extmul_low_i8x16(d[r], xv), i16x8_extmul_high_i8x16(d[r], xv));
                             part[r][c] = i16x8_add(part[r][c], products);
@@ -134,7 +150,7 @@ unsafe fn tile<const R: usize, const C: usize, const F: u8>(w: *const u8, row_by
                 }
             }
         }
-        if !relaxed {
+        if !dot32 {
             for r in 0..R {
                 for c in 0..C {
                     acc[r][c] = i32x4_add(acc[r][c], i32x4_extadd_pairwise_i16x8(part[r][c]));
@@ -151,8 +167,88 @@ unsafe fn tile<const R: usize, const C: usize, const F: u8>(w: *const u8, row_by
     sums
 }
 
-/// Whether this build has relaxed SIMD's dot product (`dot_add`).
+/// Whether this build has relaxed SIMD's dot products (`dot_add`, `dot_pairs`).
 const RELAXED_DOT: bool = cfg!(target_feature = "relaxed-simd");
+
+/// Which relaxed SIMD dot product the t2 and b1 kernels use (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DotForm {
+    /// `i32x4.relaxed_dot_i8x16_i7x16_add_s` into i32 accumulators.
+    I32,
+    /// `i16x8.relaxed_dot_i8x16_i7x16_s` into i16 block sums.
+    I16,
+}
+
+impl DotForm {
+    pub fn name(self) -> &'static str {
+        match self {
+            DotForm::I32 => "i32",
+            DotForm::I16 => "i16",
+        }
+    }
+}
+
+/// 0 until decided, then 1 + the `DotForm` in use.
+static DOT_FORM: AtomicU8 = AtomicU8::new(0);
+
+/// The dot product form this engine runs best, decided on first use: `I16` where the i32 form
+/// saturates like a pair dot followed by a widening (x86's `pmaddubsw` then `pmaddwd`), which
+/// shows the engine has no four-way dot instruction and builds the i32 form from the i16 one;
+/// `I32` everywhere else. `None` in builds without relaxed SIMD.
+pub fn dot_form() -> Option<DotForm> {
+    if !RELAXED_DOT {
+        return None;
+    }
+    Some(match DOT_FORM.load(Ordering::Relaxed) {
+        1 => DotForm::I32,
+        2 => DotForm::I16,
+        _ => {
+            let form = if i32_dot_saturates() { DotForm::I16 } else { DotForm::I32 };
+            DOT_FORM.store(1 + form as u8, Ordering::Relaxed);
+            form
+        }
+    })
+}
+
+/// Makes the kernels use `form` (`None`: decide again from the engine), so that tests and
+/// benchmarks can run both on any engine; both give the same exact sums. An error in builds
+/// without relaxed SIMD.
+pub fn force_dot_form(form: Option<DotForm>) -> crate::error::Result<()> {
+    if !RELAXED_DOT && form.is_some() {
+        crate::bail!(Backend, "this build has no relaxed SIMD dot product to choose");
+    }
+    DOT_FORM.store(form.map_or(0, |f| 1 + f as u8), Ordering::Relaxed);
+    Ok(())
+}
+
+/// Whether this engine's `i32x4.relaxed_dot_i8x16_i7x16_add_s` of 127s with 0xff bytes (255
+/// read unsigned, -1 signed) gives 65534 in a lane: two pair sums of 2 x 255 x 127 = 64770,
+/// each saturated to 32767 in i16 (`pmaddubsw`), then added. A four-way dot gives 129540
+/// unsigned or -508 signed. `black_box` keeps the compiler from folding it.
+fn i32_dot_saturates() -> bool {
+    #[cfg(target_feature = "relaxed-simd")]
+    {
+        let a = core::hint::black_box(i8x16_splat(127));
+        let b = core::hint::black_box(i8x16_splat(-1));
+        i32x4_extract_lane::<0>(i32x4_relaxed_dot_i8x16_i7x16_add(a, b, i32x4_splat(0))) == 65534
+    }
+    #[cfg(not(target_feature = "relaxed-simd"))]
+    false
+}
+
+/// Pair sums `a[2i] b[2i] + a[2i+1] b[2i+1]` in i16 lanes, b's values in 0..63 (at most 2 x
+/// 128 x 63 in magnitude, no saturation): relaxed SIMD's i16 dot product, exact on every
+/// engine for such b. Only called where `RELAXED_DOT`.
+#[inline(always)]
+fn dot_pairs(a: v128, b: v128) -> v128 {
+    #[cfg(target_feature = "relaxed-simd")]
+    return i16x8_relaxed_dot_i8x16_i7x16(a, b);
+    #[cfg(not(target_feature = "relaxed-simd"))]
+    {
+        let _ = (a, b);
+        unreachable!("relaxed SIMD dot product in a build without relaxed SIMD")
+    }
+}
 
 /// `acc + (4-product sums of a x b)`, b's values in 0..63: relaxed SIMD's dot product, exact on
 /// every engine for such b (see the module docs). Only called where `RELAXED_DOT`.
@@ -167,17 +263,24 @@ fn dot_add(a: v128, b: v128, acc: v128) -> v128 {
     }
 }
 
-/// The t2 GEMV tile of the relaxed-SIMD build: two rows at a time, then a single one. Each
+/// The t2 GEMV tile of the relaxed-SIMD build. In the `I16` form one row at a time
+/// (`gemv_t2_relaxed_i16`); in the `I32` form two rows at a time, then a single one. Each
 /// row keeps four accumulators (one per plane), so no chain of dependent dot products is
 /// longer than a block's four quarters; with two rows, the eight accumulators, four
 /// activation vectors and masks fit x86's sixteen vector registers. Measured in Chromium
-/// on a decode step of a 1536-wide model (bench_wasm's "large" shape): 24% faster than four
+/// (on a Xeon with AVX-VNNI) on a decode step of a 1536-wide model (bench_wasm's "large" shape): 24% faster than four
 /// rows with three accumulators each, which spilled; one, three or four rows with four
 /// accumulators are 7-33% slower than two.
 #[cfg(target_feature = "relaxed-simd")]
 #[inline(always)]
 unsafe fn gemv_t2_relaxed_tile<const R: usize, const C: usize>(w: *const u8, row_bytes: usize, x: *const i8) -> [[i32; C]; R] {
     let mut sums = [[0i32; C]; R];
+    if dot_form() == Some(DotForm::I16) {
+        for r in 0..R {
+            sums[r][0] = gemv_t2_relaxed_i16(w.add(r * row_bytes), row_bytes, x);
+        }
+        return sums;
+    }
     let mut r = 0;
     while r + 2 <= R {
         let pair = gemv_t2_relaxed::<2>(w.add(r * row_bytes), row_bytes, x);
@@ -217,6 +320,34 @@ unsafe fn gemv_t2_relaxed<const R: usize>(w: *const u8, row_bytes: usize, x: *co
         }
     }
     acc.map(|[a0, a1, a2, a3]| hsum(i32x4_add(a0, a2)) + hsum(i32x4_add(a1, a3)) / 4)
+}
+
+/// `D` sum of one t2 row with one activation row, in the `I16` form: each 16-byte group is
+/// decoded as in `gemv_t2_relaxed`, its pair sums added in i16 lanes (planes 0 and 2 in one,
+/// the `4d` planes 1 and 3 in the other: a block's four groups sum at most 8 x 2 x 128 x 2 =
+/// 4096 and 16384 in magnitude) and widened once per block. Measured in Chromium 156 on a
+/// Zen 3 without AVX-VNNI (decode steps of a 729M-shaped model, alternating in one page,
+/// 2026-12-07): one row 29% faster than the `I32` pairs, equal to one row with a single
+/// accumulator (three shifts a group), and two rows at a time 4-7% slower than one.
+#[cfg(target_feature = "relaxed-simd")]
+#[inline(always)]
+unsafe fn gemv_t2_relaxed_i16(w: *const u8, row_bytes: usize, x: *const i8) -> i32 {
+    let (low, high) = (u8x16_splat(0x03), u8x16_splat(0x0c));
+    let (mut acc02, mut acc13) = (i32x4_splat(0), i32x4_splat(0));
+    for b in 0..row_bytes / 64 {
+        let (mut part02, mut part13) = (i16x8_splat(0), i16x8_splat(0));
+        for q in 0..4 {
+            let xp = x.add(b * 256 + 16 * q);
+            let xs = [0, 1, 2, 3].map(|p| v128_load(xp.add(64 * p) as *const v128));
+            let y = v128_load(w.add(b * 64 + 16 * q) as *const v128);
+            let h = u16x8_shr(y, 4);
+            part02 = i16x8_add(part02, i16x8_add(dot_pairs(xs[0], v128_and(y, low)), dot_pairs(xs[2], v128_and(h, low))));
+            part13 = i16x8_add(part13, i16x8_add(dot_pairs(xs[1], v128_and(y, high)), dot_pairs(xs[3], v128_and(h, high))));
+        }
+        acc02 = i32x4_add(acc02, i32x4_extadd_pairwise_i16x8(part02));
+        acc13 = i32x4_add(acc13, i32x4_extadd_pairwise_i16x8(part13));
+    }
+    hsum(acc02) + hsum(acc13) / 4
 }
 
 /// Weight rows per GEMV tile. SIMD128's tile with four rows spills x86's sixteen vector
