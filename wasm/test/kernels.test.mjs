@@ -227,6 +227,8 @@ test("f16 gemm equals the scalar reference bit for bit", () => {
         }
         const x = new Float32Array(m * k);
         for (let i = 0; i < x.length; i++) x[i] = ((next() % 20001) / 10000 - 1) * (big && i === 0 ? 1e5 : 8);
+        // Infinite activations (exact through wasm's 2^112 scaling of x; 1e5 is beyond it).
+        if (special && !big && x.length > 3) x[3] = -Infinity;
         const [wp] = put(w);
         const [xp] = put(x);
         const out = [0, 1].map((reference) => {
