@@ -39,6 +39,8 @@ export interface ModelInfo {
   eos_token_ids: number[];
   weight_bytes: number;
   backend: string;
+  /** The relaxed SIMD dot product the ternary kernels use ("i32" or "i16", chosen for this engine); null in the SIMD128 module. */
+  dot_product: "i32" | "i16" | null;
   threads: number;
   memory_bytes: number;
 }

@@ -33,6 +33,12 @@ function generateAll(handle, options) {
   }
 }
 
+test("the model's description names the kernels: SIMD128, with no relaxed dot product to choose", () => {
+  const info = engine.info(handle);
+  assert.equal(info.backend, "simd128");
+  assert.equal(info.dot_product, null);
+});
+
 test("maxNewTokens from 2^32 - 1 up runs to the context's end, never wrapping to a few tokens", () => {
   const context = engine.info(handle).max_position_embeddings;
   const unbounded = generateAll(handle, { maxNewTokens: 2 * context, temperature: 0 });
