@@ -277,7 +277,12 @@ pub extern "C" fn binllm_set_dot_form(form: u32) -> i32 {
             force_dot_form([None, Some(DotForm::I32), Some(DotForm::I16)][form as usize])
         }
         #[cfg(not(target_arch = "wasm32"))]
-        binllm_core::bail!(Backend, "this build has no relaxed SIMD dot product to choose")
+        {
+            if form != 0 {
+                binllm_core::bail!(Backend, "this build has no relaxed SIMD dot product to choose");
+            }
+            Ok(())
+        }
     })())
 }
 
@@ -441,5 +446,10 @@ mod tests {
         let message = unsafe { std::str::from_utf8(slice_at(binllm_last_error_ptr(), binllm_last_error_len())).unwrap() };
         assert!(message.contains("format index 7"), "{message}");
         assert_eq!(binllm_backend_available(99), 0);
+        // No relaxed SIMD on the host: nothing to choose, and "decide" is fine.
+        assert_eq!(binllm_dot_form(), 0);
+        assert_eq!(binllm_set_dot_form(0), 0);
+        assert_eq!(binllm_set_dot_form(2), -1);
+        assert_eq!(binllm_set_dot_form(3), -1);
     }
 }

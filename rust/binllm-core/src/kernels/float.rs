@@ -484,7 +484,7 @@ mod wasm {
     fn widen(h: v128) -> [v128; 2] {
         [u32x4_extend_low_u16x8(h), u32x4_extend_high_u16x8(h)].map(|h| {
             let magnitude = v128_and(h, u32x4_splat(0x7fff));
-            let value = f32x4_mul(i32x4_shl(magnitude, 13), f32x4_splat(5.192_297e33)); // 2^112
+            let value = f32x4_mul(i32x4_shl(magnitude, 13), f32x4_splat(TWO_112));
             let special = i32x4_eq(v128_and(h, u32x4_splat(0x7c00)), u32x4_splat(0x7c00));
             let value = v128_or(value, v128_and(special, u32x4_splat(0x7f80_0000)));
             v128_or(value, i32x4_shl(v128_and(h, u32x4_splat(0x8000)), 16))
@@ -498,9 +498,7 @@ mod wasm {
     /// bias, sign and subnormals included. Equal to `widen` for every finite input.
     #[inline(always)]
     fn widen_finite(h: v128) -> [v128; 2] {
-        let zero = u16x8_splat(0);
-        [i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(zero, h), i16x8_shuffle::<4, 12, 5, 13, 6, 14, 7, 15>(zero, h)]
-            .map(|top| f32x4_mul(v128_and(i32x4_shr(top, 3), u32x4_splat(0x8fff_ffff)), f32x4_splat(5.192_297e33)))
+        widen_finite_scaled(h).map(|v| f32x4_mul(v, f32x4_splat(TWO_112)))
     }
 
     /// `widen_finite` without its multiply: the values times 2^-112 (exact; f16 subnormals
@@ -559,14 +557,19 @@ mod wasm {
         if v128_any_true(u16x8_ge(top, u16x8_splat(0xf800))) {
             return dot_f16(w, x);
         }
+        sum_lanes(acc, &w[chunks * 16..n], &x[chunks * 16..n])
+    }
+
+    /// The 16 accumulator lanes summed in order, plus the products of the leftover weights.
+    fn sum_lanes(acc: [v128; 4], w: &[f16], x: &[f32]) -> f32 {
         let mut lanes = [0f32; 16];
         for (j, a) in acc.iter().enumerate() {
             // SAFETY: lanes has room for 4 floats at 4 * j.
             unsafe { v128_store(lanes.as_mut_ptr().add(4 * j) as *mut v128, *a) };
         }
         let mut tail = 0f32;
-        for i in chunks * 16..n {
-            tail += w[i].to_f32() * x[i];
+        for (w, x) in w.iter().zip(x) {
+            tail += w.to_f32() * x;
         }
         lanes.iter().sum::<f32>() + tail
     }
@@ -609,16 +612,7 @@ mod wasm {
                 acc[j] = f32x4_add(acc[j], f32x4_mul(a, xs[j]));
             }
         }
-        let mut lanes = [0f32; 16];
-        for (j, a) in acc.iter().enumerate() {
-            // SAFETY: lanes has room for 4 floats at 4 * j.
-            unsafe { v128_store(lanes.as_mut_ptr().add(4 * j) as *mut v128, *a) };
-        }
-        let mut tail = 0f32;
-        for i in chunks * 16..n {
-            tail += w[i].to_f32() * x[i];
-        }
-        lanes.iter().sum::<f32>() + tail
+        sum_lanes(acc, &w[chunks * 16..n], &x[chunks * 16..n])
     }
 }
 
