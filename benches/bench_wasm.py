@@ -12,7 +12,9 @@ single-token passes with greedy feedback, best of `--repeats`, as `binllm bench`
 wllama's numbers are llama.cpp's own timings of a completion (prompt, then decode), one
 thread. binllm's wasm runs also report wasm memory after load and after the run; the threaded
 module runs on a cross-origin isolated page. Results are ratios against native binllm on one
-thread, measured in the same run, and threads against one thread for wasm and native.
+thread, measured in the same run, and threads against one thread for wasm and native. The
+machine's read bandwidth (bench_models.py's probe, 1 and --threads threads) is measured before
+and after the engines and printed with the table.
 
 Needs what tests/test_browser.py needs: scripts/build-wasm.sh's toolchain, /usr/bin/chromium
 and `npm install` in wasm/ (playwright-core, @wllama/wllama).
@@ -31,6 +33,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WASM = ROOT / "wasm"
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benches"))
+
+from bench_models import read_bandwidth  # noqa: E402  (one probe for every bench)
 
 SHAPES = {
     # microsoft/bitnet_b1_58-large (729M): the shape FIELD-NOTES' peer numbers were measured on.
@@ -154,6 +159,8 @@ def main() -> None:
         size = model.stat().st_size
         print(f"model: {model.name} ({size / 2**20:.1f} MiB)", file=sys.stderr)
         query = f"?prompt={args.prompt}&decode={args.decode}&repeats={args.repeats}"
+        thread_counts = sorted({1, args.threads})
+        bandwidth = {t: [read_bandwidth(t)] for t in thread_counts}
         results = {"native binllm (1 thread)": native(model, args.prompt, args.decode, args.repeats)}
         best = results["native binllm (1 thread)"].get("backend", "?")
         results["native binllm (1 thread)"]["backend"] = best
@@ -170,6 +177,8 @@ def main() -> None:
             if not args.no_wllama:
                 wllama_query = f"?prompt={args.prompt}&decode={args.decode}&repeats={args.wllama_repeats}"
                 results["wllama (Chromium, 1 thread)"] = in_chromium(f"{base}/wllama.html{wllama_query}")
+        for t in thread_counts:
+            bandwidth[t].append(read_bandwidth(t))
     base = results["native binllm (1 thread)"]
     if "error" in base:
         sys.exit(f"native binllm failed: {base['error']}")
@@ -177,7 +186,12 @@ def main() -> None:
     dot = relaxed.get("info", {}).get("dot_product", "?")
     print(
         f"\n{model.name}: prompt {args.prompt} tokens, decode {args.decode} tokens, best of {args.repeats}; "
-        f"native backend {best}; the relaxed modules' dot product form {dot} (their choice for this engine)\n"
+        f"native backend {best}; the relaxed modules' dot product form {dot} (their choice for this engine)"
+    )
+    print(
+        "read bandwidth before / after the engines (binllm's probe, 1 GiB): "
+        + ", ".join(f"{t} thread(s) {b[0] / 1e9:.1f} / {b[1] / 1e9:.1f} GB/s" for t, b in bandwidth.items())
+        + "\n"
     )
     print("| engine | prompt tok/s | decode tok/s | prompt vs native | decode vs native | wasm memory after load / after the run |")
     print("|---|---:|---:|---:|---:|---:|")
