@@ -53,7 +53,9 @@ try {
   // ?wasm=FILE picks one of wasm/pkg's modules; without it BinLLM.load picks (relaxed SIMD where the engine has it).
   const wasm = q.get("wasm");
   const threads = +(q.get("threads") ?? 1);
-  const model = await BinLLM.load("model.gguf", { cache: false, threads, ...(wasm ? { wasmUrl: new URL(`../pkg/${wasm}`, location.href).href } : {}) });
+  // ?outputType=q6_k|q8_0|f16|f32 re-stores the output layer at load, as native's output_type.
+  const outputType = q.get("outputType") || undefined;
+  const model = await BinLLM.load("model.gguf", { cache: false, threads, outputType, ...(wasm ? { wasmUrl: new URL(`../pkg/${wasm}`, location.href).href } : {}) });
   const r = await model.bench({ promptTokens: +q.get("prompt"), decodeTokens: +q.get("decode"), repeats: +q.get("repeats") });
   window.benchResult = { ...r, info: model.info() };
 } catch (e) { window.benchResult = { error: `${e.name}: ${e.message}` }; }
@@ -112,18 +114,19 @@ NATIVE = """
 import json, sys
 import binllm
 from binllm.bench import bench_model
-model = binllm.Model.from_pretrained(sys.argv[1], threads=int(sys.argv[5]))
+model = binllm.Model.from_pretrained(sys.argv[1], threads=int(sys.argv[5]), output_type=sys.argv[6] or None)
 print(json.dumps(bench_model(model, prompt_tokens=int(sys.argv[2]), decode_tokens=int(sys.argv[3]), repeats=int(sys.argv[4]))))
 """
 
 
-def native(model_path: Path, prompt: int, decode: int, repeats: int, backend: str = "", threads: int = 1) -> dict:
+def native(model_path: Path, prompt: int, decode: int, repeats: int, backend: str = "", threads: int = 1, output_type: str = "") -> dict:
     """Native binllm on `threads` threads, in a fresh process (the kernel backend is chosen once
-    per process; `backend` forces one through BINLLM_BACKEND, "" takes the best)."""
+    per process; `backend` forces one through BINLLM_BACKEND, "" takes the best), the output
+    layer re-stored as `output_type` ("" keeps the file's)."""
     import os
 
     env = {**os.environ, "BINLLM_BACKEND": backend}
-    proc = subprocess.run([sys.executable, "-c", NATIVE, str(model_path), str(prompt), str(decode), str(repeats), str(threads)], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-c", NATIVE, str(model_path), str(prompt), str(decode), str(repeats), str(threads), output_type], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -149,6 +152,7 @@ def main() -> None:
     ap.add_argument("--wllama-repeats", type=int, default=1, help="wllama is slow; its runs are fewer")
     ap.add_argument("--no-wllama", action="store_true")
     ap.add_argument("--threads", type=int, default=2, help="threads of the multi-threaded runs (native and wasm)")
+    ap.add_argument("--output-type", default="", choices=["", "f32", "f16", "q8_0", "q6_k"], help="re-store binllm's output layer at load (native and wasm; wllama reads the file as it is)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     if not all((WASM / "pkg" / name).exists() for name in ("binllm_wasm.wasm", "binllm_wasm_relaxed.wasm")):
@@ -158,16 +162,17 @@ def main() -> None:
         model = args.model or random_bitnet_gguf(args.shape, tmp)
         size = model.stat().st_size
         print(f"model: {model.name} ({size / 2**20:.1f} MiB)", file=sys.stderr)
-        query = f"?prompt={args.prompt}&decode={args.decode}&repeats={args.repeats}"
+        query = f"?prompt={args.prompt}&decode={args.decode}&repeats={args.repeats}&outputType={args.output_type}"
         thread_counts = sorted({1, args.threads})
         bandwidth = {t: [read_bandwidth(t)] for t in thread_counts}
-        results = {"native binllm (1 thread)": native(model, args.prompt, args.decode, args.repeats)}
+        out = args.output_type
+        results = {"native binllm (1 thread)": native(model, args.prompt, args.decode, args.repeats, output_type=out)}
         best = results["native binllm (1 thread)"].get("backend", "?")
         results["native binllm (1 thread)"]["backend"] = best
         if best not in ("avx2", "?"):
             # The common x86 baseline, for reference: most machines lack AVX-512.
-            results["native binllm avx2 (1 thread)"] = native(model, args.prompt, args.decode, args.repeats, backend="avx2")
-        results[f"native binllm ({args.threads} threads)"] = native(model, args.prompt, args.decode, args.repeats, threads=args.threads)
+            results["native binllm avx2 (1 thread)"] = native(model, args.prompt, args.decode, args.repeats, backend="avx2", output_type=out)
+        results[f"native binllm ({args.threads} threads)"] = native(model, args.prompt, args.decode, args.repeats, threads=args.threads, output_type=out)
         with serve(model, tmp / "site") as base:
             results["binllm wasm SIMD128 (Chromium)"] = in_chromium(f"{base}/bench.html{query}&wasm=binllm_wasm.wasm")
             results["binllm wasm relaxed SIMD (Chromium)"] = in_chromium(f"{base}/bench.html{query}&wasm=binllm_wasm_relaxed.wasm")
@@ -186,7 +191,9 @@ def main() -> None:
     dot = relaxed.get("info", {}).get("dot_product", "?")
     print(
         f"\n{model.name}: prompt {args.prompt} tokens, decode {args.decode} tokens, best of {args.repeats}; "
-        f"native backend {best}; the relaxed modules' dot product form {dot} (their choice for this engine)"
+        f"native backend {best}; the relaxed modules' dot product form {dot} (their choice for this engine); "
+        f"binllm's output layer {relaxed.get('info', {}).get('output_storage', '?')}"
+        + (f" (--output-type {args.output_type}; wllama reads the file's)" if args.output_type else "")
     )
     print(
         "read bandwidth before / after the engines (binllm's probe, 1 GiB): "

@@ -281,14 +281,17 @@ def serve_demo(model_path: Path, folder: Path):
 def test_demo_page_in_chromium_generates_python_text(chromium, model_file, tmp_path, request):
     import binllm
 
-    # Greedy on both sides (the page's default; the default model's own config samples).
-    want = binllm.Model.from_pretrained(model_file).generate(PROMPT, max_new_tokens=32, temperature=0.0)
     name = request.node.callspec.id
+    # The Hugging Face folder loads with its output layer re-stored as 8-bit blocks, as the
+    # page's "output layer" choice (?outputType=) and Python's output_type do it.
+    output_type = "q8_0" if name == "bitnet_hf" else None
+    # Greedy on both sides (the page's default; the default model's own config samples).
+    want = binllm.Model.from_pretrained(model_file, output_type=output_type).generate(PROMPT, max_new_tokens=32, temperature=0.0)
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / ".gitignore").write_text("*\n")
     screenshot = ARTIFACTS / f"browser-{name}.png"
     with serve_demo(model_file, tmp_path / "site") as base:
-        source = "&model=model/" if model_file.is_dir() else ""
+        source = ("&model=model/" if model_file.is_dir() else "") + (f"&outputType={output_type}" if output_type else "")
         url = f"{base}/www/?prompt={PROMPT.replace(' ', '%20')}&maxNewTokens=32&autorun=1{source}"
         proc = run(["node", "tools/run-in-chromium.mjs", url, "--screenshot", str(screenshot), "--reload", "--timeout", "600"], timeout=900, cwd=WASM)
     report = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -299,6 +302,7 @@ def test_demo_page_in_chromium_generates_python_text(chromium, model_file, tmp_p
     assert "tokens/s" in first["stats"] and "wasm memory" in first["stats"], first["stats"]
     # Cross-origin isolated with 2+ cores: kernels ran on the threaded module's threads.
     assert ", 2 threads" in first["facts"] or (os.cpu_count() or 1) < 2, first["facts"]
+    assert "(output layer q8)" in first["facts"] if output_type else "(output layer " in first["facts"], first["facts"]
     assert "download" in first["phases"], first["phases"]
     if not model_file.is_dir():
         # A GGUF file's size (and the memory it will take) is shown before it is downloaded.
@@ -459,10 +463,12 @@ NPM_PAGE = """<!doctype html><meta charset="utf-8"><body data-state="running"><p
 <script type="importmap">{"imports": {"binllm-wasm": "./node_modules/binllm-wasm/js/binllm.js"}}</script>
 <script type="module">
 import { BinLLM, defaultWasmUrl } from "binllm-wasm";
+const failure = (options) => BinLLM.load("model.gguf", { cache: false, ...options }).then(() => "loaded", (e) => `${e.name}: ${e.message}`);
 try {
+  const refused = [await failure({ outputType: "q4_0" }), await failure({ output_type: "q8_0" })];
   const model = await BinLLM.load("model.gguf", { cache: false });
   const { text } = await model.generate(PROMPT, { maxNewTokens: 16 });
-  window.benchResult = { text, wasm: defaultWasmUrl().split("/").slice(-3).join("/"), info: model.info() };
+  window.benchResult = { text, wasm: defaultWasmUrl().split("/").slice(-3).join("/"), info: model.info(), refused };
 } catch (e) { window.benchResult = { error: `${e.name}: ${e.message}` }; }
 document.getElementById("out").textContent = JSON.stringify(window.benchResult);
 </script>
@@ -496,6 +502,10 @@ def test_npm_package_installs_and_generates_in_chromium(chromium, bitnet_gguf, t
     assert result["wasm"] == "binllm-wasm/pkg/binllm_wasm_relaxed.wasm", result
     assert result["info"]["dot_product"] in ("i32", "i16"), result["info"]
     assert result["text"] == want, (result["text"], want)
+    # Load options are checked before the file is read: a value the core does not know, and a
+    # name the API does not.
+    assert result["refused"][0].startswith("InvalidArgument: ") and "output type 'q4_0'" in result["refused"][0], result["refused"]
+    assert result["refused"][1] == "InvalidArgument: unknown load option 'output_type'", result["refused"]
 
 
 # Browser logits against native logits of the same file, compared in the page (vocab-sized rows
@@ -505,7 +515,7 @@ LOGITS_PAGE = """<!doctype html><meta charset="utf-8"><body data-state="running"
 import { BinLLM } from "../js/binllm.js";
 try {
   const ids = IDS;
-  const model = await BinLLM.load("model.gguf", { cache: false, threads: THREADS });
+  const model = await BinLLM.load("model.gguf", { cache: false, threads: THREADS, outputType: OUTPUT_TYPE });
   const memoryBytes = model.info().memory_bytes;
   const got = await model.logits(ids);
   const want = new Float32Array(await (await fetch("native.bin")).arrayBuffer());
@@ -530,16 +540,17 @@ document.getElementById("out").textContent = JSON.stringify(window.benchResult);
 """
 
 
-def browser_vs_native_logits(model_path: Path, tmp_path: Path, positions: int = 8, threads: int = 1) -> dict:
+def browser_vs_native_logits(model_path: Path, tmp_path: Path, positions: int = 8, threads: int = 1, output_type: str | None = None) -> dict:
     """Teacher-forced logits of `positions` seeded random ids, in Chromium (the relaxed-SIMD
-    module, or with `threads` > 1 the threaded one on a cross-origin isolated page) and natively;
-    returns the page's comparison."""
+    module, or with `threads` > 1 the threaded one on a cross-origin isolated page) and natively,
+    both loading the file with `output_type`; returns the page's comparison."""
     import binllm
     import numpy as np
 
-    model = binllm.Model.from_pretrained(model_path)
+    model = binllm.Model.from_pretrained(model_path, output_type=output_type)
     ids = [int(i) for i in np.random.default_rng(7).integers(2, model.config["vocab_size"], positions)]
     native = np.ascontiguousarray(model.logits(ids), dtype="<f4")
+    info = model.info()
     del model
     site = tmp_path / "site"
     (site / "www").mkdir(parents=True)
@@ -547,12 +558,13 @@ def browser_vs_native_logits(model_path: Path, tmp_path: Path, positions: int = 
     (site / "pkg").symlink_to(WASM / "pkg")
     (site / "www" / "model.gguf").symlink_to(model_path.resolve())
     (site / "www" / "native.bin").write_bytes(native.tobytes())
-    (site / "www" / "logits.html").write_text(LOGITS_PAGE.replace("IDS", json.dumps(ids)).replace("THREADS", str(threads)))
+    (site / "www" / "logits.html").write_text(LOGITS_PAGE.replace("IDS", json.dumps(ids)).replace("THREADS", str(threads)).replace("OUTPUT_TYPE", json.dumps(output_type)))
     with serve_folder(site, isolated=threads > 1) as base:
         proc = run(["node", "tools/run-in-chromium.mjs", f"{base}/www/logits.html", "--timeout", "900"], timeout=1000, cwd=WASM)
     result = json.loads(proc.stdout.strip().splitlines()[-1])["first"]["bench"]
     assert result and "error" not in result, result
     assert result["length"] == result["expected"] == native.size and result["nonFinite"] == 0, result
+    result["native"] = info
     return result
 
 
@@ -579,12 +591,20 @@ def bitnet_2b4t_vocab_gguf(tmp_path_factory) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_browser_logits_match_native_logits(chromium, bitnet_2b4t_vocab_gguf, tmp_path, threads):
-    r = browser_vs_native_logits(bitnet_2b4t_vocab_gguf, tmp_path, threads=threads)
+@pytest.mark.parametrize(("threads", "output_type"), [(1, None), (2, None), (1, "q6_k"), (2, "q8_0")])
+def test_browser_logits_match_native_logits(chromium, bitnet_2b4t_vocab_gguf, tmp_path, threads, output_type):
+    """The file's f16 output layer as it is, and re-stored at load (`outputType`, Python's
+    `output_type`): the same logits as natively, and the re-stored layer's smaller size."""
+    r = browser_vs_native_logits(bitnet_2b4t_vocab_gguf, tmp_path, threads=threads, output_type=output_type)
     assert r["info"]["threads"] == threads, r["info"]
+    assert r["info"]["output_storage"] == {None: "f16", "q6_k": "q6_k", "q8_0": "q8"}[output_type], r["info"]
     assert r["maxDiff"] <= LOGITS_RELATIVE_TOLERANCE * r["maxAbs"], r
     assert r["sameTop"] == r["positions"], r
+    # The tied 128256 x 256 output layer in both: 2 bytes a weight in f16, 36 per 32 in q8_0
+    # blocks (an f32 scale), 210 per 256 in q6_k.
+    assert r["info"]["weight_bytes"] == r["native"]["bytes"], (r["info"], r["native"])
+    (embedding,) = [t for t in r["native"]["tensors"] if t["kind"] == "embedding"]
+    assert embedding["bytes"] == 128256 * 256 * {None: 2, "q6_k": 210 / 256, "q8_0": 36 / 32}[output_type], embedding
 
 
 @pytest.mark.skipif(os.environ.get("BINLLM_BROWSER_FULL_SIZE", "") in ("", "0"), reason="opt-in tier: BINLLM_BROWSER_FULL_SIZE=1 (a 2B4T-shaped model, 1.2 GB, minutes)")

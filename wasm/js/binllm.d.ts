@@ -21,6 +21,14 @@ export interface LoadOptions {
   cache?: boolean;
   wasmUrl?: string;
   workerUrl?: string | URL;
+  /** Threads (default: the cores, at most 8, where the page can run threads; else 1). */
+  threads?: number;
+  /** The output layer's storage (the embedding matrix's when they are tied), re-stored as it is read; default: the file's. */
+  outputType?: "f32" | "f16" | "q8_0" | "q6_k" | null;
+  /** How ternary linears are packed; default t2 (TQ1_0 files too). */
+  ternaryFormat?: "t2" | "t1.6" | null;
+  /** The KV cache's type; default f16. */
+  kvType?: "f16" | "f32" | null;
 }
 
 export interface ModelInfo {
@@ -38,6 +46,9 @@ export interface ModelInfo {
   bos_token_id: number | null;
   eos_token_ids: number[];
   weight_bytes: number;
+  /** How the output layer (the embedding matrix when tied) is stored. */
+  output_storage: "f32" | "f16" | "q8" | "q6_k";
+  kv_type: "f16" | "f32";
   backend: string;
   /** The relaxed SIMD dot product the ternary kernels use ("i32" or "i16", chosen for this engine); null in the SIMD128 module. */
   dot_product: "i32" | "i16" | null;

@@ -72,7 +72,8 @@ export { MAX_GGUF_FILE_BYTES };
  * About how much wasm memory a GGUF file of `fileBytes` takes once loaded: ternary (TQ2_0,
  * TQ1_0, I2_S) and f16 tensors unpack to about their size in the file (measured: a 1.14 GiB
  * 2B4T-shaped TQ2_0 file loads in 1.20 GiB), plus the largest tensor read at a time and buffers.
- * Files with 4- to 6-bit float tensors (Q4_0, Q6_K, ...) take more: those become 8-bit.
+ * Q6_K tensors stay Q6_K; files with other 4- to 5-bit float tensors (Q4_0, Q5_K, ...) take more:
+ * those become 8-bit. An `outputType` smaller than the file's output layer takes less.
  */
 export function memoryEstimate(fileBytes) {
   return Math.ceil(fileBytes * 1.05) + 64 * 2 ** 20;
@@ -84,16 +85,26 @@ export class BinLLM {
    * "size" (a GGUF file's size in total, before it is read; `memoryEstimate(total)` is what it
    * will take) | "download" | "cache" | "read" | "parse"; cache (default true); wasmUrl;
    * workerUrl; threads (default `defaultThreads()`: the cores, where `canUseThreads()`; a
-   * single-threaded module otherwise). GGUF files over `MAX_GGUF_FILE_BYTES` are refused
-   * (TooLarge) before download.
+   * single-threaded module otherwise). How the model is stored, as Python's `from_pretrained`
+   * names it: outputType ("f32" | "f16" | "q8_0" | "q6_k": the output layer, or the embedding
+   * matrix when they are tied, re-stored as it is read: "q6_k" holds a 2B4T-shaped model's f16
+   * output in 0.27 GB instead of 0.66 GB and reads that much less a token), ternaryFormat ("t2" |
+   * "t1.6"), kvType ("f16" | "f32"); each defaults to what the file holds (f16 caches). GGUF
+   * files over `MAX_GGUF_FILE_BYTES` are refused (TooLarge) before download; an unknown option
+   * is an InvalidArgument error.
    */
-  static async load(source, { onProgress, cache = true, threads = defaultThreads(), wasmUrl = defaultWasmUrl(threads), workerUrl } = {}) {
+  static async load(
+    source,
+    { onProgress, cache = true, threads = defaultThreads(), wasmUrl = defaultWasmUrl(threads), workerUrl, outputType, ternaryFormat, kvType, ...unknown } = {},
+  ) {
+    const extra = Object.keys(unknown);
+    if (extra.length) throw new BinLLMError(`unknown load option '${extra[0]}'`, "InvalidArgument");
     const worker = new Worker(workerUrl ?? new URL("./worker.js", import.meta.url), { type: "module" });
     const model = new BinLLM(worker);
     if (typeof source === "string") source = new URL(source, globalThis.location?.href).href;
     else if (source instanceof URL) source = source.href;
     try {
-      model._info = await model._request({ type: "load", source, options: { cache, wasmUrl, threads } }, { onProgress });
+      model._info = await model._request({ type: "load", source, options: { cache, wasmUrl, threads, load: { outputType, ternaryFormat, kvType } } }, { onProgress });
     } catch (e) {
       worker.terminate();
       throw e;

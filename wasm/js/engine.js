@@ -109,6 +109,25 @@ function checkOptionNumber(name, value) {
   }
 }
 
+/**
+ * Load options of `Engine.loadGgufFrom`, `loadGguf` and `loadHf` and their names in the module
+ * (Python's `from_pretrained`): outputType ("f32" | "f16" | "q8_0" | "q6_k": the output layer,
+ * or the embedding matrix when they are tied, re-stored as it is read), ternaryFormat ("t2" |
+ * "t1.6"), kvType ("f16" | "f32"). Undefined or null keeps the default (what the file holds;
+ * f16 caches). The module checks the values.
+ */
+const LOAD_OPTIONS = { outputType: "output_type", ternaryFormat: "ternary_format", kvType: "kv_type" };
+
+/** `options` as the module reads them (JSON); an unknown name is an InvalidArgument error. */
+function loadOptionsJson(options = {}) {
+  const named = {};
+  for (const [name, value] of Object.entries(options ?? {})) {
+    if (!(name in LOAD_OPTIONS)) throw new BinLLMError(`unknown load option '${name}' (known: ${Object.keys(LOAD_OPTIONS).join(", ")})`, "InvalidArgument");
+    if (value !== undefined) named[LOAD_OPTIONS[name]] = value;
+  }
+  return JSON.stringify(named);
+}
+
 /** Bytes of the module's trap report before the panic message: two usizes (wasm32: u32). */
 const TRAP_REPORT_HEADER_BYTES = 8;
 
@@ -314,9 +333,10 @@ export class Engine {
   /**
    * A model from a GGUF file that stays outside wasm memory: `source` is {size, read(offset,
    * length)} returning a Uint8Array synchronously (`blobSource`, `bytesSource`). The header is
-   * read first, then each tensor as the model is built.
+   * read first, then each tensor as the model is built. `options`: `LOAD_OPTIONS`.
    */
-  loadGgufFrom(source, name = "the model file") {
+  loadGgufFrom(source, name = "the model file", options = {}) {
+    const optionsJson = loadOptionsJson(options);
     if (source.size > MAX_GGUF_FILE_BYTES) {
       throw new BinLLMError(
         `${name} is ${formatBytes(source.size)}: too large for the browser build, whose 4 GiB of wasm32 memory must hold ` +
@@ -330,7 +350,9 @@ export class Engine {
       for (let prefix = Math.min(GGUF_HEADER_BYTES, source.size); ; prefix = Math.min(2 * prefix, source.size)) {
         const head = source.read(0, prefix);
         try {
-          return this.withBytes(head, (p, l) => this.call("loading the model", () => this.exports.binllm_model_load_gguf_lazy(p, l, source.size)));
+          return this.withBytes(head, (p, l) =>
+            this.withBytes(optionsJson, (o, ol) => this.call("loading the model", () => this.exports.binllm_model_load_gguf_lazy(p, l, source.size, o, ol))),
+          );
         } catch (e) {
           if (this.sourceError) throw new BinLLMError(`cannot read ${name}: ${this.sourceError.message ?? this.sourceError}`, "Io");
           if (!(e.name === "Format" && /truncated/.test(e.message) && prefix < Math.min(source.size, MAX_GGUF_HEADER_BYTES))) throw e;
@@ -341,11 +363,18 @@ export class Engine {
     }
   }
 
-  /** A model from a filled WasmBuffer holding a GGUF file; the buffer is freed. */
-  loadGguf(buffer) {
+  /** Checks load options (`LOAD_OPTIONS`) as a load would, before anything is read or downloaded. */
+  checkLoadOptions(options = {}) {
+    this.withBytes(loadOptionsJson(options), (o, ol) => this.call("reading the load options", () => this.exports.binllm_check_load_options(o, ol)));
+  }
+
+  /** A model from a filled WasmBuffer holding a GGUF file; the buffer is freed. `options`: `LOAD_OPTIONS`. */
+  loadGguf(buffer, options = {}) {
     try {
       if (buffer.filled !== buffer.size) throw new BinLLMError(`the file ended after ${buffer.filled} of ${buffer.size} bytes`, "Format");
-      return this.call("loading the model", () => this.exports.binllm_model_load_gguf(buffer.ptr, buffer.size));
+      return this.withBytes(loadOptionsJson(options), (o, ol) =>
+        this.call("loading the model", () => this.exports.binllm_model_load_gguf(buffer.ptr, buffer.size, o, ol)),
+      );
     } finally {
       buffer.free();
     }
@@ -366,16 +395,23 @@ export class Engine {
    * `weights` are filled WasmBuffers of safetensors files, freed here. An error names the file
    * it is about ("config.json: ...", "model-00001-of-00002.safetensors: ..."): a buffer by the
    * name `reserveModelFile` got, an unnamed one as model.safetensors (a folder's one file) or,
-   * among several, by its place in the list.
+   * among several, by its place in the list. `options`: `LOAD_OPTIONS`.
    */
-  loadHf(json, weights) {
+  loadHf(json, weights, options = {}) {
+    let optionsJson;
+    try {
+      optionsJson = loadOptionsJson(options);
+    } catch (e) {
+      weights.forEach((w) => w.free());
+      throw e;
+    }
     const texts = ["config.json", "tokenizer.json", "generation_config.json", "tokenizer_config.json"].map((n) => json[n] ?? "");
     const names = weights.map((w, i) => w.name ?? (weights.length === 1 ? "model.safetensors" : `safetensors file ${i + 1} of ${weights.length}`));
-    const placed = [...texts, JSON.stringify(names)].map((t) => this.put(t));
+    const placed = [...texts, JSON.stringify(names), optionsJson].map((t) => this.put(t));
     const table = new Uint32Array(weights.flatMap((w) => [w.ptr, w.size])); // (pointer, length) usize pairs
     try {
       return this.withBytes(new Uint8Array(table.buffer), (tablePtr) =>
-        this.call("loading the model", () => this.exports.binllm_model_load_hf(...placed.slice(0, 4).flat(), tablePtr, weights.length, ...placed[4])),
+        this.call("loading the model", () => this.exports.binllm_model_load_hf(...placed.slice(0, 4).flat(), tablePtr, weights.length, ...placed[4], ...placed[5])),
       );
     } finally {
       placed.forEach(([p, l]) => this.exports.binllm_free(p, l));

@@ -175,28 +175,29 @@ const isGguf = (name) => /\.gguf$/i.test(name);
 /** Loads a GGUF (URL/File/bytes) or a Hugging Face folder ({files: File[]} or a URL ending in '/'). */
 async function load({ source, options = {} }, progress) {
   await getEngine(options.wasmUrl, options.threads);
+  engine.checkLoadOptions(options.load);
   if (handle) engine.freeModel(handle);
   handle = 0;
   const useCache = options.cache !== false;
   if (typeof source === "string" && source.endsWith("/")) {
-    handle = await loadHfFolder((name) => new URL(name, source).href, useCache, progress);
+    handle = await loadHfFolder((name) => new URL(name, source).href, useCache, progress, options.load);
   } else if (source && Array.isArray(source.files)) {
     const byName = new Map(source.files.map((f) => [f.webkitRelativePath?.split("/").pop() || f.name, f]));
     const gguf = source.files.find((f) => isGguf(f.name));
-    if (gguf) handle = engine.loadGgufFrom(await openGguf(gguf, gguf.name, false, progress), gguf.name);
-    else handle = await loadHfFolder((name) => byName.get(name) ?? null, false, progress);
+    if (gguf) handle = engine.loadGgufFrom(await openGguf(gguf, gguf.name, false, progress), gguf.name, options.load);
+    else handle = await loadHfFolder((name) => byName.get(name) ?? null, false, progress, options.load);
   } else {
     const name = typeof source === "string" ? source.split("/").pop() : source?.name ?? "the model file";
     const lazy = await openGguf(source, name, useCache, progress);
     progress("parse", lazy.size, lazy.size);
     await yieldToEvents();
-    handle = engine.loadGgufFrom(lazy, name);
+    handle = engine.loadGgufFrom(lazy, name, options.load);
   }
   return { ...engine.info(handle), memory_bytes: engine.memoryBytes() };
 }
 
 /** A Hugging Face folder: `locate(name)` gives a URL, a File, or null when the file is absent. */
-async function loadHfFolder(locate, useCache, progress) {
+async function loadHfFolder(locate, useCache, progress, loadOptions) {
   const text = async (name, required) => {
     const where = locate(name);
     if (where === null) {
@@ -231,7 +232,7 @@ async function loadHfFolder(locate, useCache, progress) {
   }
   progress("parse", 1, 1);
   await yieldToEvents();
-  return engine.loadHf(json, weights);
+  return engine.loadHf(json, weights, loadOptions);
 }
 
 /**

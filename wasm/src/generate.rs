@@ -12,6 +12,7 @@
 use crate::{set_error, slice_at};
 use binllm_core::engine::{Detokenizer, Engine, GenerationParams, StepEvent};
 use binllm_core::loader::{GgufFile, SafetensorsFile};
+use binllm_core::model::load::LoadOptions;
 use binllm_core::model::sampler::SamplingParams;
 use binllm_core::model::{GenerationDefaults, KvCache, Model};
 use binllm_core::tokenizer::Tokenizer;
@@ -105,14 +106,50 @@ unsafe fn text_at<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a str>
     std::str::from_utf8(slice_at(ptr, len)).map_err(|e| Error::InvalidArgument(format!("{what} is not UTF-8: {e}")))
 }
 
-/// Loads a GGUF file (the whole file's bytes; the caller may free them afterwards). Returns a
-/// model handle, or -1.
+/// Reads a load's options (JSON at `ptr`, `len` bytes): `output_type` ("f32", "f16", "q8_0",
+/// "q6_k"), `ternary_format` ("t2", "t1.6") and `kv_type` ("f16", "f32"), each a string or
+/// null (the default: what the file holds, f16 caches), as Python's `from_pretrained` names
+/// them. A key it does not know is an error naming it.
+unsafe fn load_options(ptr: *const u8, len: usize) -> Result<LoadOptions> {
+    let bad = |what: String| Error::InvalidArgument(format!("load options: {what}"));
+    let value: Value = serde_json::from_str(text_at(ptr, len, "load options")?).map_err(|e| bad(e.to_string()))?;
+    let Value::Object(options) = value else {
+        return Err(bad("not a JSON object".into()));
+    };
+    let mut names: [Option<&str>; 3] = [None; 3];
+    for (key, v) in &options {
+        let slot = match key.as_str() {
+            "output_type" => 0,
+            "ternary_format" => 1,
+            "kv_type" => 2,
+            _ => return Err(bad(format!("unknown option '{key}'"))),
+        };
+        names[slot] = match v {
+            Value::Null => None,
+            Value::String(name) => Some(name),
+            _ => return Err(bad(format!("{key} must be a string, got {v}"))),
+        };
+    }
+    LoadOptions::from_names(true, names[0], names[1], names[2])
+}
+
+/// Checks load options (JSON, `load_options`) before anything is downloaded. Returns 0, or -1.
 ///
 /// # Safety
 /// `ptr` must point to `len` readable bytes.
 #[no_mangle]
-pub unsafe extern "C" fn binllm_model_load_gguf(ptr: *const u8, len: usize) -> i32 {
-    handle_or_error((|| loaded_from_gguf(&GgufFile::parse(slice_at(ptr, len))?))())
+pub unsafe extern "C" fn binllm_check_load_options(ptr: *const u8, len: usize) -> isize {
+    count_or_error(load_options(ptr, len).map(|_| 0))
+}
+
+/// Loads a GGUF file (the whole file's bytes; the caller may free them afterwards) with the
+/// load options at `options` (`load_options`). Returns a model handle, or -1.
+///
+/// # Safety
+/// `ptr` must point to `len` readable bytes, `options` to `options_len`.
+#[no_mangle]
+pub unsafe extern "C" fn binllm_model_load_gguf(ptr: *const u8, len: usize, options: *const u8, options_len: usize) -> i32 {
+    handle_or_error((|| loaded_from_gguf(&GgufFile::parse(slice_at(ptr, len))?, &load_options(options, options_len)?))())
 }
 
 /// The file a lazy load reads from: the host's `binllm_host.read_file` import, which fills wasm
@@ -145,26 +182,28 @@ impl binllm_core::loader::TensorSource for HostFile {
 /// Loads a GGUF file of `file_len` bytes that is NOT in wasm memory: `ptr` holds a prefix with
 /// at least its header (metadata and tensor infos), and every tensor is read through the
 /// host's `binllm_host.read_file` as the model is built, so memory holds the model and one
-/// tensor's bytes at a time, never the file. A prefix too short for the header is a Format
-/// error starting "truncated" (retry with a longer one). Returns a model handle, or -1.
+/// tensor's bytes at a time, never the file (an output layer re-stored by the options is
+/// re-stored as soon as it is read). A prefix too short for the header is a Format error
+/// starting "truncated" (retry with a longer one). Returns a model handle, or -1.
 ///
 /// # Safety
-/// `ptr` must point to `len` readable bytes.
+/// `ptr` must point to `len` readable bytes, `options` to `options_len` (`load_options`).
 #[no_mangle]
-pub unsafe extern "C" fn binllm_model_load_gguf_lazy(ptr: *const u8, len: usize, file_len: f64) -> i32 {
+pub unsafe extern "C" fn binllm_model_load_gguf_lazy(ptr: *const u8, len: usize, file_len: f64, options: *const u8, options_len: usize) -> i32 {
     handle_or_error((|| {
+        let options = load_options(options, options_len)?;
         if !(file_len >= len as f64 && file_len < 9.0e15) {
             binllm_core::bail!(InvalidArgument, "file length {file_len} is not a whole number of bytes at least the prefix's {len}");
         }
         let source = HostFile;
         let file = GgufFile::parse_header(slice_at(ptr, len), file_len as u64, &source)?;
-        loaded_from_gguf(&file)
+        loaded_from_gguf(&file, &options)
     })())
 }
 
-fn loaded_from_gguf(file: &GgufFile<'_>) -> Result<Loaded> {
+fn loaded_from_gguf(file: &GgufFile<'_>, options: &LoadOptions) -> Result<Loaded> {
     let tokenizer = Tokenizer::from_gguf(file)?;
-    let model = Model::from_gguf(file)?;
+    let model = options.gguf(file)?;
     let defaults = GenerationDefaults::from_gguf(model.config(), file)?;
     Loaded::new(model, tokenizer, &binllm_core::tokenizer::hf_json_from_gguf(file)?, "the GGUF file's tokenizer metadata", defaults.eos)
 }
@@ -173,7 +212,8 @@ fn loaded_from_gguf(file: &GgufFile<'_>) -> Result<Loaded> {
 /// and tokenizer_config.json (either may be empty) and `n_files` safetensors files given as
 /// (pointer, length) pairs of usize at `files` (u32 in wasm32), named by `names` (a JSON list
 /// of `n_files` strings). An error names the file it is about, as the native loader's do:
-/// "model-00002-of-00002.safetensors: ...". Returns a model handle, or -1.
+/// "model-00002-of-00002.safetensors: ...". The load options are JSON at `options`
+/// (`load_options`). Returns a model handle, or -1.
 ///
 /// # Safety
 /// Every pointer must point to its length of readable bytes; `files` to `2 * n_files` usizes.
@@ -192,8 +232,11 @@ pub unsafe extern "C" fn binllm_model_load_hf(
     n_files: usize,
     names: *const u8,
     names_len: usize,
+    options: *const u8,
+    options_len: usize,
 ) -> i32 {
     handle_or_error((|| {
+        let options = load_options(options, options_len)?;
         let config = text_at(config, config_len, "config.json")?;
         let tokenizer_json = text_at(tokenizer, tokenizer_len, "tokenizer.json")?;
         let tokenizer = Tokenizer::from_json(tokenizer_json)?;
@@ -208,7 +251,7 @@ pub unsafe extern "C" fn binllm_model_load_hf(
             .zip(&names)
             .map(|(p, name)| SafetensorsFile::parse(slice_at(p[0] as *const u8, p[1])).map_err(|e| e.at(name)))
             .collect::<Result<Vec<_>>>()?;
-        let model = Model::from_hf_named(config, &files, &names)?;
+        let model = options.hf(config, &files, &names)?;
         let generation = text_at(generation_config, generation_config_len, "generation_config.json")?;
         let tokenizer_config = text_at(tokenizer_config, tokenizer_config_len, "tokenizer_config.json")?;
         let defaults = GenerationDefaults::from_hf(model.config(), Some(tokenizer_json), Some(generation), Some(tokenizer_config), None)?;
@@ -266,6 +309,8 @@ pub extern "C" fn binllm_model_info(handle: i32) -> isize {
             "bos_token_id": c.bos_token,
             "eos_token_ids": m.eos,
             "weight_bytes": m.model.nbytes(),
+            "output_storage": m.model.output_storage(),
+            "kv_type": m.model.kv_type().name(),
             "backend": backend,
             "dot_product": crate::dot_form_name(),
             "threads": binllm_core::threads::num_threads(),
@@ -507,8 +552,8 @@ mod tests {
 
     /// binllm's embedded model, loaded through the C ABI as the host loads a folder: on a
     /// 64-bit host its (pointer, length) table holds 64-bit pointers. `tokenizer` may change
-    /// tokenizer.json first.
-    fn load_default_model(tokenizer: impl FnOnce(Value) -> Value) -> i32 {
+    /// tokenizer.json first; `options` are the load's (JSON). Returns the handle, or the error.
+    fn load_default_model_with(tokenizer: impl FnOnce(Value) -> Value, options: &str) -> std::result::Result<i32, String> {
         let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../python/binllm/default_model");
         let read = |name: &str| std::fs::read_to_string(folder.join(name)).unwrap();
         let (config, generation, tokenizer_config) = (read("config.json"), read("generation_config.json"), read("tokenizer_config.json"));
@@ -530,10 +575,64 @@ mod tests {
                 1,
                 names.as_ptr(),
                 names.len(),
+                options.as_ptr(),
+                options.len(),
             )
         };
-        assert!(handle > 0, "{}", String::from_utf8_lossy(unsafe { slice_at(crate::binllm_last_error_ptr(), crate::binllm_last_error_len()) }));
-        handle
+        match handle {
+            1.. => Ok(handle),
+            _ => Err(String::from_utf8_lossy(unsafe { slice_at(crate::binllm_last_error_ptr(), crate::binllm_last_error_len()) }).into_owned()),
+        }
+    }
+
+    fn load_default_model(tokenizer: impl FnOnce(Value) -> Value) -> i32 {
+        load_default_model_with(tokenizer, "{}").unwrap()
+    }
+
+    fn info(handle: i32) -> Value {
+        assert!(binllm_model_info(handle) > 0);
+        serde_json::from_str(&result_text()).unwrap()
+    }
+
+    #[test]
+    fn load_options_restore_the_output_layer_and_refuse_what_they_do_not_know() {
+        let plain = load_default_model(|json| json);
+        let (plain_info, plain_logits) = (info(plain), logits(plain));
+        assert_eq!((plain_info["output_storage"].as_str(), plain_info["kv_type"].as_str()), (Some("f16"), Some("f16")));
+        let q8 = load_default_model_with(|json| json, r#"{"output_type": "q8_0", "ternary_format": null, "kv_type": "f32"}"#).unwrap();
+        let q8_info = info(q8);
+        assert_eq!((q8_info["output_storage"].as_str(), q8_info["kv_type"].as_str()), (Some("q8"), Some("f32")));
+        assert!(q8_info["weight_bytes"].as_u64() < plain_info["weight_bytes"].as_u64());
+        // 8-bit output weights move the logits a little, not a lot.
+        let q8_logits = logits(q8);
+        let spread = plain_logits.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let moved = plain_logits.iter().zip(&q8_logits).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(moved > 0.0 && moved < 0.05 * spread, "moved {moved} of {spread}");
+        binllm_model_free(q8);
+        binllm_model_free(plain);
+        assert_eq!(unsafe { binllm_check_load_options(b"{}".as_ptr(), 2) }, 0);
+        assert_eq!(unsafe { binllm_check_load_options(b"[]".as_ptr(), 2) }, -1);
+        for (options, message) in [
+            (r#"{"outputType": "q8_0"}"#, "load options: unknown option 'outputType'"),
+            (r#"{"output_type": "q4_0"}"#, "output type 'q4_0'"),
+            (r#"{"output_type": 8}"#, "output_type must be a string, got 8"),
+            (r#"{"ternary_format": "b1"}"#, "ternary_format 'b1'"),
+            (r#"{"kv_type": "q8_0"}"#, "f16 or f32"),
+            ("[]", "load options: not a JSON object"),
+            ("", "load options: EOF"),
+        ] {
+            let err = load_default_model_with(|json| json, options).unwrap_err();
+            assert!(err.contains(message), "{options}: {err}");
+        }
+    }
+
+    /// The last position's logits after a fixed prompt.
+    fn logits(handle: i32) -> Vec<f32> {
+        let ids = [1u32, 72, 101, 108, 108, 111];
+        let n = unsafe { binllm_forward_logits(handle, ids.as_ptr(), ids.len(), 0) };
+        assert!(n > 0, "{}", String::from_utf8_lossy(unsafe { slice_at(crate::binllm_last_error_ptr(), crate::binllm_last_error_len()) }));
+        let bytes = unsafe { slice_at(binllm_result_ptr(), binllm_result_len()) };
+        bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
     }
 
     fn start(handle: i32, prompt: &str, options: &str) {

@@ -2,7 +2,7 @@
 // picked file or folder), then stream generated text with tokens/s and memory use. All the
 // work happens in binllm's worker; this file only wires the page to the BinLLM API.
 //
-// Query parameters (the browser test uses them): model, prompt, maxNewTokens, temperature, topK,
+// Query parameters (the browser test uses them): model, outputType, prompt, maxNewTokens, temperature, topK,
 // topP, minP, repetitionPenalty, seed, stop, autorun=1 (load, then generate once). The body's
 // data-state goes idle -> loading -> ready -> generating -> done (or error).
 import { BinLLM, MAX_GGUF_FILE_BYTES, memoryEstimate } from "../js/binllm.js";
@@ -50,7 +50,7 @@ async function load(source, name) {
   model = null;
   const started = performance.now();
   try {
-    model = await BinLLM.load(source, { onProgress });
+    model = await BinLLM.load(source, { onProgress, outputType: $("output-type").value || undefined });
   } catch (e) {
     $("progress-text").textContent = "";
     showError(e);
@@ -61,7 +61,7 @@ async function load(source, name) {
   $("model-name").textContent = name;
   $("model-facts").textContent =
     `${info.architecture}, ${info.num_hidden_layers} layers, hidden ${info.hidden_size}, vocab ${info.vocab_size}, ` +
-    `weights ${formatBytes(info.weight_bytes)}, ${info.backend}, ${info.threads} thread${info.threads === 1 ? "" : "s"}`;
+    `weights ${formatBytes(info.weight_bytes)} (output layer ${info.output_storage}), ${info.backend}, ${info.threads} thread${info.threads === 1 ? "" : "s"}`;
   $("progress").value = 1;
   $("progress-text").textContent = `loaded in ${seconds} s; wasm memory ${formatBytes(info.memory_bytes)}`;
   $("generate").disabled = false;
@@ -127,7 +127,7 @@ $("model-folder").onchange = (e) => {
 $("generate").onclick = generate;
 $("stop").onclick = () => model?.stop();
 const PARAMETERS = [
-  ["prompt", "prompt"], ["maxNewTokens", "max-new-tokens"], ["temperature", "temperature"], ["topK", "top-k"], ["topP", "top-p"],
+  ["outputType", "output-type"], ["prompt", "prompt"], ["maxNewTokens", "max-new-tokens"], ["temperature", "temperature"], ["topK", "top-k"], ["topP", "top-p"],
   ["minP", "min-p"], ["repetitionPenalty", "repetition-penalty"], ["seed", "seed"], ["stop", "stop-strings"],
 ];
 for (const [param, id] of PARAMETERS) {

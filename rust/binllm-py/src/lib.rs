@@ -417,8 +417,8 @@ fn load_model<'py>(
     kv_type: Option<&str>,
 ) -> PyResult<(PyModel, Option<String>, Bound<'py, pyo3::types::PyDict>)> {
     let options = LoadOptions::from_names(act_quant, output_type, ternary_format, kv_type).map_err(to_py)?;
-    let loaded = py.detach(|| binllm_core::model::load::load_with_defaults(&path)).map_err(to_py)?;
-    let model = py.detach(|| options.apply(loaded.model)).map_err(to_py)?;
+    let loaded = py.detach(|| binllm_core::model::load::load_with_defaults(&path, &options)).map_err(to_py)?;
+    let model = loaded.model;
     let g = &loaded.defaults;
     let d = pyo3::types::PyDict::new(py);
     d.set_item("eos_token_ids", g.eos.clone())?;
@@ -456,7 +456,7 @@ impl PyModel {
         kv_type: Option<&str>,
     ) -> PyResult<Self> {
         let options = LoadOptions::from_names(act_quant, output_type, ternary_format, kv_type).map_err(to_py)?;
-        let model = py.detach(|| options.apply(binllm_core::model::load::load_path(&path)?)).map_err(to_py)?;
+        let model = py.detach(|| binllm_core::model::load::load_path(&path, &options)).map_err(to_py)?;
         Ok(PyModel { inner: Arc::new(model) })
     }
 
@@ -469,7 +469,7 @@ impl PyModel {
         let model = py
             .detach(|| {
                 let parsed = files.iter().map(|f| binllm_core::loader::SafetensorsFile::parse(f)).collect::<Result<Vec<_>, Error>>()?;
-                options.apply(Model::from_hf(config_json, &parsed)?)
+                options.hf(config_json, &parsed, &[])
             })
             .map_err(to_py)?;
         Ok(PyModel { inner: Arc::new(model) })
@@ -480,7 +480,7 @@ impl PyModel {
     #[pyo3(signature = (data, act_quant=true, kv_type=None))]
     fn from_gguf_bytes(py: Python<'_>, data: &[u8], act_quant: bool, kv_type: Option<&str>) -> PyResult<Self> {
         let options = LoadOptions::from_names(act_quant, None, None, kv_type).map_err(to_py)?;
-        let model = py.detach(|| options.apply(binllm_core::loader::GgufFile::parse(data).and_then(|f| Model::from_gguf(&f))?)).map_err(to_py)?;
+        let model = py.detach(|| binllm_core::loader::GgufFile::parse(data).and_then(|f| options.gguf(&f))).map_err(to_py)?;
         Ok(PyModel { inner: Arc::new(model) })
     }
 

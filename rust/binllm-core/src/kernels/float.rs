@@ -644,7 +644,8 @@ fn narrow_f16_plain(x: &[f32], out: &mut [f16]) {
     x.iter().zip(out).for_each(|(x, o)| *o = f16::from_f32(*x));
 }
 
-/// `f16_rows` by one `dot` per product.
+/// `f16_rows` by one `dot` per product (where wasm's `f16_rows` does not run).
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
 #[inline(always)]
 fn f16_rows_by_dots(dot: fn(&[f16], &[f32]) -> f32, w: &[f16], k: usize, x: &[f32], m: usize, out: &mut [f32]) {
     for (row, o) in w.chunks_exact(k.max(1)).zip(out.chunks_mut(m.max(1))) {

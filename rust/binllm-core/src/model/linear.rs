@@ -146,6 +146,17 @@ impl Linear {
         }
     }
 
+    /// The float storage this matrix has; `None` for a packed one.
+    pub fn float_storage(&self) -> Option<FloatStorage> {
+        match self {
+            Linear::Packed(_) => None,
+            Linear::Float { .. } => Some(FloatStorage::F32),
+            Linear::Half { .. } => Some(FloatStorage::F16),
+            Linear::Q8 { .. } => Some(FloatStorage::Q8),
+            Linear::Q6K { .. } => Some(FloatStorage::Q6K),
+        }
+    }
+
     /// Row `r` as f32 values (the weights' effective values) into `out`.
     pub fn row_f32(&self, r: usize, out: &mut Vec<f32>) {
         match self {

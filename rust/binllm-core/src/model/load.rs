@@ -50,6 +50,10 @@ struct Tensors<'t, 'a> {
     used: RefCell<HashSet<String>>,
     /// Every tensor the model read: the rest must be on `CARRY_NOTHING` (strict loading).
     consumed: RefCell<HashSet<String>>,
+    /// The output layer's storage when the host asked for one (`LoadOptions::output_storage`):
+    /// the matrix is re-stored as soon as it is read, so the file's copy is gone before the
+    /// layers are (a wasm32 memory never shrinks below its peak).
+    output_storage: Option<FloatStorage>,
 }
 
 /// Tensors that checkpoints carry but that hold nothing the model needs, by name suffix: the
@@ -375,8 +379,13 @@ impl<'t, 'a> Tensors<'t, 'a> {
     fn build(&self) -> Result<Model> {
         let c = self.config;
         let (d, hd) = (c.hidden, c.head_dim);
+        let output = |m: Linear| match self.output_storage {
+            Some(storage) if m.float_storage() != Some(storage) => m.restored(storage),
+            _ => Ok(m),
+        };
         let embed = self.float_matrix(&self.name(None, EMBED), c.vocab, d)?;
-        let lm_head = if c.tie_embeddings { None } else { Some(self.float_matrix(&self.name(None, LM_HEAD), c.vocab, d)?) };
+        let (embed, lm_head) =
+            if c.tie_embeddings { (output(embed)?, None) } else { (embed, Some(output(self.float_matrix(&self.name(None, LM_HEAD), c.vocab, d)?)?)) };
         let mut layers = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
             let n = |p: &str| self.name(Some(i), p);
@@ -455,6 +464,10 @@ impl Model {
     /// `from_hf` with the files' names (`names[i]` is `files[i]`'s, or none at all): an error
     /// about a tensor names the file it came from.
     pub fn from_hf_named(config_json: &str, files: &[SafetensorsFile<'_>], names: &[String]) -> Result<Model> {
+        Model::build_hf(config_json, files, names, None)
+    }
+
+    fn build_hf(config_json: &str, files: &[SafetensorsFile<'_>], names: &[String], output_storage: Option<FloatStorage>) -> Result<Model> {
         let config = ModelConfig::from_hf_json(config_json)?;
         let mut by_name = HashMap::new();
         let mut file_of = HashMap::new();
@@ -469,17 +482,39 @@ impl Model {
             }
         }
         let quantized = quantized_modules(config_json)?;
-        Tensors { by_name, naming: Naming::HuggingFace, files: file_of, config: &config, quantized, used: RefCell::default(), consumed: RefCell::default() }
-            .build()
+        Tensors {
+            by_name,
+            naming: Naming::HuggingFace,
+            files: file_of,
+            config: &config,
+            quantized,
+            used: RefCell::default(),
+            consumed: RefCell::default(),
+            output_storage,
+        }
+        .build()
     }
 
     /// A model from a parsed GGUF file.
     pub fn from_gguf(file: &GgufFile<'_>) -> Result<Model> {
+        Model::build_gguf(file, None)
+    }
+
+    fn build_gguf(file: &GgufFile<'_>, output_storage: Option<FloatStorage>) -> Result<Model> {
         let config = ModelConfig::from_gguf(file)?;
         let by_name = file.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
         let files = HashMap::new(); // one file: the caller that opened it names it (`Error::in_file`)
-        Tensors { by_name, naming: Naming::Gguf, files, config: &config, quantized: HashMap::new(), used: RefCell::default(), consumed: RefCell::default() }
-            .build()
+        Tensors {
+            by_name,
+            naming: Naming::Gguf,
+            files,
+            config: &config,
+            quantized: HashMap::new(),
+            used: RefCell::default(),
+            consumed: RefCell::default(),
+            output_storage,
+        }
+        .build()
     }
 }
 
@@ -516,6 +551,18 @@ impl LoadOptions {
         };
         let kv_type = kv_type.map(KvType::from_name).transpose()?.unwrap_or(KvType::F16);
         Ok(LoadOptions { act_quant, output_storage, ternary_format, kv_type })
+    }
+
+    /// A model from a parsed GGUF file, stored and run as these options say (`apply`), its
+    /// output layer re-stored as it is read.
+    pub fn gguf(&self, file: &GgufFile<'_>) -> Result<Model> {
+        self.apply(Model::build_gguf(file, self.output_storage)?)
+    }
+
+    /// `Model::from_hf_named`, stored and run as these options say (`apply`), its output layer
+    /// re-stored as it is read.
+    pub fn hf(&self, config_json: &str, files: &[SafetensorsFile<'_>], names: &[String]) -> Result<Model> {
+        self.apply(Model::build_hf(config_json, files, names, self.output_storage)?)
     }
 
     /// `model` stored and run as these options say, its weights on huge pages where the
@@ -614,10 +661,10 @@ mod native {
     }
 
     /// Loads a model from a Hugging Face folder or a `.gguf` file with its tokenizer and
-    /// generation defaults, each file read and parsed once.
-    pub fn load_with_defaults(path: &Path) -> Result<Loaded> {
+    /// generation defaults, each file read and parsed once, stored and run as `options` say.
+    pub fn load_with_defaults(path: &Path, options: &LoadOptions) -> Result<Loaded> {
         if path.is_dir() {
-            let model = load_path(path)?;
+            let model = load_path(path, options)?;
             let text = |name: &str| read_optional(&path.join(name));
             let tokenizer_json = text("tokenizer.json")?;
             let defaults = GenerationDefaults::from_hf(
@@ -632,7 +679,7 @@ mod native {
             let m = map_file(path)?;
             (|| {
                 let file = GgufFile::parse(&m)?;
-                let model = Model::from_gguf(&file)?;
+                let model = options.gguf(&file)?;
                 let tokenizer_json = Some(crate::tokenizer::hf_json_from_gguf(&file)?);
                 let defaults = GenerationDefaults::from_gguf(&model.config, &file)?;
                 Ok(Loaded { model, tokenizer_json, defaults })
@@ -641,8 +688,9 @@ mod native {
         }
     }
 
-    /// Loads a model from a Hugging Face folder or a `.gguf` file.
-    pub fn load_path(path: &Path) -> Result<Model> {
+    /// Loads a model from a Hugging Face folder or a `.gguf` file, stored and run as `options`
+    /// say.
+    pub fn load_path(path: &Path, options: &LoadOptions) -> Result<Model> {
         if path.is_dir() {
             let config_path = path.join("config.json");
             let config =
@@ -651,10 +699,10 @@ mod native {
             let maps = paths.iter().map(|p| map_file(p)).collect::<Result<Vec<_>>>()?;
             let files = maps.iter().zip(&paths).map(|(m, p)| SafetensorsFile::parse(m).map_err(|e| e.in_file(p))).collect::<Result<Vec<_>>>()?;
             let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-            Model::from_hf_named(&config, &files, &names)
+            options.hf(&config, &files, &names)
         } else {
             let m = map_file(path)?;
-            GgufFile::parse(&m).and_then(|f| Model::from_gguf(&f)).map_err(|e| e.in_file(path))
+            GgufFile::parse(&m).and_then(|f| options.gguf(&f)).map_err(|e| e.in_file(path))
         }
     }
 }
@@ -752,6 +800,13 @@ mod tests {
         assert!(!model.act_quant);
         assert!(matches!(model.lm_head, Some(Linear::Q8 { .. })));
         assert_eq!(model.new_cache(8).kv_type(), KvType::F32);
+        // Re-stored as it is read (`LoadOptions::hf`): the same model as re-stored afterwards.
+        let bytes = safetensors(&tensors(vec![]));
+        let early = options.hf(&CONFIG.replace("LAYERS", "{}"), &[SafetensorsFile::parse(&bytes).unwrap()], &[]).unwrap();
+        assert_eq!((early.output_storage(), early.nbytes(), early.act_quant), ("q8", model.nbytes(), false));
+        let ids = [1, 5, 9];
+        let logits = |m: &Model| m.forward(&ids, &mut m.new_cache(4), true).unwrap();
+        assert_eq!(logits(&early), logits(&model));
     }
 
     #[test]

@@ -94,6 +94,12 @@ impl Model {
         self.kv_type
     }
 
+    /// How the output layer (the embedding matrix when they are tied) is stored: "f32", "f16",
+    /// "q8" or "q6_k" (`Linear::storage`).
+    pub fn output_storage(&self) -> &'static str {
+        self.lm_head.as_ref().unwrap_or(&self.embed).storage()
+    }
+
     /// Every weight matrix in model order (embeddings, each layer's attention and MLP linears,
     /// the output layer when not tied), for hosts to report parameters and true bits per
     /// weight by kind and storage. Norm vectors are left out (`nbytes` counts them).
@@ -117,9 +123,9 @@ impl Model {
     /// 8-bit weights (about 0.4% of a weight's magnitude; its effect on perplexity is in the
     /// README). Hosts choose it through `load::LoadOptions`.
     fn set_output_storage(&mut self, storage: FloatStorage) -> Result<()> {
-        match &mut self.lm_head {
-            Some(head) => *head = head.restored(storage)?,
-            None => self.embed = self.embed.restored(storage)?,
+        let output = self.lm_head.as_mut().unwrap_or(&mut self.embed);
+        if output.float_storage() != Some(storage) {
+            *output = output.restored(storage)?;
         }
         Ok(())
     }
