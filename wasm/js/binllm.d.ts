@@ -10,7 +10,7 @@ export interface LoadProgress {
   total: number;
 }
 
-/** Whether this engine runs relaxed SIMD (binllm then loads its relaxed-SIMD build). */
+/** Whether this engine runs relaxed SIMD, its dot products as the standard says (binllm then loads its relaxed-SIMD build). */
 export function hasRelaxedSimd(): boolean;
 /** The module `BinLLM.load` uses by default: relaxed SIMD where the engine has it. */
 export function defaultWasmUrl(): string;

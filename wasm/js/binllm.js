@@ -21,21 +21,38 @@ const SIMD128_WASM = new URL("../pkg/binllm_wasm.wasm", import.meta.url).href;
 const RELAXED_WASM = new URL("../pkg/binllm_wasm_relaxed.wasm", import.meta.url).href;
 const RELAXED_THREADS_WASM = new URL("../pkg/binllm_wasm_relaxed_threads.wasm", import.meta.url).href;
 
-// A module whose one function runs i32x4.relaxed_dot_i8x16_i7x16_add_s on three zero vectors:
-// it validates exactly where the engine has relaxed SIMD.
+// Relaxed SIMD's two dot products on operands whose result the standard fixes (the second
+// operand's bytes in 0..127, no 16-bit pair sum past i16): a = [-128, -1, 100, -50, 0...],
+// b = [127, 3, 1, 3, 0...]. Lane 0 of i16x8.relaxed_dot_i8x16_i7x16_s is -128*127 - 1*3 =
+// -16259; of i32x4.relaxed_dot_i8x16_i7x16_add_s (added to zeros) -16259 + 100 - 150 = -16309.
+// An engine that validates relaxed SIMD but computes these otherwise (node 20's experimental
+// V8 behind --experimental-wasm-relaxed-simd reads the signed operand as unsigned: 17739) would
+// run binllm's ternary kernels wrong, so it gets the SIMD128 module.
+const PROBE_A = [0x80, 0xff, 100, 0xce, ...new Array(12).fill(0)];
+const PROBE_B = [127, 3, 1, 3, ...new Array(12).fill(0)];
 const RELAXED_PROBE = new Uint8Array([
   0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
-  0x01, 0x05, 0x01, 0x60, 0x00, 0x01, 0x7b, // types: () -> v128
-  0x03, 0x02, 0x01, 0x00, // functions: one of type 0
-  0x0a, 0x3d, 0x01, 0x3b, 0x00, // code: one body of 59 bytes, no locals
-  ...[0, 1, 2].flatMap(() => [0xfd, 0x0c, ...new Array(16).fill(0)]), // v128.const 0, three times
-  0xfd, 0x93, 0x02, 0x0b, // i32x4.relaxed_dot_i8x16_i7x16_add_s; end
+  0x01, 0x05, 0x01, 0x60, 0x00, 0x01, 0x7f, // types: () -> i32
+  0x03, 0x03, 0x02, 0x00, 0x00, // functions: two of type 0
+  0x07, 0x09, 0x02, 0x01, 0x61, 0x00, 0x00, 0x01, 0x62, 0x00, 0x01, // exports "a" (0) and "b" (1)
+  0x0a, 0x6d, 0x02, // code: two bodies
+  0x3e, 0x00, // "a": 62 bytes, no locals
+  0xfd, 0x0c, ...PROBE_A, 0xfd, 0x0c, ...PROBE_B, 0xfd, 0x0c, ...new Array(16).fill(0), // v128.const a, b, 0
+  0xfd, 0x93, 0x02, 0xfd, 0x1b, 0x00, 0x0b, // i32x4.relaxed_dot_i8x16_i7x16_add_s; i32x4.extract_lane 0; end
+  0x2c, 0x00, // "b": 44 bytes, no locals
+  0xfd, 0x0c, ...PROBE_A, 0xfd, 0x0c, ...PROBE_B, // v128.const a, b
+  0xfd, 0x92, 0x02, 0xfd, 0x18, 0x00, 0x0b, // i16x8.relaxed_dot_i8x16_i7x16_s; i16x8.extract_lane_s 0; end
 ]);
 
-/** Whether this engine runs relaxed SIMD (binllm then loads its relaxed-SIMD build). */
+/**
+ * Whether this engine runs relaxed SIMD, and runs its dot products as the standard says
+ * (binllm then loads its relaxed-SIMD build).
+ */
 export function hasRelaxedSimd() {
   try {
-    return WebAssembly.validate(RELAXED_PROBE);
+    if (!WebAssembly.validate(RELAXED_PROBE)) return false;
+    const { a, b } = new WebAssembly.Instance(new WebAssembly.Module(RELAXED_PROBE)).exports;
+    return a() === -16309 && b() === -16259;
   } catch {
     return false;
   }
