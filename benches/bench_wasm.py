@@ -138,10 +138,10 @@ def native(model_path: Path, prompt: int, decode: int, repeats: int, backend: st
 def best_of(kept: dict | None, new: dict) -> dict:
     """The better of two runs of one engine: the best prompt and the best decode speed (with the
     rest of the faster decode's run); an error only when both failed."""
-    if not kept or "error" in kept:
-        return new if new and ("error" not in new or not kept) else kept
     if not new or "error" in new:
-        return kept
+        return kept or new
+    if not kept or "error" in kept:
+        return new
     better = dict(new if new["decode_tok_s"] > kept["decode_tok_s"] else kept)
     better["prompt_tok_s"] = max(kept["prompt_tok_s"], new["prompt_tok_s"])
     return better

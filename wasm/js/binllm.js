@@ -10,12 +10,9 @@
 // File/Blob or an ArrayBuffer of a GGUF file, or {files: File[]} (a picked folder). Downloads
 // are kept in the Cache API, so a reload does not fetch the model again.
 
-export class BinLLMError extends Error {
-  constructor(message, name = "BinLLMError") {
-    super(message);
-    this.name = name;
-  }
-}
+// The one error class, the engine's: errors from the worker and from here are all instances of it.
+import { BinLLMError, MAX_GGUF_FILE_BYTES, checkLoadOptionNames } from "./engine.js";
+export { BinLLMError };
 
 const SIMD128_WASM = new URL("../pkg/binllm_wasm.wasm", import.meta.url).href;
 const RELAXED_WASM = new URL("../pkg/binllm_wasm_relaxed.wasm", import.meta.url).href;
@@ -82,7 +79,6 @@ export function defaultWasmUrl(threads = defaultThreads()) {
 }
 
 // The largest GGUF file the browser build loads (js/engine.js holds the reasons).
-import { MAX_GGUF_FILE_BYTES } from "./engine.js";
 export { MAX_GGUF_FILE_BYTES };
 
 /**
@@ -112,16 +108,15 @@ export class BinLLM {
    */
   static async load(
     source,
-    { onProgress, cache = true, threads = defaultThreads(), wasmUrl = defaultWasmUrl(threads), workerUrl, outputType, ternaryFormat, kvType, ...unknown } = {},
+    { onProgress, cache = true, threads = defaultThreads(), wasmUrl = defaultWasmUrl(threads), workerUrl, ...load } = {},
   ) {
-    const extra = Object.keys(unknown);
-    if (extra.length) throw new BinLLMError(`unknown load option '${extra[0]}'`, "InvalidArgument");
+    checkLoadOptionNames(load); // here, before a function or the like meets postMessage
     const worker = new Worker(workerUrl ?? new URL("./worker.js", import.meta.url), { type: "module" });
     const model = new BinLLM(worker);
     if (typeof source === "string") source = new URL(source, globalThis.location?.href).href;
     else if (source instanceof URL) source = source.href;
     try {
-      model._info = await model._request({ type: "load", source, options: { cache, wasmUrl, threads, load: { outputType, ternaryFormat, kvType } } }, { onProgress });
+      model._info = await model._request({ type: "load", source, options: { cache, wasmUrl, threads, load } }, { onProgress });
     } catch (e) {
       worker.terminate();
       throw e;

@@ -118,11 +118,17 @@ function checkOptionNumber(name, value) {
  */
 const LOAD_OPTIONS = { outputType: "output_type", ternaryFormat: "ternary_format", kvType: "kv_type" };
 
-/** `options` as the module reads them (JSON); an unknown name is an InvalidArgument error. */
+/** Refuses a name `LOAD_OPTIONS` does not have (InvalidArgument); the module checks the values. */
+export function checkLoadOptionNames(options = {}) {
+  const unknown = Object.keys(options ?? {}).find((name) => !(name in LOAD_OPTIONS));
+  if (unknown !== undefined) throw new BinLLMError(`unknown load option '${unknown}'`, "InvalidArgument");
+}
+
+/** `options` as the module reads them (JSON). */
 function loadOptionsJson(options = {}) {
+  checkLoadOptionNames(options);
   const named = {};
   for (const [name, value] of Object.entries(options ?? {})) {
-    if (!(name in LOAD_OPTIONS)) throw new BinLLMError(`unknown load option '${name}' (known: ${Object.keys(LOAD_OPTIONS).join(", ")})`, "InvalidArgument");
     if (value !== undefined) named[LOAD_OPTIONS[name]] = value;
   }
   return JSON.stringify(named);
