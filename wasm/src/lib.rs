@@ -349,7 +349,8 @@ pub unsafe extern "C" fn binllm_integer_sums(
 }
 
 /// `y (m x n) = x (m x k) W^T` for f16 weights (`w`: n x k values as u16 bits): the kernel
-/// models run (`reference` 0: `kernels::float::gemm_f16`) or the scalar reference dot product
+/// models run (`reference` 0: `kernels::float::gemm_f16`, told whether `w` is finite as a
+/// model's `Linear::half` tells it) or the scalar reference dot product
 /// row by row (`reference` 1), for tests that hold the two equal bit for bit.
 ///
 /// # Safety
@@ -362,7 +363,7 @@ pub unsafe extern "C" fn binllm_gemm_f16(w: *const u16, n: usize, k: usize, x: *
         let x = slice_at(x, size(m, k)?);
         let y = std::slice::from_raw_parts_mut(y, size(m, n)?);
         if reference == 0 {
-            binllm_core::kernels::float::gemm_f16(w, n, k, x, m, y);
+            binllm_core::kernels::float::gemm_f16(w, n, k, x, m, y, binllm_core::kernels::float::f16_all_finite(w));
         } else {
             for i in 0..m {
                 for r in 0..n {

@@ -23,8 +23,9 @@ pub enum Linear {
     Packed(PackedMatrix),
     /// f32 weights, row-major (n x k).
     Float { w: Vec<f32>, n: usize, k: usize },
-    /// f16 weights, row-major (n x k).
-    Half { w: Vec<f16>, n: usize, k: usize },
+    /// f16 weights, row-major (n x k); `finite`: none is an infinity or NaN
+    /// (`float::f16_all_finite`, found once by `Linear::half`).
+    Half { w: Vec<f16>, n: usize, k: usize, finite: bool },
     /// int8 weights in blocks of `Q8_BLOCK` along each row, one f32 scale per block.
     Q8 { q: Vec<i8>, scales: Vec<f32>, n: usize, k: usize },
     /// GGML Q6_K super-blocks, `ceil(k / 256)` per row (the last zero-padded), multiplied with
@@ -37,7 +38,7 @@ impl Linear {
     pub fn float(w: Vec<f32>, n: usize, k: usize, storage: FloatStorage) -> Linear {
         match storage {
             FloatStorage::F32 => Linear::Float { w, n, k },
-            FloatStorage::F16 => Linear::Half { w: w.iter().map(|&v| f16::from_f32(v)).collect(), n, k },
+            FloatStorage::F16 => Linear::half(w.iter().map(|&v| f16::from_f32(v)).collect(), n, k),
             FloatStorage::Q8 => {
                 let blocks = k.div_ceil(Q8_BLOCK);
                 let (mut q, mut scales) = (Vec::with_capacity(n * k), Vec::with_capacity(n * blocks));
@@ -52,6 +53,12 @@ impl Linear {
                 Linear::Q6K { blocks, n, k }
             }
         }
+    }
+
+    /// f16 weights (n x k), checked once for infinities and NaNs (`float::gemm_f16`'s `finite`).
+    pub fn half(w: Vec<f16>, n: usize, k: usize) -> Linear {
+        let finite = float::f16_all_finite(&w);
+        Linear::Half { w, n, k, finite }
     }
 
     /// A Q6_K matrix from GGUF bytes (`k` a multiple of 256, `blocks.len()` checked).
@@ -85,7 +92,7 @@ impl Linear {
                 if storage == FloatStorage::F32 {
                     Linear::Float { w: w32, n, k }
                 } else {
-                    Linear::Half { w: w16, n, k }
+                    Linear::half(w16, n, k)
                 }
             }
             FloatStorage::Q8 => {
@@ -194,7 +201,7 @@ impl Linear {
             Linear::Packed(_) if act_quant => return forward_shared_input(&[self], backend, x, m, &mut [y], act_quant),
             Linear::Packed(p) => float::gemm_decoded(n, k, x, m, y, |r, buf| p.decode_row_f32(r, buf)),
             Linear::Float { w, .. } => float::gemm_f32(w, n, k, x, m, y),
-            Linear::Half { w, .. } => float::gemm_f16(w, n, k, x, m, y),
+            Linear::Half { w, finite, .. } => float::gemm_f16(w, n, k, x, m, y, *finite),
             Linear::Q8 { q, scales, .. } => float::gemm_q8(q, scales, n, k, x, m, y),
             Linear::Q6K { blocks, .. } => q6k::gemm(blocks, n, k, x, m, y),
         }

@@ -338,7 +338,7 @@ impl<'t, 'a> Tensors<'t, 'a> {
             if t.shape != [n, k] {
                 crate::bail!(Format, "{}tensor '{name}' has shape {:?}; expected [{n}, {k}]", self.file_of(name), t.shape);
             }
-            return Ok(Linear::Half { w: t.to_f16()?, n, k });
+            return Ok(Linear::half(t.to_f16()?, n, k));
         }
         Ok(Linear::float(self.matrix_f32(name, n, k)?, n, k, storage))
     }
