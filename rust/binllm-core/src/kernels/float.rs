@@ -113,45 +113,58 @@ pub fn prefetch_start(buf: &[u8]) {
     }
 }
 
-/// `out[r * m + i]` for every row of `k` weights in `w` and every row of `x` (m rows of `k`):
-/// four rows of `x` at a time through `four`, the rest through `one` (a backend's row kernel).
+/// A backend's tile of f16 products: weight rows `R` (k values each, from `w`) against
+/// activation rows `C` (k values each, from `x`), every product bit-identical to that backend's
+/// `dot_f16`. The tiles keep one accumulator a product: they walk the row once for each of the
+/// dot's accumulators (its lane groups), which is the same sequence of additions into each.
 #[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn f16_rows_in_fours(
-    w: &[f16],
-    k: usize,
-    x: &[f32],
-    m: usize,
-    out: &mut [f32],
-    four: impl Fn(&[f16], &[f32]) -> [f32; 4],
-    one: impl Fn(&[f16], &[f32]) -> f32,
-) {
-    let (k, m) = (k.max(1), m.max(1));
-    // A block of weight rows at a time, every row of `x` over it: the block's rows stay in
-    // L1/L2 while each four rows of `x` pass over them, instead of all of `x` passing (from
-    // L2, beyond four rows) over each weight row.
-    for (rows, out) in w.chunks(F16_ROW_BLOCK * k).zip(out.chunks_mut(F16_ROW_BLOCK * m)) {
-        let mut c = 0;
-        while c + 4 <= m {
-            for (row, out) in rows.chunks_exact(k).zip(out.chunks_mut(m)) {
-                out[c..c + 4].copy_from_slice(&four(row, &x[c * k..(c + 4) * k]));
-            }
-            c += 4;
-        }
-        while c < m {
-            for (row, out) in rows.chunks_exact(k).zip(out.chunks_mut(m)) {
-                out[c] = one(row, &x[c * k..(c + 1) * k]);
-            }
-            c += 1;
-        }
-    }
+trait F16Tiles {
+    /// # Safety
+    /// `w` holds R rows and `x` C rows of `k` values; the CPU has the backend's features.
+    unsafe fn tile<const R: usize, const C: usize>(w: *const u16, x: *const f32, k: usize) -> [[f32; C]; R];
 }
 
-/// Weight rows `f16_rows_in_fours` walks together (48 KiB of f16 at k = 1536). 8 rows of `x`
-/// against 32002 x 1536 f16 on one Xeon core (2026-12-07, same process, alternating):
-/// 20.8 ms against 22.4 a row at a time.
+/// `out[r * m + i]` for every row of `k` weights in `w` and every row of `x` (m rows of `k`):
+/// `R` weight rows at a time (in L1) against four rows of `x` at a time, then the rest (a single
+/// row of `x` takes the backend's `dot_f16`, which walks a row once: `gemm_f16`). On a
+/// Zen 4 core (2026-12-08, one thread, alternating, 128256 x 2560 f16, 8 rows of `x`): 4 x 4
+/// tiles 95-108 ms against 145-155 for one weight row against 4 rows of `x` with a dot's four
+/// accumulators each (that loads a vector of `x` for every multiply-add), 27 against 17 GFMA/s.
 #[cfg(target_arch = "x86_64")]
-const F16_ROW_BLOCK: usize = 16;
+#[inline(always)]
+unsafe fn gemm_f16_tiles<T: F16Tiles, const R: usize>(w: &[f16], k: usize, x: &[f32], m: usize, out: &mut [f32]) {
+    let (k, m) = (k.max(1), m.max(1));
+    let n = w.len() / k;
+    assert!(x.len() >= m * k && out.len() >= n * m);
+    unsafe fn put<T: F16Tiles, const R: usize, const C: usize>(w: &[f16], k: usize, x: &[f32], m: usize, out: &mut [f32], r0: usize, c0: usize) {
+        let sums = T::tile::<R, C>(w.as_ptr().add(r0 * k) as *const u16, x.as_ptr().add(c0 * k), k);
+        for (r, row) in sums.iter().enumerate() {
+            out[(r0 + r) * m + c0..(r0 + r) * m + c0 + C].copy_from_slice(row);
+        }
+    }
+    unsafe fn rows<T: F16Tiles, const R: usize>(w: &[f16], k: usize, x: &[f32], m: usize, out: &mut [f32], r0: usize) {
+        let mut c = 0;
+        while c + 4 <= m {
+            put::<T, R, 4>(w, k, x, m, out, r0, c);
+            c += 4;
+        }
+        match m - c {
+            1 => put::<T, R, 1>(w, k, x, m, out, r0, c),
+            2 => put::<T, R, 2>(w, k, x, m, out, r0, c),
+            3 => put::<T, R, 3>(w, k, x, m, out, r0, c),
+            _ => {}
+        }
+    }
+    let mut r = 0;
+    while r + R <= n {
+        rows::<T, R>(w, k, x, m, out, r);
+        r += R;
+    }
+    while r < n {
+        rows::<T, 1>(w, k, x, m, out, r);
+        r += 1;
+    }
+}
 
 /// `x` starting on a cache line: itself, or a copy in `buf`. A kernel that reads several rows
 /// of `x` for each weight loads every 64-byte vector of a row that is not so aligned (glibc
@@ -225,50 +238,77 @@ mod x86 {
         total
     }
 
+    /// Two 8-lane accumulators (weights i.. and i + 8.. of every 16), summed lane-wise, then
+    /// the leftover weights in order; software prefetch (`prefetch_ahead`).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
         let n = w.len().min(x.len());
-        dot_f16_rows::<1>(&w[..n], &x[..n])[0]
-    }
-
-    /// `dot_f16` of one weight row with `C` activation rows (`x`: C rows of `w.len()`), the
-    /// weights loaded and converted once for all of them. Each row keeps its own accumulators,
-    /// stepped and summed as `dot_f16` does, so every result is bit-identical to it.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_f16_rows<const C: usize>(w: &[f16], x: &[f32]) -> [f32; C] {
-        let n = w.len();
-        assert!(x.len() >= C * n);
         let (pw, px) = (w.as_ptr() as *const u16, x.as_ptr());
-        let mut acc = [[_mm256_setzero_ps(); 2]; C];
+        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let mut i = 0;
         while i + 16 <= n {
             if i % 32 == 0 {
                 prefetch_ahead(pw.add(i));
             }
-            let w0 = _mm256_cvtph_ps(_mm_loadu_si128(pw.add(i) as *const __m128i));
-            let w1 = _mm256_cvtph_ps(_mm_loadu_si128(pw.add(i + 8) as *const __m128i));
-            for (c, [s0, s1]) in acc.iter_mut().enumerate() {
-                *s0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(px.add(c * n + i)), *s0);
-                *s1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(px.add(c * n + i + 8)), *s1);
+            s0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(pw.add(i) as *const __m128i)), _mm256_loadu_ps(px.add(i)), s0);
+            s1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(pw.add(i + 8) as *const __m128i)), _mm256_loadu_ps(px.add(i + 8)), s1);
+            i += 16;
+        }
+        let mut total = hsum(_mm256_add_ps(s0, s1));
+        for j in i..n {
+            total += w[j].to_f32() * x[j];
+        }
+        total
+    }
+
+    struct Avx2;
+    impl F16Tiles for Avx2 {
+        unsafe fn tile<const R: usize, const C: usize>(w: *const u16, x: *const f32, k: usize) -> [[f32; C]; R] {
+            tile::<R, C>(w, x, k)
+        }
+    }
+
+    /// `F16Tiles::tile` with `dot_f16`'s two accumulators a product, stepped together (one
+    /// pass): the 2 x 4 of a one-row tile take 8 of the 16 ymm registers.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile<const R: usize, const C: usize>(w: *const u16, x: *const f32, k: usize) -> [[f32; C]; R] {
+        let mut acc = [[[_mm256_setzero_ps(); 2]; C]; R];
+        let mut i = 0;
+        while i + 16 <= k {
+            for r in 0..R {
+                if i % 32 == 0 {
+                    prefetch_ahead(w.add(r * k + i));
+                }
+                let w0 = _mm256_cvtph_ps(_mm_loadu_si128(w.add(r * k + i) as *const __m128i));
+                let w1 = _mm256_cvtph_ps(_mm_loadu_si128(w.add(r * k + i + 8) as *const __m128i));
+                for c in 0..C {
+                    acc[r][c][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x.add(c * k + i)), acc[r][c][0]);
+                    acc[r][c][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x.add(c * k + i + 8)), acc[r][c][1]);
+                }
             }
             i += 16;
         }
-        let mut out = [0f32; C];
-        for (c, [s0, s1]) in acc.iter().enumerate() {
-            let mut total = hsum(_mm256_add_ps(*s0, *s1));
-            for j in i..n {
-                total += w[j].to_f32() * x[c * n + j];
+        let mut out = [[0f32; C]; R];
+        for r in 0..R {
+            for c in 0..C {
+                let mut total = hsum(_mm256_add_ps(acc[r][c][0], acc[r][c][1]));
+                for j in i..k {
+                    total += f16::from_bits(*w.add(r * k + j)).to_f32() * *x.add(c * k + j);
+                }
+                out[r][c] = total;
             }
-            out[c] = total;
         }
         out
     }
 
     /// `out[r * m + i] = dot_f16(row r of w, row i of x)` for the rows of `k` weights in `w`
-    /// and `m` rows of `x`, four rows of `x` at a time.
+    /// and `m` rows of `x`: one weight row against 4 rows of `x` at a time. Tiles of 2 weight
+    /// rows that step one accumulator a product per pass (as AVX-512's) ran slower on a Zen 4
+    /// core (2026-12-08, 128256 x 2560, 8 rows of `x`: 158 against 117 ms).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn gemm_f16_rows(w: &[f16], k: usize, x: &[f32], m: usize, out: &mut [f32]) {
-        f16_rows_in_fours(w, k, x, m, out, |r, x| dot_f16_rows::<4>(r, x), |r, x| dot_f16_rows::<1>(r, x)[0])
+        gemm_f16_tiles::<Avx2, 1>(w, k, x, m, out)
     }
 
     /// `widen_f16` eight values at a time (F16C), prefetching the source as the dots do.
@@ -381,63 +421,103 @@ mod x86_512 {
     }
 
     /// `dot_f16` with four 512-bit accumulators (two chains of dependent FMAs at 32 bytes of
-    /// weights each would cap a row near 32 GB/s) and software prefetch (`prefetch_ahead`).
+    /// weights each would cap a row near 32 GB/s) and software prefetch (`prefetch_ahead`):
+    /// accumulator j takes weights i + 16j.. of every 64, then the first one each whole 16 left;
+    /// the four are summed as (0 + 1) + (2 + 3), then the leftover weights in order.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub unsafe fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
         let n = w.len().min(x.len());
-        dot_f16_rows::<1>(&w[..n], &x[..n])[0]
-    }
-
-    /// `dot_f16` of one weight row with `C` activation rows (`x`: C rows of `w.len()`), the
-    /// weights loaded and converted once for all of them (a batch's output layer: the row is
-    /// read from memory once, and the conversions do not repeat per row). Each row keeps its
-    /// own four accumulators, stepped and summed as `dot_f16` does, so every result is
-    /// bit-identical to it.
-    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub unsafe fn dot_f16_rows<const C: usize>(w: &[f16], x: &[f32]) -> [f32; C] {
-        let n = w.len();
-        assert!(x.len() >= C * n);
         let (pw, px) = (w.as_ptr() as *const u16, x.as_ptr());
-        let mut acc = [[_mm512_setzero_ps(); 4]; C];
+        let mut acc = [_mm512_setzero_ps(); 4];
         let mut i = 0;
         while i + 64 <= n {
             prefetch_ahead(pw.add(i));
             prefetch_ahead(pw.add(i + 32));
-            for j in 0..4 {
-                let wv = _mm512_cvtph_ps(_mm256_loadu_si256(pw.add(i + 16 * j) as *const __m256i));
-                for (c, a) in acc.iter_mut().enumerate() {
-                    a[j] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(px.add(c * n + i + 16 * j)), a[j]);
-                }
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(pw.add(i + 16 * j) as *const __m256i)), _mm512_loadu_ps(px.add(i + 16 * j)), *a);
             }
             i += 64;
         }
         while i + 16 <= n {
-            let wv = _mm512_cvtph_ps(_mm256_loadu_si256(pw.add(i) as *const __m256i));
-            for (c, a) in acc.iter_mut().enumerate() {
-                a[0] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(px.add(c * n + i)), a[0]);
-            }
+            acc[0] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(pw.add(i) as *const __m256i)), _mm512_loadu_ps(px.add(i)), acc[0]);
             i += 16;
         }
-        let mut out = [0f32; C];
-        for (c, a) in acc.iter().enumerate() {
-            let sum = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
-            let mut total = _mm512_reduce_add_ps(sum);
-            for j in i..n {
-                total += w[j].to_f32() * x[c * n + j];
+        let mut total = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+        for j in i..n {
+            total += w[j].to_f32() * x[j];
+        }
+        total
+    }
+
+    struct Avx512;
+    impl F16Tiles for Avx512 {
+        unsafe fn tile<const R: usize, const C: usize>(w: *const u16, x: *const f32, k: usize) -> [[f32; C]; R] {
+            tile::<R, C>(w, x, k)
+        }
+    }
+
+    /// `F16Tiles::tile`: `dot_f16`'s four accumulators a product, one pass over the rows each.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn tile<const R: usize, const C: usize>(w: *const u16, x: *const f32, k: usize) -> [[f32; C]; R] {
+        let mut parts = [[[_mm512_setzero_ps(); 4]; C]; R];
+        for j in 0..4 {
+            let mut acc = [[_mm512_setzero_ps(); C]; R];
+            let mut i = 0;
+            while i + 64 <= k {
+                let mut wv = [_mm512_setzero_ps(); R];
+                for r in 0..R {
+                    if j == 0 {
+                        prefetch_ahead(w.add(r * k + i));
+                        prefetch_ahead(w.add(r * k + i + 32));
+                    }
+                    wv[r] = _mm512_cvtph_ps(_mm256_loadu_si256(w.add(r * k + i + 16 * j) as *const __m256i));
+                }
+                for c in 0..C {
+                    let xv = _mm512_loadu_ps(x.add(c * k + i + 16 * j));
+                    for r in 0..R {
+                        acc[r][c] = _mm512_fmadd_ps(wv[r], xv, acc[r][c]);
+                    }
+                }
+                i += 64;
             }
-            out[c] = total;
+            if j == 0 {
+                while i + 16 <= k {
+                    for r in 0..R {
+                        let wv = _mm512_cvtph_ps(_mm256_loadu_si256(w.add(r * k + i) as *const __m256i));
+                        for c in 0..C {
+                            acc[r][c] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x.add(c * k + i)), acc[r][c]);
+                        }
+                    }
+                    i += 16;
+                }
+            }
+            for r in 0..R {
+                for c in 0..C {
+                    parts[r][c][j] = acc[r][c];
+                }
+            }
+        }
+        let tail = k / 16 * 16;
+        let mut out = [[0f32; C]; R];
+        for r in 0..R {
+            for c in 0..C {
+                let a = &parts[r][c];
+                let mut total = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
+                for j in tail..k {
+                    total += f16::from_bits(*w.add(r * k + j)).to_f32() * *x.add(c * k + j);
+                }
+                out[r][c] = total;
+            }
         }
         out
     }
 
     /// `out[r * m + i] = dot_f16(row r of w, row i of x)` for the rows of `k` weights in `w`
-    /// and `m` rows of `x` (a batch's output layer), four rows of `x` at a time: each weight
-    /// is read and converted once per four products. From 4 rows of `x` up this runs at 18-26
-    /// GFMA/s on this 2-core Xeon (2026-12-07), a third of what its two 512-bit FMA ports do
-    /// on registers: each conversion costs about four products' issue slots.
+    /// and `m` rows of `x` (a batch's output layer): tiles of 4 weight rows x 4 rows of `x`.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub unsafe fn gemm_f16_rows(w: &[f16], k: usize, x: &[f32], m: usize, out: &mut [f32]) {
-        f16_rows_in_fours(w, k, x, m, out, |r, x| dot_f16_rows::<4>(r, x), |r, x| dot_f16_rows::<1>(r, x)[0])
+        gemm_f16_tiles::<Avx512, 4>(w, k, x, m, out)
     }
 
     /// `widen_f16` sixteen values at a time.
@@ -917,7 +997,7 @@ mod tests {
             }
         }
         // Lengths across the 64-wide steps, the 16-wide tail and the scalar tail; counts of x's
-        // rows across the tiles of four; weight rows across blocks of `F16_ROW_BLOCK`.
+        // rows across the tiles of four; weight rows across the tiles' remainders.
         for (k, rows) in [(1, 3), (17, 5), (64, 4), (127, 2), (1536, 5), (2560 + 80 + 3, 3), (100, 37)] {
             let w: Vec<f16> = (0..rows * k).map(|_| f16::from_f32(next())).collect();
             for m in [1, 2, 3, 4, 5, 8, 9, 17] {
