@@ -205,26 +205,86 @@ macro_rules! avx512_kernels {
             #[inline]
             #[target_feature(enable = $features)]
             unsafe fn gemv_t2<const R: usize>(w: *const u8, stride: usize, len: usize, x: *const i8) -> [i32; R] {
+                gemv_t2_cols::<R, 1>(w, stride, len, x, 0).map(|[s]| s)
+            }
+
+            /// `gemv_t2` of R rows with C activation rows (`kp` apart): each row's tile is read
+            /// once, prefetched as the GEMV's, for all C (a small batch's decode step).
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn gemv_t2_cols<const R: usize, const C: usize>(w: *const u8, stride: usize, len: usize, x: *const i8, kp: usize) -> [[i32; C]; R] {
                 let low = _mm512_set1_epi8(0x03);
                 let high = _mm512_set1_epi8(0x0C);
-                let mut acc = [[_mm512_setzero_si512(); 2]; R];
+                let mut acc = [[[_mm512_setzero_si512(); 2]; C]; R];
                 for b in 0..len / 64 {
-                    let xs = loads::<4>(x.add(b * 256) as *const u8, 64);
+                    // With one activation row its four vectors stay in registers across the
+                    // rows; with more they are loaded at each use (from L1).
+                    let one = if C == 1 { loads::<4>(x.add(b * 256) as *const u8, 64) } else { [_mm512_setzero_si512(); 4] };
                     for r in 0..R {
                         prefetch(w, R * stride, r * stride + b * 64);
                         let v = load(w.add(r * stride + b * 64));
                         let v4 = _mm512_srli_epi16::<4>(v);
-                        acc[r][0] = $dot(acc[r][0], _mm512_and_si512(v, low), xs[0]);
-                        acc[r][1] = $dot(acc[r][1], _mm512_and_si512(v, high), xs[1]);
-                        acc[r][0] = $dot(acc[r][0], _mm512_and_si512(v4, low), xs[2]);
-                        acc[r][1] = $dot(acc[r][1], _mm512_and_si512(v4, high), xs[3]);
+                        let codes = [_mm512_and_si512(v, low), _mm512_and_si512(v, high), _mm512_and_si512(v4, low), _mm512_and_si512(v4, high)];
+                        for c in 0..C {
+                            let xs = if C == 1 { one } else { loads::<4>(x.add(c * kp + b * 256) as *const u8, 64) };
+                            acc[r][c][0] = $dot(acc[r][c][0], codes[0], xs[0]);
+                            acc[r][c][1] = $dot(acc[r][c][1], codes[1], xs[1]);
+                            acc[r][c][0] = $dot(acc[r][c][0], codes[2], xs[2]);
+                            acc[r][c][1] = $dot(acc[r][c][1], codes[3], xs[3]);
+                        }
                     }
                 }
-                let mut rows = [_mm512_setzero_si512(); R];
-                for r in 0..R {
-                    rows[r] = _mm512_add_epi32(acc[r][0], _mm512_srai_epi32::<2>(acc[r][1]));
+                let mut sums = [[0i32; C]; R];
+                if C == 1 {
+                    let mut rows = [_mm512_setzero_si512(); R];
+                    for r in 0..R {
+                        rows[r] = _mm512_add_epi32(acc[r][0][0], _mm512_srai_epi32::<2>(acc[r][0][1]));
+                    }
+                    for (r, s) in hsum::<R>(&rows).into_iter().enumerate() {
+                        sums[r][0] = s;
+                    }
+                } else {
+                    for r in 0..R {
+                        let mut cols = [_mm512_setzero_si512(); C];
+                        for c in 0..C {
+                            cols[c] = _mm512_add_epi32(acc[r][c][0], _mm512_srai_epi32::<2>(acc[r][c][1]));
+                        }
+                        sums[r] = hsum::<C>(&cols);
+                    }
                 }
-                hsum::<R>(&rows)
+                sums
+            }
+
+            /// t2 with m = C (2 to 4) activation rows: `gemv_t2_cols`, R rows at a time.
+            #[target_feature(enable = $features)]
+            unsafe fn gemm_t2_few<const R: usize, const C: usize>(
+                w: &[u8],
+                n_rows: usize,
+                row_bytes: usize,
+                x: &[i8],
+                x_sums: &[i32],
+                kp: usize,
+                out: &mut [i32],
+            ) {
+                let mut r = 0;
+                while r < n_rows {
+                    let wp = w.as_ptr().add(r * row_bytes);
+                    if r + R <= n_rows {
+                        let sums = gemv_t2_cols::<R, C>(wp, row_bytes, row_bytes, x.as_ptr(), kp);
+                        for j in 0..R {
+                            for c in 0..C {
+                                out[(r + j) * C + c] = signed_sum(T2, sums[j][c], x_sums[c]);
+                            }
+                        }
+                        r += R;
+                    } else {
+                        let [sums] = gemv_t2_cols::<1, C>(wp, row_bytes, row_bytes, x.as_ptr(), kp);
+                        for c in 0..C {
+                            out[r * C + c] = signed_sum(T2, sums[c], x_sums[c]);
+                        }
+                        r += 1;
+                    }
+                }
             }
 
             /// Unsigned b1 sums of R rows, as `gemv_t2`: planes s and s + 4 share the
@@ -636,6 +696,9 @@ macro_rules! avx512_kernels {
             unsafe fn gemm<const F: u8>(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32]) {
                 match (F, m) {
                     (T2, 1) => gemv::<F, GEMV_ROWS_T2>(w, n_rows, row_bytes, x, x_sums[0], out),
+                    (T2, 2) => gemm_t2_few::<4, 2>(w, n_rows, row_bytes, x, x_sums, kp, out),
+                    (T2, 3) => gemm_t2_few::<2, 3>(w, n_rows, row_bytes, x, x_sums, kp, out),
+                    (T2, 4) => gemm_t2_few::<2, 4>(w, n_rows, row_bytes, x, x_sums, kp, out),
                     (B1, 1) => gemv::<F, GEMV_ROWS_B1>(w, n_rows, row_bytes, x, x_sums[0], out),
                     (T16, 1) => gemm_t16_few::<GEMV_ROWS_T16, 1>(w, n_rows, row_bytes, x, x_sums, kp, out),
                     (T16, 2) => gemm_t16_few::<4, 2>(w, n_rows, row_bytes, x, x_sums, kp, out),
