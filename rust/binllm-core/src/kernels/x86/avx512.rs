@@ -19,6 +19,9 @@
 //! which takes GEMV from about 45% to about 75-90% of the streaming read bandwidth when the
 //! weights come from DRAM.
 //!
+//! t2 with 2 to 4 activation rows (a small batch's decode step) runs the GEMV's tiles with
+//! every row's dots (`gemv_t2_cols`): weights still stream from memory, prefetched, once.
+//!
 //! GEMM (several activation rows) is bound by dot products (2 `vpdpbusd` a cycle on Zen 5):
 //! - t2, b1: each plane is decoded in registers (shift + AND) once for a 4 x 4 tile of
 //!   weight rows x activation rows.
