@@ -258,38 +258,6 @@ macro_rules! avx512_kernels {
                 sums
             }
 
-            /// t2 with m = C (2 to 4) activation rows: `gemv_t2_cols`, R rows at a time.
-            #[target_feature(enable = $features)]
-            unsafe fn gemm_t2_few<const R: usize, const C: usize>(
-                w: &[u8],
-                n_rows: usize,
-                row_bytes: usize,
-                x: &[i8],
-                x_sums: &[i32],
-                kp: usize,
-                out: &mut [i32],
-            ) {
-                let mut r = 0;
-                while r < n_rows {
-                    let wp = w.as_ptr().add(r * row_bytes);
-                    if r + R <= n_rows {
-                        let sums = gemv_t2_cols::<R, C>(wp, row_bytes, row_bytes, x.as_ptr(), kp);
-                        for j in 0..R {
-                            for c in 0..C {
-                                out[(r + j) * C + c] = signed_sum(T2, sums[j][c], x_sums[c]);
-                            }
-                        }
-                        r += R;
-                    } else {
-                        let [sums] = gemv_t2_cols::<1, C>(wp, row_bytes, row_bytes, x.as_ptr(), kp);
-                        for c in 0..C {
-                            out[r * C + c] = signed_sum(T2, sums[c], x_sums[c]);
-                        }
-                        r += 1;
-                    }
-                }
-            }
-
             /// Unsigned b1 sums of R rows, as `gemv_t2`: planes s and s + 4 share the
             /// accumulator of scale 2^s.
             #[inline]
@@ -454,9 +422,10 @@ macro_rules! avx512_kernels {
                 sums
             }
 
-            /// t1.6 with m = C (1 to 3) activation rows: the z trick, R rows at a time.
+            /// t2 with m = C (2 to 4) activation rows (`gemv_t2_cols`) and t1.6 with 1 to 3
+            /// (the z trick, `gemv_t16`): the GEMV's tiles with every row's dots, R rows at a time.
             #[target_feature(enable = $features)]
-            unsafe fn gemm_t16_few<const R: usize, const C: usize>(
+            unsafe fn gemm_few<const F: u8, const R: usize, const C: usize>(
                 w: &[u8],
                 n_rows: usize,
                 row_bytes: usize,
@@ -465,21 +434,29 @@ macro_rules! avx512_kernels {
                 kp: usize,
                 out: &mut [i32],
             ) {
+                #[inline(always)]
+                unsafe fn tile_sums<const F: u8, const R: usize, const C: usize>(w: *const u8, row_bytes: usize, x: *const i8, kp: usize) -> [[i32; C]; R] {
+                    if F == T2 {
+                        gemv_t2_cols::<R, C>(w, row_bytes, row_bytes, x, kp)
+                    } else {
+                        gemv_t16::<R, C>(w, row_bytes, x, kp)
+                    }
+                }
                 let mut r = 0;
                 while r < n_rows {
                     let wp = w.as_ptr().add(r * row_bytes);
                     if r + R <= n_rows {
-                        let sums = gemv_t16::<R, C>(wp, row_bytes, x.as_ptr(), kp);
+                        let sums = tile_sums::<F, R, C>(wp, row_bytes, x.as_ptr(), kp);
                         for j in 0..R {
                             for c in 0..C {
-                                out[(r + j) * C + c] = signed_sum(T16, sums[j][c], x_sums[c]);
+                                out[(r + j) * C + c] = signed_sum(F, sums[j][c], x_sums[c]);
                             }
                         }
                         r += R;
                     } else {
-                        let [sums] = gemv_t16::<1, C>(wp, row_bytes, x.as_ptr(), kp);
+                        let [sums] = tile_sums::<F, 1, C>(wp, row_bytes, x.as_ptr(), kp);
                         for c in 0..C {
-                            out[r * C + c] = signed_sum(T16, sums[c], x_sums[c]);
+                            out[r * C + c] = signed_sum(F, sums[c], x_sums[c]);
                         }
                         r += 1;
                     }
@@ -699,13 +676,13 @@ macro_rules! avx512_kernels {
             unsafe fn gemm<const F: u8>(w: &[u8], n_rows: usize, row_bytes: usize, x: &[i8], x_sums: &[i32], m: usize, kp: usize, out: &mut [i32]) {
                 match (F, m) {
                     (T2, 1) => gemv::<F, GEMV_ROWS_T2>(w, n_rows, row_bytes, x, x_sums[0], out),
-                    (T2, 2) => gemm_t2_few::<4, 2>(w, n_rows, row_bytes, x, x_sums, kp, out),
-                    (T2, 3) => gemm_t2_few::<2, 3>(w, n_rows, row_bytes, x, x_sums, kp, out),
-                    (T2, 4) => gemm_t2_few::<2, 4>(w, n_rows, row_bytes, x, x_sums, kp, out),
+                    (T2, 2) => gemm_few::<T2, 4, 2>(w, n_rows, row_bytes, x, x_sums, kp, out),
+                    (T2, 3) => gemm_few::<T2, 2, 3>(w, n_rows, row_bytes, x, x_sums, kp, out),
+                    (T2, 4) => gemm_few::<T2, 2, 4>(w, n_rows, row_bytes, x, x_sums, kp, out),
                     (B1, 1) => gemv::<F, GEMV_ROWS_B1>(w, n_rows, row_bytes, x, x_sums[0], out),
-                    (T16, 1) => gemm_t16_few::<GEMV_ROWS_T16, 1>(w, n_rows, row_bytes, x, x_sums, kp, out),
-                    (T16, 2) => gemm_t16_few::<4, 2>(w, n_rows, row_bytes, x, x_sums, kp, out),
-                    (T16, 3) => gemm_t16_few::<2, 3>(w, n_rows, row_bytes, x, x_sums, kp, out),
+                    (T16, 1) => gemm_few::<T16, GEMV_ROWS_T16, 1>(w, n_rows, row_bytes, x, x_sums, kp, out),
+                    (T16, 2) => gemm_few::<T16, 4, 2>(w, n_rows, row_bytes, x, x_sums, kp, out),
+                    (T16, 3) => gemm_few::<T16, 2, 3>(w, n_rows, row_bytes, x, x_sums, kp, out),
                     (T16, _) => gemm_decoded::<F>(w, n_rows, row_bytes, x, x_sums, m, kp, out),
                     _ => gemm_packed::<F>(w, n_rows, row_bytes, x, x_sums, m, kp, out),
                 }
