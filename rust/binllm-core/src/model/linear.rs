@@ -23,8 +23,8 @@ pub enum Linear {
     Packed(PackedMatrix),
     /// f32 weights, row-major (n x k).
     Float { w: Vec<f32>, n: usize, k: usize },
-    /// f16 weights, row-major (n x k); `finite`: none is an infinity or NaN
-    /// (`float::f16_all_finite`, found once by `Linear::half`).
+    /// f16 weights, row-major (n x k); `finite`: known to hold no infinity or NaN
+    /// (`float::f16_all_finite`, found once by `Linear::half` where the f16 kernel uses it).
     Half { w: Vec<f16>, n: usize, k: usize, finite: bool },
     /// int8 weights in blocks of `Q8_BLOCK` along each row, one f32 scale per block.
     Q8 { q: Vec<i8>, scales: Vec<f32>, n: usize, k: usize },
@@ -55,9 +55,10 @@ impl Linear {
         }
     }
 
-    /// f16 weights (n x k), checked once for infinities and NaNs (`float::gemm_f16`'s `finite`).
+    /// f16 weights (n x k), checked once for infinities and NaNs (`float::gemm_f16`'s `finite`)
+    /// where the backend's f16 kernel reads the answer (`Dots::f16_rows_reads_finite`).
     pub fn half(w: Vec<f16>, n: usize, k: usize) -> Linear {
-        let finite = float::f16_all_finite(&w);
+        let finite = float::dots().f16_rows_reads_finite && float::f16_all_finite(&w);
         Linear::Half { w, n, k, finite }
     }
 
